@@ -1,0 +1,330 @@
+//! CloudEvents binary mode on NATS: attributes as `ce-*` headers, `content-type`, the
+//! data as the payload, `Nats-Msg-Id` = the event id, and W3C trace context headers.
+//! A plain NATS client in any language can produce and read these messages.
+
+use std::str::FromStr;
+
+use async_nats::HeaderMap;
+use async_nats::header::{HeaderName, HeaderValue};
+use bytes::Bytes;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::event::{Event, SPEC_VERSION};
+use crate::event_type::{EventType, EventTypeError};
+use crate::headers::*;
+
+/// Longest accepted extension attribute name (CloudEvents recommends at most 20).
+pub const MAX_EXTENSION_NAME_LEN: usize = 20;
+
+/// Why a message is not a valid bus event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    #[error("message has no headers: not a CloudEvents binary-mode event")]
+    NoHeaders,
+    #[error("required attribute {0:?} is missing")]
+    MissingAttribute(&'static str),
+    #[error("attribute {attribute:?} is empty")]
+    EmptyAttribute { attribute: &'static str },
+    #[error("unsupported specversion {0:?} (only \"1.0\")")]
+    SpecVersion(String),
+    #[error("invalid type: {0}")]
+    InvalidType(#[from] EventTypeError),
+    #[error("invalid time {value:?}: not RFC 3339")]
+    InvalidTime { value: String },
+}
+
+/// Why an event cannot be put on NATS as it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EncodeError {
+    #[error("attribute {attribute:?} is empty")]
+    EmptyAttribute { attribute: String },
+    #[error("attribute {attribute:?} contains a line break or another control character")]
+    InvalidValue { attribute: String },
+    #[error(
+        "extension name {name:?} is invalid: use 1 to {MAX_EXTENSION_NAME_LEN} lowercase letters or digits"
+    )]
+    InvalidExtensionName { name: String },
+    #[error("extension {name:?} collides with a standard attribute")]
+    ReservedExtensionName { name: String },
+}
+
+const RESERVED: &[&str] = &[
+    "id",
+    "source",
+    "type",
+    "specversion",
+    "time",
+    "subject",
+    "datacontenttype",
+    "dataschema",
+    "data",
+    "partitionkey",
+    "traceparent",
+    "tracestate",
+];
+
+/// The headers and payload that carry `event` on NATS.
+pub fn encode(event: &Event) -> Result<(HeaderMap, Bytes), EncodeError> {
+    let mut h = HeaderMap::new();
+    put(&mut h, CE_ID, "id", &event.id, true)?;
+    put(&mut h, NATS_MSG_ID, "id", &event.id, true)?;
+    put(&mut h, CE_SOURCE, "source", &event.source, true)?;
+    put(&mut h, CE_TYPE, "type", event.event_type.as_str(), true)?;
+    put(&mut h, CE_SPECVERSION, "specversion", SPEC_VERSION, true)?;
+    if let Some(t) = event.time {
+        let s = t
+            .format(&Rfc3339)
+            .map_err(|_| EncodeError::InvalidValue {
+                attribute: "time".into(),
+            })?;
+        put(&mut h, CE_TIME, "time", &s, true)?;
+    }
+    let optional = [
+        (CE_SUBJECT, "subject", &event.subject),
+        (CONTENT_TYPE, "datacontenttype", &event.datacontenttype),
+        (CE_DATASCHEMA, "dataschema", &event.dataschema),
+        (CE_PARTITIONKEY, "partitionkey", &event.partitionkey),
+        (TRACEPARENT, "traceparent", &event.traceparent),
+        (TRACESTATE, "tracestate", &event.tracestate),
+    ];
+    for (header, attribute, value) in optional {
+        if let Some(v) = value {
+            put(&mut h, header, attribute, v, false)?;
+        }
+    }
+    for (name, value) in &event.extensions {
+        if RESERVED.contains(&name.as_str()) {
+            return Err(EncodeError::ReservedExtensionName { name: name.clone() });
+        }
+        let valid = !name.is_empty()
+            && name.len() <= MAX_EXTENSION_NAME_LEN
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        if !valid {
+            return Err(EncodeError::InvalidExtensionName { name: name.clone() });
+        }
+        let header = format!("{CE_PREFIX}{name}");
+        put(&mut h, &header, name, value, false)?;
+    }
+    Ok((h, event.data.clone()))
+}
+
+fn put(
+    h: &mut HeaderMap,
+    header: &str,
+    attribute: &str,
+    value: &str,
+    required: bool,
+) -> Result<(), EncodeError> {
+    if required && value.is_empty() {
+        return Err(EncodeError::EmptyAttribute {
+            attribute: attribute.into(),
+        });
+    }
+    let invalid = || EncodeError::InvalidValue {
+        attribute: attribute.into(),
+    };
+    if value.chars().any(|c| c.is_control()) {
+        return Err(invalid());
+    }
+    let name = HeaderName::from_str(header).map_err(|_| invalid())?;
+    let value = HeaderValue::from_str(value).map_err(|_| invalid())?;
+    h.insert(name, value);
+    Ok(())
+}
+
+/// Reads an event from a NATS message's headers and payload. Header names are matched
+/// without regard to case; unknown `ce-*` headers become extensions.
+pub fn decode(headers: Option<&HeaderMap>, payload: Bytes) -> Result<Event, DecodeError> {
+    let headers = headers.ok_or(DecodeError::NoHeaders)?;
+    let mut id = None;
+    let mut source = None;
+    let mut event_type = None;
+    let mut specversion = None;
+    let mut event = Event {
+        id: String::new(),
+        source: String::new(),
+        // Overwritten below once the headers are read; any valid name will do.
+        event_type: EventType::new("unset").map_err(DecodeError::InvalidType)?,
+        time: None,
+        subject: None,
+        datacontenttype: None,
+        dataschema: None,
+        partitionkey: None,
+        traceparent: None,
+        tracestate: None,
+        extensions: Default::default(),
+        data: payload,
+    };
+    for (name, values) in headers.iter() {
+        let Some(value) = values.first().map(|v| v.as_str().to_owned()) else {
+            continue;
+        };
+        let name = name.to_string().to_ascii_lowercase();
+        match name.as_str() {
+            CE_ID => id = Some(value),
+            CE_SOURCE => source = Some(value),
+            CE_TYPE => event_type = Some(value),
+            CE_SPECVERSION => specversion = Some(value),
+            CE_TIME => {
+                let t = OffsetDateTime::parse(&value, &Rfc3339)
+                    .map_err(|_| DecodeError::InvalidTime { value })?;
+                event.time = Some(t);
+            }
+            CE_SUBJECT => event.subject = Some(value),
+            CE_DATASCHEMA => event.dataschema = Some(value),
+            CE_PARTITIONKEY => event.partitionkey = Some(value),
+            CONTENT_TYPE => event.datacontenttype = Some(value),
+            TRACEPARENT => event.traceparent = Some(value),
+            TRACESTATE => event.tracestate = Some(value),
+            other => {
+                if let Some(ext) = other.strip_prefix(CE_PREFIX) {
+                    event.extensions.insert(ext.to_owned(), value);
+                }
+            }
+        }
+    }
+    event.id = required(id, "id")?;
+    event.source = required(source, "source")?;
+    let specversion = required(specversion, "specversion")?;
+    if specversion != SPEC_VERSION {
+        return Err(DecodeError::SpecVersion(specversion));
+    }
+    event.event_type = EventType::new(required(event_type, "type")?)?;
+    Ok(event)
+}
+
+fn required(value: Option<String>, attribute: &'static str) -> Result<String, DecodeError> {
+    match value {
+        None => Err(DecodeError::MissingAttribute(attribute)),
+        Some(v) if v.is_empty() => Err(DecodeError::EmptyAttribute { attribute }),
+        Some(v) => Ok(v),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Event {
+        let t = EventType::new("shop.order.created").ok();
+        let Some(t) = t else { panic!("valid type") };
+        let mut e = Event::builder(t, "/shop")
+            .id("e-1")
+            .subject("order/42")
+            .partition_key("customer-7")
+            .extension("tenant", "acme")
+            .data("application/json", &b"{\"n\":1}"[..])
+            .build();
+        e.traceparent = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
+        e.tracestate = Some("congo=t61rcWkgMzE".into());
+        e
+    }
+
+    #[test]
+    fn an_event_survives_the_round_trip() {
+        let e = sample();
+        let (h, p) = encode(&e).unwrap_or_else(|err| panic!("{err}"));
+        assert_eq!(h.get(NATS_MSG_ID).map(|v| v.as_str()), Some("e-1"));
+        assert_eq!(h.get(CE_ID).map(|v| v.as_str()), Some("e-1"));
+        assert_eq!(h.get("ce-tenant").map(|v| v.as_str()), Some("acme"));
+        let back = decode(Some(&h), p);
+        assert_eq!(back, Ok(e));
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, *v);
+        }
+        h
+    }
+
+    fn check_decode(pairs: &[(&str, &str)], expected: Result<(), DecodeError>) {
+        let got = decode(Some(&headers(pairs)), Bytes::new()).map(|_| ());
+        assert_eq!(got, expected, "headers {pairs:?}");
+    }
+
+    #[test]
+    fn decoding_names_what_is_wrong() {
+        let ok = [
+            ("ce-id", "1"),
+            ("ce-source", "/s"),
+            ("ce-type", "a.b"),
+            ("ce-specversion", "1.0"),
+        ];
+        check_decode(&ok, Ok(()));
+        check_decode(&ok[1..], Err(DecodeError::MissingAttribute("id")));
+        check_decode(
+            &[ok[0], ok[2], ok[3]],
+            Err(DecodeError::MissingAttribute("source")),
+        );
+        check_decode(&ok[..3], Err(DecodeError::MissingAttribute("specversion")));
+        check_decode(
+            &[ok[0], ok[1], ok[2], ("ce-specversion", "0.3")],
+            Err(DecodeError::SpecVersion("0.3".into())),
+        );
+        check_decode(
+            &[("ce-id", ""), ok[1], ok[2], ok[3]],
+            Err(DecodeError::EmptyAttribute { attribute: "id" }),
+        );
+        check_decode(
+            &[ok[0], ok[1], ok[2], ok[3], ("ce-time", "yesterday")],
+            Err(DecodeError::InvalidTime {
+                value: "yesterday".into(),
+            }),
+        );
+        assert!(matches!(
+            decode(Some(&headers(&[ok[0], ok[1], ("ce-type", "A.b"), ok[3]])), Bytes::new()),
+            Err(DecodeError::InvalidType(_))
+        ));
+        assert_eq!(decode(None, Bytes::new()), Err(DecodeError::NoHeaders));
+    }
+
+    #[test]
+    fn header_names_match_regardless_of_case() {
+        let h = headers(&[
+            ("Ce-Id", "1"),
+            ("CE-SOURCE", "/s"),
+            ("ce-Type", "a.b"),
+            ("ce-specversion", "1.0"),
+            ("Content-Type", "text/plain"),
+        ]);
+        let e = decode(Some(&h), Bytes::from_static(b"hi"));
+        assert_eq!(
+            e.map(|e| (e.id, e.datacontenttype)),
+            Ok(("1".into(), Some("text/plain".into())))
+        );
+    }
+
+    #[test]
+    fn encoding_refuses_what_would_corrupt_headers() {
+        let mut e = sample();
+        e.subject = Some("a\r\nb".into());
+        assert_eq!(
+            encode(&e).map(|_| ()),
+            Err(EncodeError::InvalidValue {
+                attribute: "subject".into()
+            })
+        );
+        let mut e = sample();
+        e.extensions.insert("Bad-Name".into(), "x".into());
+        assert!(matches!(
+            encode(&e),
+            Err(EncodeError::InvalidExtensionName { .. })
+        ));
+        let mut e = sample();
+        e.extensions.insert("id".into(), "x".into());
+        assert!(matches!(
+            encode(&e),
+            Err(EncodeError::ReservedExtensionName { .. })
+        ));
+        let mut e = sample();
+        e.id.clear();
+        assert!(matches!(encode(&e), Err(EncodeError::EmptyAttribute { .. })));
+    }
+}

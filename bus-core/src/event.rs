@@ -1,0 +1,143 @@
+//! The event envelope: CloudEvents 1.0 attributes, the bus's extensions and the data.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use time::OffsetDateTime;
+
+use crate::event_type::EventType;
+
+/// The only CloudEvents version the bus speaks.
+pub const SPEC_VERSION: &str = "1.0";
+
+/// One CloudEvents 1.0 event. `data` holds the payload bytes as they travel on NATS;
+/// `datacontenttype` says how to read them (JSON when absent).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub id: String,
+    pub source: String,
+    pub event_type: EventType,
+    pub time: Option<OffsetDateTime>,
+    pub subject: Option<String>,
+    pub datacontenttype: Option<String>,
+    pub dataschema: Option<String>,
+    /// Ordering key: events with the same key are handled in publish order by ordered groups.
+    pub partitionkey: Option<String>,
+    /// W3C trace context of the hop that produced the event.
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+    /// Other extension attributes (lowercase names, string values).
+    pub extensions: BTreeMap<String, String>,
+    pub data: Bytes,
+}
+
+impl Event {
+    /// Starts an event of `event_type` from `source` with a fresh time-ordered id.
+    ///
+    /// ```
+    /// use bus_core::{Event, EventType};
+    /// let t = EventType::new("shop.order.created").unwrap();
+    /// let e = Event::builder(t, "/shop").data_json(&serde_json::json!({"n": 1})).unwrap().build();
+    /// assert_eq!(e.datacontenttype.as_deref(), Some("application/json"));
+    /// ```
+    pub fn builder(event_type: EventType, source: impl Into<String>) -> EventBuilder {
+        EventBuilder {
+            event: Event {
+                id: String::new(),
+                source: source.into(),
+                event_type,
+                time: Some(OffsetDateTime::now_utc()),
+                subject: None,
+                datacontenttype: None,
+                dataschema: None,
+                partitionkey: None,
+                traceparent: None,
+                tracestate: None,
+                extensions: BTreeMap::new(),
+                data: Bytes::new(),
+            },
+        }
+    }
+}
+
+/// Builds an [`Event`]; see [`Event::builder`].
+#[derive(Debug)]
+pub struct EventBuilder {
+    event: Event,
+}
+
+impl EventBuilder {
+    /// Sets the id; by default the caller of `build` gets a new unique one.
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.event.id = id.into();
+        self
+    }
+
+    pub fn subject(mut self, subject: impl Into<String>) -> Self {
+        self.event.subject = Some(subject.into());
+        self
+    }
+
+    pub fn partition_key(mut self, key: impl Into<String>) -> Self {
+        self.event.partitionkey = Some(key.into());
+        self
+    }
+
+    pub fn time(mut self, time: Option<OffsetDateTime>) -> Self {
+        self.event.time = time;
+        self
+    }
+
+    pub fn dataschema(mut self, schema: impl Into<String>) -> Self {
+        self.event.dataschema = Some(schema.into());
+        self
+    }
+
+    pub fn extension(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.event.extensions.insert(name.into(), value.into());
+        self
+    }
+
+    /// Raw data with its content type.
+    pub fn data(mut self, content_type: impl Into<String>, data: impl Into<Bytes>) -> Self {
+        self.event.datacontenttype = Some(content_type.into());
+        self.event.data = data.into();
+        self
+    }
+
+    /// Data serialized as JSON (`application/json`).
+    pub fn data_json<T: serde::Serialize + ?Sized>(
+        self,
+        value: &T,
+    ) -> Result<Self, serde_json::Error> {
+        let bytes = serde_json::to_vec(value)?;
+        Ok(self.data("application/json", bytes))
+    }
+
+    pub fn build(mut self) -> Event {
+        if self.event.id.is_empty() {
+            self.event.id = new_event_id();
+        }
+        self.event
+    }
+}
+
+/// A new unique, time-ordered event id (a UUIDv7).
+pub fn new_event_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_unique_uuids() {
+        let ids: std::collections::HashSet<String> = (0..10_000).map(|_| new_event_id()).collect();
+        assert_eq!(ids.len(), 10_000);
+        assert!(
+            ids.iter()
+                .all(|id| id.len() == 36)
+        );
+    }
+}

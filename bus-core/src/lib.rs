@@ -1,0 +1,22 @@
+//! What `bus-sdk` and `bus-node` share: the event envelope and its NATS mapping,
+//! event type names and their subjects, configuration, and the JetStream topology.
+//!
+//! Architecture invariant: nothing here starts a task or holds a connection. The only
+//! network calls are the one-shot JetStream admin requests in [`topology`], made on a
+//! context the caller owns.
+
+pub mod binary_mode;
+pub mod config;
+pub mod event;
+pub mod event_type;
+pub mod headers;
+pub mod retry;
+pub mod subjects;
+pub mod topology;
+
+pub use binary_mode::{DecodeError, EncodeError};
+pub use config::{BusConfig, ConfigError, NatsConfig, Secret, StreamsConfig, SubjectsConfig};
+pub use event::{Event, EventBuilder, SPEC_VERSION};
+pub use event_type::{EventPattern, EventType, EventTypeError};
+pub use subjects::Subjects;
+pub use topology::{Topology, TopologyError};

@@ -1,0 +1,40 @@
+//! Delays between retries of transient NATS failures (elections, reconnects).
+
+use std::time::Duration;
+
+/// First retry delay.
+pub const RETRY_BASE: Duration = Duration::from_millis(25);
+/// Longest delay between two retries.
+pub const RETRY_CAP: Duration = Duration::from_secs(1);
+
+/// Exponential backoff from [`RETRY_BASE`], capped at [`RETRY_CAP`], with up to 25 %
+/// jitter so that many clients failing together do not retry together.
+pub fn backoff_delay(attempt: u32) -> Duration {
+    let exp = RETRY_BASE.saturating_mul(1u32 << attempt.min(10));
+    let capped = exp.min(RETRY_CAP);
+    let jitter = capped.as_micros() as u64 * u64::from(jitter_percent()) / 100;
+    capped.saturating_sub(Duration::from_micros(jitter))
+}
+
+fn jitter_percent() -> u8 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u8(0);
+    (h.finish() % 26) as u8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_grow_and_are_capped() {
+        assert!(backoff_delay(0) <= RETRY_BASE);
+        assert!(backoff_delay(0) >= RETRY_BASE * 3 / 4);
+        assert!(backoff_delay(3) >= RETRY_BASE * 8 * 3 / 4);
+        for a in [6, 20, u32::MAX] {
+            let d = backoff_delay(a);
+            assert!(d <= RETRY_CAP && d >= RETRY_CAP * 3 / 4, "{a}: {d:?}");
+        }
+    }
+}

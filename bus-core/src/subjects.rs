@@ -1,0 +1,83 @@
+//! Where events live on NATS: `<prefix>.<event type>` for events (default prefix
+//! `bus.evt`) and `<dlq prefix>.<group>` for dead letters (default `bus.dlq`).
+
+use crate::event_type::{EventPattern, EventType};
+
+pub const DEFAULT_EVENT_PREFIX: &str = "bus.evt";
+pub const DEFAULT_DLQ_PREFIX: &str = "bus.dlq";
+
+/// Maps event types and groups to subjects. Cheap to clone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subjects {
+    events: String,
+    dlq: String,
+}
+
+impl Subjects {
+    /// Both prefixes must be valid subject prefixes (see [`crate::config::SubjectsConfig::validate`]).
+    pub fn new(events_prefix: impl Into<String>, dlq_prefix: impl Into<String>) -> Self {
+        Self {
+            events: events_prefix.into(),
+            dlq: dlq_prefix.into(),
+        }
+    }
+
+    /// `bus.evt.shop.order.created` for `shop.order.created`.
+    pub fn event(&self, event_type: &EventType) -> String {
+        format!("{}.{}", self.events, event_type)
+    }
+
+    /// The subject filter for a pattern (`bus.evt.shop.>` for `shop.>`).
+    pub fn pattern(&self, pattern: &EventPattern) -> String {
+        format!("{}.{}", self.events, pattern)
+    }
+
+    /// Every event: the events stream's subject filter.
+    pub fn all_events(&self) -> String {
+        format!("{}.>", self.events)
+    }
+
+    /// The event type a subject carries, if it is under the events prefix.
+    pub fn event_type_of(&self, subject: &str) -> Option<EventType> {
+        let rest = subject.strip_prefix(&self.events)?.strip_prefix('.')?;
+        EventType::new(rest).ok()
+    }
+
+    /// Dead letters of one group.
+    pub fn dead_letter(&self, group: &str) -> String {
+        format!("{}.{}", self.dlq, group)
+    }
+
+    /// Every dead letter: the dead-letter stream's subject filter.
+    pub fn all_dead_letters(&self) -> String {
+        format!("{}.>", self.dlq)
+    }
+}
+
+impl Default for Subjects {
+    fn default() -> Self {
+        Self::new(DEFAULT_EVENT_PREFIX, DEFAULT_DLQ_PREFIX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn types_map_to_one_subject_and_back() {
+        let s = Subjects::default();
+        let t = EventType::new("shop.order.created").ok();
+        let t = t.as_ref().map(|t| s.event(t));
+        assert_eq!(t.as_deref(), Some("bus.evt.shop.order.created"));
+        assert_eq!(
+            s.event_type_of("bus.evt.shop.order.created")
+                .map(|t| t.to_string()),
+            Some("shop.order.created".to_owned())
+        );
+        assert_eq!(s.event_type_of("bus.evtx.a"), None);
+        assert_eq!(s.event_type_of("other.a"), None);
+        assert_eq!(s.dead_letter("billing"), "bus.dlq.billing");
+        assert_eq!(s.all_events(), "bus.evt.>");
+    }
+}

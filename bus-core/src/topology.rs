@@ -1,0 +1,211 @@
+//! The JetStream streams the bus needs: events and dead letters. `ensure` creates them
+//! or brings them to the configured shape; it is idempotent, and several processes may
+//! run it at the same time (the losers of a create race read and compare instead).
+
+use std::time::Duration;
+
+use async_nats::jetstream::context::{CreateStreamErrorKind, GetStreamErrorKind};
+use async_nats::jetstream::ErrorCode;
+use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType};
+use async_nats::jetstream::{self};
+
+use crate::retry::backoff_delay;
+
+use crate::config::BusConfig;
+
+/// How long `ensure` keeps trying through elections and timeouts.
+pub const DEFAULT_ENSURE_DEADLINE: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TopologyError {
+    #[error("stream {stream}: {field} is {actual} on the server but {wanted} in the configuration and cannot be changed in place")]
+    Conflict {
+        stream: String,
+        field: &'static str,
+        actual: String,
+        wanted: String,
+    },
+    #[error("stream {stream}: JetStream refused: {source}")]
+    Refused {
+        stream: String,
+        source: async_nats::Error,
+    },
+    #[error("stream {stream}: not in place after {waited:?}: {last}")]
+    Unavailable {
+        stream: String,
+        waited: Duration,
+        last: String,
+    },
+}
+
+/// The desired stream configurations.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub events: Config,
+    pub dead_letters: Config,
+}
+
+impl Topology {
+    pub fn from_config(config: &BusConfig) -> Self {
+        let s = &config.streams;
+        let subjects = config.subjects();
+        let events = Config {
+            name: s.events_name.clone(),
+            description: Some("bus events".into()),
+            subjects: vec![subjects.all_events()],
+            retention: RetentionPolicy::Limits,
+            storage: StorageType::File,
+            num_replicas: s.replicas,
+            max_age: s.max_age,
+            max_bytes: s.max_bytes,
+            // Refuse new events when full rather than drop stored ones.
+            discard: DiscardPolicy::New,
+            duplicate_window: s.duplicate_window,
+            ..Default::default()
+        };
+        let dead_letters = Config {
+            name: s.dlq_name.clone(),
+            description: Some("bus dead letters".into()),
+            subjects: vec![subjects.all_dead_letters()],
+            max_age: s.dlq_max_age,
+            duplicate_window: s.duplicate_window,
+            ..events.clone()
+        };
+        Self {
+            events,
+            dead_letters,
+        }
+    }
+
+    /// Creates or updates both streams, retrying transient failures until `deadline`.
+    pub async fn ensure(
+        &self,
+        js: &jetstream::Context,
+        deadline: Duration,
+    ) -> Result<(), TopologyError> {
+        ensure_stream(js, &self.events, deadline).await?;
+        ensure_stream(js, &self.dead_letters, deadline).await
+    }
+}
+
+enum Step {
+    Done,
+    Retry(String),
+}
+
+async fn ensure_stream(
+    js: &jetstream::Context,
+    wanted: &Config,
+    deadline: Duration,
+) -> Result<(), TopologyError> {
+    let start = tokio::time::Instant::now();
+    let mut attempt = 0u32;
+    loop {
+        let last = match step(js, wanted).await? {
+            Step::Done => return Ok(()),
+            Step::Retry(why) => why,
+        };
+        if start.elapsed() >= deadline {
+            return Err(TopologyError::Unavailable {
+                stream: wanted.name.clone(),
+                waited: start.elapsed(),
+                last,
+            });
+        }
+        tracing::debug!(stream = %wanted.name, %last, "topology not in place yet; retrying");
+        tokio::time::sleep(backoff_delay(attempt)).await;
+        attempt += 1;
+    }
+}
+
+async fn step(js: &jetstream::Context, wanted: &Config) -> Result<Step, TopologyError> {
+    let refused = |source: async_nats::Error| TopologyError::Refused {
+        stream: wanted.name.clone(),
+        source,
+    };
+    match js.get_stream(&wanted.name).await {
+        Ok(stream) => {
+            let actual = &stream.cached_info().config;
+            if let Some(conflict) = immutable_difference(actual, wanted) {
+                return Err(conflict);
+            }
+            if needs_update(actual, wanted) {
+                tracing::info!(stream = %wanted.name, "updating stream configuration");
+                return match js.update_stream(wanted).await {
+                    Ok(_) => Ok(Step::Done),
+                    Err(e) if transient_create(e.kind()) => Ok(Step::Retry(e.to_string())),
+                    Err(e) => Err(refused(e.into())),
+                };
+            }
+            Ok(Step::Done)
+        }
+        Err(e) => match e.kind() {
+            GetStreamErrorKind::JetStream(err) if err.error_code() == ErrorCode::STREAM_NOT_FOUND => {
+                match js.create_stream(wanted.clone()).await {
+                    Ok(_) => Ok(Step::Done),
+                    // Someone else created it first: read and compare next time round.
+                    Err(e) if transient_create(e.kind()) => Ok(Step::Retry(e.to_string())),
+                    Err(e) => Err(refused(e.into())),
+                }
+            }
+            GetStreamErrorKind::Request => Ok(Step::Retry(e.to_string())),
+            GetStreamErrorKind::JetStream(err) if is_transient_code(err.error_code()) => {
+                Ok(Step::Retry(e.to_string()))
+            }
+            _ => Err(refused(e.into())),
+        },
+    }
+}
+
+fn transient_create(kind: CreateStreamErrorKind) -> bool {
+    match kind {
+        CreateStreamErrorKind::TimedOut
+        | CreateStreamErrorKind::JetStreamUnavailable
+        | CreateStreamErrorKind::Response => true,
+        CreateStreamErrorKind::JetStream(err) => {
+            err.error_code() == ErrorCode::STREAM_NAME_EXIST || is_transient_code(err.error_code())
+        }
+        _ => false,
+    }
+}
+
+fn is_transient_code(code: ErrorCode) -> bool {
+    code == ErrorCode::CLUSTER_NOT_AVAILABLE
+        || code.0 == 10_009 // cluster not active
+        || code.0 == 10_039 // jetstream not enabled for account (still starting)
+        || code.0 == 503
+}
+
+fn immutable_difference(actual: &Config, wanted: &Config) -> Option<TopologyError> {
+    let conflict = |field, actual_value: String, wanted_value: String| TopologyError::Conflict {
+        stream: wanted.name.clone(),
+        field,
+        actual: actual_value,
+        wanted: wanted_value,
+    };
+    if actual.storage != wanted.storage {
+        return Some(conflict(
+            "storage",
+            format!("{:?}", actual.storage),
+            format!("{:?}", wanted.storage),
+        ));
+    }
+    if actual.retention != wanted.retention {
+        return Some(conflict(
+            "retention",
+            format!("{:?}", actual.retention),
+            format!("{:?}", wanted.retention),
+        ));
+    }
+    None
+}
+
+fn needs_update(actual: &Config, wanted: &Config) -> bool {
+    actual.subjects != wanted.subjects
+        || actual.num_replicas != wanted.num_replicas
+        || actual.max_age != wanted.max_age
+        || actual.max_bytes != wanted.max_bytes
+        || actual.discard != wanted.discard
+        || actual.duplicate_window != wanted.duplicate_window
+}

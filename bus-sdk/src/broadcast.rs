@@ -1,0 +1,253 @@
+//! Broadcast subscriptions: every instance gets every matching event, in stream order,
+//! through its own ordered (ephemeral, self-healing) consumer. Nothing is acknowledged:
+//! a handler error is logged and the subscription moves on.
+
+use std::future::Future;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::DeliverPolicy;
+use async_nats::jetstream::consumer::pull::OrderedConfig;
+use bus_core::retry::backoff_delay;
+use bus_core::{EventType, binary_mode};
+use futures::StreamExt;
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::bus::Bus;
+use crate::error::SubscribeError;
+use crate::handler::{ErasedHandler, HandlerError, HandlerMap, Outcome, erase};
+use crate::typed::{EventMeta, EventPayload, Received};
+
+/// Where a broadcast subscription starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StartAt {
+    /// Events published after the subscription starts (the default).
+    New,
+    /// Every event still in the stream.
+    All,
+    /// Events from this stream sequence on.
+    Sequence(u64),
+}
+
+/// Configures a broadcast subscription; see [`Bus::broadcast`].
+///
+/// ```no_run
+/// # use bus_sdk::{Bus, EventPayload, Received, HandlerError, StartAt};
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct PriceChanged;
+/// # impl EventPayload for PriceChanged { const EVENT_TYPE: &'static str = "shop.price.changed"; }
+/// # async fn f(bus: Bus) -> Result<(), Box<dyn std::error::Error>> {
+/// let sub = bus
+///     .broadcast()
+///     .on(|_ev: Received<PriceChanged>| async { Ok::<(), HandlerError>(()) })
+///     .start_at(StartAt::New)
+///     .start()
+///     .await?;
+/// sub.shutdown().await;
+/// # Ok(()) }
+/// ```
+pub struct BroadcastBuilder {
+    bus: Bus,
+    handlers: Vec<(&'static str, ErasedHandler)>,
+    start_at: StartAt,
+}
+
+impl std::fmt::Debug for BroadcastBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BroadcastBuilder")
+            .field("start_at", &self.start_at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BroadcastBuilder {
+    pub(crate) fn new(bus: Bus) -> Self {
+        Self {
+            bus,
+            handlers: Vec::new(),
+            start_at: StartAt::New,
+        }
+    }
+
+    /// Handles events of type `T`.
+    pub fn on<T, F, Fut>(mut self, handler: F) -> Self
+    where
+        T: EventPayload,
+        F: Fn(Received<T>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        self.handlers.push((T::EVENT_TYPE, erase(handler)));
+        self
+    }
+
+    /// Where to start (default [`StartAt::New`]).
+    pub fn start_at(mut self, start_at: StartAt) -> Self {
+        self.start_at = start_at;
+        self
+    }
+
+    pub async fn start(self) -> Result<Broadcast, SubscribeError> {
+        if self.handlers.is_empty() {
+            return Err(SubscribeError::NoHandlers);
+        }
+        let mut handlers = HandlerMap::new();
+        let mut filters = Vec::new();
+        for (name, handler) in self.handlers {
+            let t = EventType::new(name)?;
+            filters.push(self.bus.subjects().event(&t));
+            if handlers.insert(name.to_owned(), handler).is_some() {
+                return Err(SubscribeError::DuplicateHandler(name.to_owned()));
+            }
+        }
+        let deliver_policy = match self.start_at {
+            StartAt::New => DeliverPolicy::New,
+            StartAt::All => DeliverPolicy::All,
+            StartAt::Sequence(start_sequence) => DeliverPolicy::ByStartSequence { start_sequence },
+        };
+        let sub = Subscription {
+            bus: self.bus,
+            handlers,
+            filters,
+        };
+        // Open once here so that the caller learns of a refusal, and so that events
+        // published after `start` returns are seen.
+        let messages = sub
+            .open(deliver_policy)
+            .await
+            .map_err(|e| SubscribeError::Consumer(e.to_string()))?;
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        tracker.spawn(sub.run(messages, cancel.clone()));
+        tracker.close();
+        Ok(Broadcast { cancel, tracker })
+    }
+}
+
+struct Subscription {
+    bus: Bus,
+    handlers: HandlerMap,
+    filters: Vec<String>,
+}
+
+type Ordered = async_nats::jetstream::consumer::pull::Ordered;
+
+impl Subscription {
+    async fn open(&self, deliver_policy: DeliverPolicy) -> Result<Ordered, async_nats::Error> {
+        let stream = self
+            .bus
+            .jetstream()
+            .get_stream(&self.bus.config().streams.events_name)
+            .await?;
+        let consumer = stream
+            .create_consumer(OrderedConfig {
+                filter_subjects: self.filters.clone(),
+                deliver_policy,
+                ..Default::default()
+            })
+            .await?;
+        Ok(consumer.messages().await?)
+    }
+
+    async fn run(self, first: Ordered, cancel: CancellationToken) {
+        let mut messages = Some(first);
+        let mut next_seq: Option<u64> = None;
+        let mut failures = 0u32;
+        while !cancel.is_cancelled() {
+            let mut stream = match messages.take() {
+                Some(m) => m,
+                None => {
+                    let policy = match next_seq {
+                        Some(start_sequence) => DeliverPolicy::ByStartSequence { start_sequence },
+                        None => DeliverPolicy::New,
+                    };
+                    match self.open(policy).await {
+                        Ok(m) => m,
+                        Err(e) => {
+                            failures += 1;
+                            tracing::warn!(error = %e, "broadcast subscription cannot reopen; retrying");
+                            tokio::select! {
+                                _ = cancel.cancelled() => return,
+                                _ = tokio::time::sleep(backoff_delay(failures)) => continue,
+                            }
+                        }
+                    }
+                }
+            };
+            loop {
+                let next = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    m = stream.next() => m,
+                };
+                match next {
+                    Some(Ok(message)) => {
+                        failures = 0;
+                        if let Some(seq) = self.deliver(&message).await {
+                            next_seq = Some(seq + 1);
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "broadcast subscription hiccup");
+                    }
+                    None => break,
+                }
+            }
+        }
+    }
+
+    /// Hands one message to its handler; returns its stream sequence.
+    async fn deliver(&self, message: &async_nats::jetstream::Message) -> Option<u64> {
+        let info = message.info().ok()?;
+        let seq = info.stream_sequence;
+        let published = OffsetDateTime::from_unix_timestamp_nanos(info.published.unix_timestamp_nanos())
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        let event = match binary_mode::decode(message.headers.as_ref(), message.payload.clone()) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(seq, error = %e, "broadcast skipped a message that is not a bus event");
+                return Some(seq);
+            }
+        };
+        let Some(handler) = self.handlers.get(event.event_type.as_str()) else {
+            return Some(seq);
+        };
+        let meta = EventMeta {
+            event,
+            attempt: 1,
+            stream_seq: seq,
+            published,
+            headers: message.headers.clone().unwrap_or_default(),
+            group: None,
+        };
+        match handler(meta).await {
+            Outcome::Handled => {}
+            Outcome::Failed(e) => tracing::warn!(seq, error = %e, "broadcast handler failed"),
+            Outcome::Undecodable(reason) => tracing::warn!(seq, %reason, "broadcast skipped an event"),
+        }
+        Some(seq)
+    }
+}
+
+/// A running broadcast subscription. Dropping it stops it.
+#[derive(Debug)]
+pub struct Broadcast {
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+/// How long [`Broadcast::shutdown`] waits for the running handler.
+pub const BROADCAST_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+impl Broadcast {
+    /// Stops the subscription and waits for a running handler to return.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        let _ = tokio::time::timeout(BROADCAST_SHUTDOWN_GRACE, self.tracker.wait()).await;
+    }
+}
+
+impl Drop for Broadcast {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}

@@ -1,0 +1,208 @@
+//! [`Bus`]: one connection to the NATS cluster, shared by publishers, groups and
+//! broadcast subscriptions. Cheap to clone.
+
+use std::sync::Arc;
+
+use async_nats::jetstream;
+use bus_core::topology::DEFAULT_ENSURE_DEADLINE;
+use bus_core::{BusConfig, Event, EventBuilder, EventType, Subjects, Topology};
+
+use crate::broadcast::BroadcastBuilder;
+use crate::connect;
+use crate::error::{ConnectError, PublishError, PublishErrorKind};
+use crate::group::GroupBuilder;
+use crate::publish::{DEFAULT_PUBLISH_WINDOW, PublishReceipt, Publisher};
+use crate::typed::EventPayload;
+
+/// A connection to the bus. Clone it freely: clones share the connection.
+#[derive(Debug, Clone)]
+pub struct Bus {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    client: async_nats::Client,
+    config: BusConfig,
+    source: String,
+    window: usize,
+    publisher: Publisher,
+}
+
+/// Options for [`Bus`] beyond the shared [`BusConfig`].
+#[derive(Debug)]
+pub struct BusBuilder {
+    config: BusConfig,
+    source: Option<String>,
+    window: usize,
+    ensure_topology: bool,
+}
+
+impl BusBuilder {
+    /// The CloudEvents `source` of events this client publishes (default: `/` and the
+    /// executable's name).
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), bus_sdk::ConnectError> {
+    /// let bus = bus_sdk::Bus::builder(bus_core::BusConfig::default()).source("/shop").connect().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn source(mut self, source: impl Into<String>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    /// Events of one `publish_batch` awaiting their PubAck at once
+    /// (default [`DEFAULT_PUBLISH_WINDOW`]).
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), bus_sdk::ConnectError> {
+    /// let bus = bus_sdk::Bus::builder(bus_core::BusConfig::default()).publish_window(64).connect().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn publish_window(mut self, window: usize) -> Self {
+        self.window = window.max(1);
+        self
+    }
+
+    /// Whether `connect` creates or updates the streams (default true). Turn it off when
+    /// an operator manages the streams and this client lacks the permission.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), bus_sdk::ConnectError> {
+    /// let bus = bus_sdk::Bus::builder(bus_core::BusConfig::default()).ensure_topology(false).connect().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn ensure_topology(mut self, ensure: bool) -> Self {
+        self.ensure_topology = ensure;
+        self
+    }
+
+    /// Validates the configuration, connects, and puts the streams in place.
+    pub async fn connect(self) -> Result<Bus, ConnectError> {
+        self.config.validate()?;
+        let client = connect::connect(&self.config.nats).await?;
+        let js = connect::jetstream(client.clone(), &self.config.nats);
+        if self.ensure_topology {
+            Topology::from_config(&self.config)
+                .ensure(&js, DEFAULT_ENSURE_DEADLINE)
+                .await?;
+        }
+        let publisher = Publisher {
+            js,
+            subjects: self.config.subjects(),
+            deadline: self.config.nats.publish_deadline,
+        };
+        let source = self.source.unwrap_or_else(default_source);
+        Ok(Bus {
+            inner: Arc::new(Inner {
+                client,
+                config: self.config,
+                source,
+                window: self.window,
+                publisher,
+            }),
+        })
+    }
+}
+
+fn default_source() -> String {
+    let name = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "bus-sdk".to_owned());
+    format!("/{name}")
+}
+
+impl Bus {
+    /// Connects with default options; see [`Bus::builder`].
+    pub async fn connect(config: BusConfig) -> Result<Self, ConnectError> {
+        Self::builder(config).connect().await
+    }
+
+    pub fn builder(config: BusConfig) -> BusBuilder {
+        BusBuilder {
+            config,
+            source: None,
+            window: DEFAULT_PUBLISH_WINDOW,
+            ensure_topology: true,
+        }
+    }
+
+    /// Publishes a typed event; returns once JetStream has stored it.
+    pub async fn publish<T: EventPayload>(&self, payload: &T) -> Result<PublishReceipt, PublishError> {
+        let event = self.event(payload)?.build();
+        self.publish_event(&event).await
+    }
+
+    /// An event for `payload`, to adjust (id, subject, ...) before [`Bus::publish_event`].
+    ///
+    /// ```no_run
+    /// # use bus_sdk::{Bus, EventPayload};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct OrderCreated;
+    /// # impl EventPayload for OrderCreated { const EVENT_TYPE: &'static str = "shop.order.created"; }
+    /// # async fn f(bus: Bus) -> Result<(), bus_sdk::PublishError> {
+    /// let event = bus.event(&OrderCreated)?.id("order-42-created").build();
+    /// bus.publish_event(&event).await?; // publishing the same id again stores nothing new
+    /// # Ok(()) }
+    /// ```
+    pub fn event<T: EventPayload>(&self, payload: &T) -> Result<EventBuilder, PublishError> {
+        let event_type = EventType::new(T::EVENT_TYPE).map_err(PublishError::from_type)?;
+        let mut builder = Event::builder(event_type, &self.inner.source)
+            .data_json(payload)
+            .map_err(|e| PublishError::new(PublishErrorKind::Serialize, "", e))?;
+        if let Some(key) = payload.partition_key() {
+            builder = builder.partition_key(key);
+        }
+        Ok(builder)
+    }
+
+    /// Publishes an event as it is; returns once JetStream has stored it.
+    pub async fn publish_event(&self, event: &Event) -> Result<PublishReceipt, PublishError> {
+        self.inner.publisher.publish_event(event).await
+    }
+
+    /// Publishes many events with a bounded window of PubAcks in flight; one result per
+    /// event, in order.
+    pub async fn publish_batch(&self, events: &[Event]) -> Vec<Result<PublishReceipt, PublishError>> {
+        self.inner.publisher.publish_batch(events, self.inner.window).await
+    }
+
+    /// A consumer group named `name`: members with the same name share the events.
+    pub fn group(&self, name: impl Into<String>) -> GroupBuilder {
+        GroupBuilder::new(self.clone(), name.into())
+    }
+
+    /// A broadcast subscription: every instance gets every matching event.
+    pub fn broadcast(&self) -> BroadcastBuilder {
+        BroadcastBuilder::new(self.clone())
+    }
+
+    pub fn config(&self) -> &BusConfig {
+        &self.inner.config
+    }
+
+    pub fn subjects(&self) -> &Subjects {
+        &self.inner.publisher.subjects
+    }
+
+    pub fn client(&self) -> &async_nats::Client {
+        &self.inner.client
+    }
+
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.inner.publisher.js
+    }
+
+    pub(crate) fn publisher(&self) -> &Publisher {
+        &self.inner.publisher
+    }
+
+    /// Flushes what is buffered and closes the connection for every clone. Shut groups
+    /// and subscriptions down first so that their acks go out.
+    pub async fn close(&self) {
+        if let Err(e) = self.inner.client.drain().await {
+            tracing::warn!(error = %e, "draining the NATS connection failed");
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! Dead letters: events a group gave up on, kept in the dead-letter stream with their
+//! payload and headers as received plus `bus-dlq-*` headers (reason, group, attempts,
+//! where the event was stored).
+
+use async_nats::HeaderMap;
+use async_nats::header::HeaderValue;
+use bus_core::headers::*;
+use bytes::Bytes;
+use std::str::FromStr;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::error::PublishError;
+use crate::publish::Publisher;
+
+/// A dead letter as read back from the dead-letter stream.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub group: String,
+    pub reason: String,
+    pub attempts: u32,
+    /// Stream and sequence where the event itself is stored.
+    pub stream: String,
+    pub stream_seq: u64,
+    pub subject: String,
+    /// The event id, if the event had one.
+    pub event_id: Option<String>,
+    /// All headers: the original ones and the `bus-dlq-*` ones.
+    pub headers: HeaderMap,
+    pub payload: Bytes,
+}
+
+impl DeadLetter {
+    /// Reads a message of the dead-letter stream; `None` if it lacks the dead-letter headers.
+    pub fn parse(headers: &HeaderMap, payload: Bytes) -> Option<Self> {
+        let get = |name: &str| headers.get(name).map(|v| v.as_str().to_owned());
+        Some(Self {
+            group: get(DLQ_GROUP)?,
+            reason: get(DLQ_REASON)?,
+            attempts: get(DLQ_ATTEMPTS)?.parse().ok()?,
+            stream: get(DLQ_STREAM)?,
+            stream_seq: get(DLQ_STREAM_SEQ)?.parse().ok()?,
+            subject: get(DLQ_SUBJECT)?,
+            event_id: get(CE_ID),
+            headers: headers.clone(),
+            payload,
+        })
+    }
+}
+
+/// Where a delivery came from, for the dead letter's headers.
+pub(crate) struct Origin<'a> {
+    pub group: &'a str,
+    pub stream: &'a str,
+    pub stream_seq: u64,
+    pub subject: &'a str,
+    pub attempts: u32,
+}
+
+/// Stores a dead letter; returns once the dead-letter stream has it.
+pub(crate) async fn store(
+    publisher: &Publisher,
+    original_headers: Option<&HeaderMap>,
+    payload: Bytes,
+    origin: &Origin<'_>,
+    reason: &str,
+) -> Result<(), PublishError> {
+    let mut headers = original_headers.cloned().unwrap_or_default();
+    let now = OffsetDateTime::now_utc()
+        .format(&Rfc3339)
+        .unwrap_or_default();
+    // One dead letter per stored event and group, however often this is retried.
+    let dedup_id = format!("dlq-{}-{}-{}", origin.group, origin.stream, origin.stream_seq);
+    let fields = [
+        (NATS_MSG_ID, dedup_id.clone()),
+        (DLQ_REASON, sanitize(reason)),
+        (DLQ_GROUP, origin.group.to_owned()),
+        (DLQ_ATTEMPTS, origin.attempts.to_string()),
+        (DLQ_STREAM, origin.stream.to_owned()),
+        (DLQ_STREAM_SEQ, origin.stream_seq.to_string()),
+        (DLQ_SUBJECT, origin.subject.to_owned()),
+        (DLQ_TIME, now),
+    ];
+    for (name, value) in fields {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(name, v);
+        }
+    }
+    let subject = publisher.subjects.dead_letter(origin.group);
+    publisher
+        .publish_raw(subject, headers, payload, &dedup_id)
+        .await
+        .map(|_| ())
+}
+
+/// A header-safe, bounded reason.
+fn sanitize(reason: &str) -> String {
+    const MAX: usize = 1024;
+    let mut s: String = reason
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if s.len() > MAX {
+        let mut cut = MAX;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}

@@ -1,0 +1,305 @@
+//! Consumer groups: a durable JetStream pull consumer per group name, shared by every
+//! member that starts a group with that name, in this process or any other. Each event
+//! goes to one member at a time; unacknowledged events go to another member after the
+//! ack deadline; failures are retried with backoff and end as dead letters.
+
+mod member;
+mod settle;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use bus_core::EventType;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::bus::Bus;
+use crate::error::SubscribeError;
+use crate::handler::{HandlerError, HandlerMap, erase};
+use crate::typed::{EventPayload, Received};
+
+/// Handlers running at once in one member.
+pub const DEFAULT_CONCURRENCY: usize = 16;
+/// Deliveries of one event before it becomes a dead letter.
+pub const DEFAULT_MAX_DELIVER: u32 = 5;
+/// Time a member has to settle a delivery before it goes to another member. Running
+/// handlers extend it automatically.
+pub const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(30);
+/// Deliveries awaiting an ack across all members of a group; JetStream stops delivering
+/// when it is reached, so the group's in-flight window is bounded.
+pub const DEFAULT_MAX_ACK_PENDING: usize = 1024;
+/// Delays before redelivery after the 1st, 2nd, ... failure; the last repeats.
+pub const DEFAULT_BACKOFF: [Duration; 4] = [
+    Duration::from_secs(1),
+    Duration::from_secs(5),
+    Duration::from_secs(30),
+    Duration::from_secs(120),
+];
+/// How long `Group::shutdown` waits for running handlers.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Settings of a group member; see [`GroupBuilder`].
+#[derive(Debug, Clone)]
+pub(crate) struct GroupOptions {
+    pub name: String,
+    pub concurrency: usize,
+    pub max_deliver: u32,
+    pub ack_wait: Duration,
+    pub max_ack_pending: usize,
+    pub backoff: Vec<Duration>,
+    pub shutdown_grace: Duration,
+    pub deliver_new_only: bool,
+}
+
+impl GroupOptions {
+    /// Redelivery delay after the `attempt`-th failure.
+    pub(crate) fn backoff_after(&self, attempt: u32) -> Duration {
+        let i = (attempt.max(1) as usize - 1).min(self.backoff.len().saturating_sub(1));
+        self.backoff.get(i).copied().unwrap_or_default()
+    }
+}
+
+/// Configures and starts one member of a consumer group.
+///
+/// ```no_run
+/// # use bus_sdk::{Bus, EventPayload, Received, HandlerError};
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct OrderCreated;
+/// # impl EventPayload for OrderCreated { const EVENT_TYPE: &'static str = "shop.order.created"; }
+/// # async fn f(bus: Bus) -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// let member = bus
+///     .group("billing")
+///     .on(|_ev: Received<OrderCreated>| async { Ok::<(), HandlerError>(()) })
+///     .concurrency(32)
+///     .max_deliver(3)
+///     .backoff([Duration::from_secs(1), Duration::from_secs(10)])
+///     .ack_wait(Duration::from_secs(60))
+///     .start()
+///     .await?;
+/// member.shutdown().await;
+/// # Ok(()) }
+/// ```
+pub struct GroupBuilder {
+    bus: Bus,
+    options: GroupOptions,
+    handlers: Vec<(&'static str, crate::handler::ErasedHandler)>,
+}
+
+impl std::fmt::Debug for GroupBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupBuilder")
+            .field("options", &self.options)
+            .field("types", &self.handlers.iter().map(|h| h.0).collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl GroupBuilder {
+    pub(crate) fn new(bus: Bus, name: String) -> Self {
+        Self {
+            bus,
+            options: GroupOptions {
+                name,
+                concurrency: DEFAULT_CONCURRENCY,
+                max_deliver: DEFAULT_MAX_DELIVER,
+                ack_wait: DEFAULT_ACK_WAIT,
+                max_ack_pending: DEFAULT_MAX_ACK_PENDING,
+                backoff: DEFAULT_BACKOFF.to_vec(),
+                shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+                deliver_new_only: false,
+            },
+            handlers: Vec::new(),
+        }
+    }
+
+    /// Handles events of type `T`. Every member of a group should register the same types:
+    /// they share one consumer whose filter is the last started member's.
+    pub fn on<T, F, Fut>(mut self, handler: F) -> Self
+    where
+        T: EventPayload,
+        F: Fn(Received<T>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        self.handlers.push((T::EVENT_TYPE, erase(handler)));
+        self
+    }
+
+    /// Handlers running at once in this member (default [`DEFAULT_CONCURRENCY`]).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.options.concurrency = n;
+        self
+    }
+
+    /// Deliveries before an event becomes a dead letter (default [`DEFAULT_MAX_DELIVER`]).
+    pub fn max_deliver(mut self, n: u32) -> Self {
+        self.options.max_deliver = n;
+        self
+    }
+
+    /// Ack deadline (default [`DEFAULT_ACK_WAIT`]).
+    pub fn ack_wait(mut self, d: Duration) -> Self {
+        self.options.ack_wait = d;
+        self
+    }
+
+    /// Bound on unacknowledged deliveries across the group (default [`DEFAULT_MAX_ACK_PENDING`]).
+    pub fn max_ack_pending(mut self, n: usize) -> Self {
+        self.options.max_ack_pending = n;
+        self
+    }
+
+    /// Redelivery delays after each failure (default [`DEFAULT_BACKOFF`]).
+    pub fn backoff(mut self, delays: impl IntoIterator<Item = Duration>) -> Self {
+        self.options.backoff = delays.into_iter().collect();
+        self
+    }
+
+    /// How long [`Group::shutdown`] waits for running handlers (default [`DEFAULT_SHUTDOWN_GRACE`]).
+    pub fn shutdown_grace(mut self, d: Duration) -> Self {
+        self.options.shutdown_grace = d;
+        self
+    }
+
+    /// When the group is created for the first time, start with events published from
+    /// now on instead of every event still in the stream.
+    pub fn deliver_new_only(mut self) -> Self {
+        self.options.deliver_new_only = true;
+        self
+    }
+
+    /// Creates or updates the group's consumer and starts this member.
+    pub async fn start(self) -> Result<Group, SubscribeError> {
+        let o = &self.options;
+        check_name(&o.name)?;
+        if o.concurrency == 0 {
+            return Err(invalid("concurrency", "must be at least 1"));
+        }
+        if o.max_deliver == 0 {
+            return Err(invalid("max_deliver", "must be at least 1"));
+        }
+        if o.ack_wait < Duration::from_secs(1) {
+            return Err(invalid("ack_wait", "must be at least 1s"));
+        }
+        if o.max_ack_pending < o.concurrency {
+            return Err(invalid("max_ack_pending", "must be at least concurrency"));
+        }
+        if self.handlers.is_empty() {
+            return Err(SubscribeError::NoHandlers);
+        }
+        let mut handlers = HandlerMap::new();
+        let mut filters = Vec::new();
+        for (name, handler) in self.handlers {
+            let t = EventType::new(name)?;
+            filters.push(self.bus.subjects().event(&t));
+            if handlers.insert(name.to_owned(), handler).is_some() {
+                return Err(SubscribeError::DuplicateHandler(name.to_owned()));
+            }
+        }
+        let consumer_config = consumer_config(&self.options, filters);
+        let shared = Arc::new(member::Shared {
+            bus: self.bus,
+            options: self.options,
+            handlers,
+            consumer_config,
+        });
+        // Create it now so that a refused configuration is reported to the caller.
+        member::ensure_consumer(&shared)
+            .await
+            .map_err(|e| SubscribeError::Consumer(e.to_string()))?;
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        tracker.spawn(member::run(shared.clone(), cancel.clone(), tracker.clone()));
+        Ok(Group {
+            name: shared.options.name.clone(),
+            grace: shared.options.shutdown_grace,
+            cancel,
+            tracker,
+        })
+    }
+}
+
+fn invalid(option: &'static str, reason: &str) -> SubscribeError {
+    SubscribeError::InvalidOption {
+        option,
+        reason: reason.to_owned(),
+    }
+}
+
+pub(crate) fn check_name(name: &str) -> Result<(), SubscribeError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(SubscribeError::InvalidGroupName(name.to_owned()))
+    }
+}
+
+fn consumer_config(o: &GroupOptions, mut filters: Vec<String>) -> pull::Config {
+    filters.sort();
+    let (filter_subject, filter_subjects) = if filters.len() == 1 {
+        (filters.remove(0), Vec::new())
+    } else {
+        (String::new(), filters)
+    };
+    pull::Config {
+        durable_name: Some(o.name.clone()),
+        description: Some(format!("bus consumer group {}", o.name)),
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: o.ack_wait,
+        // Unlimited on the server: the member dead-letters after `max_deliver` itself, so an
+        // event whose last attempt died with its member is still dead-lettered, not dropped.
+        max_deliver: -1,
+        max_ack_pending: o.max_ack_pending as i64,
+        deliver_policy: if o.deliver_new_only {
+            DeliverPolicy::New
+        } else {
+            DeliverPolicy::All
+        },
+        filter_subject,
+        filter_subjects,
+        ..Default::default()
+    }
+}
+
+/// A running group member. Dropping it stops fetching at once; [`Group::shutdown`] also
+/// waits for running handlers to settle.
+#[derive(Debug)]
+pub struct Group {
+    name: String,
+    grace: Duration,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Group {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Stops fetching, hands undelivered prefetched events back, and waits up to the
+    /// shutdown grace for running handlers to finish and settle. Returns whether all did;
+    /// the events of those that did not are redelivered after the ack deadline.
+    pub async fn shutdown(self) -> bool {
+        self.cancel.cancel();
+        self.tracker.close();
+        let done = tokio::time::timeout(self.grace, self.tracker.wait())
+            .await
+            .is_ok();
+        if !done {
+            tracing::warn!(group = %self.name, "handlers still running after the shutdown grace");
+        }
+        done
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}

@@ -1,0 +1,134 @@
+//! One delivery from start to settle: decode, dispatch to the handler while telling
+//! JetStream the work is in progress, then ack, nak with backoff, or dead-letter.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{AckKind, Message};
+use bus_core::binary_mode;
+use futures::FutureExt;
+use time::OffsetDateTime;
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::member::Shared;
+use crate::dead_letter::{self, Origin};
+use crate::handler::{BoxFuture, HandlerError, Outcome};
+use crate::typed::EventMeta;
+
+pub(crate) async fn handle(shared: Arc<Shared>, message: Message, _slot: OwnedSemaphorePermit) {
+    let group = &shared.options.name;
+    let (stream, stream_seq, attempt, published) = match message.info() {
+        Ok(i) => (
+            i.stream.to_owned(),
+            i.stream_sequence,
+            u32::try_from(i.delivered).unwrap_or(u32::MAX),
+            OffsetDateTime::from_unix_timestamp_nanos(i.published.unix_timestamp_nanos())
+                .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+        ),
+        Err(e) => {
+            // Without its metadata a delivery cannot be settled; JetStream redelivers it.
+            tracing::warn!(%group, error = %e, "delivery without JetStream metadata");
+            return;
+        }
+    };
+    let max = shared.options.max_deliver;
+    let outcome = if attempt > max {
+        Outcome::Undecodable(format!(
+            "not settled after {max} deliveries (handler hung or its member died each time)"
+        ))
+    } else {
+        dispatch(&shared, &message, attempt, stream_seq, published).await
+    };
+    let origin = Origin {
+        group,
+        stream: &stream,
+        stream_seq,
+        subject: message.subject.as_str(),
+        attempts: attempt,
+    };
+    match outcome {
+        Outcome::Handled => ack(&message, AckKind::Ack).await,
+        Outcome::Failed(e) if e.is_permanent() => {
+            dead_letter(&shared, &message, &origin, &format!("permanent failure: {e}")).await;
+        }
+        Outcome::Failed(e) if attempt >= max => {
+            let reason = format!("failed {attempt} times; last error: {e}");
+            dead_letter(&shared, &message, &origin, &reason).await;
+        }
+        Outcome::Failed(e) => {
+            let delay = shared.options.backoff_after(attempt);
+            tracing::debug!(%group, stream_seq, attempt, error = %e, ?delay, "handler failed; will retry");
+            ack(&message, AckKind::Nak(Some(delay))).await;
+        }
+        Outcome::Undecodable(reason) => dead_letter(&shared, &message, &origin, &reason).await,
+    }
+}
+
+async fn dispatch(
+    shared: &Shared,
+    message: &Message,
+    attempt: u32,
+    stream_seq: u64,
+    published: OffsetDateTime,
+) -> Outcome {
+    let event = match binary_mode::decode(message.headers.as_ref(), message.payload.clone()) {
+        Ok(e) => e,
+        Err(e) => return Outcome::Undecodable(format!("not a bus event: {e}")),
+    };
+    let Some(handler) = shared.handlers.get(event.event_type.as_str()) else {
+        return Outcome::Undecodable(format!("no handler for event type {}", event.event_type));
+    };
+    let meta = EventMeta {
+        event,
+        attempt,
+        stream_seq,
+        published,
+        headers: message.headers.clone().unwrap_or_default(),
+        group: Some(shared.options.name.clone()),
+    };
+    let running = AssertUnwindSafe(handler(meta)).catch_unwind().map(|r| {
+        r.unwrap_or_else(|_| Outcome::Failed(HandlerError::msg("handler panicked")))
+    });
+    with_progress(message, shared.options.ack_wait, Box::pin(running)).await
+}
+
+/// Runs `work`, telling JetStream every half ack deadline that it is still in progress.
+async fn with_progress(message: &Message, ack_wait: Duration, mut work: BoxFuture) -> Outcome {
+    let mut tick = tokio::time::interval(ack_wait / 2);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            outcome = &mut work => return outcome,
+            _ = tick.tick() => ack(message, AckKind::Progress).await,
+        }
+    }
+}
+
+async fn dead_letter(shared: &Shared, message: &Message, origin: &Origin<'_>, reason: &str) {
+    let stored = dead_letter::store(
+        shared.bus.publisher(),
+        message.headers.as_ref(),
+        message.payload.clone(),
+        origin,
+        reason,
+    )
+    .await;
+    match stored {
+        Ok(()) => {
+            tracing::info!(group = origin.group, stream_seq = origin.stream_seq, %reason, "dead-lettered");
+            ack(message, AckKind::Term).await;
+        }
+        Err(e) => {
+            // Keep the event: it comes back and is dead-lettered on a later delivery.
+            tracing::error!(group = origin.group, error = %e, "cannot store dead letter");
+            ack(message, AckKind::Nak(Some(shared.options.backoff_after(origin.attempts)))).await;
+        }
+    }
+}
+
+async fn ack(message: &Message, kind: AckKind) {
+    if let Err(e) = message.ack_with(kind).await {
+        tracing::warn!(error = %e, ?kind, "settling a delivery failed; it will be redelivered");
+    }
+}

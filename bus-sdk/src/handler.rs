@@ -1,0 +1,109 @@
+//! Handlers, type-erased so that one group can dispatch several event types.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::typed::{EventMeta, EventPayload, Received};
+
+/// A handler's failure. Any error converts into one with `?` and is retried with
+/// backoff; [`HandlerError::permanent`] sends the event to the dead letters at once.
+pub struct HandlerError {
+    source: Box<dyn std::error::Error + Send + Sync>,
+    permanent: bool,
+}
+
+impl HandlerError {
+    /// A failure that retrying cannot fix: the event is dead-lettered without retries.
+    pub fn permanent(err: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self {
+            source: err.into(),
+            permanent: true,
+        }
+    }
+
+    /// A failure worth retrying, from a message.
+    pub fn msg(msg: impl Into<String>) -> Self {
+        Self {
+            source: msg.into().into(),
+            permanent: false,
+        }
+    }
+
+    pub fn is_permanent(&self) -> bool {
+        self.permanent
+    }
+}
+
+impl<E: std::error::Error + Send + Sync + 'static> From<E> for HandlerError {
+    fn from(err: E) -> Self {
+        Self {
+            source: Box::new(err),
+            permanent: false,
+        }
+    }
+}
+
+impl fmt::Debug for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "HandlerError({:?}, permanent: {})", self.source, self.permanent)
+    }
+}
+
+impl fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.source, f)
+    }
+}
+
+/// How one delivery ended, before it is settled with JetStream.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    Handled,
+    Failed(HandlerError),
+    /// Not a usable event (envelope or data unreadable, no handler): dead-letter at once.
+    Undecodable(String),
+}
+
+pub(crate) type BoxFuture = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+
+/// A handler with its payload type erased.
+pub(crate) type ErasedHandler = Arc<dyn Fn(EventMeta) -> BoxFuture + Send + Sync>;
+
+/// Handlers of one group or subscription, by event type.
+pub(crate) type HandlerMap = HashMap<String, ErasedHandler>;
+
+pub(crate) fn erase<T, F, Fut>(handler: F) -> ErasedHandler
+where
+    T: EventPayload,
+    F: Fn(Received<T>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+{
+    let handler = Arc::new(handler);
+    Arc::new(move |meta: EventMeta| {
+        let handler = handler.clone();
+        Box::pin(async move {
+            let data = match decode_data::<T>(&meta) {
+                Ok(data) => data,
+                Err(reason) => return Outcome::Undecodable(reason),
+            };
+            match handler(Received { data, meta }).await {
+                Ok(()) => Outcome::Handled,
+                Err(e) => Outcome::Failed(e),
+            }
+        })
+    })
+}
+
+fn decode_data<T: EventPayload>(meta: &EventMeta) -> Result<T, String> {
+    let ct = meta.event.datacontenttype.as_deref().unwrap_or("application/json");
+    let is_json = ct.starts_with("application/json")
+        || (ct.starts_with("application/") && ct.contains("+json"));
+    if !is_json {
+        return Err(format!("data content type {ct:?} is not JSON"));
+    }
+    serde_json::from_slice(&meta.event.data)
+        .map_err(|e| format!("data is not a valid {}: {e}", T::EVENT_TYPE))
+}

@@ -1,0 +1,54 @@
+//! Typed publish/subscribe on NATS JetStream: publish serde types as CloudEvents, handle
+//! them in consumer groups that share the work and survive failures, fan them out to
+//! every instance with broadcast subscriptions, and keep what cannot be handled as dead
+//! letters.
+//!
+//! ```no_run
+//! use bus_sdk::{Bus, EventPayload, Received, HandlerError};
+//! use bus_core::BusConfig;
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct OrderCreated { order_id: u64 }
+//! impl EventPayload for OrderCreated { const EVENT_TYPE: &'static str = "shop.order.created"; }
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let bus = Bus::connect(BusConfig::with_servers(["nats://127.0.0.1:4222"])).await?;
+//! let group = bus
+//!     .group("billing")
+//!     .on(|ev: Received<OrderCreated>| async move {
+//!         println!("bill order {}", ev.data.order_id);
+//!         Ok::<(), HandlerError>(())
+//!     })
+//!     .start()
+//!     .await?;
+//! let receipt = bus.publish(&OrderCreated { order_id: 42 }).await?;
+//! println!("stored as #{}", receipt.seq);
+//! group.shutdown().await;
+//! bus.close().await;
+//! # Ok(()) }
+//! ```
+
+mod broadcast;
+mod bus;
+mod connect;
+mod dead_letter;
+mod error;
+mod group;
+mod handler;
+mod publish;
+mod typed;
+
+pub use broadcast::{Broadcast, BroadcastBuilder, StartAt};
+pub use bus::{Bus, BusBuilder};
+pub use dead_letter::DeadLetter;
+pub use error::{ConnectError, PublishError, PublishErrorKind, SubscribeError};
+pub use group::{
+    DEFAULT_ACK_WAIT, DEFAULT_BACKOFF, DEFAULT_CONCURRENCY, DEFAULT_MAX_ACK_PENDING,
+    DEFAULT_MAX_DELIVER, DEFAULT_SHUTDOWN_GRACE, Group, GroupBuilder,
+};
+pub use handler::HandlerError;
+pub use publish::{DEFAULT_PUBLISH_WINDOW, PublishReceipt};
+pub use typed::{EventMeta, EventPayload, Received};
+
+pub use bus_core;

@@ -1,0 +1,134 @@
+//! Publishing with a PubAck: retried through leader elections and reconnects with the
+//! same `Nats-Msg-Id`, so a retry never stores an event twice.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::context::PublishErrorKind as NatsKind;
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::publish::PublishAck;
+use async_nats::jetstream::{self, ErrorCode};
+use bus_core::retry::backoff_delay;
+use bus_core::{Event, Subjects, binary_mode};
+use bytes::Bytes;
+use futures::StreamExt;
+
+use crate::error::{PublishError, PublishErrorKind};
+
+/// Events of one `publish_batch` call awaiting their PubAck at once.
+pub const DEFAULT_PUBLISH_WINDOW: usize = 256;
+
+/// Proof that JetStream stored an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishReceipt {
+    pub id: String,
+    pub event_type: String,
+    pub stream: String,
+    /// The event's sequence in the stream.
+    pub seq: u64,
+    /// The id was seen within the duplicate window: this publish stored nothing new and
+    /// `seq` is the sequence of the first copy.
+    pub duplicate: bool,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Publisher {
+    pub(crate) js: jetstream::Context,
+    pub(crate) subjects: Subjects,
+    pub(crate) deadline: Duration,
+}
+
+impl Publisher {
+    pub(crate) async fn publish_event(&self, event: &Event) -> Result<PublishReceipt, PublishError> {
+        let (headers, payload) =
+            binary_mode::encode(event).map_err(|e| PublishError::from_encode(&event.id, e))?;
+        let subject = self.subjects.event(&event.event_type);
+        let ack = self.publish_raw(subject, headers, payload, &event.id).await?;
+        Ok(PublishReceipt {
+            id: event.id.clone(),
+            event_type: event.event_type.to_string(),
+            stream: ack.stream,
+            seq: ack.sequence,
+            duplicate: ack.duplicate,
+        })
+    }
+
+    /// Publishes `events` with at most `window` awaiting their PubAck; results come back
+    /// in input order.
+    pub(crate) async fn publish_batch(
+        &self,
+        events: &[Event],
+        window: usize,
+    ) -> Vec<Result<PublishReceipt, PublishError>> {
+        futures::stream::iter(events)
+            .map(|e| self.publish_event(e))
+            .buffered(window.max(1))
+            .collect()
+            .await
+    }
+
+    /// Publishes until a PubAck arrives, an error that retrying cannot fix, or the deadline.
+    /// `headers` must carry `Nats-Msg-Id` for retries to be safe.
+    pub(crate) async fn publish_raw(
+        &self,
+        subject: String,
+        headers: HeaderMap,
+        payload: Bytes,
+        id: &str,
+    ) -> Result<PublishAck, PublishError> {
+        let start = tokio::time::Instant::now();
+        let mut attempt = 0u32;
+        loop {
+            let message = PublishMessage::build()
+                .payload(payload.clone())
+                .headers(headers.clone());
+            let result = match self.js.send_publish(subject.clone(), message).await {
+                Ok(ack) => ack.await,
+                Err(e) => Err(e),
+            };
+            let err = match result {
+                Ok(ack) => return Ok(ack),
+                Err(e) => e,
+            };
+            let kind = classify(&err);
+            if kind != PublishErrorKind::Unavailable {
+                return Err(PublishError::new(kind, id, err));
+            }
+            if start.elapsed() >= self.deadline {
+                return Err(PublishError::new(
+                    kind,
+                    id,
+                    format!("no PubAck after {:?} and {} tries: {err}", start.elapsed(), attempt + 1),
+                ));
+            }
+            tracing::debug!(%subject, event_id = id, attempt, error = %err, "publish retry");
+            tokio::time::sleep(backoff_delay(attempt)).await;
+            attempt += 1;
+        }
+    }
+}
+
+fn classify(err: &jetstream::context::PublishError) -> PublishErrorKind {
+    match err.kind() {
+        NatsKind::MaxPayloadExceeded => PublishErrorKind::TooLarge,
+        NatsKind::TimedOut
+        | NatsKind::StreamNotFound
+        | NatsKind::BrokenPipe
+        | NatsKind::MaxAckPending => PublishErrorKind::Unavailable,
+        NatsKind::Other => {
+            let js_error = std::error::Error::source(err)
+                .and_then(|s| s.downcast_ref::<jetstream::Error>());
+            match js_error {
+                Some(e) if is_transient(e.error_code()) => PublishErrorKind::Unavailable,
+                Some(_) => PublishErrorKind::Rejected,
+                // Not an answer from JetStream (connection trouble): worth another try.
+                None => PublishErrorKind::Unavailable,
+            }
+        }
+        _ => PublishErrorKind::Rejected,
+    }
+}
+
+fn is_transient(code: ErrorCode) -> bool {
+    code == ErrorCode::CLUSTER_NOT_AVAILABLE || code.0 == 503 || code.0 == 10_009
+}

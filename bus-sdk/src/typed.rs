@@ -1,0 +1,58 @@
+//! Typed events: a payload type names its event type once and travels as JSON.
+
+use async_nats::HeaderMap;
+use bus_core::Event;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use time::OffsetDateTime;
+
+/// A payload type that is published and handled as an event.
+///
+/// ```
+/// use bus_sdk::EventPayload;
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct OrderCreated { order_id: u64, customer: String }
+/// impl EventPayload for OrderCreated {
+///     const EVENT_TYPE: &'static str = "shop.order.created";
+///     fn partition_key(&self) -> Option<String> { Some(self.customer.clone()) }
+/// }
+/// ```
+pub trait EventPayload: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// The lowercase dotted event type name (`shop.order.created`).
+    const EVENT_TYPE: &'static str;
+
+    /// The ordering key (`partitionkey`), if events of this type are ordered per key.
+    fn partition_key(&self) -> Option<String> {
+        None
+    }
+}
+
+/// Everything about a delivery except the data.
+#[derive(Debug, Clone)]
+pub struct EventMeta {
+    /// The event envelope; `event.data` holds the raw bytes.
+    pub event: Event,
+    /// 1 on the first delivery, 2 on the first redelivery, ...
+    pub attempt: u32,
+    /// The event's sequence in the events stream.
+    pub stream_seq: u64,
+    /// When JetStream stored the event.
+    pub published: OffsetDateTime,
+    /// All NATS headers as received.
+    pub headers: HeaderMap,
+    /// The consumer group handling it, if any (`None` for broadcast).
+    pub group: Option<String>,
+}
+
+impl EventMeta {
+    pub fn id(&self) -> &str {
+        &self.event.id
+    }
+}
+
+/// A decoded event handed to a handler.
+#[derive(Debug, Clone)]
+pub struct Received<T> {
+    pub data: T,
+    pub meta: EventMeta,
+}
