@@ -23,7 +23,7 @@ pub const DEFAULT_REPLICAS: usize = 1;
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const DEFAULT_DLQ_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 pub const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
-pub const DEFAULT_MAX_BYTES: i64 = 10 * 1024 * 1024 * 1024;
+pub const DEFAULT_MAX_BYTES: i64 = 1024 * 1024 * 1024;
 
 /// A configuration value that is wrong: `key` is its dotted path.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

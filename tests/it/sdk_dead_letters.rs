@@ -1,0 +1,162 @@
+//! Retries with backoff and dead letters, on a real 3-node cluster with R3 streams.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use bus_sdk::{DeadLetter, HandlerError, Received};
+use bus_tests::NatsCluster;
+
+use crate::support::*;
+
+/// Reads the dead letters of `group`, waiting until `n` are there.
+async fn dead_letters(bus: &bus_sdk::Bus, group: &str, n: usize) -> anyhow::Result<Vec<DeadLetter>> {
+    let subject = bus.subjects().dead_letter(group);
+    let stream = bus.jetstream().get_stream(&bus.config().streams.dlq_name).await?;
+    let start = Instant::now();
+    loop {
+        let mut letters = Vec::new();
+        let mut seq = 1;
+        while let Ok(m) = stream.get_raw_message(seq).await {
+            seq += 1;
+            if m.subject.as_str() != subject {
+                continue;
+            }
+            let headers = m.headers.clone();
+            let letter = DeadLetter::parse(&headers, m.payload.clone())
+                .ok_or_else(|| anyhow::anyhow!("message {} lacks dead-letter headers", m.sequence))?;
+            letters.push(letter);
+        }
+        if letters.len() >= n || start.elapsed() > Duration::from_secs(30) {
+            return Ok(letters);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_failing_handler_should_retry_with_backoff_then_dead_letter_with_reason_and_attempts(
+) -> anyhow::Result<()> {
+    let cluster = NatsCluster::start(3).await?;
+    let bus = bus_for(&cluster).await?;
+    let attempts: Arc<Mutex<Vec<(u32, Instant)>>> = Arc::default();
+    let seen = attempts.clone();
+    let backoff = [Duration::from_millis(300), Duration::from_millis(600)];
+    let member = bus
+        .group("payments")
+        .max_deliver(3)
+        .backoff(backoff)
+        .on(move |ev: Received<OrderCreated>| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap_or_else(|p| p.into_inner()).push((ev.meta.attempt, Instant::now()));
+                Err::<(), _>(HandlerError::msg("card declined"))
+            }
+        })
+        .start()
+        .await?;
+    let receipt = bus.publish(&order(1)).await?;
+
+    let letters = dead_letters(&bus, "payments", 1).await?;
+    assert_eq!(letters.len(), 1);
+    let letter = &letters[0];
+    assert_eq!(letter.group, "payments");
+    assert_eq!(letter.attempts, 3);
+    assert_eq!(letter.stream_seq, receipt.seq);
+    assert_eq!(letter.event_id.as_deref(), Some(receipt.id.as_str()));
+    assert!(letter.reason.contains("failed 3 times"), "{}", letter.reason);
+    assert!(letter.reason.contains("card declined"), "{}", letter.reason);
+    // The payload and headers are kept as they were.
+    let back: OrderCreated = serde_json::from_slice(&letter.payload)?;
+    assert_eq!(back, order(1));
+    assert_eq!(letter.headers.get("ce-type").map(|v| v.as_str()), Some("shop.order.created"));
+
+    let attempts = attempts.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let numbers: Vec<u32> = attempts.iter().map(|a| a.0).collect();
+    assert_eq!(numbers, vec![1, 2, 3]);
+    for (i, wanted) in backoff.iter().enumerate() {
+        let gap = attempts[i + 1].1 - attempts[i].1;
+        assert!(gap >= *wanted, "retry {} came after {gap:?}, before the {wanted:?} backoff", i + 1);
+    }
+    wait_group_idle(&bus, "payments", Duration::from_secs(10)).await?;
+    member.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_undecodable_events_should_dead_letter_them_at_once(
+) -> anyhow::Result<()> {
+    let cluster = NatsCluster::start(3).await?;
+    let bus = bus_for(&cluster).await?;
+    let handled = Recorder::default();
+    let rec = handled.clone();
+    let member = bus
+        .group("strict")
+        .max_deliver(5)
+        .on(move |ev: Received<OrderCreated>| {
+            let rec = rec.clone();
+            async move {
+                rec.record(0, ev.meta.id());
+                Ok::<(), HandlerError>(())
+            }
+        })
+        .start()
+        .await?;
+    let js = async_nats::jetstream::new(cluster.client().await?);
+    // 1. A valid envelope whose data is not an OrderCreated.
+    let mut h = HeaderMap::new();
+    for (k, v) in [
+        ("ce-id", "bad-data"),
+        ("ce-source", "/plain"),
+        ("ce-type", "shop.order.created"),
+        ("ce-specversion", "1.0"),
+        ("content-type", "application/json"),
+        ("Nats-Msg-Id", "bad-data"),
+    ] {
+        h.insert(k, v);
+    }
+    js.publish_with_headers("bus.evt.shop.order.created", h, "{\"order_id\": \"x\"}".into())
+        .await?
+        .await?;
+    // 2. No CloudEvents headers at all.
+    js.publish("bus.evt.shop.order.created", "hello".into()).await?.await?;
+    // 3. A good one, which must still be handled.
+    bus.publish(&order(3)).await?;
+
+    let letters = dead_letters(&bus, "strict", 2).await?;
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    assert!(letters.iter().all(|l| l.attempts == 1), "dead-lettered at once: {letters:?}");
+    let bad_data = letters.iter().find(|l| l.event_id.as_deref() == Some("bad-data"));
+    let bad_data = bad_data.ok_or_else(|| anyhow::anyhow!("no dead letter for bad-data"))?;
+    assert!(bad_data.reason.contains("data is not a valid"), "{}", bad_data.reason);
+    let no_envelope = letters.iter().find(|l| l.event_id.is_none());
+    let no_envelope = no_envelope.ok_or_else(|| anyhow::anyhow!("no dead letter for the bare message"))?;
+    assert!(no_envelope.reason.contains("not a bus event"), "{}", no_envelope.reason);
+    assert_eq!(&no_envelope.payload[..], b"hello");
+
+    wait_until("the good event", Duration::from_secs(10), || handled.distinct() == 1).await?;
+    wait_group_idle(&bus, "strict", Duration::from_secs(10)).await?;
+    member.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_permanent_error_should_dead_letter_without_retries() -> anyhow::Result<()> {
+    let cluster = NatsCluster::start(1).await?;
+    let bus = bus_for(&cluster).await?;
+    let member = bus
+        .group("once")
+        .max_deliver(5)
+        .on(|_ev: Received<OrderCreated>| async {
+            Err::<(), _>(HandlerError::permanent("order is for a closed shop"))
+        })
+        .start()
+        .await?;
+    bus.publish(&order(1)).await?;
+    let letters = dead_letters(&bus, "once", 1).await?;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].attempts, 1);
+    assert!(letters[0].reason.contains("closed shop"), "{}", letters[0].reason);
+    member.shutdown().await;
+    Ok(())
+}

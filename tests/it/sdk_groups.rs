@@ -1,0 +1,194 @@
+//! Consumer groups on a real 3-node cluster with R3 streams: sharing, shutdown, recovery.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use bus_sdk::{HandlerError, Received};
+use bus_tests::NatsCluster;
+
+use crate::support::*;
+
+const TEN_THOUSAND: u64 = 10_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_three_members_when_10000_events_are_published_should_handle_each_exactly_once_spread_over_all(
+) -> anyhow::Result<()> {
+    let cluster = NatsCluster::start(3).await?;
+    let recorder = Recorder::default();
+    let mut members = Vec::new();
+    let mut buses = Vec::new();
+    for m in 0..3 {
+        // One connection per member, as if each were its own process.
+        let bus = bus_for(&cluster).await?;
+        let rec = recorder.clone();
+        let member = bus
+            .group("billing")
+            .on(move |ev: Received<OrderCreated>| {
+                let rec = rec.clone();
+                async move {
+                    rec.record(m, ev.meta.id());
+                    Ok::<(), HandlerError>(())
+                }
+            })
+            .start()
+            .await?;
+        members.push(member);
+        buses.push(bus);
+    }
+    let publisher = bus_for(&cluster).await?;
+    let events: Vec<_> = (0..TEN_THOUSAND)
+        .map(|n| publisher.event(&order(n)).map(|b| b.build()))
+        .collect::<Result<_, _>>()?;
+    let receipts = publisher.publish_batch(&events).await;
+    let stored = receipts.iter().filter(|r| matches!(r, Ok(r) if !r.duplicate)).count();
+    assert_eq!(stored as u64, TEN_THOUSAND, "every publish got a fresh PubAck");
+
+    wait_until("all events handled", Duration::from_secs(120), || {
+        recorder.distinct() as u64 == TEN_THOUSAND
+    })
+    .await?;
+    wait_group_idle(&publisher, "billing", Duration::from_secs(30)).await?;
+
+    let counts = recorder.counts();
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(twice.is_empty(), "handled more than once: {:?}", &twice[..twice.len().min(5)]);
+    assert_eq!(recorder.total(), TEN_THOUSAND);
+    let spread = recorder.per_member();
+    for m in 0..3 {
+        let n = spread.get(&m).copied().unwrap_or(0);
+        assert!(n >= TEN_THOUSAND / 10, "member {m} handled only {n}: {spread:?}");
+    }
+    for member in members {
+        assert!(member.shutdown().await);
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_running_handler_when_the_member_shuts_down_should_finish_and_ack_it(
+) -> anyhow::Result<()> {
+    let cluster = NatsCluster::start(1).await?;
+    let bus = bus_for(&cluster).await?;
+    let started = Arc::new(AtomicU32::new(0));
+    let finished = Arc::new(AtomicU32::new(0));
+    let (s, f) = (started.clone(), finished.clone());
+    let member = bus
+        .group("slow")
+        .on(move |_ev: Received<OrderCreated>| {
+            let (s, f) = (s.clone(), f.clone());
+            async move {
+                s.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                f.fetch_add(1, Ordering::SeqCst);
+                Ok::<(), HandlerError>(())
+            }
+        })
+        .start()
+        .await?;
+    bus.publish(&order(1)).await?;
+    wait_until("handler started", Duration::from_secs(10), || {
+        started.load(Ordering::SeqCst) == 1
+    })
+    .await?;
+    assert_eq!(finished.load(Ordering::SeqCst), 0, "shutdown must begin mid-handler");
+    assert!(member.shutdown().await, "shutdown finished within the grace");
+    assert_eq!(finished.load(Ordering::SeqCst), 1);
+    // Acked, not left for redelivery.
+    wait_group_idle(&bus, "slow", Duration::from_secs(5)).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_the_consumer_was_deleted_when_events_arrive_should_recreate_it_and_handle_them(
+) -> anyhow::Result<()> {
+    let cluster = NatsCluster::start(1).await?;
+    let bus = bus_for(&cluster).await?;
+    let recorder = Recorder::default();
+    let rec = recorder.clone();
+    let member = bus
+        .group("audit")
+        .on(move |ev: Received<OrderCreated>| {
+            let rec = rec.clone();
+            async move {
+                rec.record(0, ev.meta.id());
+                Ok::<(), HandlerError>(())
+            }
+        })
+        .start()
+        .await?;
+    bus.publish(&order(1)).await?;
+    wait_until("first event", Duration::from_secs(10), || recorder.distinct() == 1).await?;
+
+    let stream = bus.jetstream().get_stream(&bus.config().streams.events_name).await?;
+    stream.delete_consumer("audit").await?;
+    for n in 2..=5 {
+        bus.publish(&order(n)).await?;
+    }
+    wait_until("events after the deletion", Duration::from_secs(60), || {
+        recorder.distinct() == 5
+    })
+    .await?;
+    member.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_two_types_in_one_group_should_dispatch_each_to_its_handler_with_metadata(
+) -> anyhow::Result<()> {
+    let cluster = NatsCluster::start(1).await?;
+    let bus = bus_for(&cluster).await?;
+    let orders = Recorder::default();
+    let payments = Recorder::default();
+    let (o, p) = (orders.clone(), payments.clone());
+    let member = bus
+        .group("router")
+        .on(move |ev: Received<OrderCreated>| {
+            let o = o.clone();
+            async move {
+                assert_eq!(ev.meta.attempt, 1);
+                assert_eq!(ev.meta.group.as_deref(), Some("router"));
+                assert_eq!(ev.meta.event.event_type.as_str(), "shop.order.created");
+                assert_eq!(ev.meta.event.source, "/tests");
+                assert!(ev.meta.stream_seq >= 1);
+                o.record(0, &ev.data.order_id.to_string());
+                Ok::<(), HandlerError>(())
+            }
+        })
+        .on(move |ev: Received<PaymentFailed>| {
+            let p = p.clone();
+            async move {
+                p.record(0, &ev.data.order_id.to_string());
+                Ok::<(), HandlerError>(())
+            }
+        })
+        .start()
+        .await?;
+    let receipt = bus.publish(&order(7)).await?;
+    assert_eq!(receipt.event_type, "shop.order.created");
+    assert_eq!(receipt.stream, "BUS_EVENTS");
+    bus.publish(&PaymentFailed { order_id: 8 }).await?;
+    wait_until("both handled", Duration::from_secs(10), || {
+        orders.distinct() == 1 && payments.distinct() == 1
+    })
+    .await?;
+    assert_eq!(orders.counts().get("7"), Some(&1));
+    assert_eq!(payments.counts().get("8"), Some(&1));
+    member.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_the_same_event_id_when_published_twice_should_store_it_once(
+) -> anyhow::Result<()> {
+    let cluster = NatsCluster::start(3).await?;
+    let bus = bus_for(&cluster).await?;
+    let event = bus.event(&order(1))?.id("order-1-created").build();
+    let first = bus.publish_event(&event).await?;
+    let second = bus.publish_event(&event).await?;
+    assert!(!first.duplicate);
+    assert!(second.duplicate);
+    assert_eq!(first.seq, second.seq);
+    assert_eq!(stream_messages(&bus, "BUS_EVENTS").await?, 1);
+    Ok(())
+}

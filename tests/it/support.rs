@@ -1,0 +1,129 @@
+//! Helpers shared by the SDK suites: a bus on a harness cluster, test event types, and
+//! a recorder of what handlers saw.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bus_core::BusConfig;
+use bus_sdk::{Bus, EventPayload};
+use bus_tests::NatsCluster;
+use serde::{Deserialize, Serialize};
+
+/// An order event, as a service would define it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderCreated {
+    pub order_id: u64,
+    pub customer: String,
+}
+
+impl EventPayload for OrderCreated {
+    const EVENT_TYPE: &'static str = "shop.order.created";
+}
+
+/// A second type, for dispatch and failure tests.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PaymentFailed {
+    pub order_id: u64,
+}
+
+impl EventPayload for PaymentFailed {
+    const EVENT_TYPE: &'static str = "shop.payment.failed";
+}
+
+pub fn order(n: u64) -> OrderCreated {
+    OrderCreated {
+        order_id: n,
+        customer: format!("c{}", n % 7),
+    }
+}
+
+/// The bus configuration for a cluster, with streams replicated on every node.
+pub fn config_for(cluster: &NatsCluster) -> BusConfig {
+    let mut config = BusConfig::with_servers(cluster.client_urls());
+    config.streams.replicas = if cluster.len() >= 3 { 3 } else { 1 };
+    config.nats.request_timeout = Duration::from_secs(1);
+    config
+}
+
+pub async fn bus_for(cluster: &NatsCluster) -> anyhow::Result<Bus> {
+    Ok(Bus::builder(config_for(cluster)).source("/tests").connect().await?)
+}
+
+/// What handlers saw: how often each event id was handled, and by which member.
+#[derive(Debug, Clone, Default)]
+pub struct Recorder {
+    inner: Arc<Mutex<RecorderState>>,
+}
+
+#[derive(Debug, Default)]
+struct RecorderState {
+    per_id: HashMap<String, u32>,
+    per_member: HashMap<usize, u64>,
+}
+
+impl Recorder {
+    pub fn record(&self, member: usize, id: &str) {
+        let mut s = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        *s.per_id.entry(id.to_owned()).or_default() += 1;
+        *s.per_member.entry(member).or_default() += 1;
+    }
+
+    pub fn distinct(&self) -> usize {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).per_id.len()
+    }
+
+    pub fn total(&self) -> u64 {
+        let s = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        s.per_id.values().map(|n| u64::from(*n)).sum()
+    }
+
+    pub fn counts(&self) -> HashMap<String, u32> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).per_id.clone()
+    }
+
+    pub fn per_member(&self) -> HashMap<usize, u64> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).per_member.clone()
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds or `deadline` passes.
+pub async fn wait_until(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let start = tokio::time::Instant::now();
+    while !cond() {
+        if start.elapsed() > deadline {
+            anyhow::bail!("timed out after {deadline:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Waits until the group's consumer has nothing pending and nothing unacknowledged.
+pub async fn wait_group_idle(bus: &Bus, group: &str, deadline: Duration) -> anyhow::Result<()> {
+    let start = tokio::time::Instant::now();
+    let stream = bus.config().streams.events_name.clone();
+    loop {
+        let info = bus.jetstream().get_stream(&stream).await?;
+        let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+            info.get_consumer(group).await.map_err(|e| anyhow::anyhow!(e))?;
+        let ci = consumer.info().await?;
+        if ci.num_pending == 0 && ci.num_ack_pending == 0 {
+            return Ok(());
+        }
+        if start.elapsed() > deadline {
+            anyhow::bail!(
+                "group {group} not idle after {deadline:?}: pending {}, ack pending {}",
+                ci.num_pending,
+                ci.num_ack_pending
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Number of messages in a stream.
+pub async fn stream_messages(bus: &Bus, stream: &str) -> anyhow::Result<u64> {
+    let mut s = bus.jetstream().get_stream(stream).await?;
+    Ok(s.info().await?.state.messages)
+}
