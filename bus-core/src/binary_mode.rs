@@ -75,11 +75,9 @@ pub fn encode(event: &Event) -> Result<(HeaderMap, Bytes), EncodeError> {
     put(&mut h, CE_TYPE, "type", event.event_type.as_str(), true)?;
     put(&mut h, CE_SPECVERSION, "specversion", SPEC_VERSION, true)?;
     if let Some(t) = event.time {
-        let s = t
-            .format(&Rfc3339)
-            .map_err(|_| EncodeError::InvalidValue {
-                attribute: "time".into(),
-            })?;
+        let s = t.format(&Rfc3339).map_err(|_| EncodeError::InvalidValue {
+            attribute: "time".into(),
+        })?;
         put(&mut h, CE_TIME, "time", &s, true)?;
     }
     let optional = [
@@ -279,7 +277,10 @@ mod tests {
             }),
         );
         assert!(matches!(
-            decode(Some(&headers(&[ok[0], ok[1], ("ce-type", "A.b"), ok[3]])), Bytes::new()),
+            decode(
+                Some(&headers(&[ok[0], ok[1], ("ce-type", "A.b"), ok[3]])),
+                Bytes::new()
+            ),
             Err(DecodeError::InvalidType(_))
         ));
         assert_eq!(decode(None, Bytes::new()), Err(DecodeError::NoHeaders));
@@ -325,6 +326,9 @@ mod tests {
         ));
         let mut e = sample();
         e.id.clear();
-        assert!(matches!(encode(&e), Err(EncodeError::EmptyAttribute { .. })));
+        assert!(matches!(
+            encode(&e),
+            Err(EncodeError::EmptyAttribute { .. })
+        ));
     }
 }

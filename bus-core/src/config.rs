@@ -140,7 +140,10 @@ impl Default for NatsConfig {
 impl NatsConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.servers.is_empty() {
-            return Err(ConfigError::new("nats.servers", "at least one URL is needed"));
+            return Err(ConfigError::new(
+                "nats.servers",
+                "at least one URL is needed",
+            ));
         }
         for (i, url) in self.servers.iter().enumerate() {
             async_nats::ServerAddr::from_str(url).map_err(|e| {
@@ -401,21 +404,42 @@ mod tests {
             |c| c.nats.credentials_file = Some("/nonexistent/creds".into()),
             Some("nats.credentials_file"),
         );
-        check(|c| c.nats.request_timeout = Duration::ZERO, Some("nats.request_timeout"));
+        check(
+            |c| c.nats.request_timeout = Duration::ZERO,
+            Some("nats.request_timeout"),
+        );
         check(|c| c.streams.replicas = 2, Some("streams.replicas"));
-        check(|c| c.streams.events_name = "a.b".into(), Some("streams.events_name"));
-        check(|c| c.streams.dlq_name = c.streams.events_name.clone(), Some("streams.dlq_name"));
+        check(
+            |c| c.streams.events_name = "a.b".into(),
+            Some("streams.events_name"),
+        );
+        check(
+            |c| c.streams.dlq_name = c.streams.events_name.clone(),
+            Some("streams.dlq_name"),
+        );
         check(|c| c.streams.max_bytes = 0, Some("streams.max_bytes"));
-        check(|c| c.subjects.prefix = "bus.*".into(), Some("subjects.prefix"));
-        check(|c| c.subjects.prefix = "bus..x".into(), Some("subjects.prefix"));
-        check(|c| c.subjects.dlq_prefix = "bus.evt.dlq".into(), Some("subjects.dlq_prefix"));
+        check(
+            |c| c.subjects.prefix = "bus.*".into(),
+            Some("subjects.prefix"),
+        );
+        check(
+            |c| c.subjects.prefix = "bus..x".into(),
+            Some("subjects.prefix"),
+        );
+        check(
+            |c| c.subjects.dlq_prefix = "bus.evt.dlq".into(),
+            Some("subjects.dlq_prefix"),
+        );
     }
 
     #[test]
     fn secrets_never_print() {
         let s = Secret::new("hunter2");
         assert_eq!(format!("{s:?}"), "<redacted>");
-        assert_eq!(serde_json::to_string(&s).ok().as_deref(), Some("\"<redacted>\""));
+        assert_eq!(
+            serde_json::to_string(&s).ok().as_deref(),
+            Some("\"<redacted>\"")
+        );
     }
 
     #[test]

@@ -135,9 +135,6 @@ mod tests {
     fn ids_are_unique_uuids() {
         let ids: std::collections::HashSet<String> = (0..10_000).map(|_| new_event_id()).collect();
         assert_eq!(ids.len(), 10_000);
-        assert!(
-            ids.iter()
-                .all(|id| id.len() == 36)
-        );
+        assert!(ids.iter().all(|id| id.len() == 36));
     }
 }

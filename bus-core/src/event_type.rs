@@ -26,7 +26,9 @@ pub enum EventTypeError {
         character: char,
         position: usize,
     },
-    #[error("event type {name:?}: empty token at position {position} (two dots, or a leading or trailing dot)")]
+    #[error(
+        "event type {name:?}: empty token at position {position} (two dots, or a leading or trailing dot)"
+    )]
     EmptyToken { name: String, position: usize },
     #[error("event type {name:?}: token at position {position} must start with a letter")]
     TokenStart { name: String, position: usize },
@@ -176,7 +178,11 @@ mod tests {
     use super::*;
 
     fn check_type(input: &str, expected: Result<(), EventTypeError>) {
-        assert_eq!(EventType::new(input).map(|_| ()), expected, "input {input:?}");
+        assert_eq!(
+            EventType::new(input).map(|_| ()),
+            expected,
+            "input {input:?}"
+        );
     }
 
     #[test]

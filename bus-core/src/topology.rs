@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::context::{CreateStreamErrorKind, GetStreamErrorKind};
 use async_nats::jetstream::ErrorCode;
+use async_nats::jetstream::context::{CreateStreamErrorKind, GetStreamErrorKind};
 use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType};
 use async_nats::jetstream::{self};
 
@@ -19,7 +19,9 @@ pub const DEFAULT_ENSURE_DEADLINE: Duration = Duration::from_secs(30);
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TopologyError {
-    #[error("stream {stream}: {field} is {actual} on the server but {wanted} in the configuration and cannot be changed in place")]
+    #[error(
+        "stream {stream}: {field} is {actual} on the server but {wanted} in the configuration and cannot be changed in place"
+    )]
     Conflict {
         stream: String,
         field: &'static str,
@@ -141,7 +143,9 @@ async fn step(js: &jetstream::Context, wanted: &Config) -> Result<Step, Topology
             Ok(Step::Done)
         }
         Err(e) => match e.kind() {
-            GetStreamErrorKind::JetStream(err) if err.error_code() == ErrorCode::STREAM_NOT_FOUND => {
+            GetStreamErrorKind::JetStream(err)
+                if err.error_code() == ErrorCode::STREAM_NOT_FOUND =>
+            {
                 match js.create_stream(wanted.clone()).await {
                     Ok(_) => Ok(Step::Done),
                     // Someone else created it first: read and compare next time round.

@@ -199,8 +199,9 @@ impl Subscription {
     async fn deliver(&self, message: &async_nats::jetstream::Message) -> Option<u64> {
         let info = message.info().ok()?;
         let seq = info.stream_sequence;
-        let published = OffsetDateTime::from_unix_timestamp_nanos(info.published.unix_timestamp_nanos())
-            .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        let published =
+            OffsetDateTime::from_unix_timestamp_nanos(info.published.unix_timestamp_nanos())
+                .unwrap_or(OffsetDateTime::UNIX_EPOCH);
         let event = match binary_mode::decode(message.headers.as_ref(), message.payload.clone()) {
             Ok(e) => e,
             Err(e) => {
@@ -222,7 +223,9 @@ impl Subscription {
         match handler(meta).await {
             Outcome::Handled => {}
             Outcome::Failed(e) => tracing::warn!(seq, error = %e, "broadcast handler failed"),
-            Outcome::Undecodable(reason) => tracing::warn!(seq, %reason, "broadcast skipped an event"),
+            Outcome::Undecodable(reason) => {
+                tracing::warn!(seq, %reason, "broadcast skipped an event")
+            }
         }
         Some(seq)
     }

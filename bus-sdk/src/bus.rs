@@ -130,7 +130,10 @@ impl Bus {
     }
 
     /// Publishes a typed event; returns once JetStream has stored it.
-    pub async fn publish<T: EventPayload>(&self, payload: &T) -> Result<PublishReceipt, PublishError> {
+    pub async fn publish<T: EventPayload>(
+        &self,
+        payload: &T,
+    ) -> Result<PublishReceipt, PublishError> {
         let event = self.event(payload)?.build();
         self.publish_event(&event).await
     }
@@ -164,8 +167,14 @@ impl Bus {
 
     /// Publishes many events with a bounded window of PubAcks in flight; one result per
     /// event, in order.
-    pub async fn publish_batch(&self, events: &[Event]) -> Vec<Result<PublishReceipt, PublishError>> {
-        self.inner.publisher.publish_batch(events, self.inner.window).await
+    pub async fn publish_batch(
+        &self,
+        events: &[Event],
+    ) -> Vec<Result<PublishReceipt, PublishError>> {
+        self.inner
+            .publisher
+            .publish_batch(events, self.inner.window)
+            .await
     }
 
     /// A consumer group named `name`: members with the same name share the events.

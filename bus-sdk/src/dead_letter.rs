@@ -70,7 +70,10 @@ pub(crate) async fn store(
         .format(&Rfc3339)
         .unwrap_or_default();
     // One dead letter per stored event and group, however often this is retried.
-    let dedup_id = format!("dlq-{}-{}-{}", origin.group, origin.stream, origin.stream_seq);
+    let dedup_id = format!(
+        "dlq-{}-{}-{}",
+        origin.group, origin.stream, origin.stream_seq
+    );
     let fields = [
         (NATS_MSG_ID, dedup_id.clone()),
         (DLQ_REASON, sanitize(reason)),

@@ -48,7 +48,11 @@ impl<E: std::error::Error + Send + Sync + 'static> From<E> for HandlerError {
 
 impl fmt::Debug for HandlerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "HandlerError({:?}, permanent: {})", self.source, self.permanent)
+        write!(
+            f,
+            "HandlerError({:?}, permanent: {})",
+            self.source, self.permanent
+        )
     }
 }
 
@@ -98,7 +102,11 @@ where
 }
 
 fn decode_data<T: EventPayload>(meta: &EventMeta) -> Result<T, String> {
-    let ct = meta.event.datacontenttype.as_deref().unwrap_or("application/json");
+    let ct = meta
+        .event
+        .datacontenttype
+        .as_deref()
+        .unwrap_or("application/json");
     let is_json = ct.starts_with("application/json")
         || (ct.starts_with("application/") && ct.contains("+json"));
     if !is_json {

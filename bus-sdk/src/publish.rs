@@ -39,11 +39,16 @@ pub(crate) struct Publisher {
 }
 
 impl Publisher {
-    pub(crate) async fn publish_event(&self, event: &Event) -> Result<PublishReceipt, PublishError> {
+    pub(crate) async fn publish_event(
+        &self,
+        event: &Event,
+    ) -> Result<PublishReceipt, PublishError> {
         let (headers, payload) =
             binary_mode::encode(event).map_err(|e| PublishError::from_encode(&event.id, e))?;
         let subject = self.subjects.event(&event.event_type);
-        let ack = self.publish_raw(subject, headers, payload, &event.id).await?;
+        let ack = self
+            .publish_raw(subject, headers, payload, &event.id)
+            .await?;
         Ok(PublishReceipt {
             id: event.id.clone(),
             event_type: event.event_type.to_string(),
@@ -98,7 +103,11 @@ impl Publisher {
                 return Err(PublishError::new(
                     kind,
                     id,
-                    format!("no PubAck after {:?} and {} tries: {err}", start.elapsed(), attempt + 1),
+                    format!(
+                        "no PubAck after {:?} and {} tries: {err}",
+                        start.elapsed(),
+                        attempt + 1
+                    ),
                 ));
             }
             tracing::debug!(%subject, event_id = id, attempt, error = %err, "publish retry");
@@ -116,8 +125,8 @@ fn classify(err: &jetstream::context::PublishError) -> PublishErrorKind {
         | NatsKind::BrokenPipe
         | NatsKind::MaxAckPending => PublishErrorKind::Unavailable,
         NatsKind::Other => {
-            let js_error = std::error::Error::source(err)
-                .and_then(|s| s.downcast_ref::<jetstream::Error>());
+            let js_error =
+                std::error::Error::source(err).and_then(|s| s.downcast_ref::<jetstream::Error>());
             match js_error {
                 Some(e) if is_transient(e.error_code()) => PublishErrorKind::Unavailable,
                 Some(_) => PublishErrorKind::Rejected,

@@ -39,9 +39,11 @@ async fn given_two_instances_should_each_get_every_event() -> anyhow::Result<()>
         r?;
     }
     for (i, rec) in recorders.iter().enumerate() {
-        wait_until(&format!("instance {i} got every event"), Duration::from_secs(30), || {
-            rec.distinct() as u64 == EVENTS
-        })
+        wait_until(
+            &format!("instance {i} got every event"),
+            Duration::from_secs(30),
+            || rec.distinct() as u64 == EVENTS,
+        )
         .await?;
         assert_eq!(rec.total(), EVENTS, "instance {i} got an event twice");
     }

@@ -10,9 +10,16 @@ use bus_tests::NatsCluster;
 use crate::support::*;
 
 /// Reads the dead letters of `group`, waiting until `n` are there.
-async fn dead_letters(bus: &bus_sdk::Bus, group: &str, n: usize) -> anyhow::Result<Vec<DeadLetter>> {
+async fn dead_letters(
+    bus: &bus_sdk::Bus,
+    group: &str,
+    n: usize,
+) -> anyhow::Result<Vec<DeadLetter>> {
     let subject = bus.subjects().dead_letter(group);
-    let stream = bus.jetstream().get_stream(&bus.config().streams.dlq_name).await?;
+    let stream = bus
+        .jetstream()
+        .get_stream(&bus.config().streams.dlq_name)
+        .await?;
     let start = Instant::now();
     loop {
         let mut letters = Vec::new();
@@ -23,8 +30,9 @@ async fn dead_letters(bus: &bus_sdk::Bus, group: &str, n: usize) -> anyhow::Resu
                 continue;
             }
             let headers = m.headers.clone();
-            let letter = DeadLetter::parse(&headers, m.payload.clone())
-                .ok_or_else(|| anyhow::anyhow!("message {} lacks dead-letter headers", m.sequence))?;
+            let letter = DeadLetter::parse(&headers, m.payload.clone()).ok_or_else(|| {
+                anyhow::anyhow!("message {} lacks dead-letter headers", m.sequence)
+            })?;
             letters.push(letter);
         }
         if letters.len() >= n || start.elapsed() > Duration::from_secs(30) {
@@ -35,8 +43,8 @@ async fn dead_letters(bus: &bus_sdk::Bus, group: &str, n: usize) -> anyhow::Resu
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn given_a_failing_handler_should_retry_with_backoff_then_dead_letter_with_reason_and_attempts(
-) -> anyhow::Result<()> {
+async fn given_a_failing_handler_should_retry_with_backoff_then_dead_letter_with_reason_and_attempts()
+-> anyhow::Result<()> {
     let cluster = NatsCluster::start(3).await?;
     let bus = bus_for(&cluster).await?;
     let attempts: Arc<Mutex<Vec<(u32, Instant)>>> = Arc::default();
@@ -49,7 +57,9 @@ async fn given_a_failing_handler_should_retry_with_backoff_then_dead_letter_with
         .on(move |ev: Received<OrderCreated>| {
             let seen = seen.clone();
             async move {
-                seen.lock().unwrap_or_else(|p| p.into_inner()).push((ev.meta.attempt, Instant::now()));
+                seen.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((ev.meta.attempt, Instant::now()));
                 Err::<(), _>(HandlerError::msg("card declined"))
             }
         })
@@ -64,19 +74,30 @@ async fn given_a_failing_handler_should_retry_with_backoff_then_dead_letter_with
     assert_eq!(letter.attempts, 3);
     assert_eq!(letter.stream_seq, receipt.seq);
     assert_eq!(letter.event_id.as_deref(), Some(receipt.id.as_str()));
-    assert!(letter.reason.contains("failed 3 times"), "{}", letter.reason);
+    assert!(
+        letter.reason.contains("failed 3 times"),
+        "{}",
+        letter.reason
+    );
     assert!(letter.reason.contains("card declined"), "{}", letter.reason);
     // The payload and headers are kept as they were.
     let back: OrderCreated = serde_json::from_slice(&letter.payload)?;
     assert_eq!(back, order(1));
-    assert_eq!(letter.headers.get("ce-type").map(|v| v.as_str()), Some("shop.order.created"));
+    assert_eq!(
+        letter.headers.get("ce-type").map(|v| v.as_str()),
+        Some("shop.order.created")
+    );
 
     let attempts = attempts.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let numbers: Vec<u32> = attempts.iter().map(|a| a.0).collect();
     assert_eq!(numbers, vec![1, 2, 3]);
     for (i, wanted) in backoff.iter().enumerate() {
         let gap = attempts[i + 1].1 - attempts[i].1;
-        assert!(gap >= *wanted, "retry {} came after {gap:?}, before the {wanted:?} backoff", i + 1);
+        assert!(
+            gap >= *wanted,
+            "retry {} came after {gap:?}, before the {wanted:?} backoff",
+            i + 1
+        );
     }
     wait_group_idle(&bus, "payments", Duration::from_secs(10)).await?;
     member.shutdown().await;
@@ -84,8 +105,7 @@ async fn given_a_failing_handler_should_retry_with_backoff_then_dead_letter_with
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn given_undecodable_events_should_dead_letter_them_at_once(
-) -> anyhow::Result<()> {
+async fn given_undecodable_events_should_dead_letter_them_at_once() -> anyhow::Result<()> {
     let cluster = NatsCluster::start(3).await?;
     let bus = bus_for(&cluster).await?;
     let handled = Recorder::default();
@@ -115,26 +135,49 @@ async fn given_undecodable_events_should_dead_letter_them_at_once(
     ] {
         h.insert(k, v);
     }
-    js.publish_with_headers("bus.evt.shop.order.created", h, "{\"order_id\": \"x\"}".into())
+    js.publish_with_headers(
+        "bus.evt.shop.order.created",
+        h,
+        "{\"order_id\": \"x\"}".into(),
+    )
+    .await?
+    .await?;
+    // 2. No CloudEvents headers at all.
+    js.publish("bus.evt.shop.order.created", "hello".into())
         .await?
         .await?;
-    // 2. No CloudEvents headers at all.
-    js.publish("bus.evt.shop.order.created", "hello".into()).await?.await?;
     // 3. A good one, which must still be handled.
     bus.publish(&order(3)).await?;
 
     let letters = dead_letters(&bus, "strict", 2).await?;
     assert_eq!(letters.len(), 2, "{letters:?}");
-    assert!(letters.iter().all(|l| l.attempts == 1), "dead-lettered at once: {letters:?}");
-    let bad_data = letters.iter().find(|l| l.event_id.as_deref() == Some("bad-data"));
+    assert!(
+        letters.iter().all(|l| l.attempts == 1),
+        "dead-lettered at once: {letters:?}"
+    );
+    let bad_data = letters
+        .iter()
+        .find(|l| l.event_id.as_deref() == Some("bad-data"));
     let bad_data = bad_data.ok_or_else(|| anyhow::anyhow!("no dead letter for bad-data"))?;
-    assert!(bad_data.reason.contains("data is not a valid"), "{}", bad_data.reason);
+    assert!(
+        bad_data.reason.contains("data is not a valid"),
+        "{}",
+        bad_data.reason
+    );
     let no_envelope = letters.iter().find(|l| l.event_id.is_none());
-    let no_envelope = no_envelope.ok_or_else(|| anyhow::anyhow!("no dead letter for the bare message"))?;
-    assert!(no_envelope.reason.contains("not a bus event"), "{}", no_envelope.reason);
+    let no_envelope =
+        no_envelope.ok_or_else(|| anyhow::anyhow!("no dead letter for the bare message"))?;
+    assert!(
+        no_envelope.reason.contains("not a bus event"),
+        "{}",
+        no_envelope.reason
+    );
     assert_eq!(&no_envelope.payload[..], b"hello");
 
-    wait_until("the good event", Duration::from_secs(10), || handled.distinct() == 1).await?;
+    wait_until("the good event", Duration::from_secs(10), || {
+        handled.distinct() == 1
+    })
+    .await?;
     wait_group_idle(&bus, "strict", Duration::from_secs(10)).await?;
     member.shutdown().await;
     Ok(())
@@ -156,7 +199,11 @@ async fn given_a_permanent_error_should_dead_letter_without_retries() -> anyhow:
     let letters = dead_letters(&bus, "once", 1).await?;
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].attempts, 1);
-    assert!(letters[0].reason.contains("closed shop"), "{}", letters[0].reason);
+    assert!(
+        letters[0].reason.contains("closed shop"),
+        "{}",
+        letters[0].reason
+    );
     member.shutdown().await;
     Ok(())
 }

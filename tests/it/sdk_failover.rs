@@ -83,14 +83,16 @@ impl CrashableMember {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn given_three_members_when_one_is_killed_mid_run_should_still_handle_every_event(
-) -> anyhow::Result<()> {
+async fn given_three_members_when_one_is_killed_mid_run_should_still_handle_every_event()
+-> anyhow::Result<()> {
     const EVENTS: u64 = 600;
     let cluster = NatsCluster::start(3).await?;
     let recorder = Recorder::default();
     let mut members = Vec::new();
     for m in 0..3 {
-        members.push(CrashableMember::start(&cluster, m, recorder.clone(), Duration::from_millis(5)).await?);
+        members.push(
+            CrashableMember::start(&cluster, m, recorder.clone(), Duration::from_millis(5)).await?,
+        );
     }
     let bus = bus_for(&cluster).await?;
     let events: Vec<_> = (0..EVENTS)
@@ -133,8 +135,8 @@ async fn given_three_members_when_one_is_killed_mid_run_should_still_handle_ever
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn given_continuous_publishing_when_the_stream_leader_is_killed_and_restarted_should_lose_and_duplicate_nothing(
-) -> anyhow::Result<()> {
+async fn given_continuous_publishing_when_the_stream_leader_is_killed_and_restarted_should_lose_and_duplicate_nothing()
+-> anyhow::Result<()> {
     let mut cluster = NatsCluster::start(3).await?;
     let bus = bus_for(&cluster).await?;
     let recorder = Recorder::default();
@@ -188,39 +190,58 @@ async fn given_continuous_publishing_when_the_stream_leader_is_killed_and_restar
     cluster
         .wait_for_stream_leader_other_than("BUS_EVENTS", leader)
         .await?;
-    wait_until("publishing resumed on the new leader", Duration::from_secs(60), || {
-        published.load(Ordering::SeqCst) >= before_new_leader + 200
-    })
+    wait_until(
+        "publishing resumed on the new leader",
+        Duration::from_secs(60),
+        || published.load(Ordering::SeqCst) >= before_new_leader + 200,
+    )
     .await?;
     cluster.restart(leader).await?;
     cluster.wait_caught_up(leader, "BUS_EVENTS").await?;
     let after_restart = published.load(Ordering::SeqCst);
-    wait_until("publishing after the restart", Duration::from_secs(60), || {
-        published.load(Ordering::SeqCst) >= after_restart + 100
-    })
+    wait_until(
+        "publishing after the restart",
+        Duration::from_secs(60),
+        || published.load(Ordering::SeqCst) >= after_restart + 100,
+    )
     .await?;
     stop.store(true, Ordering::SeqCst);
 
     let mut acked = Vec::new();
     for p in publishers {
         let (ok, failed) = p.await??;
-        assert!(failed.is_empty(), "publishes failed past the deadline: {failed:?}");
+        assert!(
+            failed.is_empty(),
+            "publishes failed past the deadline: {failed:?}"
+        );
         acked.extend(ok);
     }
     let ids: HashSet<&str> = acked.iter().map(|(id, _)| id.as_str()).collect();
     let seqs: HashSet<u64> = acked.iter().map(|(_, seq)| *seq).collect();
     assert_eq!(ids.len(), acked.len());
-    assert_eq!(seqs.len(), acked.len(), "two events share a stream sequence");
+    assert_eq!(
+        seqs.len(),
+        acked.len(),
+        "two events share a stream sequence"
+    );
     // Nothing stored twice: the stream holds exactly the acknowledged events.
-    assert_eq!(stream_messages(&bus, "BUS_EVENTS").await?, acked.len() as u64);
+    assert_eq!(
+        stream_messages(&bus, "BUS_EVENTS").await?,
+        acked.len() as u64
+    );
 
-    wait_until("every acknowledged event handled", Duration::from_secs(120), || {
-        recorder.distinct() >= acked.len()
-    })
+    wait_until(
+        "every acknowledged event handled",
+        Duration::from_secs(120),
+        || recorder.distinct() >= acked.len(),
+    )
     .await?;
     let handled: HashSet<String> = recorder.counts().into_keys().collect();
     let missing: Vec<_> = ids.iter().filter(|id| !handled.contains(**id)).collect();
-    assert!(missing.is_empty(), "acknowledged but never handled: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "acknowledged but never handled: {missing:?}"
+    );
     member.shutdown().await;
     Ok(())
 }

@@ -12,8 +12,8 @@ use crate::support::*;
 const TEN_THOUSAND: u64 = 10_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn given_three_members_when_10000_events_are_published_should_handle_each_exactly_once_spread_over_all(
-) -> anyhow::Result<()> {
+async fn given_three_members_when_10000_events_are_published_should_handle_each_exactly_once_spread_over_all()
+-> anyhow::Result<()> {
     let cluster = NatsCluster::start(3).await?;
     let recorder = Recorder::default();
     let mut members = Vec::new();
@@ -41,8 +41,14 @@ async fn given_three_members_when_10000_events_are_published_should_handle_each_
         .map(|n| publisher.event(&order(n)).map(|b| b.build()))
         .collect::<Result<_, _>>()?;
     let receipts = publisher.publish_batch(&events).await;
-    let stored = receipts.iter().filter(|r| matches!(r, Ok(r) if !r.duplicate)).count();
-    assert_eq!(stored as u64, TEN_THOUSAND, "every publish got a fresh PubAck");
+    let stored = receipts
+        .iter()
+        .filter(|r| matches!(r, Ok(r) if !r.duplicate))
+        .count();
+    assert_eq!(
+        stored as u64, TEN_THOUSAND,
+        "every publish got a fresh PubAck"
+    );
 
     wait_until("all events handled", Duration::from_secs(120), || {
         recorder.distinct() as u64 == TEN_THOUSAND
@@ -52,12 +58,19 @@ async fn given_three_members_when_10000_events_are_published_should_handle_each_
 
     let counts = recorder.counts();
     let twice: Vec<_> = counts.iter().filter(|(_, n)| **n != 1).collect();
-    assert!(twice.is_empty(), "handled more than once: {:?}", &twice[..twice.len().min(5)]);
+    assert!(
+        twice.is_empty(),
+        "handled more than once: {:?}",
+        &twice[..twice.len().min(5)]
+    );
     assert_eq!(recorder.total(), TEN_THOUSAND);
     let spread = recorder.per_member();
     for m in 0..3 {
         let n = spread.get(&m).copied().unwrap_or(0);
-        assert!(n >= TEN_THOUSAND / 10, "member {m} handled only {n}: {spread:?}");
+        assert!(
+            n >= TEN_THOUSAND / 10,
+            "member {m} handled only {n}: {spread:?}"
+        );
     }
     for member in members {
         assert!(member.shutdown().await);
@@ -66,8 +79,8 @@ async fn given_three_members_when_10000_events_are_published_should_handle_each_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn given_a_running_handler_when_the_member_shuts_down_should_finish_and_ack_it(
-) -> anyhow::Result<()> {
+async fn given_a_running_handler_when_the_member_shuts_down_should_finish_and_ack_it()
+-> anyhow::Result<()> {
     let cluster = NatsCluster::start(1).await?;
     let bus = bus_for(&cluster).await?;
     let started = Arc::new(AtomicU32::new(0));
@@ -91,8 +104,15 @@ async fn given_a_running_handler_when_the_member_shuts_down_should_finish_and_ac
         started.load(Ordering::SeqCst) == 1
     })
     .await?;
-    assert_eq!(finished.load(Ordering::SeqCst), 0, "shutdown must begin mid-handler");
-    assert!(member.shutdown().await, "shutdown finished within the grace");
+    assert_eq!(
+        finished.load(Ordering::SeqCst),
+        0,
+        "shutdown must begin mid-handler"
+    );
+    assert!(
+        member.shutdown().await,
+        "shutdown finished within the grace"
+    );
     assert_eq!(finished.load(Ordering::SeqCst), 1);
     // Acked, not left for redelivery.
     wait_group_idle(&bus, "slow", Duration::from_secs(5)).await?;
@@ -100,8 +120,8 @@ async fn given_a_running_handler_when_the_member_shuts_down_should_finish_and_ac
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn given_the_consumer_was_deleted_when_events_arrive_should_recreate_it_and_handle_them(
-) -> anyhow::Result<()> {
+async fn given_the_consumer_was_deleted_when_events_arrive_should_recreate_it_and_handle_them()
+-> anyhow::Result<()> {
     let cluster = NatsCluster::start(1).await?;
     let bus = bus_for(&cluster).await?;
     let recorder = Recorder::default();
@@ -118,9 +138,15 @@ async fn given_the_consumer_was_deleted_when_events_arrive_should_recreate_it_an
         .start()
         .await?;
     bus.publish(&order(1)).await?;
-    wait_until("first event", Duration::from_secs(10), || recorder.distinct() == 1).await?;
+    wait_until("first event", Duration::from_secs(10), || {
+        recorder.distinct() == 1
+    })
+    .await?;
 
-    let stream = bus.jetstream().get_stream(&bus.config().streams.events_name).await?;
+    let stream = bus
+        .jetstream()
+        .get_stream(&bus.config().streams.events_name)
+        .await?;
     stream.delete_consumer("audit").await?;
     for n in 2..=5 {
         bus.publish(&order(n)).await?;
@@ -134,8 +160,8 @@ async fn given_the_consumer_was_deleted_when_events_arrive_should_recreate_it_an
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn given_two_types_in_one_group_should_dispatch_each_to_its_handler_with_metadata(
-) -> anyhow::Result<()> {
+async fn given_two_types_in_one_group_should_dispatch_each_to_its_handler_with_metadata()
+-> anyhow::Result<()> {
     let cluster = NatsCluster::start(1).await?;
     let bus = bus_for(&cluster).await?;
     let orders = Recorder::default();
@@ -179,8 +205,7 @@ async fn given_two_types_in_one_group_should_dispatch_each_to_its_handler_with_m
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn given_the_same_event_id_when_published_twice_should_store_it_once(
-) -> anyhow::Result<()> {
+async fn given_the_same_event_id_when_published_twice_should_store_it_once() -> anyhow::Result<()> {
     let cluster = NatsCluster::start(3).await?;
     let bus = bus_for(&cluster).await?;
     let event = bus.event(&order(1))?.id("order-1-created").build();

@@ -12,8 +12,8 @@ use futures::StreamExt;
 use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn given_a_plain_client_publishing_ce_headers_should_be_handled_by_the_sdk(
-) -> anyhow::Result<()> {
+async fn given_a_plain_client_publishing_ce_headers_should_be_handled_by_the_sdk()
+-> anyhow::Result<()> {
     let cluster = NatsCluster::start(3).await?;
     let bus = bus_for(&cluster).await?;
     let (tx, mut rx) = tokio::sync::mpsc::channel(4);
@@ -39,7 +39,10 @@ async fn given_a_plain_client_publishing_ce_headers_should_be_handled_by_the_sdk
         ("ce-subject", "order/9"),
         ("ce-time", "2026-11-23T10:00:00Z"),
         ("content-type", "application/json"),
-        ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        (
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        ),
     ] {
         h.insert(k, v);
     }
@@ -53,7 +56,13 @@ async fn given_a_plain_client_publishing_ce_headers_should_be_handled_by_the_sdk
     let (data, event) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
         .await?
         .ok_or_else(|| anyhow::anyhow!("handler channel closed"))?;
-    assert_eq!(data, OrderCreated { order_id: 9, customer: "c9".into() });
+    assert_eq!(
+        data,
+        OrderCreated {
+            order_id: 9,
+            customer: "c9".into()
+        }
+    );
     assert_eq!(event.id, "plain-1");
     assert_eq!(event.source, "/legacy/php");
     assert_eq!(event.subject.as_deref(), Some("order/9"));

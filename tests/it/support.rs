@@ -47,7 +47,10 @@ pub fn config_for(cluster: &NatsCluster) -> BusConfig {
 }
 
 pub async fn bus_for(cluster: &NatsCluster) -> anyhow::Result<Bus> {
-    Ok(Bus::builder(config_for(cluster)).source("/tests").connect().await?)
+    Ok(Bus::builder(config_for(cluster))
+        .source("/tests")
+        .connect()
+        .await?)
 }
 
 /// What handlers saw: how often each event id was handled, and by which member.
@@ -70,7 +73,11 @@ impl Recorder {
     }
 
     pub fn distinct(&self) -> usize {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).per_id.len()
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .per_id
+            .len()
     }
 
     pub fn total(&self) -> u64 {
@@ -79,16 +86,28 @@ impl Recorder {
     }
 
     pub fn counts(&self) -> HashMap<String, u32> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).per_id.clone()
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .per_id
+            .clone()
     }
 
     pub fn per_member(&self) -> HashMap<usize, u64> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).per_member.clone()
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .per_member
+            .clone()
     }
 }
 
 /// Polls `cond` every 20 ms until it holds or `deadline` passes.
-pub async fn wait_until(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) -> anyhow::Result<()> {
+pub async fn wait_until(
+    what: &str,
+    deadline: Duration,
+    mut cond: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
     let start = tokio::time::Instant::now();
     while !cond() {
         if start.elapsed() > deadline {
@@ -105,8 +124,10 @@ pub async fn wait_group_idle(bus: &Bus, group: &str, deadline: Duration) -> anyh
     let stream = bus.config().streams.events_name.clone();
     loop {
         let info = bus.jetstream().get_stream(&stream).await?;
-        let mut consumer: async_nats::jetstream::consumer::PullConsumer =
-            info.get_consumer(group).await.map_err(|e| anyhow::anyhow!(e))?;
+        let mut consumer: async_nats::jetstream::consumer::PullConsumer = info
+            .get_consumer(group)
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
         let ci = consumer.info().await?;
         if ci.num_pending == 0 && ci.num_ack_pending == 0 {
             return Ok(());

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::AckKind;
-use async_nats::jetstream::consumer::pull::{self, MessagesErrorKind};
 use async_nats::jetstream::consumer::Consumer;
+use async_nats::jetstream::consumer::pull::{self, MessagesErrorKind};
 use bus_core::retry::backoff_delay;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::Semaphore;

@@ -91,7 +91,10 @@ impl std::fmt::Debug for GroupBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GroupBuilder")
             .field("options", &self.options)
-            .field("types", &self.handlers.iter().map(|h| h.0).collect::<Vec<_>>())
+            .field(
+                "types",
+                &self.handlers.iter().map(|h| h.0).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }

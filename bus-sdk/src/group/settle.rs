@@ -50,7 +50,13 @@ pub(crate) async fn handle(shared: Arc<Shared>, message: Message, _slot: OwnedSe
     match outcome {
         Outcome::Handled => ack(&message, AckKind::Ack).await,
         Outcome::Failed(e) if e.is_permanent() => {
-            dead_letter(&shared, &message, &origin, &format!("permanent failure: {e}")).await;
+            dead_letter(
+                &shared,
+                &message,
+                &origin,
+                &format!("permanent failure: {e}"),
+            )
+            .await;
         }
         Outcome::Failed(e) if attempt >= max => {
             let reason = format!("failed {attempt} times; last error: {e}");
@@ -87,9 +93,9 @@ async fn dispatch(
         headers: message.headers.clone().unwrap_or_default(),
         group: Some(shared.options.name.clone()),
     };
-    let running = AssertUnwindSafe(handler(meta)).catch_unwind().map(|r| {
-        r.unwrap_or_else(|_| Outcome::Failed(HandlerError::msg("handler panicked")))
-    });
+    let running = AssertUnwindSafe(handler(meta))
+        .catch_unwind()
+        .map(|r| r.unwrap_or_else(|_| Outcome::Failed(HandlerError::msg("handler panicked"))));
     with_progress(message, shared.options.ack_wait, Box::pin(running)).await
 }
 
@@ -122,7 +128,11 @@ async fn dead_letter(shared: &Shared, message: &Message, origin: &Origin<'_>, re
         Err(e) => {
             // Keep the event: it comes back and is dead-lettered on a later delivery.
             tracing::error!(group = origin.group, error = %e, "cannot store dead letter");
-            ack(message, AckKind::Nak(Some(shared.options.backoff_after(origin.attempts)))).await;
+            ack(
+                message,
+                AckKind::Nak(Some(shared.options.backoff_after(origin.attempts))),
+            )
+            .await;
         }
     }
 }

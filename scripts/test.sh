@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs every test: unit tests, doc tests, and the integration suites against real
+# nats-server processes and clusters. Installs the pinned nats-server and cargo-nextest
+# when they are missing. Extra arguments go to `cargo nextest run`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+NATS_SERVER_BIN=$(scripts/ensure-nats-server.sh)
+export NATS_SERVER_BIN
+echo "test: nats-server $("$NATS_SERVER_BIN" --version) at $NATS_SERVER_BIN" >&2
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "test: installing cargo-nextest" >&2
+  cargo install --locked cargo-nextest
+fi
+
+profile=default
+[ -n "${CI:-}" ] && profile=ci
+cargo nextest run --workspace --all-targets --profile "$profile" "$@"
+# nextest does not run doc tests.
+cargo test --workspace --doc --quiet
