@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::subjects::{DEFAULT_DLQ_PREFIX, DEFAULT_EVENT_PREFIX, Subjects};
+use crate::subjects::{DEFAULT_DLQ_PREFIX, DEFAULT_EVENT_PREFIX, DEFAULT_REDRIVE_PREFIX, Subjects};
 
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -93,7 +93,11 @@ impl BusConfig {
     }
 
     pub fn subjects(&self) -> Subjects {
-        Subjects::new(&self.subjects.prefix, &self.subjects.dlq_prefix)
+        Subjects::new(
+            &self.subjects.prefix,
+            &self.subjects.dlq_prefix,
+            &self.subjects.redrive_prefix,
+        )
     }
 }
 
@@ -320,6 +324,7 @@ impl StreamsConfig {
 pub struct SubjectsConfig {
     pub prefix: String,
     pub dlq_prefix: String,
+    pub redrive_prefix: String,
 }
 
 impl Default for SubjectsConfig {
@@ -327,6 +332,7 @@ impl Default for SubjectsConfig {
         Self {
             prefix: DEFAULT_EVENT_PREFIX.to_owned(),
             dlq_prefix: DEFAULT_DLQ_PREFIX.to_owned(),
+            redrive_prefix: DEFAULT_REDRIVE_PREFIX.to_owned(),
         }
     }
 }
@@ -335,12 +341,22 @@ impl SubjectsConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_prefix("subjects.prefix", &self.prefix)?;
         check_prefix("subjects.dlq_prefix", &self.dlq_prefix)?;
-        let (a, b) = (format!("{}.", self.prefix), format!("{}.", self.dlq_prefix));
-        if a.starts_with(&b) || b.starts_with(&a) {
-            return Err(ConfigError::new(
-                "subjects.dlq_prefix",
-                "must not overlap subjects.prefix",
-            ));
+        check_prefix("subjects.redrive_prefix", &self.redrive_prefix)?;
+        let keyed = [
+            ("subjects.prefix", &self.prefix),
+            ("subjects.dlq_prefix", &self.dlq_prefix),
+            ("subjects.redrive_prefix", &self.redrive_prefix),
+        ];
+        for (i, (key, p)) in keyed.iter().enumerate() {
+            for (other_key, q) in &keyed[..i] {
+                let (a, b) = (format!("{p}."), format!("{q}."));
+                if a.starts_with(&b) || b.starts_with(&a) {
+                    return Err(ConfigError::new(
+                        *key,
+                        format!("must not overlap {other_key}"),
+                    ));
+                }
+            }
         }
         Ok(())
     }

@@ -1,24 +1,33 @@
 //! Where events live on NATS: `<prefix>.<event type>` for events (default prefix
-//! `bus.evt`) and `<dlq prefix>.<group>` for dead letters (default `bus.dlq`).
+//! `bus.evt`), `<dlq prefix>.<group>` for dead letters (default `bus.dlq`), and
+//! `<redrive prefix>.<group>.<event type>` for dead letters sent back to the one group
+//! that gave up on them (default `bus.redrive`; stored in the events stream).
 
 use crate::event_type::{EventPattern, EventType};
 
 pub const DEFAULT_EVENT_PREFIX: &str = "bus.evt";
 pub const DEFAULT_DLQ_PREFIX: &str = "bus.dlq";
+pub const DEFAULT_REDRIVE_PREFIX: &str = "bus.redrive";
 
 /// Maps event types and groups to subjects. Cheap to clone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subjects {
     events: String,
     dlq: String,
+    redrive: String,
 }
 
 impl Subjects {
-    /// Both prefixes must be valid subject prefixes (see [`crate::config::SubjectsConfig::validate`]).
-    pub fn new(events_prefix: impl Into<String>, dlq_prefix: impl Into<String>) -> Self {
+    /// The prefixes must be valid and disjoint (see [`crate::config::SubjectsConfig::validate`]).
+    pub fn new(
+        events_prefix: impl Into<String>,
+        dlq_prefix: impl Into<String>,
+        redrive_prefix: impl Into<String>,
+    ) -> Self {
         Self {
             events: events_prefix.into(),
             dlq: dlq_prefix.into(),
+            redrive: redrive_prefix.into(),
         }
     }
 
@@ -43,6 +52,21 @@ impl Subjects {
         EventType::new(rest).ok()
     }
 
+    /// Where a dead letter of `group` is sent back to be handled by that group alone.
+    pub fn redrive(&self, group: &str, event_type: &EventType) -> String {
+        format!("{}.{}.{}", self.redrive, group, event_type)
+    }
+
+    /// Everything redriven to `group`: part of that group's consumer filter.
+    pub fn redrive_filter(&self, group: &str) -> String {
+        format!("{}.{}.>", self.redrive, group)
+    }
+
+    /// Every redriven event: the second subject filter of the events stream.
+    pub fn all_redrives(&self) -> String {
+        format!("{}.>", self.redrive)
+    }
+
     /// Dead letters of one group.
     pub fn dead_letter(&self, group: &str) -> String {
         format!("{}.{}", self.dlq, group)
@@ -56,7 +80,11 @@ impl Subjects {
 
 impl Default for Subjects {
     fn default() -> Self {
-        Self::new(DEFAULT_EVENT_PREFIX, DEFAULT_DLQ_PREFIX)
+        Self::new(
+            DEFAULT_EVENT_PREFIX,
+            DEFAULT_DLQ_PREFIX,
+            DEFAULT_REDRIVE_PREFIX,
+        )
     }
 }
 
@@ -79,5 +107,9 @@ mod tests {
         assert_eq!(s.event_type_of("other.a"), None);
         assert_eq!(s.dead_letter("billing"), "bus.dlq.billing");
         assert_eq!(s.all_events(), "bus.evt.>");
+        let t = EventType::new("a.b").ok();
+        let t = t.as_ref().map(|t| s.redrive("billing", t));
+        assert_eq!(t.as_deref(), Some("bus.redrive.billing.a.b"));
+        assert_eq!(s.redrive_filter("billing"), "bus.redrive.billing.>");
     }
 }

@@ -55,7 +55,7 @@ impl Topology {
         let events = Config {
             name: s.events_name.clone(),
             description: Some("bus events".into()),
-            subjects: vec![subjects.all_events()],
+            subjects: vec![subjects.all_events(), subjects.all_redrives()],
             retention: RetentionPolicy::Limits,
             storage: StorageType::File,
             num_replicas: s.replicas,
@@ -64,6 +64,8 @@ impl Topology {
             // Refuse new events when full rather than drop stored ones.
             discard: DiscardPolicy::New,
             duplicate_window: s.duplicate_window,
+            // Reads by sequence or subject from any replica (dead-letter listing, replay).
+            allow_direct: true,
             ..Default::default()
         };
         let dead_letters = Config {
@@ -212,4 +214,5 @@ fn needs_update(actual: &Config, wanted: &Config) -> bool {
         || actual.max_bytes != wanted.max_bytes
         || actual.discard != wanted.discard
         || actual.duplicate_window != wanted.duplicate_window
+        || actual.allow_direct != wanted.allow_direct
 }

@@ -29,6 +29,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod admin;
 mod broadcast;
 mod bus;
 mod connect;

@@ -207,3 +207,78 @@ async fn given_a_permanent_error_should_dead_letter_without_retries() -> anyhow:
     member.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_dead_letters_when_redriven_should_be_handled_again_by_their_group_only()
+-> anyhow::Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let cluster = NatsCluster::start(1).await?;
+    let bus = bus_for(&cluster).await?;
+    let healthy = Arc::new(AtomicBool::new(false));
+    let handled = Recorder::default();
+    let (h, rec) = (healthy.clone(), handled.clone());
+    let member = bus
+        .group("fragile")
+        .max_deliver(1)
+        .on(move |ev: Received<OrderCreated>| {
+            let (h, rec) = (h.clone(), rec.clone());
+            async move {
+                if !h.load(Ordering::SeqCst) {
+                    return Err(HandlerError::msg("downstream is down"));
+                }
+                rec.record(0, ev.meta.id());
+                Ok(())
+            }
+        })
+        .start()
+        .await?;
+    let bystander = Recorder::default();
+    let b = bystander.clone();
+    let other = bus
+        .group("bystander")
+        .on(move |ev: Received<OrderCreated>| {
+            let b = b.clone();
+            async move {
+                b.record(0, ev.meta.id());
+                Ok::<(), HandlerError>(())
+            }
+        })
+        .start()
+        .await?;
+    let first = bus.publish(&order(1)).await?;
+    let second = bus.publish(&order(2)).await?;
+    let listed = dead_letters(&bus, "fragile", 2).await?;
+    assert_eq!(listed.len(), 2);
+    let stored = bus.dead_letters(Some("fragile"), 0, 10).await?;
+    assert_eq!(stored.len(), 2);
+    assert!(bus.dead_letters(Some("bystander"), 0, 10).await?.is_empty());
+    wait_until("bystander saw both", Duration::from_secs(10), || {
+        bystander.distinct() == 2
+    })
+    .await?;
+
+    healthy.store(true, Ordering::SeqCst);
+    let only_second = [second.id.clone()];
+    assert_eq!(bus.redrive_group("fragile", Some(&only_second)).await?, 1);
+    wait_until("the redriven event", Duration::from_secs(10), || {
+        handled.distinct() == 1
+    })
+    .await?;
+    assert_eq!(handled.counts().get(&second.id), Some(&1));
+    let left = bus.dead_letters(Some("fragile"), 0, 10).await?;
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].letter.event_id.as_deref(), Some(first.id.as_str()));
+
+    assert_eq!(bus.redrive_group("fragile", None).await?, 1);
+    wait_until("both handled", Duration::from_secs(10), || {
+        handled.distinct() == 2
+    })
+    .await?;
+    assert!(bus.dead_letters(Some("fragile"), 0, 10).await?.is_empty());
+    // The other group did not get the redriven copies.
+    wait_group_idle(&bus, "bystander", Duration::from_secs(5)).await?;
+    assert_eq!(bystander.total(), 2);
+    member.shutdown().await;
+    other.shutdown().await;
+    Ok(())
+}

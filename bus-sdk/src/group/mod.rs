@@ -200,6 +200,8 @@ impl GroupBuilder {
                 return Err(SubscribeError::DuplicateHandler(name.to_owned()));
             }
         }
+        // Dead letters redriven to this group come back on its own subject.
+        filters.push(self.bus.subjects().redrive_filter(&self.options.name));
         let consumer_config = consumer_config(&self.options, filters);
         let shared = Arc::new(member::Shared {
             bus: self.bus,

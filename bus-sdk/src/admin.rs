@@ -1,0 +1,210 @@
+//! Operating the bus: consumer groups and their backlog, dead letters, and redrive. Used
+//! by `bus-node`'s admin endpoints and available to services.
+
+use std::str::FromStr;
+
+use async_nats::HeaderMap;
+use async_nats::header::HeaderValue;
+use async_nats::jetstream::stream::DirectGetErrorKind;
+use bus_core::EventType;
+use bus_core::headers::{CE_TYPE, NATS_MSG_ID};
+use futures::TryStreamExt;
+
+use crate::bus::Bus;
+use crate::dead_letter::DeadLetter;
+use crate::error::PublishError;
+use crate::group::check_name;
+
+/// Most dead letters one listing returns.
+pub const MAX_DEAD_LETTER_PAGE: usize = 1000;
+/// Most dead letters one redrive call looks at.
+pub const MAX_REDRIVE_SCAN: usize = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdminError {
+    #[error("invalid group name {0:?}")]
+    InvalidGroup(String),
+    #[error("JetStream request failed: {0}")]
+    JetStream(String),
+    #[error("dead letter {seq} cannot be redriven: {reason}")]
+    NotRedrivable { seq: u64, reason: String },
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+}
+
+fn js_err(e: impl std::fmt::Display) -> AdminError {
+    AdminError::JetStream(e.to_string())
+}
+
+/// A consumer group as JetStream sees it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GroupInfo {
+    pub name: String,
+    pub filters: Vec<String>,
+    /// Events not yet delivered to any member.
+    pub pending: u64,
+    /// Delivered, not yet acknowledged.
+    pub in_flight: u64,
+    /// Delivered more than once and not yet acknowledged.
+    pub redelivered: u64,
+    /// Pull requests waiting: roughly, idle member slots.
+    pub waiting: u64,
+}
+
+/// One dead letter with its place in the dead-letter stream.
+#[derive(Debug, Clone)]
+pub struct StoredDeadLetter {
+    pub seq: u64,
+    pub letter: DeadLetter,
+}
+
+impl Bus {
+    /// Every consumer group on the events stream, with its backlog.
+    pub async fn groups(&self) -> Result<Vec<GroupInfo>, AdminError> {
+        let stream = self
+            .jetstream()
+            .get_stream(&self.config().streams.events_name)
+            .await
+            .map_err(js_err)?;
+        let infos: Vec<_> = stream.consumers().try_collect().await.map_err(js_err)?;
+        let mut groups: Vec<GroupInfo> = infos
+            .into_iter()
+            .filter(|i| i.config.durable_name.is_some())
+            .map(|i| {
+                let mut filters = i.config.filter_subjects.clone();
+                if !i.config.filter_subject.is_empty() {
+                    filters.push(i.config.filter_subject.clone());
+                }
+                GroupInfo {
+                    name: i.name,
+                    filters,
+                    pending: i.num_pending,
+                    in_flight: i.num_ack_pending as u64,
+                    redelivered: i.num_redelivered as u64,
+                    waiting: i.num_waiting as u64,
+                }
+            })
+            .collect();
+        groups.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(groups)
+    }
+
+    /// Dead letters after dead-letter sequence `after` (0: from the start), of one group or
+    /// of all, at most `limit` (capped at [`MAX_DEAD_LETTER_PAGE`]).
+    pub async fn dead_letters(
+        &self,
+        group: Option<&str>,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredDeadLetter>, AdminError> {
+        let subject = match group {
+            Some(g) => {
+                check_name(g).map_err(|_| AdminError::InvalidGroup(g.to_owned()))?;
+                self.subjects().dead_letter(g)
+            }
+            None => self.subjects().all_dead_letters(),
+        };
+        let stream = self
+            .jetstream()
+            .get_stream(&self.config().streams.dlq_name)
+            .await
+            .map_err(js_err)?;
+        let mut out = Vec::new();
+        let mut next = after + 1;
+        while out.len() < limit.min(MAX_DEAD_LETTER_PAGE) {
+            let message = match stream
+                .direct_get_next_for_subject(subject.as_str(), Some(next))
+                .await
+            {
+                Ok(m) => m,
+                Err(e) if e.kind() == DirectGetErrorKind::NotFound => break,
+                Err(e) => return Err(js_err(e)),
+            };
+            next = message.sequence + 1;
+            if let Some(letter) = DeadLetter::parse(&message.headers, message.payload.clone()) {
+                out.push(StoredDeadLetter {
+                    seq: message.sequence,
+                    letter,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sends dead letter `seq` back to the group that gave up on it (and to no other
+    /// group), then removes it from the dead letters. Safe to repeat: the redriven event
+    /// is stored once.
+    pub async fn redrive(&self, letter: &StoredDeadLetter) -> Result<(), AdminError> {
+        let not = |reason: &str| AdminError::NotRedrivable {
+            seq: letter.seq,
+            reason: reason.to_owned(),
+        };
+        let event_type = letter
+            .letter
+            .headers
+            .get(CE_TYPE)
+            .and_then(|t| EventType::new(t.as_str()).ok())
+            .ok_or_else(|| not("it has no valid ce-type header"))?;
+        let mut headers = HeaderMap::new();
+        for (name, values) in letter.letter.headers.iter() {
+            let n = name.to_string();
+            if n.starts_with("bus-dlq-") || n == NATS_MSG_ID {
+                continue;
+            }
+            for v in values {
+                headers.append(name.clone(), v.clone());
+            }
+        }
+        let dedup = format!("redrive-{}-{}", self.config().streams.dlq_name, letter.seq);
+        let value = HeaderValue::from_str(&dedup).map_err(|_| not("bad id"))?;
+        headers.insert(NATS_MSG_ID, value);
+        let subject = self.subjects().redrive(&letter.letter.group, &event_type);
+        self.publisher()
+            .publish_raw(subject, headers, letter.letter.payload.clone(), &dedup)
+            .await?;
+        let stream = self
+            .jetstream()
+            .get_stream(&self.config().streams.dlq_name)
+            .await
+            .map_err(js_err)?;
+        match stream.delete_message(letter.seq).await {
+            Ok(_) => Ok(()),
+            // Already gone: an earlier redrive of the same letter got this far.
+            Err(e) if e.to_string().contains("no message found") => Ok(()),
+            Err(e) => Err(js_err(e)),
+        }
+    }
+
+    /// Redrives the dead letters of `group` whose event id is in `ids` (all of them when
+    /// `ids` is `None`); returns how many were redriven.
+    pub async fn redrive_group(
+        &self,
+        group: &str,
+        ids: Option<&[String]>,
+    ) -> Result<usize, AdminError> {
+        let mut after = 0;
+        let mut scanned = 0;
+        let mut redriven = 0;
+        while scanned < MAX_REDRIVE_SCAN {
+            let page = self
+                .dead_letters(Some(group), after, MAX_DEAD_LETTER_PAGE)
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            scanned += page.len();
+            for letter in &page {
+                let wanted = match (ids, &letter.letter.event_id) {
+                    (None, _) => true,
+                    (Some(ids), Some(id)) => ids.contains(id),
+                    (Some(_), None) => false,
+                };
+                if wanted {
+                    self.redrive(letter).await?;
+                    redriven += 1;
+                }
+            }
+        }
+        Ok(redriven)
+    }
+}
