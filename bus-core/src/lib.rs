@@ -11,6 +11,7 @@ pub mod event;
 pub mod event_type;
 pub mod headers;
 pub mod retry;
+pub mod structured;
 pub mod subjects;
 pub mod topology;
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::consumer::pull::OrderedConfig;
 use bus_core::retry::backoff_delay;
-use bus_core::{EventType, binary_mode};
+use bus_core::{EventPattern, EventType, binary_mode};
 use futures::StreamExt;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::bus::Bus;
 use crate::error::SubscribeError;
-use crate::handler::{ErasedHandler, HandlerError, HandlerMap, Outcome, erase};
+use crate::handler::{ErasedHandler, HandlerError, HandlerMap, Outcome, erase, erase_raw};
 use crate::typed::{EventMeta, EventPayload, Received};
 
 /// Where a broadcast subscription starts.
@@ -50,6 +50,7 @@ pub enum StartAt {
 pub struct BroadcastBuilder {
     bus: Bus,
     handlers: Vec<(&'static str, ErasedHandler)>,
+    raw: Vec<(EventPattern, ErasedHandler)>,
     start_at: StartAt,
 }
 
@@ -66,6 +67,7 @@ impl BroadcastBuilder {
         Self {
             bus,
             handlers: Vec::new(),
+            raw: Vec::new(),
             start_at: StartAt::New,
         }
     }
@@ -81,6 +83,33 @@ impl BroadcastBuilder {
         self
     }
 
+    /// Handles every event whose type matches `pattern` (`shop.>`, `*.created`), as a
+    /// raw [`EventMeta`]: for tools that do not know the payload types. Typed handlers
+    /// registered with [`BroadcastBuilder::on`] take precedence.
+    ///
+    /// ```no_run
+    /// # use bus_sdk::{Bus, EventMeta, HandlerError};
+    /// # async fn f(bus: Bus) -> Result<(), Box<dyn std::error::Error>> {
+    /// let pattern = bus_sdk::bus_core::EventPattern::new(">")?;
+    /// let tap = bus
+    ///     .broadcast()
+    ///     .on_any(pattern, |meta: EventMeta| async move {
+    ///         println!("{} #{}", meta.event.event_type, meta.stream_seq);
+    ///         Ok::<(), HandlerError>(())
+    ///     })
+    ///     .start()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn on_any<F, Fut>(mut self, pattern: EventPattern, handler: F) -> Self
+    where
+        F: Fn(EventMeta) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        self.raw.push((pattern, erase_raw(handler)));
+        self
+    }
+
     /// Where to start (default [`StartAt::New`]).
     pub fn start_at(mut self, start_at: StartAt) -> Self {
         self.start_at = start_at;
@@ -88,14 +117,21 @@ impl BroadcastBuilder {
     }
 
     pub async fn start(self) -> Result<Broadcast, SubscribeError> {
-        if self.handlers.is_empty() {
+        if self.handlers.is_empty() && self.raw.is_empty() {
             return Err(SubscribeError::NoHandlers);
         }
         let mut handlers = HandlerMap::new();
-        let mut filters = Vec::new();
+        let mut filters: Vec<String> = self
+            .raw
+            .iter()
+            .map(|(p, _)| self.bus.subjects().pattern(p))
+            .collect();
         for (name, handler) in self.handlers {
             let t = EventType::new(name)?;
-            filters.push(self.bus.subjects().event(&t));
+            // JetStream refuses overlapping filters: a pattern already covering it is enough.
+            if !self.raw.iter().any(|(p, _)| p.matches(&t)) {
+                filters.push(self.bus.subjects().event(&t));
+            }
             if handlers.insert(name.to_owned(), handler).is_some() {
                 return Err(SubscribeError::DuplicateHandler(name.to_owned()));
             }
@@ -105,9 +141,12 @@ impl BroadcastBuilder {
             StartAt::All => DeliverPolicy::All,
             StartAt::Sequence(start_sequence) => DeliverPolicy::ByStartSequence { start_sequence },
         };
+        filters.sort();
+        filters.dedup();
         let sub = Subscription {
             bus: self.bus,
             handlers,
+            raw: self.raw,
             filters,
         };
         // Open once here so that the caller learns of a refusal, and so that events
@@ -127,6 +166,7 @@ impl BroadcastBuilder {
 struct Subscription {
     bus: Bus,
     handlers: HandlerMap,
+    raw: Vec<(EventPattern, ErasedHandler)>,
     filters: Vec<String>,
 }
 
@@ -209,7 +249,13 @@ impl Subscription {
                 return Some(seq);
             }
         };
-        let Some(handler) = self.handlers.get(event.event_type.as_str()) else {
+        let handler = self.handlers.get(event.event_type.as_str()).or_else(|| {
+            self.raw
+                .iter()
+                .find(|(p, _)| p.matches(&event.event_type))
+                .map(|(_, h)| h)
+        });
+        let Some(handler) = handler else {
             return Some(seq);
         };
         let meta = EventMeta {

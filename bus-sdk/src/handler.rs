@@ -115,3 +115,21 @@ fn decode_data<T: EventPayload>(meta: &EventMeta) -> Result<T, String> {
     serde_json::from_slice(&meta.event.data)
         .map_err(|e| format!("data is not a valid {}: {e}", T::EVENT_TYPE))
 }
+
+/// A handler for any event matching a pattern, given the raw event.
+pub(crate) fn erase_raw<F, Fut>(handler: F) -> ErasedHandler
+where
+    F: Fn(EventMeta) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+{
+    let handler = Arc::new(handler);
+    Arc::new(move |meta: EventMeta| {
+        let handler = handler.clone();
+        Box::pin(async move {
+            match handler(meta).await {
+                Ok(()) => Outcome::Handled,
+                Err(e) => Outcome::Failed(e),
+            }
+        })
+    })
+}

@@ -65,11 +65,24 @@ impl Publisher {
         events: &[Event],
         window: usize,
     ) -> Vec<Result<PublishReceipt, PublishError>> {
-        futures::stream::iter(events)
-            .map(|e| self.publish_event(e))
-            .buffered(window.max(1))
-            .collect()
-            .await
+        // A plain loop rather than `stream::iter(..).buffered(..)`: the closure form's
+        // higher-ranked lifetimes make the future unusable from `Send` contexts (axum).
+        let window = window.max(1);
+        let mut results = Vec::with_capacity(events.len());
+        let mut in_flight = futures::stream::FuturesOrdered::new();
+        let mut pending = events.iter();
+        loop {
+            while in_flight.len() < window {
+                match pending.next() {
+                    Some(event) => in_flight.push_back(self.publish_event(event)),
+                    None => break,
+                }
+            }
+            match in_flight.next().await {
+                Some(result) => results.push(result),
+                None => return results,
+            }
+        }
     }
 
     /// Publishes until a PubAck arrives, an error that retrying cannot fix, or the deadline.

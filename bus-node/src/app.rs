@@ -1,0 +1,69 @@
+//! The node's shared state, handed to every request.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bus_sdk::Bus;
+use tokio::sync::{OnceCell, Semaphore};
+
+use crate::auth::Auth;
+use crate::config::NodeConfig;
+use crate::metrics::Metrics;
+
+#[derive(Debug)]
+pub struct App {
+    pub config: NodeConfig,
+    pub auth: Auth,
+    pub metrics: Metrics,
+    /// Requests served at once (`http.max_connections`); past it, `503` at once.
+    pub request_slots: Semaphore,
+    bus: OnceCell<Bus>,
+    draining: AtomicBool,
+}
+
+impl App {
+    pub fn new(config: NodeConfig) -> Self {
+        Self {
+            auth: Auth::new(&config.auth),
+            metrics: Metrics::new(),
+            request_slots: Semaphore::new(config.http.max_connections),
+            bus: OnceCell::new(),
+            draining: AtomicBool::new(false),
+            config,
+        }
+    }
+
+    /// The bus, once connected with its streams in place.
+    pub fn bus(&self) -> Option<&Bus> {
+        self.bus.get()
+    }
+
+    pub fn set_bus(&self, bus: Bus) {
+        if self.bus.set(bus).is_err() {
+            tracing::warn!("bus connected twice; keeping the first");
+        }
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Why the node is not ready, if it is not.
+    pub fn not_ready_reason(&self) -> Option<&'static str> {
+        if self.is_draining() {
+            return Some("draining");
+        }
+        match self.bus() {
+            None => Some("NATS not connected or streams not in place yet"),
+            Some(bus)
+                if bus.client().connection_state() != async_nats::connection::State::Connected =>
+            {
+                Some("NATS disconnected")
+            }
+            Some(_) => None,
+        }
+    }
+}

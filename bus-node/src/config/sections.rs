@@ -1,0 +1,345 @@
+//! The sections of the node's configuration, with their defaults.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bus_core::config::{ConfigError, NatsConfig, Secret, StreamsConfig, SubjectsConfig};
+use bus_core::{BusConfig, EventPattern};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Largest `http.max_body_bytes` accepted: NATS' own default message limit is 1 MiB, and
+/// bodies are held in memory.
+pub const MAX_MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
+pub const DEFAULT_MAX_BATCH: usize = 1000;
+pub const DEFAULT_RATE_PER_SECOND: u32 = 1000;
+pub const DEFAULT_BURST: u32 = 2000;
+pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_PUSH_CLIENT_BUFFER: usize = 256;
+pub const DEFAULT_PUSH_HEARTBEAT: Duration = Duration::from_secs(15);
+
+/// Everything `bus-node` reads.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    pub node: NodeSection,
+    pub http: HttpConfig,
+    pub nats: NatsConfig,
+    pub streams: StreamsConfig,
+    pub subjects: SubjectsConfig,
+    pub auth: AuthConfig,
+    pub webhooks: WebhooksConfig,
+    pub push: PushConfig,
+}
+
+impl NodeConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.node.validate()?;
+        self.http.validate()?;
+        self.bus().validate()?;
+        self.auth.validate()?;
+        self.webhooks.validate()?;
+        self.push.validate()
+    }
+
+    /// The part the SDK needs.
+    pub fn bus(&self) -> BusConfig {
+        BusConfig {
+            nats: self.nats.clone(),
+            streams: self.streams.clone(),
+            subjects: self.subjects.clone(),
+        }
+    }
+
+    /// `http.listen`, parsed (call after `validate`).
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.http
+            .listen
+            .parse()
+            .map_err(|e| ConfigError::new("http.listen", format!("{:?}: {e}", self.http.listen)))
+    }
+}
+
+/// `node.*`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeSection {
+    /// This node's name (default: the host name).
+    pub id: String,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        Self { id: host_name() }
+    }
+}
+
+impl NodeSection {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let ok = !self.id.is_empty()
+            && self.id.len() <= 128
+            && self
+                .id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if ok {
+            Ok(())
+        } else {
+            Err(ConfigError::new(
+                "node.id",
+                format!(
+                    "{:?}: use 1 to 128 letters, digits, '-', '_' and '.'",
+                    self.id
+                ),
+            ))
+        }
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "bus-node".to_owned())
+}
+
+/// `http.*`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: String,
+    /// Largest request body; larger ones get `413` unread.
+    pub max_body_bytes: usize,
+    /// Events in one batch request.
+    pub max_batch: usize,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// How long shutdown waits for requests in flight.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN.to_owned(),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_batch: DEFAULT_MAX_BATCH,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+        }
+    }
+}
+
+impl HttpConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.listen.parse::<SocketAddr>().map_err(|e| {
+            ConfigError::new(
+                "http.listen",
+                format!("{:?}: {e} (want host:port)", self.listen),
+            )
+        })?;
+        if self.max_body_bytes == 0 || self.max_body_bytes > MAX_MAX_BODY_BYTES {
+            return Err(ConfigError::new(
+                "http.max_body_bytes",
+                format!("must be 1 to {MAX_MAX_BODY_BYTES}"),
+            ));
+        }
+        positive("http.max_batch", self.max_batch)?;
+        positive("http.max_connections", self.max_connections)?;
+        nonzero("http.request_timeout", self.request_timeout)?;
+        nonzero("http.shutdown_grace", self.shutdown_grace)
+    }
+}
+
+/// `auth.*`: API keys for the HTTP API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub enabled: bool,
+    pub api_keys: Vec<ApiKeyConfig>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            api_keys: Vec::new(),
+        }
+    }
+}
+
+impl AuthConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.enabled && self.api_keys.is_empty() {
+            return Err(ConfigError::new(
+                "auth.api_keys",
+                "auth.enabled is true but no key is configured",
+            ));
+        }
+        for (i, k) in self.api_keys.iter().enumerate() {
+            let key = |field: &str| format!("auth.api_keys[{i}].{field}");
+            if k.name.is_empty() {
+                return Err(ConfigError::new(key("name"), "must not be empty"));
+            }
+            if k.key.expose().len() < 16 {
+                return Err(ConfigError::new(
+                    key("key"),
+                    "must be at least 16 characters",
+                ));
+            }
+            for (j, p) in k.publish.iter().enumerate() {
+                EventPattern::new(p.as_str()).map_err(|e| {
+                    ConfigError::new(format!("{}[{j}]", key("publish")), e.to_string())
+                })?;
+            }
+            if k.rate_per_second == 0 {
+                return Err(ConfigError::new(
+                    key("rate_per_second"),
+                    "must be at least 1",
+                ));
+            }
+            if k.burst < k.rate_per_second.min(1) {
+                return Err(ConfigError::new(key("burst"), "must be at least 1"));
+            }
+            let dup = self.api_keys[..i]
+                .iter()
+                .any(|o| o.key == k.key || o.name == k.name);
+            if dup {
+                return Err(ConfigError::new(key("key"), "name and key must be unique"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One API key: who may publish which types, and use the admin endpoints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    pub name: String,
+    pub key: Secret,
+    /// Event type patterns this key may publish (`shop.>`, `shop.order.*`); empty: none.
+    #[serde(default)]
+    pub publish: Vec<String>,
+    /// May use `/v1/groups`, `/v1/dlq` and the other admin endpoints.
+    #[serde(default)]
+    pub admin: bool,
+    #[serde(default = "default_rate")]
+    pub rate_per_second: u32,
+    #[serde(default = "default_burst")]
+    pub burst: u32,
+}
+
+fn default_rate() -> u32 {
+    DEFAULT_RATE_PER_SECOND
+}
+
+fn default_burst() -> u32 {
+    DEFAULT_BURST
+}
+
+/// `webhooks.*`: read and checked now, used by webhook delivery.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhooksConfig {
+    #[serde(with = "duration_list")]
+    pub retry_schedule: Vec<Duration>,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Networks deliveries may reach despite the SSRF guard.
+    pub allowed_networks: Vec<IpNet>,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        let s = |secs| Duration::from_secs(secs);
+        Self {
+            retry_schedule: vec![s(5), s(300), s(1800), s(7200), s(18000), s(36000), s(36000)],
+            timeout: DEFAULT_WEBHOOK_TIMEOUT,
+            allowed_networks: Vec::new(),
+        }
+    }
+}
+
+impl WebhooksConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.retry_schedule.is_empty() {
+            return Err(ConfigError::new(
+                "webhooks.retry_schedule",
+                "must not be empty",
+            ));
+        }
+        nonzero("webhooks.timeout", self.timeout)
+    }
+}
+
+/// `push.*`: SSE and WebSocket limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PushConfig {
+    /// Events buffered per client; a client that falls further behind is disconnected
+    /// and resumes from its last sequence.
+    pub client_buffer: usize,
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        Self {
+            client_buffer: DEFAULT_PUSH_CLIENT_BUFFER,
+            heartbeat: DEFAULT_PUSH_HEARTBEAT,
+        }
+    }
+}
+
+impl PushConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        positive("push.client_buffer", self.client_buffer)?;
+        nonzero("push.heartbeat", self.heartbeat)
+    }
+}
+
+fn positive(key: &str, n: usize) -> Result<(), ConfigError> {
+    if n == 0 {
+        Err(ConfigError::new(key, "must be at least 1"))
+    } else {
+        Ok(())
+    }
+}
+
+fn nonzero(key: &str, d: Duration) -> Result<(), ConfigError> {
+    if d.is_zero() {
+        Err(ConfigError::new(key, "must be more than zero"))
+    } else {
+        Ok(())
+    }
+}
+
+/// A list of durations written as text (`["5s", "5m"]`).
+mod duration_list {
+    use std::time::Duration;
+
+    use humantime_serde::Serde;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[Duration], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|d| Serde::from(*d)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+        let v: Vec<Serde<Duration>> = Vec::deserialize(d)?;
+        Ok(v.into_iter().map(Serde::into_inner).collect())
+    }
+}

@@ -1,0 +1,130 @@
+//! Admin endpoints (admin API keys only): consumer groups, dead letters, redrive.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use bus_sdk::Bus;
+use bus_sdk::admin::{AdminError, MAX_DEAD_LETTER_PAGE};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::problem::Problem;
+use crate::app::App;
+
+/// Dead letters per page unless `limit` says otherwise.
+pub const DEFAULT_DLQ_PAGE: usize = 100;
+
+fn admin_bus<'a>(app: &'a App, headers: &HeaderMap) -> Result<&'a Bus, Problem> {
+    let principal = app.auth.authenticate(headers)?;
+    principal.check_admin()?;
+    app.bus()
+        .ok_or_else(|| Problem::unavailable("NATS is not reachable from this node", 1))
+}
+
+fn admin_problem(e: AdminError) -> Problem {
+    match e {
+        AdminError::InvalidGroup(_) => Problem::bad_request("invalid-group", e.to_string()),
+        other => Problem::unavailable(other.to_string(), 1),
+    }
+}
+
+pub async fn list_groups(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, Problem> {
+    let bus = admin_bus(&app, &headers)?;
+    let groups = bus.groups().await.map_err(admin_problem)?;
+    Ok(Json(json!({ "groups": groups })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DlqQuery {
+    group: Option<String>,
+    /// Dead-letter sequence to continue after (`next_after` of the previous page).
+    #[serde(default)]
+    after: u64,
+    limit: Option<usize>,
+}
+
+pub async fn list_dead_letters(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Query(q): Query<DlqQuery>,
+) -> Result<Json<Value>, Problem> {
+    let bus = admin_bus(&app, &headers)?;
+    let limit = q
+        .limit
+        .unwrap_or(DEFAULT_DLQ_PAGE)
+        .clamp(1, MAX_DEAD_LETTER_PAGE);
+    let letters = bus
+        .dead_letters(q.group.as_deref(), q.after, limit)
+        .await
+        .map_err(admin_problem)?;
+    let next_after = letters.last().map(|l| l.seq);
+    let items: Vec<Value> = letters
+        .iter()
+        .map(|l| {
+            let h = |k: &str| l.letter.headers.get(k).map(|v| v.as_str().to_owned());
+            json!({
+                "seq": l.seq,
+                "group": l.letter.group,
+                "reason": l.letter.reason,
+                "attempts": l.letter.attempts,
+                "event_id": l.letter.event_id,
+                "type": h("ce-type"),
+                "stream": l.letter.stream,
+                "stream_seq": l.letter.stream_seq,
+                "subject": l.letter.subject,
+                "dead_lettered_at": h(bus_core::headers::DLQ_TIME),
+            })
+        })
+        .collect();
+    Ok(Json(
+        json!({ "dead_letters": items, "next_after": next_after }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedriveRequest {
+    group: String,
+    /// Event ids to redrive; omit and set `all` to redrive every dead letter of the group.
+    ids: Option<Vec<String>>,
+    #[serde(default)]
+    all: bool,
+}
+
+pub async fn redrive(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<Value>), Problem> {
+    let bus = admin_bus(&app, &headers)?;
+    let req: RedriveRequest = serde_json::from_slice(&body).map_err(|e| {
+        Problem::bad_request(
+            "malformed-json",
+            format!("expected {{\"group\", \"ids\" | \"all\"}}: {e}"),
+        )
+    })?;
+    let ids = match (req.ids, req.all) {
+        (Some(ids), false) if !ids.is_empty() => Some(ids),
+        (None, true) => None,
+        _ => {
+            return Err(Problem::bad_request(
+                "invalid-redrive",
+                "give either a non-empty \"ids\" list or \"all\": true",
+            ));
+        }
+    };
+    let n = bus
+        .redrive_group(&req.group, ids.as_deref())
+        .await
+        .map_err(admin_problem)?;
+    Ok((
+        StatusCode::OK,
+        Json(json!({ "group": req.group, "redriven": n })),
+    ))
+}

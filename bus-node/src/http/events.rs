@@ -1,0 +1,233 @@
+//! `POST /v1/events`: one event in structured or binary mode, or a batch. Answers `202`
+//! only after JetStream stored every event; bad input is refused before anything is
+//! stored.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_nats::header::{HeaderName as NatsName, HeaderValue as NatsValue};
+use axum::body::{Body, to_bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bus_core::{Event, binary_mode, structured};
+use bus_sdk::{PublishError, PublishErrorKind, PublishReceipt};
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use super::problem::Problem;
+use crate::app::App;
+use crate::metrics::OutcomeLabels;
+
+pub const STRUCTURED: &str = "application/cloudevents+json";
+pub const BATCH: &str = "application/cloudevents-batch+json";
+
+enum Mode {
+    Structured,
+    Batch,
+    Binary,
+}
+
+pub async fn post_events(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let principal = app.auth.authenticate(&headers)?;
+    let limit = app.config.http.max_body_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large(limit));
+    }
+    let mode = mode(&headers)?;
+    let bytes = to_bytes(body, limit).await.map_err(|e| {
+        if is_length_error(&e) {
+            too_large(limit)
+        } else {
+            Problem::bad_request("unreadable-body", format!("cannot read the body: {e}"))
+        }
+    })?;
+    let events = match mode {
+        Mode::Structured => vec![structured::from_json(parse_json(&bytes)?).map_err(invalid)?],
+        Mode::Batch => {
+            let events = structured::batch_from_json(parse_json(&bytes)?).map_err(invalid)?;
+            if events.len() > app.config.http.max_batch {
+                return Err(Problem::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "batch-too-large",
+                    format!(
+                        "{} events; the limit is {} (http.max_batch)",
+                        events.len(),
+                        app.config.http.max_batch
+                    ),
+                ));
+            }
+            events
+        }
+        Mode::Binary => vec![from_binary(&headers, bytes)?],
+    };
+    for e in &events {
+        principal.check_publish(&e.event_type)?;
+        // Refuse what cannot be put on NATS before storing any event of the request.
+        binary_mode::encode(e).map_err(|err| {
+            Problem::bad_request("invalid-event", format!("event {}: {err}", e.id))
+        })?;
+    }
+    principal.check_rate(u32::try_from(events.len()).unwrap_or(u32::MAX))?;
+    let bus = app
+        .bus()
+        .filter(|b| b.client().connection_state() == async_nats::connection::State::Connected)
+        .ok_or_else(|| Problem::unavailable("NATS is not reachable from this node", 1))?;
+
+    tracing::debug!(
+        caller = principal.name(),
+        events = events.len(),
+        "publishing"
+    );
+    let start = Instant::now();
+    let results = match mode {
+        Mode::Batch => bus.publish_batch(&events).await,
+        _ => vec![bus.publish_event(&events[0]).await],
+    };
+    app.metrics
+        .publish_duration
+        .observe(start.elapsed().as_secs_f64());
+    let mut receipts = Vec::with_capacity(results.len());
+    let mut first_error = None;
+    for r in results {
+        let outcome = match &r {
+            Ok(r) if r.duplicate => "duplicate",
+            Ok(_) => "stored",
+            Err(_) => "failed",
+        };
+        app.metrics
+            .publishes
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+        match r {
+            Ok(receipt) => receipts.push(receipt_json(&receipt)),
+            Err(e) => {
+                receipts.push(json!({"error": e.to_string(), "id": e.event_id()}));
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        let problem = publish_problem(&e);
+        return Err(if matches!(mode, Mode::Batch) {
+            problem.with_extra(json!({"results": receipts}))
+        } else {
+            problem
+        });
+    }
+    let body = match mode {
+        Mode::Batch => Value::Array(receipts),
+        _ => receipts.into_iter().next().unwrap_or(Value::Null),
+    };
+    Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response())
+}
+
+fn mode(headers: &HeaderMap) -> Result<Mode, Problem> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if essence == STRUCTURED {
+        Ok(Mode::Structured)
+    } else if essence == BATCH {
+        Ok(Mode::Batch)
+    } else if headers.contains_key("ce-specversion") {
+        Ok(Mode::Binary)
+    } else {
+        Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            format!(
+                "content type {ct:?} without ce-* headers: send {STRUCTURED}, {BATCH}, or binary mode (ce-id, ce-source, ce-type, ce-specversion headers)"
+            ),
+        ))
+    }
+}
+
+fn parse_json(bytes: &Bytes) -> Result<Value, Problem> {
+    // serde_json refuses nesting deeper than 128 levels, so no body can exhaust the stack.
+    serde_json::from_slice(bytes)
+        .map_err(|e| Problem::bad_request("malformed-json", format!("malformed JSON: {e}")))
+}
+
+fn invalid(e: structured::StructuredError) -> Problem {
+    Problem::bad_request("invalid-event", e.to_string())
+}
+
+fn from_binary(headers: &HeaderMap, body: Bytes) -> Result<Event, Problem> {
+    let mut nats = async_nats::HeaderMap::new();
+    for (name, value) in headers {
+        let n = name.as_str();
+        let carried =
+            n.starts_with("ce-") || n == "content-type" || n == "traceparent" || n == "tracestate";
+        if !carried {
+            continue;
+        }
+        let bad = || {
+            Problem::bad_request(
+                "invalid-header",
+                format!("header {n} is not printable ASCII"),
+            )
+        };
+        let v = value.to_str().map_err(|_| bad())?;
+        let name = NatsName::from_str(n).map_err(|_| bad())?;
+        let value = NatsValue::from_str(v).map_err(|_| bad())?;
+        nats.insert(name, value);
+    }
+    binary_mode::decode(Some(&nats), body)
+        .map_err(|e| Problem::bad_request("invalid-event", e.to_string()))
+}
+
+fn receipt_json(r: &PublishReceipt) -> Value {
+    json!({"id": r.id, "type": r.event_type, "stream": r.stream, "seq": r.seq, "duplicate": r.duplicate})
+}
+
+fn publish_problem(e: &PublishError) -> Problem {
+    match e.kind() {
+        PublishErrorKind::TooLarge => {
+            Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "too-large", e.to_string())
+        }
+        PublishErrorKind::Unavailable => Problem::unavailable(
+            format!("{e}; retry with the same event id: it is never stored twice"),
+            1,
+        ),
+        PublishErrorKind::Rejected => {
+            Problem::new(StatusCode::SERVICE_UNAVAILABLE, "rejected", e.to_string()).retry_after(5)
+        }
+        _ => Problem::bad_request("invalid-event", e.to_string()),
+    }
+}
+
+fn too_large(limit: usize) -> Problem {
+    Problem::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too-large",
+        format!("the body is over {limit} bytes (http.max_body_bytes)"),
+    )
+}
+
+fn is_length_error(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}

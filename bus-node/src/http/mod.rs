@@ -1,0 +1,81 @@
+//! The HTTP API: routes, and the middleware every route shares (a bound on requests
+//! served at once, a deadline per request, metrics).
+
+pub mod admin;
+pub mod events;
+pub mod health;
+pub mod problem;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+use crate::app::App;
+use crate::metrics::{RequestLabels, RouteLabels};
+use problem::Problem;
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/v1/events", post(events::post_events))
+        .route("/v1/groups", get(admin::list_groups))
+        .route("/v1/dlq", get(admin::list_dead_letters))
+        .route("/v1/dlq/redrive", post(admin::redrive))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .route_layer(middleware::from_fn_with_state(app.clone(), guard))
+        .fallback(not_found)
+        .with_state(app)
+}
+
+async fn not_found() -> Problem {
+    Problem::new(StatusCode::NOT_FOUND, "not-found", "no such endpoint")
+}
+
+/// Bounds concurrent requests (overflow: `503` at once, never a queue), applies the
+/// request deadline, and records metrics.
+async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = request.method().to_string();
+    let start = Instant::now();
+    let response = match app.request_slots.try_acquire() {
+        Err(_) => Problem::unavailable("the node is serving its maximum number of requests", 1)
+            .into_response(),
+        Ok(_slot) => {
+            match tokio::time::timeout(app.config.http.request_timeout, next.run(request)).await {
+                Ok(r) => r,
+                Err(_) => Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "timeout",
+                    "the request took too long",
+                )
+                .retry_after(1)
+                .into_response(),
+            }
+        }
+    };
+    let status = response.status().as_u16();
+    app.metrics
+        .http_requests
+        .get_or_create(&RequestLabels {
+            method,
+            route: route.clone(),
+            status,
+        })
+        .inc();
+    app.metrics
+        .http_duration
+        .get_or_create(&RouteLabels { route })
+        .observe(start.elapsed().as_secs_f64());
+    response
+}

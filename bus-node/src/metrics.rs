@@ -1,0 +1,126 @@
+//! Prometheus metrics. Names follow the Prometheus conventions (`_total` counters,
+//! `_seconds` histograms); label values are bounded (routes are templates, not paths).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub method: String,
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupLabels {
+    pub group: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms .. ~16 s.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: Family<RequestLabels, Counter>,
+    pub http_duration: HistogramFamily<RouteLabels>,
+    pub publishes: Family<OutcomeLabels, Counter>,
+    pub publish_duration: Histogram,
+    pub group_pending: Family<GroupLabels, Gauge>,
+    pub group_in_flight: Family<GroupLabels, Gauge>,
+    pub group_redelivered: Family<GroupLabels, Gauge>,
+    pub nats_connected: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("bus");
+        let http_requests = Family::<RequestLabels, Counter>::default();
+        let http_duration: HistogramFamily<RouteLabels> =
+            Family::new_with_constructor(latency_histogram);
+        let publishes = Family::<OutcomeLabels, Counter>::default();
+        let publish_duration = latency_histogram();
+        let group_pending = Family::<GroupLabels, Gauge>::default();
+        let group_in_flight = Family::<GroupLabels, Gauge>::default();
+        let group_redelivered = Family::<GroupLabels, Gauge>::default();
+        let nats_connected = Gauge::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests served",
+            http_requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency",
+            http_duration.clone(),
+        );
+        registry.register(
+            "publishes",
+            "Events published, by outcome (stored, duplicate, failed)",
+            publishes.clone(),
+        );
+        registry.register(
+            "publish_duration_seconds",
+            "Time from publish to PubAck, retries included",
+            publish_duration.clone(),
+        );
+        registry.register(
+            "group_pending_events",
+            "Events not yet delivered to a consumer group (lag)",
+            group_pending.clone(),
+        );
+        registry.register(
+            "group_in_flight_events",
+            "Events delivered to a group and not yet acknowledged",
+            group_in_flight.clone(),
+        );
+        registry.register(
+            "group_redelivered_events",
+            "Unacknowledged events delivered more than once",
+            group_redelivered.clone(),
+        );
+        registry.register(
+            "nats_connected",
+            "1 while the node's NATS connection is up",
+            nats_connected.clone(),
+        );
+        Self {
+            registry,
+            http_requests,
+            http_duration,
+            publishes,
+            publish_duration,
+            group_pending,
+            group_in_flight,
+            group_redelivered,
+            nats_connected,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::warn!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+}

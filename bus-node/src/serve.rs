@@ -1,0 +1,163 @@
+//! Running a node: bind, connect to NATS in the background, serve until SIGTERM/SIGINT,
+//! then drain (readiness fails first, in-flight requests finish within the grace, the
+//! NATS connection is flushed).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use bus_core::EventPattern;
+use bus_core::retry::backoff_delay;
+use bus_sdk::{Bus, EventMeta, HandlerError};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::App;
+use crate::config::NodeConfig;
+use crate::http;
+
+/// What `dev` adds to a plain `serve`.
+#[derive(Default)]
+pub struct Extras {
+    /// Print every stored event (dev mode).
+    pub log_events: bool,
+    /// Resolves if something the node depends on died (dev: the embedded nats-server).
+    pub died: Option<Pin<Box<dyn Future<Output = String> + Send>>>,
+}
+
+pub async fn run(config: NodeConfig, extras: Extras) -> anyhow::Result<()> {
+    let addr = config.listen_addr()?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (http.listen)"))?;
+    let grace = config.http.shutdown_grace;
+    let app = Arc::new(App::new(config));
+    tracing::info!(%addr, node = %app.config.node.id, "listening");
+
+    let cancel = CancellationToken::new();
+    let connector = tokio::spawn(connect(app.clone(), cancel.clone(), extras.log_events));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, http::router(app.clone()))
+        .with_graceful_shutdown(async move {
+            let _ = stop_rx.await;
+        })
+        .into_future();
+    let mut server = tokio::spawn(server);
+    let died = async move {
+        match extras.died {
+            Some(f) => f.await,
+            None => std::future::pending().await,
+        }
+    };
+    let mut failure = None;
+    tokio::select! {
+        _ = shutdown_signal() => tracing::info!("shutting down"),
+        reason = died => failure = Some(reason),
+        result = &mut server => {
+            result.context("the HTTP server task failed")?.context("the HTTP server failed")?;
+            return Ok(());
+        }
+    }
+    // Readiness fails first, then the listener closes and in-flight requests finish.
+    app.start_draining();
+    cancel.cancel();
+    let _ = stop_tx.send(());
+    if tokio::time::timeout(grace, &mut server).await.is_err() {
+        tracing::warn!(
+            ?grace,
+            "requests still in flight after the shutdown grace; cutting them off"
+        );
+        server.abort();
+    }
+    connector.abort();
+    if let Some(bus) = app.bus() {
+        bus.close().await;
+    }
+    tracing::info!("stopped");
+    match failure {
+        Some(reason) => anyhow::bail!("{reason}"),
+        None => Ok(()),
+    }
+}
+
+/// Connects and puts the streams in place, retrying until it works or the node stops.
+async fn connect(app: Arc<App>, cancel: CancellationToken, log_events: bool) {
+    let mut attempt = 0u32;
+    loop {
+        let bus = Bus::builder(app.config.bus())
+            .source(format!("/bus-node/{}", app.config.node.id))
+            .connect()
+            .await;
+        match bus {
+            Ok(bus) => {
+                tracing::info!(servers = ?app.config.nats.servers, "NATS connected, streams in place");
+                if log_events {
+                    spawn_event_log(&bus, cancel.clone()).await;
+                }
+                app.set_bus(bus);
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reach NATS yet; retrying");
+                attempt += 1;
+                let delay = backoff_delay(attempt).max(Duration::from_millis(500));
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Dev mode: prints every event as it is stored.
+async fn spawn_event_log(bus: &Bus, cancel: CancellationToken) {
+    let Ok(all) = EventPattern::new(">") else {
+        return;
+    };
+    let tap = bus
+        .broadcast()
+        .on_any(all, |meta: EventMeta| async move {
+            println!(
+                "event #{} {} id={} source={} ({} bytes)",
+                meta.stream_seq,
+                meta.event.event_type,
+                meta.event.id,
+                meta.event.source,
+                meta.event.data.len()
+            );
+            Ok::<(), HandlerError>(())
+        })
+        .start()
+        .await;
+    match tap {
+        Ok(tap) => {
+            tokio::spawn(async move {
+                cancel.cancelled().await;
+                tap.shutdown().await;
+            });
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot print events"),
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
