@@ -14,6 +14,9 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi
 
+# The node suites run the bus-node binary as a process.
+cargo build -p bus-node
+
 profile=default
 [ -n "${CI:-}" ] && profile=ci
 cargo nextest run --workspace --all-targets --profile "$profile" "$@"

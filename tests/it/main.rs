@@ -1,4 +1,8 @@
 mod harness_selftest;
+mod node_bad_input;
+mod node_ingress;
+mod node_process;
+mod node_support;
 mod sdk_broadcast;
 mod sdk_dead_letters;
 mod sdk_failover;

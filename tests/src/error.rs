@@ -17,6 +17,15 @@ pub enum HarnessError {
         tried: Vec<PathBuf>,
     },
 
+    /// No `bus-node` executable: build it first.
+    #[error(
+        "bus-node binary not found at {tried:?}: run `cargo build -p bus-node` or set BUS_NODE_BIN"
+    )]
+    NodeBinaryNotFound {
+        /// Paths that were checked, in order.
+        tried: Vec<PathBuf>,
+    },
+
     /// A cluster needs at least one node.
     #[error("invalid node count {0}: a cluster needs at least one node")]
     InvalidNodeCount(usize),

@@ -31,6 +31,7 @@ mod config;
 mod error;
 mod health;
 mod jsz;
+mod node;
 mod poll;
 mod ports;
 mod raft;
@@ -44,6 +45,7 @@ pub use cluster::{
 pub use config::{DEFAULT_MAX_FILE_STORE, DEFAULT_MAX_MEMORY_STORE};
 pub use error::HarnessError;
 pub use health::DEFAULT_HTTP_TIMEOUT;
+pub use node::{BusNode, NODE_BINARY_ENV, NODE_READY_TIMEOUT, NODE_STOP_GRACE, node_binary};
 pub use poll::{POLL_INTERVAL, Probe, poll_until};
 pub use ports::{PORT_RANGE_FIRST, PORT_RANGE_LAST};
 pub use server::NatsServer;

@@ -1,0 +1,366 @@
+//! Every kind of bad input gets its status and a problem+json body, and nothing is
+//! stored; no input hurts the node.
+
+use std::time::Duration;
+
+use bus_tests::NatsCluster;
+use serde_json::{Value, json};
+
+use crate::node_support::*;
+use crate::support::{bus_for, stream_messages};
+
+const PUBLISHER: &str = "pub-key-0123456789abcdef";
+const ADMIN: &str = "adm-key-0123456789abcdef";
+const SLOW: &str = "slow-key-0123456789abcdef";
+
+fn keys() -> String {
+    json!([
+        {"name": "shop", "key": PUBLISHER, "publish": ["shop.>"]},
+        {"name": "ops", "key": ADMIN, "admin": true, "publish": [">"]},
+        {"name": "slow", "key": SLOW, "publish": [">"], "rate_per_second": 1, "burst": 1},
+    ])
+    .to_string()
+}
+
+struct Case {
+    name: &'static str,
+    method: reqwest::Method,
+    path: &'static str,
+    key: Option<&'static str>,
+    content_type: Option<&'static str>,
+    body: Vec<u8>,
+    status: u16,
+}
+
+fn case(
+    name: &'static str,
+    key: Option<&'static str>,
+    content_type: Option<&'static str>,
+    body: impl Into<Vec<u8>>,
+    status: u16,
+) -> Case {
+    Case {
+        name,
+        method: reqwest::Method::POST,
+        path: "/v1/events",
+        key,
+        content_type,
+        body: body.into(),
+        status,
+    }
+}
+
+const CE: Option<&str> = Some("application/cloudevents+json");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_bad_inputs_should_answer_each_with_its_status_and_problem_json_and_store_nothing()
+-> anyhow::Result<()> {
+    let cluster = NatsCluster::start(1).await?;
+    let mut env = node_env(&cluster);
+    env.push(("BUS__AUTH__API_KEYS".into(), keys()));
+    let node = start("strict", &env).await?;
+    let client = http()?;
+    let good = ce("ok-1", "shop.order.created", json!({"n": 1})).to_string();
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let cases = vec![
+        case(
+            "malformed JSON",
+            Some(PUBLISHER),
+            CE,
+            "{\"specversion\": ",
+            400,
+        ),
+        case("not an object", Some(PUBLISHER), CE, "[1, 2]", 400),
+        case(
+            "missing id",
+            Some(PUBLISHER),
+            CE,
+            json!({"specversion": "1.0", "source": "/s", "type": "shop.a"}).to_string(),
+            400,
+        ),
+        case(
+            "missing source",
+            Some(PUBLISHER),
+            CE,
+            json!({"specversion": "1.0", "id": "x", "type": "shop.a"}).to_string(),
+            400,
+        ),
+        case(
+            "invalid type",
+            Some(PUBLISHER),
+            CE,
+            json!({"specversion": "1.0", "id": "x", "source": "/s", "type": "shop.Order"})
+                .to_string(),
+            400,
+        ),
+        case(
+            "bad specversion",
+            Some(PUBLISHER),
+            CE,
+            json!({"specversion": "0.3", "id": "x", "source": "/s", "type": "shop.a"}).to_string(),
+            400,
+        ),
+        case("10,000-deep nesting", Some(PUBLISHER), CE, deep, 400),
+        case(
+            "empty batch",
+            Some(PUBLISHER),
+            Some("application/cloudevents-batch+json"),
+            "[]",
+            400,
+        ),
+        case(
+            "one bad event in a batch",
+            Some(PUBLISHER),
+            Some("application/cloudevents-batch+json"),
+            json!([ce("b-1", "shop.a", json!(1)), {"specversion": "1.0"}]).to_string(),
+            400,
+        ),
+        case(
+            "unknown content type",
+            Some(PUBLISHER),
+            Some("text/plain"),
+            "hello",
+            415,
+        ),
+        case("no content type", Some(PUBLISHER), None, good.clone(), 415),
+        case(
+            "over the body limit",
+            Some(PUBLISHER),
+            CE,
+            vec![b' '; 2 * 1024 * 1024],
+            413,
+        ),
+        case("no API key", None, CE, good.clone(), 401),
+        case(
+            "unknown API key",
+            Some("nope-0123456789abcdef"),
+            CE,
+            good.clone(),
+            401,
+        ),
+        case(
+            "type not allowed for the key",
+            Some(PUBLISHER),
+            CE,
+            ce("x-1", "billing.paid", json!(1)).to_string(),
+            403,
+        ),
+        Case {
+            method: reqwest::Method::GET,
+            path: "/v1/groups",
+            ..case(
+                "admin endpoint, publisher key",
+                Some(PUBLISHER),
+                None,
+                "",
+                403,
+            )
+        },
+        Case {
+            method: reqwest::Method::GET,
+            path: "/v1/dlq",
+            ..case("admin endpoint, no key", None, None, "", 401)
+        },
+        Case {
+            method: reqwest::Method::POST,
+            path: "/v1/dlq/redrive",
+            ..case("redrive, malformed", Some(ADMIN), None, "{", 400)
+        },
+        Case {
+            method: reqwest::Method::GET,
+            path: "/v1/nothing",
+            ..case("unknown path", None, None, "", 404)
+        },
+    ];
+    for c in &cases {
+        let mut req = client
+            .request(c.method.clone(), format!("{}{}", node.url(), c.path))
+            .body(c.body.clone());
+        if let Some(ct) = c.content_type {
+            req = req.header("content-type", ct);
+        }
+        if let Some(key) = c.key {
+            req = req.header("authorization", format!("Bearer {key}"));
+        }
+        let r = req.send().await?;
+        assert_eq!(r.status().as_u16(), c.status, "{}", c.name);
+        assert_eq!(
+            r.headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok()),
+            Some("application/problem+json"),
+            "{}",
+            c.name
+        );
+        let body: Value = r.json().await?;
+        assert_eq!(body["status"], c.status, "{}", c.name);
+        assert!(
+            body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "{}: {body}",
+            c.name
+        );
+        assert!(
+            body["type"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("urn:bus:problem:")),
+            "{}",
+            c.name
+        );
+    }
+    let bus = bus_for(&cluster).await?;
+    assert_eq!(
+        stream_messages(&bus, "BUS_EVENTS").await?,
+        0,
+        "nothing was stored"
+    );
+
+    // The invalid type's detail names the character.
+    let r = post_with(
+        &client,
+        &node.url(),
+        PUBLISHER,
+        &json!({"specversion": "1.0", "id": "x", "source": "/s", "type": "shop.Order"}),
+    )
+    .await?;
+    let body: Value = r.json().await?;
+    assert!(
+        body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("'O'") && d.contains("position 5")),
+        "{body}"
+    );
+
+    // A 50 MiB body (no Content-Length) is refused without reading it all.
+    let chunk = bytes::Bytes::from(vec![b'x'; 1024 * 1024]);
+    let stream =
+        futures::stream::iter((0..50).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
+    let r = client
+        .post(format!("{}/v1/events", node.url()))
+        .header("content-type", "application/cloudevents+json")
+        .header("authorization", format!("Bearer {PUBLISHER}"))
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await;
+    if let Ok(r) = r {
+        assert_eq!(r.status(), 413);
+    } // the node may also close the connection mid-upload; both are a refusal
+
+    // Rate: the slow key gets one, then 429 with Retry-After.
+    let r = post_with(
+        &client,
+        &node.url(),
+        SLOW,
+        &ce("slow-1", "shop.a", json!(1)),
+    )
+    .await?;
+    assert_eq!(r.status(), 202);
+    let r = post_with(
+        &client,
+        &node.url(),
+        SLOW,
+        &ce("slow-2", "shop.a", json!(1)),
+    )
+    .await?;
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().get("retry-after").is_some());
+
+    // The node is unhurt: healthy, and a good event goes through.
+    assert_eq!(
+        client
+            .get(format!("{}/healthz", node.url()))
+            .send()
+            .await?
+            .status(),
+        200
+    );
+    let r = post_with(
+        &client,
+        &node.url(),
+        PUBLISHER,
+        &serde_json::from_str(&good)?,
+    )
+    .await?;
+    assert_eq!(r.status(), 202);
+    assert_eq!(stream_messages(&bus, "BUS_EVENTS").await?, 2);
+    let r = client
+        .get(format!("{}/v1/groups", node.url()))
+        .header("x-api-key", ADMIN)
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    Ok(())
+}
+
+async fn post_with(
+    client: &reqwest::Client,
+    base: &str,
+    key: &str,
+    event: &Value,
+) -> anyhow::Result<reqwest::Response> {
+    Ok(client
+        .post(format!("{base}/v1/events"))
+        .header("content-type", "application/cloudevents+json")
+        .header("authorization", format!("Bearer {key}"))
+        .body(event.to_string())
+        .send()
+        .await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_nats_down_should_answer_503_with_retry_after_and_not_be_ready() -> anyhow::Result<()>
+{
+    let mut cluster = NatsCluster::start(1).await?;
+    let node = open_node(&cluster, "lonely").await?;
+    let client = http()?;
+    cluster.kill(0)?;
+    // The client library notices the dead connection within its ping interval; poll.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = post_event(&client, &node.url(), &ce("x-1", "shop.a", json!(1))).await?;
+        if r.status() == 503 {
+            assert!(r.headers().get("retry-after").is_some());
+            assert_eq!(
+                r.headers()
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok()),
+                Some("application/problem+json")
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still {} with NATS down",
+            r.status()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = client.get(format!("{}/readyz", node.url())).send().await?;
+    assert_eq!(r.status(), 503);
+    assert_eq!(
+        client
+            .get(format!("{}/healthz", node.url()))
+            .send()
+            .await?
+            .status(),
+        200
+    );
+    // Back up: ready again, publishing again.
+    cluster.restart(0).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while client
+        .get(format!("{}/readyz", node.url()))
+        .send()
+        .await?
+        .status()
+        != 200
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not ready after NATS came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = post_event(&client, &node.url(), &ce("x-2", "shop.a", json!(1))).await?;
+    assert_eq!(r.status(), 202);
+    Ok(())
+}
