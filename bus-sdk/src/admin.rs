@@ -1,19 +1,23 @@
 //! Operating the bus: consumer groups and their backlog, dead letters, and redrive. Used
 //! by `bus-node`'s admin endpoints and available to services.
 
+use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 use async_nats::header::HeaderValue;
 use async_nats::jetstream::stream::DirectGetErrorKind;
 use bus_core::EventType;
 use bus_core::headers::{CE_TYPE, NATS_MSG_ID};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 
 use crate::bus::Bus;
 use crate::dead_letter::DeadLetter;
 use crate::error::PublishError;
 use crate::group::check_name;
+use crate::group::presence::{self, Announcement, PRESENCE_INTERVAL};
 
 /// Most dead letters one listing returns.
 pub const MAX_DEAD_LETTER_PAGE: usize = 1000;
@@ -206,5 +210,87 @@ impl Bus {
             }
         }
         Ok(redriven)
+    }
+}
+
+/// Most members a [`PresenceTracker`] remembers; past it the stalest is forgotten.
+pub const MAX_TRACKED_MEMBERS: usize = 10_000;
+/// A member not heard from for this long is no longer listed.
+pub const MEMBER_STALE_AFTER: Duration = Duration::from_secs(3 * PRESENCE_INTERVAL.as_secs());
+
+/// A group member recently heard from.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MemberSeen {
+    pub member: String,
+    pub host: String,
+    pub pid: u32,
+    /// Seconds since its last announcement.
+    pub last_seen_secs_ago: u64,
+}
+
+type Seen = Arc<Mutex<HashMap<(String, String), (Announcement, Instant)>>>;
+
+/// Listens to member announcements; see [`Bus::track_presence`]. Stops when dropped.
+#[derive(Debug)]
+pub struct PresenceTracker {
+    seen: Seen,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PresenceTracker {
+    /// Members of `group` heard from within [`MEMBER_STALE_AFTER`], by member id.
+    pub fn members(&self, group: &str) -> Vec<MemberSeen> {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<MemberSeen> = seen
+            .iter()
+            .filter(|((g, _), (_, at))| g == group && at.elapsed() < MEMBER_STALE_AFTER)
+            .map(|(_, (a, at))| MemberSeen {
+                member: a.member.clone(),
+                host: a.host.clone(),
+                pid: a.pid,
+                last_seen_secs_ago: at.elapsed().as_secs(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.member.cmp(&b.member));
+        out
+    }
+}
+
+impl Drop for PresenceTracker {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Bus {
+    /// Starts listening to group members' announcements.
+    pub async fn track_presence(&self) -> Result<PresenceTracker, AdminError> {
+        let mut sub = self
+            .client()
+            .subscribe(presence::all_subjects(self))
+            .await
+            .map_err(js_err)?;
+        let seen: Seen = Arc::default();
+        let map = seen.clone();
+        let task = tokio::spawn(async move {
+            while let Some(message) = sub.next().await {
+                let Ok(a) = serde_json::from_slice::<Announcement>(&message.payload) else {
+                    continue;
+                };
+                let mut m = map.lock().unwrap_or_else(|p| p.into_inner());
+                m.retain(|_, (_, at)| at.elapsed() < MEMBER_STALE_AFTER);
+                if m.len() >= MAX_TRACKED_MEMBERS {
+                    let oldest = m
+                        .iter()
+                        .min_by_key(|(_, (_, at))| *at)
+                        .map(|(k, _)| k.clone());
+                    if let Some(k) = oldest {
+                        m.remove(&k);
+                    }
+                }
+                m.insert((a.group.clone(), a.member.clone()), (a, Instant::now()));
+            }
+        });
+        Ok(PresenceTracker { seen, task })
     }
 }

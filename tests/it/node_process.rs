@@ -232,6 +232,12 @@ async fn given_dead_letters_the_admin_api_should_list_groups_and_dead_letters_an
     for field in ["pending", "in_flight", "redelivered", "waiting"] {
         assert!(billing[field].is_u64(), "{field}: {billing}");
     }
+    let members = billing["members"].as_array().map(Vec::len);
+    assert_eq!(
+        members,
+        Some(1),
+        "the one running member is seen: {billing}"
+    );
 
     healthy.store(true, Ordering::SeqCst);
     let r = client

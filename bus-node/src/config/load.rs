@@ -338,3 +338,25 @@ mod profile_tests {
         );
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    #[test]
+    fn the_commented_example_config_is_valid_and_complete() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("bus.example.toml");
+        let c =
+            load(Some(&path), &HashMap::new(), Profile::Serve).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.node.id, "bus-node-1");
+        assert_eq!(c.auth.api_keys.len(), 2);
+        // Every key the example sets explicitly keeps its default value.
+        let mut defaults = NodeConfig::default();
+        defaults.node.id = c.node.id.clone();
+        defaults.auth.api_keys = c.auth.api_keys.clone();
+        assert_eq!(
+            c, defaults,
+            "the example's values drifted from the defaults"
+        );
+    }
+}

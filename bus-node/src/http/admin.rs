@@ -36,6 +36,18 @@ pub async fn list_groups(
 ) -> Result<Json<Value>, Problem> {
     let bus = admin_bus(&app, &headers)?;
     let groups = bus.groups().await.map_err(admin_problem)?;
+    let groups: Vec<Value> = groups
+        .into_iter()
+        .map(|g| {
+            let members = app
+                .presence()
+                .map(|p| p.members(&g.name))
+                .unwrap_or_default();
+            let mut v = serde_json::to_value(&g).unwrap_or(Value::Null);
+            v["members"] = serde_json::to_value(members).unwrap_or(Value::Null);
+            v
+        })
+        .collect();
     Ok(Json(json!({ "groups": groups })))
 }
 

@@ -4,6 +4,7 @@
 //! ack deadline; failures are retried with backoff and end as dead letters.
 
 mod member;
+pub(crate) mod presence;
 mod settle;
 
 use std::future::Future;
@@ -216,6 +217,12 @@ impl GroupBuilder {
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
         tracker.spawn(member::run(shared.clone(), cancel.clone(), tracker.clone()));
+        tracker.spawn(presence::announce(
+            shared.bus.clone(),
+            shared.options.name.clone(),
+            uuid::Uuid::now_v7().to_string(),
+            cancel.clone(),
+        ));
         Ok(Group {
             name: shared.options.name.clone(),
             grace: shared.options.shutdown_grace,
