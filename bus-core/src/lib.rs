@@ -13,6 +13,7 @@ pub mod headers;
 pub mod retry;
 pub mod structured;
 pub mod subjects;
+pub mod telemetry;
 pub mod topology;
 
 pub use binary_mode::{DecodeError, EncodeError};

@@ -22,7 +22,6 @@ const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logs();
     let args = match &cli.command {
         Command::Serve(a) | Command::Dev(a) | Command::CheckConfig(a) => a,
     };
@@ -58,11 +57,24 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command {
+        let telemetry = match bus_core::telemetry::init("bus-node") {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("bus-node: invalid telemetry settings: {e}");
+                return Err(ExitCode::from(EXIT_CONFIG));
+            }
+        };
+        let result = match cli.command {
             Command::Dev(_) => dev::run(config).await,
             _ => serve::run(config, serve::Extras::default()).await,
-        }
+        };
+        telemetry.shutdown().await;
+        Ok(result)
     });
+    let result = match result {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -70,13 +82,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn init_logs() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }

@@ -8,11 +8,12 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::consumer::pull::OrderedConfig;
 use bus_core::retry::backoff_delay;
-use bus_core::{EventPattern, EventType, binary_mode};
+use bus_core::{EventPattern, EventType, binary_mode, telemetry};
 use futures::StreamExt;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::bus::Bus;
 use crate::error::SubscribeError;
@@ -266,7 +267,13 @@ impl Subscription {
             headers: message.headers.clone().unwrap_or_default(),
             group: None,
         };
-        match handler(meta).await {
+        let span = if telemetry::is_enabled() {
+            let producer = telemetry::context_from_event(&meta.event);
+            telemetry::process_span(message.subject.as_str(), None, &meta.event.id, 1, &producer)
+        } else {
+            tracing::Span::none()
+        };
+        match handler(meta).instrument(span).await {
             Outcome::Handled => {}
             Outcome::Failed(e) => tracing::warn!(seq, error = %e, "broadcast handler failed"),
             Outcome::Undecodable(reason) => {

@@ -9,9 +9,13 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::publish::PublishAck;
 use async_nats::jetstream::{self, ErrorCode};
 use bus_core::retry::backoff_delay;
+use bus_core::telemetry;
 use bus_core::{Event, Subjects, binary_mode};
 use bytes::Bytes;
 use futures::StreamExt;
+use opentelemetry::trace::TraceContextExt;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::error::{PublishError, PublishErrorKind};
 
@@ -43,12 +47,37 @@ impl Publisher {
         &self,
         event: &Event,
     ) -> Result<PublishReceipt, PublishError> {
+        let subject = self.subjects.event(&event.event_type);
+        let span = telemetry::publish_span(&subject, &event.id, event.data.len());
+        let traced;
+        let event = if span.is_none() {
+            event
+        } else {
+            // Parent: the current span (an HTTP request, a handler); else the context the
+            // event already carries; else a new trace. The event then carries this span.
+            let current = tracing::Span::current().context();
+            if !current.span().span_context().is_valid() && event.traceparent.is_some() {
+                let _ = span.set_parent(telemetry::context_from_event(event));
+            }
+            let mut copy = event.clone();
+            telemetry::inject_into_event(&span.context(), &mut copy);
+            traced = copy;
+            &traced
+        };
         let (headers, payload) =
             binary_mode::encode(event).map_err(|e| PublishError::from_encode(&event.id, e))?;
-        let subject = self.subjects.event(&event.event_type);
-        let ack = self
+        let result = self
             .publish_raw(subject, headers, payload, &event.id)
-            .await?;
+            .instrument(span.clone())
+            .await;
+        let ack = match result {
+            Ok(ack) => ack,
+            Err(e) => {
+                telemetry::record_error(&span, &format!("{:?}", e.kind()));
+                return Err(e);
+            }
+        };
+        telemetry::record_publish_ack(&span, &ack.stream, ack.sequence, ack.duplicate);
         Ok(PublishReceipt {
             id: event.id.clone(),
             event_type: event.event_type.to_string(),

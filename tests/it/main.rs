@@ -1,3 +1,4 @@
+mod deploy_manifests;
 mod harness_selftest;
 mod node_bad_input;
 mod node_ingress;
@@ -9,3 +10,4 @@ mod sdk_failover;
 mod sdk_groups;
 mod sdk_interop;
 mod support;
+mod traces;

@@ -70,10 +70,12 @@ impl CrashableMember {
                 }
             }
         });
-        ready_rx.await??;
-        Ok(Self {
+        let member = Self {
             runtime: Some(runtime),
-        })
+        };
+        // On failure `member` is dropped here, shutting its runtime down without blocking.
+        ready_rx.await??;
+        Ok(member)
     }
 
     /// Dies at once: running handlers vanish unsettled, the connection drops.

@@ -15,6 +15,8 @@ use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use bus_core::telemetry;
+use tracing::Instrument;
 
 use crate::app::App;
 use crate::metrics::{RequestLabels, RouteLabels};
@@ -47,12 +49,21 @@ async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Res
         .map(|m| m.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
     let method = request.method().to_string();
+    let span = if telemetry::is_enabled() {
+        let headers = request.headers();
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let caller = telemetry::extract_with(header("traceparent"), header("tracestate"));
+        telemetry::server_span(&method, &route, &caller)
+    } else {
+        tracing::Span::none()
+    };
     let start = Instant::now();
     let response = match app.request_slots.try_acquire() {
         Err(_) => Problem::unavailable("the node is serving its maximum number of requests", 1)
             .into_response(),
         Ok(_slot) => {
-            match tokio::time::timeout(app.config.http.request_timeout, next.run(request)).await {
+            let run = next.run(request).instrument(span.clone());
+            match tokio::time::timeout(app.config.http.request_timeout, run).await {
                 Ok(r) => r,
                 Err(_) => Problem::new(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -65,6 +76,10 @@ async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Res
         }
     };
     let status = response.status().as_u16();
+    span.record("http.response.status_code", status);
+    if status >= 500 {
+        telemetry::record_error(&span, &status.to_string());
+    }
     app.metrics
         .http_requests
         .get_or_create(&RequestLabels {

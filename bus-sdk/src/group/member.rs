@@ -4,9 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::AckKind;
 use async_nats::jetstream::consumer::Consumer;
 use async_nats::jetstream::consumer::pull::{self, MessagesErrorKind};
+use async_nats::jetstream::stream::{ConsumerError, ConsumerErrorKind};
+use async_nats::jetstream::{AckKind, ErrorCode};
 use bus_core::retry::backoff_delay;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::Semaphore;
@@ -35,14 +36,44 @@ pub(crate) struct Shared {
 /// Creates the durable consumer or updates it to this member's configuration.
 pub(crate) async fn ensure_consumer(
     shared: &Shared,
-) -> Result<Consumer<pull::Config>, async_nats::Error> {
+) -> Result<Consumer<pull::Config>, ConsumerError> {
     let stream = &shared.bus.config().streams.events_name;
-    let consumer = shared
+    shared
         .bus
         .jetstream()
         .create_consumer_on_stream(shared.consumer_config.clone(), stream)
-        .await?;
-    Ok(consumer)
+        .await
+}
+
+/// [`ensure_consumer`], retrying timeouts and elections until `deadline`.
+pub(crate) async fn ensure_consumer_patiently(
+    shared: &Shared,
+    deadline: Duration,
+) -> Result<Consumer<pull::Config>, ConsumerError> {
+    let start = tokio::time::Instant::now();
+    let mut attempt = 0u32;
+    loop {
+        match ensure_consumer(shared).await {
+            Ok(c) => return Ok(c),
+            Err(e) if is_transient(&e) && start.elapsed() < deadline => {
+                tracing::debug!(group = %shared.options.name, error = %e, "consumer not in place yet; retrying");
+                tokio::time::sleep(backoff_delay(attempt)).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn is_transient(e: &ConsumerError) -> bool {
+    match e.kind() {
+        ConsumerErrorKind::TimedOut | ConsumerErrorKind::Request => true,
+        ConsumerErrorKind::JetStream(err) => {
+            let code = err.error_code();
+            code == ErrorCode::CLUSTER_NOT_AVAILABLE || code.0 == 503 || code.0 == 10_009
+        }
+        _ => false,
+    }
 }
 
 pub(crate) async fn run(shared: Arc<Shared>, cancel: CancellationToken, tracker: TaskTracker) {

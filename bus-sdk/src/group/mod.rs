@@ -38,6 +38,8 @@ pub const DEFAULT_BACKOFF: [Duration; 4] = [
     Duration::from_secs(30),
     Duration::from_secs(120),
 ];
+/// How long `start` keeps trying to put the consumer in place through elections.
+pub const START_DEADLINE: Duration = Duration::from_secs(30);
 /// How long `Group::shutdown` waits for running handlers.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
@@ -211,7 +213,7 @@ impl GroupBuilder {
             consumer_config,
         });
         // Create it now so that a refused configuration is reported to the caller.
-        member::ensure_consumer(&shared)
+        member::ensure_consumer_patiently(&shared, START_DEADLINE)
             .await
             .map_err(|e| SubscribeError::Consumer(e.to_string()))?;
         let cancel = CancellationToken::new();

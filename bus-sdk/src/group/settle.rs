@@ -7,9 +7,12 @@ use std::time::Duration;
 
 use async_nats::jetstream::{AckKind, Message};
 use bus_core::binary_mode;
+use bus_core::headers::{CE_ID, NATS_MSG_ID};
+use bus_core::telemetry;
 use futures::FutureExt;
 use time::OffsetDateTime;
 use tokio::sync::OwnedSemaphorePermit;
+use tracing::Instrument;
 
 use super::member::Shared;
 use crate::dead_letter::{self, Origin};
@@ -32,14 +35,28 @@ pub(crate) async fn handle(shared: Arc<Shared>, message: Message, _slot: OwnedSe
             return;
         }
     };
+    let span = process_span(&message, group, attempt);
     let max = shared.options.max_deliver;
     let outcome = if attempt > max {
         Outcome::Undecodable(format!(
             "not settled after {max} deliveries (handler hung or its member died each time)"
         ))
     } else {
-        dispatch(&shared, &message, attempt, stream_seq, published).await
+        dispatch(&shared, &message, attempt, stream_seq, published)
+            .instrument(span.clone())
+            .await
     };
+    let settle = match &outcome {
+        Outcome::Handled => "ack",
+        Outcome::Failed(e) if !e.is_permanent() && attempt < max => "nak",
+        _ => "dead_letter",
+    };
+    telemetry::record_settle(&span, settle);
+    match &outcome {
+        Outcome::Handled => {}
+        Outcome::Failed(_) => telemetry::record_error(&span, "handler_error"),
+        Outcome::Undecodable(_) => telemetry::record_error(&span, "undecodable"),
+    }
     let origin = Origin {
         group,
         stream: &stream,
@@ -141,4 +158,25 @@ async fn ack(message: &Message, kind: AckKind) {
     if let Err(e) = message.ack_with(kind).await {
         tracing::warn!(error = %e, ?kind, "settling a delivery failed; it will be redelivered");
     }
+}
+
+/// The CONSUMER span of one handling, a child of the producer's context in the headers.
+fn process_span(message: &Message, group: &str, attempt: u32) -> tracing::Span {
+    if !telemetry::is_enabled() {
+        return tracing::Span::none();
+    }
+    let headers = message.headers.clone().unwrap_or_default();
+    let id = headers
+        .get(CE_ID)
+        .or_else(|| headers.get(NATS_MSG_ID))
+        .map(|v| v.as_str().to_owned())
+        .unwrap_or_default();
+    let producer = telemetry::context_from_headers(&headers);
+    telemetry::process_span(
+        message.subject.as_str(),
+        Some(group),
+        &id,
+        attempt,
+        &producer,
+    )
 }

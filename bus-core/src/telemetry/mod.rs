@@ -1,0 +1,31 @@
+//! Telemetry in one place: OTLP trace export configured by the standard `OTEL_*`
+//! variables, W3C trace context in NATS headers, and the messaging spans (publish,
+//! process, HTTP server) that every hop records, following the OpenTelemetry messaging
+//! semantic conventions. Used by `bus-node` and, through `bus-sdk`, by services.
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), bus_core::telemetry::TelemetryError> {
+//! // In a service's main, inside the tokio runtime:
+//! let telemetry = bus_core::telemetry::init("billing-service")?;
+//! // ... run ...
+//! telemetry.shutdown().await; // flushes spans, bounded by a deadline
+//! # Ok(()) }
+//! ```
+
+mod propagation;
+mod setup;
+mod spans;
+
+pub use opentelemetry_sdk::trace::Sampler;
+pub use propagation::{
+    HeaderExtractor, HeaderInjector, context_from_event, context_from_headers, extract_with,
+    inject_into_event, inject_into_headers,
+};
+pub use setup::{
+    OtlpExport, OtlpProtocol, SHUTDOWN_DEADLINE, Telemetry, TelemetryError, TelemetrySettings,
+    init, init_with, is_enabled,
+};
+pub use spans::{
+    SPAN_TARGET, process_span, publish_span, record_error, record_publish_ack, record_settle,
+    server_span,
+};

@@ -1,0 +1,296 @@
+//! Installing the `tracing` subscriber (logs by `RUST_LOG`) and, when an OTLP endpoint
+//! is configured, the trace exporter. Reads the standard variables:
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (no endpoint:
+//! no export), `OTEL_EXPORTER_OTLP_PROTOCOL` (`grpc` or `http/protobuf`),
+//! `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_EXPORTER_OTLP_TIMEOUT`, `OTEL_SERVICE_NAME`,
+//! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`,
+//! `OTEL_BSP_*` (batching), `OTEL_SDK_DISABLED`, `OTEL_TRACES_EXPORTER=none`.
+//!
+//! Spans are queued in a bounded batch queue (`OTEL_BSP_MAX_QUEUE_SIZE`, default 2048)
+//! and exported from a background thread; when the queue is full new spans are dropped,
+//! so a slow or dead collector never slows the bus down.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use opentelemetry::global;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider,
+};
+use tracing::Level;
+use tracing_subscriber::Layer;
+use tracing_subscriber::filter::{EnvFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+use super::spans::SPAN_TARGET;
+
+/// How long `shutdown` may spend flushing spans.
+pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
+
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// Whether spans are recorded at all (an exporter is installed and the sampler is not
+/// always-off). One relaxed atomic load: the fast path when tracing is off.
+pub fn is_enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TelemetryError {
+    #[error("{variable}={value:?}: {reason}")]
+    InvalidVariable {
+        variable: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+    #[error("cannot build the OTLP exporter: {0}")]
+    Exporter(String),
+    #[error("a global tracing subscriber is already installed")]
+    AlreadyInstalled,
+}
+
+/// Installed telemetry; call [`Telemetry::shutdown`] before exiting to flush spans.
+#[derive(Debug)]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Whether traces are exported.
+    pub fn exporting(&self) -> bool {
+        self.provider.is_some()
+    }
+
+    /// Sends every finished span now (bounded by the exporter's timeout).
+    pub async fn flush(&self) {
+        let Some(provider) = self.provider.clone() else {
+            return;
+        };
+        let flush = tokio::task::spawn_blocking(move || provider.force_flush());
+        if !matches!(
+            tokio::time::timeout(SHUTDOWN_DEADLINE, flush).await,
+            Ok(Ok(Ok(())))
+        ) {
+            tracing::warn!("flushing traces failed or timed out");
+        }
+    }
+
+    /// Flushes and stops the exporter, within [`SHUTDOWN_DEADLINE`] whatever the collector does.
+    pub async fn shutdown(self) {
+        let Some(provider) = self.provider else {
+            return;
+        };
+        ENABLED.store(false, Ordering::Relaxed);
+        let flush =
+            tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(SHUTDOWN_DEADLINE));
+        match tokio::time::timeout(SHUTDOWN_DEADLINE + Duration::from_secs(1), flush).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "flushing traces failed"),
+            _ => tracing::warn!("flushing traces timed out"),
+        }
+    }
+}
+
+/// Where and how to export traces.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OtlpExport {
+    /// Base URL (`http://collector:4317` for gRPC, `http://collector:4318` for HTTP);
+    /// `None`: the `OTEL_EXPORTER_OTLP_*ENDPOINT` variables.
+    pub endpoint: Option<String>,
+    pub protocol: OtlpProtocol,
+    /// How often queued spans are sent (`OTEL_BSP_SCHEDULE_DELAY`; default 5 s).
+    pub batch_delay: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+/// Everything [`init_with`] needs; [`TelemetrySettings::from_env`] reads the `OTEL_*`
+/// variables.
+#[derive(Debug, Clone)]
+pub struct TelemetrySettings {
+    pub service_name: String,
+    /// `None`: logs only, no trace export.
+    pub export: Option<OtlpExport>,
+    pub sampler: Sampler,
+}
+
+impl TelemetrySettings {
+    /// Reads the standard variables; `service_name` applies unless `OTEL_SERVICE_NAME` is set.
+    pub fn from_env(service_name: &str) -> Result<Self, TelemetryError> {
+        let service_name = var("OTEL_SERVICE_NAME").unwrap_or_else(|| service_name.to_owned());
+        let (sampler, _) = sampler_from_env()?;
+        let export = if export_wanted() {
+            let protocol = match var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+                .or_else(|| var("OTEL_EXPORTER_OTLP_PROTOCOL"))
+            {
+                None => OtlpProtocol::HttpProtobuf,
+                Some(p) if p == "grpc" => OtlpProtocol::Grpc,
+                Some(p) if p == "http/protobuf" => OtlpProtocol::HttpProtobuf,
+                Some(p) => {
+                    return Err(TelemetryError::InvalidVariable {
+                        variable: "OTEL_EXPORTER_OTLP_PROTOCOL",
+                        value: p,
+                        reason: "grpc or http/protobuf",
+                    });
+                }
+            };
+            Some(OtlpExport {
+                endpoint: None,
+                protocol,
+                batch_delay: None,
+            })
+        } else {
+            None
+        };
+        Ok(Self {
+            service_name,
+            export,
+            sampler,
+        })
+    }
+}
+
+/// Installs logging and, if configured, trace export, from the `OTEL_*` variables. Call
+/// once, inside the tokio runtime.
+pub fn init(service_name: &str) -> Result<Telemetry, TelemetryError> {
+    init_with(TelemetrySettings::from_env(service_name)?)
+}
+
+/// Installs logging (filtered by `RUST_LOG`) and, with `settings.export`, trace export.
+pub fn init_with(settings: TelemetrySettings) -> Result<Telemetry, TelemetryError> {
+    global::set_text_map_propagator(TraceContextPropagator::new());
+    let log_filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(log_filter);
+    let Some(export) = settings.export else {
+        tracing_subscriber::registry()
+            .with(logs)
+            .try_init()
+            .map_err(|_| TelemetryError::AlreadyInstalled)?;
+        return Ok(Telemetry { provider: None });
+    };
+    let exporter = build_exporter(&export)?;
+    let mut batch = BatchConfigBuilder::default();
+    if let Some(delay) = export.batch_delay {
+        batch = batch.with_scheduled_delay(delay);
+    }
+    let processor = BatchSpanProcessor::builder(exporter)
+        .with_batch_config(batch.build())
+        .build();
+    let off = matches!(settings.sampler, Sampler::AlwaysOff);
+    let provider = SdkTracerProvider::builder()
+        .with_span_processor(processor)
+        .with_sampler(settings.sampler)
+        .with_resource(
+            Resource::builder()
+                .with_service_name(settings.service_name)
+                .build(),
+        )
+        .build();
+    let tracer = provider.tracer("bus");
+    let traces = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_filter(Targets::new().with_target(SPAN_TARGET, Level::INFO));
+    tracing_subscriber::registry()
+        .with(logs)
+        .with(traces)
+        .try_init()
+        .map_err(|_| TelemetryError::AlreadyInstalled)?;
+    global::set_tracer_provider(provider.clone());
+    ENABLED.store(!off, Ordering::Relaxed);
+    Ok(Telemetry {
+        provider: Some(provider),
+    })
+}
+
+fn build_exporter(export: &OtlpExport) -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
+    use opentelemetry_otlp::{Protocol, WithExportConfig};
+    let builder = opentelemetry_otlp::SpanExporter::builder();
+    let built = match export.protocol {
+        OtlpProtocol::Grpc => {
+            let mut b = builder.with_tonic().with_protocol(Protocol::Grpc);
+            if let Some(e) = &export.endpoint {
+                b = b.with_endpoint(e.clone());
+            }
+            b.build()
+        }
+        OtlpProtocol::HttpProtobuf => {
+            let mut b = builder.with_http().with_protocol(Protocol::HttpBinary);
+            if let Some(e) = &export.endpoint {
+                b = b.with_endpoint(format!("{}/v1/traces", e.trim_end_matches('/')));
+            }
+            b.build()
+        }
+    };
+    built.map_err(|e| TelemetryError::Exporter(e.to_string()))
+}
+fn var(name: &str) -> Option<String> {
+    std::env::var(name)
+        .ok()
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+fn export_wanted() -> bool {
+    if var("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+        return false;
+    }
+    if var("OTEL_TRACES_EXPORTER").is_some_and(|v| v.eq_ignore_ascii_case("none")) {
+        return false;
+    }
+    var("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
+        || var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some()
+}
+
+/// The sampler named by `OTEL_TRACES_SAMPLER` (default `parentbased_always_on`), and
+/// whether it never samples.
+fn sampler_from_env() -> Result<(Sampler, bool), TelemetryError> {
+    let name = var("OTEL_TRACES_SAMPLER").unwrap_or_else(|| "parentbased_always_on".into());
+    let ratio = || -> Result<f64, TelemetryError> {
+        match var("OTEL_TRACES_SAMPLER_ARG") {
+            None => Ok(1.0),
+            Some(v) => match v.parse::<f64>() {
+                Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+                _ => Err(TelemetryError::InvalidVariable {
+                    variable: "OTEL_TRACES_SAMPLER_ARG",
+                    value: v,
+                    reason: "a ratio from 0 to 1",
+                }),
+            },
+        }
+    };
+    Ok(match name.to_ascii_lowercase().as_str() {
+        "always_on" => (Sampler::AlwaysOn, false),
+        "always_off" => (Sampler::AlwaysOff, true),
+        "traceidratio" => {
+            let r = ratio()?;
+            (Sampler::TraceIdRatioBased(r), r == 0.0)
+        }
+        "parentbased_always_on" => (Sampler::ParentBased(Box::new(Sampler::AlwaysOn)), false),
+        "parentbased_always_off" => (Sampler::ParentBased(Box::new(Sampler::AlwaysOff)), false),
+        "parentbased_traceidratio" => {
+            let r = ratio()?;
+            (
+                Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(r))),
+                false,
+            )
+        }
+        _ => {
+            return Err(TelemetryError::InvalidVariable {
+                variable: "OTEL_TRACES_SAMPLER",
+                value: name,
+                reason: "one of always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off, parentbased_traceidratio",
+            });
+        }
+    })
+}

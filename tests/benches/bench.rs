@@ -1,0 +1,88 @@
+//! `bus-bench`: the bus against raw async-nats on nats-server processes it starts itself.
+//! See BENCHMARKS.md for what each workload does and how to read the table, and
+//! `scripts/bench.sh` for the command.
+//!
+//! Code map: `cli` (arguments and the plan), `env` (servers, fresh streams, shared
+//! settings), `side` over `raw_side` and `bus_side` (the same operations on either client),
+//! `pacer` (open-loop schedule), `recorder` (what handlers saw), `stats` (clock, CPU,
+//! histograms, medians), `ab` (interleaved rounds), one module per workload (`publish`,
+//! `e2e`, `group`, `tracing_cost`), and `report` (the markdown).
+
+mod ab;
+mod bus_side;
+mod cli;
+mod e2e;
+mod env;
+mod group;
+mod pacer;
+mod payload;
+mod publish;
+mod raw_side;
+mod recorder;
+mod report;
+mod side;
+mod stats;
+mod tracing_cost;
+
+use anyhow::{Context as _, Result};
+use bus_tests::NatsCluster;
+use clap::Parser;
+use tokio::time::Instant;
+
+use crate::cli::{Args, Plan, Workload};
+use crate::env::Env;
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let plan = Plan::new(&args);
+    let started = Instant::now();
+    eprintln!(
+        "bus-bench: starting {} nats-server node(s) ({})",
+        plan.nodes,
+        std::env::var(bus_tests::BINARY_ENV).unwrap_or_else(|_| "nats-server on PATH".into())
+    );
+    let cluster = NatsCluster::start(plan.nodes)
+        .await
+        .context("starting nats-server")?;
+    let env = Env::new(cluster.client_urls(), plan.nodes).await?;
+
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    for workload in dedup(&args.workloads) {
+        let mut more = match workload {
+            Workload::Publish => publish::run(&env, &plan).await?,
+            Workload::E2e => e2e::run(&env, &plan).await?,
+            Workload::Group => group::run(&env, &plan).await?,
+            Workload::Tracing => {
+                notes
+                    .push("Tracing cost: not measured yet (tests/benches/tracing_cost.rs).".into());
+                tracing_cost::run(&env, &plan).await?
+            }
+        };
+        rows.append(&mut more);
+    }
+    notes.push(format!(
+        "Run time {:.0} s.",
+        started.elapsed().as_secs_f64()
+    ));
+
+    let markdown = report::markdown(&plan, &rows, &notes);
+    print!("{markdown}");
+    if let Some(path) = &args.out {
+        std::fs::write(path, &markdown).with_context(|| format!("writing {}", path.display()))?;
+    }
+    drop(cluster);
+    Ok(())
+}
+
+/// The workloads in the order given, each once.
+fn dedup(workloads: &[Workload]) -> Vec<Workload> {
+    let mut out: Vec<Workload> = Vec::new();
+    for w in workloads {
+        if !out.contains(w) {
+            out.push(*w);
+        }
+    }
+    out
+}

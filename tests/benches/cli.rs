@@ -1,0 +1,157 @@
+//! Command line of `bus-bench` and the plan it turns into: what runs, how often, how much.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Events awaiting their PubAck at once in every windowed or open-loop publish, both sides.
+pub const PUBLISH_WINDOW: usize = 256;
+/// Handler slots of the end-to-end group (the bus's `DEFAULT_CONCURRENCY`).
+pub const DEFAULT_E2E_CONCURRENCY: usize = bus_sdk::DEFAULT_CONCURRENCY;
+/// Handler slots per member in the group-throughput workload: small enough that the
+/// 200 µs handler, not the box, limits one member, so that adding members can show scaling.
+pub const DEFAULT_GROUP_CONCURRENCY: usize = 4;
+/// What the slow handler of the group-throughput workload awaits.
+pub const SLOW_HANDLER: Duration = Duration::from_micros(200);
+/// End-to-end rates besides half the measured maximum, in events per second.
+pub const E2E_RATES: [f64; 2] = [1_000.0, 10_000.0];
+/// Member counts of the group-throughput workload.
+pub const GROUP_MEMBERS: [usize; 3] = [1, 2, 4];
+
+/// Benchmarks the bus against raw async-nats on nats-server processes it starts itself
+/// (127.0.0.1 only). Prints a markdown table on stdout, progress on stderr.
+#[derive(Debug, Parser)]
+#[command(name = "bus-bench", version)]
+pub struct Args {
+    /// nats-server nodes: 1 (streams R1) or 3 (a cluster, streams R3).
+    #[arg(long, default_value_t = 1, value_parser = parse_cluster)]
+    pub cluster: usize,
+    /// Small counts (about a minute in all): a smoke run, not numbers to quote.
+    #[arg(long)]
+    pub quick: bool,
+    /// Rounds of each raw/bus pair, interleaved raw, bus, raw, bus... (default 3; 2 with --quick).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub rounds: Option<u32>,
+    /// Workloads to run, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values = ["publish", "e2e", "group"])]
+    pub workloads: Vec<Workload>,
+    /// Sides to run, comma-separated (one side alone is for profiling: no ratios).
+    #[arg(long, value_delimiter = ',', default_values = ["raw", "bus"])]
+    pub sides: Vec<Side>,
+    /// Handler slots of the end-to-end workload's group (raw: messages per pull batch
+    /// and handlers at once).
+    #[arg(long, default_value_t = DEFAULT_E2E_CONCURRENCY)]
+    pub concurrency: usize,
+    /// Handler slots per member in the group-throughput workload.
+    #[arg(long, default_value_t = DEFAULT_GROUP_CONCURRENCY)]
+    pub group_concurrency: usize,
+    /// Run only the rows whose key starts with one of these, comma-separated (keys:
+    /// publish.sync, publish.window, e2e.max, e2e.<rate>, group.noop.<members>,
+    /// group.slow.<members>); for profiling and reruns.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Also write the markdown report to this file.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+fn parse_cluster(s: &str) -> Result<usize, String> {
+    match s {
+        "1" => Ok(1),
+        "3" => Ok(3),
+        _ => Err(format!("{s:?}: use 1 (R1) or 3 (R3)")),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Workload {
+    /// JetStream publish of a 1 KiB typed event: one at a time, and 256 in flight.
+    Publish,
+    /// Publish to group handler latency under fixed-rate load.
+    E2e,
+    /// Consuming a backlog with 1, 2 and 4 members.
+    Group,
+    /// Cost of tracing (not measured yet: see tracing_cost.rs).
+    Tracing,
+}
+
+/// Which client does the work: plain async-nats, or the bus SDK.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Side {
+    Raw,
+    Bus,
+}
+
+impl Side {
+    pub fn name(self) -> &'static str {
+        match self {
+            Side::Raw => "raw",
+            Side::Bus => "bus",
+        }
+    }
+}
+
+/// Counts and durations of one run of the benchmark.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub nodes: usize,
+    pub quick: bool,
+    pub rounds: u32,
+    pub sides: Vec<Side>,
+    /// Untimed publishes on a fresh connection before a publish workload's clock starts.
+    pub warmup: u64,
+    pub sync_msgs: u64,
+    pub window_msgs: u64,
+    /// Events of the saturated end-to-end run that finds the maximum rate.
+    pub e2e_max_msgs: u64,
+    /// How long each fixed-rate end-to-end run publishes.
+    pub e2e_duration: Duration,
+    /// Events at the start of an end-to-end run left out of its latency histogram.
+    pub e2e_warmup: u64,
+    pub e2e_concurrency: usize,
+    pub group_noop_msgs: u64,
+    pub group_slow_msgs: u64,
+    pub group_concurrency: usize,
+    /// Row key prefixes to run; empty: all.
+    pub only: Vec<String>,
+}
+
+impl Plan {
+    /// Whether the row `key` is to run.
+    pub fn wants(&self, key: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|p| key.starts_with(p.as_str()))
+    }
+
+    pub fn new(args: &Args) -> Self {
+        let quick = args.quick;
+        let pick = |full: u64, small: u64| if quick { small } else { full };
+        Plan {
+            nodes: args.cluster,
+            quick,
+            rounds: args.rounds.unwrap_or(if quick { 2 } else { 3 }),
+            sides: dedup(&args.sides),
+            warmup: pick(200, 50),
+            sync_msgs: pick(3_000, 500),
+            window_msgs: pick(30_000, 5_000),
+            e2e_max_msgs: pick(30_000, 5_000),
+            e2e_duration: Duration::from_secs(pick(4, 1)),
+            e2e_warmup: pick(500, 100),
+            e2e_concurrency: args.concurrency.max(1),
+            group_noop_msgs: pick(20_000, 3_000),
+            group_slow_msgs: pick(10_000, 1_500),
+            group_concurrency: args.group_concurrency.max(1),
+            only: args.only.clone(),
+        }
+    }
+}
+
+fn dedup(sides: &[Side]) -> Vec<Side> {
+    let mut out = Vec::new();
+    for side in [Side::Raw, Side::Bus] {
+        if sides.contains(&side) {
+            out.push(side);
+        }
+    }
+    out
+}

@@ -1,0 +1,114 @@
+//! What both sides share: the servers, the bus configuration, fresh streams per run, and
+//! the consumer settings the raw side copies from the bus.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::{self, context::DeleteStreamErrorKind};
+use bus_core::topology::DEFAULT_ENSURE_DEADLINE;
+use bus_core::{BusConfig, EventType, Topology};
+use bus_sdk::EventPayload;
+use tokio::time::Instant;
+
+use crate::payload::BenchEvent;
+
+/// Name of the consumer group (the durable consumer) of every consuming workload.
+pub const GROUP: &str = "bench";
+/// How long a fresh stream may take to get a leader.
+const LEADER_DEADLINE: Duration = Duration::from_secs(30);
+
+/// The servers under test and an admin connection to them.
+#[derive(Debug)]
+pub struct Env {
+    urls: Vec<String>,
+    replicas: usize,
+    admin: jetstream::Context,
+}
+
+impl Env {
+    pub async fn new(urls: Vec<String>, replicas: usize) -> Result<Self> {
+        let client = async_nats::connect(urls.clone())
+            .await
+            .context("admin connection")?;
+        Ok(Env {
+            urls,
+            replicas,
+            admin: jetstream::new(client),
+        })
+    }
+
+    /// The bus configuration of both sides: default streams and subjects, `replicas` copies.
+    pub fn config(&self) -> BusConfig {
+        let mut config = BusConfig::with_servers(self.urls.iter().cloned());
+        config.streams.replicas = self.replicas;
+        config
+    }
+
+    pub fn urls(&self) -> &[String] {
+        &self.urls
+    }
+
+    /// The subject `Bus::publish` uses for [`BenchEvent`].
+    pub fn subject(&self) -> Result<String> {
+        Ok(self
+            .config()
+            .subjects()
+            .event(&EventType::new(BenchEvent::EVENT_TYPE)?))
+    }
+
+    /// Deletes the bus's streams and creates them again, empty, exactly as the bus's
+    /// `connect` would, then waits until the events stream has a leader.
+    pub async fn fresh_streams(&self) -> Result<()> {
+        let config = self.config();
+        for name in [&config.streams.events_name, &config.streams.dlq_name] {
+            match self.admin.delete_stream(name).await {
+                Ok(_) => {}
+                Err(e)
+                    if matches!(e.kind(), DeleteStreamErrorKind::JetStream(ref j)
+                        if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) => {}
+                Err(e) => return Err(e).with_context(|| format!("deleting stream {name}")),
+            }
+        }
+        Topology::from_config(&config)
+            .ensure(&self.admin, DEFAULT_ENSURE_DEADLINE)
+            .await
+            .context("creating the streams")?;
+        let start = Instant::now();
+        loop {
+            let mut stream = self.admin.get_stream(&config.streams.events_name).await?;
+            let info = stream.info().await?;
+            let led = info.cluster.as_ref().is_none_or(|c| c.leader.is_some());
+            if led {
+                return Ok(());
+            }
+            if start.elapsed() > LEADER_DEADLINE {
+                bail!(
+                    "stream {} has no leader after {LEADER_DEADLINE:?}",
+                    info.config.name
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The consumer the bus creates for group [`GROUP`] handling [`BenchEvent`] with
+    /// default options (bus-sdk `group/mod.rs`, `consumer_config`): same filters, acks,
+    /// deadlines and limits, so that the server does the same work for both sides.
+    pub fn consumer_config(&self) -> Result<pull::Config> {
+        let subjects = self.config().subjects();
+        let mut filters = vec![self.subject()?, subjects.redrive_filter(GROUP)];
+        filters.sort();
+        Ok(pull::Config {
+            durable_name: Some(GROUP.to_owned()),
+            description: Some(format!("bus consumer group {GROUP}")),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: bus_sdk::DEFAULT_ACK_WAIT,
+            max_deliver: -1,
+            max_ack_pending: i64::try_from(bus_sdk::DEFAULT_MAX_ACK_PENDING)?,
+            deliver_policy: DeliverPolicy::All,
+            filter_subjects: filters,
+            ..Default::default()
+        })
+    }
+}

@@ -1,0 +1,265 @@
+//! One trace per flow: HTTP ingress (node) → publish (node) → group A handles it, fails
+//! once, handles it again and publishes → group B handles that. The node exports over
+//! OTLP/gRPC, this process over OTLP/HTTP, both into the harness's receiver.
+//!
+//! Each test installs this process's global telemetry, so each needs its own process
+//! (cargo-nextest runs tests that way).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use bus_core::telemetry::{self, OtlpExport, OtlpProtocol, Sampler, TelemetrySettings};
+use bus_sdk::{HandlerError, Received};
+use bus_tests::{NatsCluster, OtlpReceiver, ReceivedSpan, SpanKind};
+use serde_json::json;
+
+use crate::node_support::*;
+use crate::support::{OrderCreated, PaymentFailed, Recorder, bus_for, wait_until};
+
+fn settings(endpoint: String) -> TelemetrySettings {
+    TelemetrySettings {
+        service_name: "trace-test".into(),
+        export: Some(OtlpExport {
+            endpoint: Some(endpoint),
+            protocol: OtlpProtocol::HttpProtobuf,
+            batch_delay: Some(Duration::from_millis(100)),
+        }),
+        sampler: Sampler::AlwaysOn,
+    }
+}
+
+fn one<'a>(
+    spans: &'a [ReceivedSpan],
+    what: &str,
+    pred: impl Fn(&ReceivedSpan) -> bool,
+) -> anyhow::Result<&'a ReceivedSpan> {
+    let found: Vec<_> = spans.iter().filter(|s| pred(s)).collect();
+    match found.as_slice() {
+        [s] => Ok(s),
+        _ => anyhow::bail!("expected one {what}, found {}: {spans:#?}", found.len()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_an_http_event_handled_by_two_groups_should_record_one_trace_with_the_hop_chain()
+-> anyhow::Result<()> {
+    let receiver = OtlpReceiver::start().await?;
+    let telemetry = telemetry::init_with(settings(receiver.http_endpoint()))?;
+    let cluster = NatsCluster::start(1).await?;
+    let mut env = node_env(&cluster);
+    env.extend([
+        ("BUS__AUTH__ENABLED".into(), "false".into()),
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+            receiver.grpc_endpoint(),
+        ),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL".into(), "grpc".into()),
+        ("OTEL_TRACES_SAMPLER".into(), "always_on".into()),
+        ("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()),
+        ("OTEL_SERVICE_NAME".into(), "bus-node-test".into()),
+    ]);
+    let node = start("traced", &env).await?;
+
+    let bus = bus_for(&cluster).await?;
+    let attempts = Arc::new(AtomicU32::new(0));
+    let seen_b = Recorder::default();
+    let (a, publisher) = (attempts.clone(), bus.clone());
+    let group_a = bus
+        .group("billing")
+        .backoff([Duration::from_millis(100)])
+        .on(move |ev: Received<OrderCreated>| {
+            let (a, publisher) = (a.clone(), publisher.clone());
+            async move {
+                if a.fetch_add(1, Ordering::SeqCst) == 0 {
+                    return Err(HandlerError::msg("first attempt fails"));
+                }
+                publisher
+                    .publish(&PaymentFailed {
+                        order_id: ev.data.order_id,
+                    })
+                    .await?;
+                Ok(())
+            }
+        })
+        .start()
+        .await?;
+    let b = seen_b.clone();
+    let group_b = bus
+        .group("alerts")
+        .on(move |ev: Received<PaymentFailed>| {
+            let b = b.clone();
+            async move {
+                b.record(0, ev.meta.id());
+                Ok::<(), HandlerError>(())
+            }
+        })
+        .start()
+        .await?;
+
+    let event = ce(
+        "order-7",
+        "shop.order.created",
+        json!({"order_id": 7, "customer": "c7"}),
+    );
+    let r = post_event(&http()?, &node.url(), &event).await?;
+    assert_eq!(r.status(), 202);
+    wait_until(
+        "group B handled the second event",
+        Duration::from_secs(30),
+        || seen_b.distinct() == 1,
+    )
+    .await?;
+    group_a.shutdown().await;
+    group_b.shutdown().await;
+    telemetry.flush().await;
+
+    let spans = receiver
+        .wait_for("all six spans", Duration::from_secs(30), |s| {
+            s.iter().filter(|s| s.kind == SpanKind::Consumer).count() >= 3
+                && s.iter().filter(|s| s.kind == SpanKind::Producer).count() >= 2
+                && s.iter()
+                    .any(|s| s.kind == SpanKind::Server && s.name == "POST /v1/events")
+        })
+        .await?;
+    let server = one(&spans, "SERVER span", |s| {
+        s.kind == SpanKind::Server && s.name == "POST /v1/events"
+    })?;
+    let publish1 = one(&spans, "first PRODUCER", |s| {
+        s.kind == SpanKind::Producer && s.name == "publish bus.evt.shop.order.created"
+    })?;
+    let process_a: Vec<&ReceivedSpan> = spans
+        .iter()
+        .filter(|s| {
+            s.kind == SpanKind::Consumer
+                && s.attr("messaging.consumer.group.name") == Some("billing")
+        })
+        .collect();
+    let publish2 = one(&spans, "second PRODUCER", |s| {
+        s.kind == SpanKind::Producer && s.name == "publish bus.evt.shop.payment.failed"
+    })?;
+    let process_b = one(&spans, "CONSUMER of group B", |s| {
+        s.kind == SpanKind::Consumer && s.attr("messaging.consumer.group.name") == Some("alerts")
+    })?;
+
+    // One trace.
+    let trace = &server.trace_id;
+    for s in [publish1, publish2, process_b]
+        .iter()
+        .chain(process_a.iter())
+    {
+        assert_eq!(&s.trace_id, trace, "{} is in another trace", s.name);
+    }
+    // The chain SERVER → PRODUCER → CONSUMER → PRODUCER → CONSUMER.
+    assert_eq!(server.service, "bus-node-test");
+    assert_eq!(publish1.service, "bus-node-test");
+    assert_eq!(publish1.parent_span_id, server.span_id);
+    assert_eq!(process_a.len(), 2, "two handlings of the first event");
+    let mut attempts_seen: Vec<&str> = process_a
+        .iter()
+        .filter_map(|s| s.attr("messaging.nats.delivery_attempt"))
+        .collect();
+    attempts_seen.sort();
+    assert_eq!(attempts_seen, ["1", "2"]);
+    for p in &process_a {
+        assert_eq!(
+            p.parent_span_id, publish1.span_id,
+            "redelivery stays under the producer"
+        );
+        assert!(
+            p.links
+                .contains(&(publish1.trace_id.clone(), publish1.span_id.clone())),
+            "link to the producer"
+        );
+        assert_eq!(p.name, "process bus.evt.shop.order.created");
+        assert_eq!(p.service, "trace-test");
+    }
+    let failed = process_a
+        .iter()
+        .find(|s| s.attr("messaging.nats.delivery_attempt") == Some("1"));
+    assert_eq!(failed.and_then(|s| s.attr("bus.settle")), Some("nak"));
+    assert_eq!(
+        failed.map(|s| s.status_code),
+        Some(2),
+        "a failed handling is an error span"
+    );
+    let second = process_a
+        .iter()
+        .find(|s| s.attr("messaging.nats.delivery_attempt") == Some("2"))
+        .ok_or_else(|| anyhow::anyhow!("no second attempt"))?;
+    assert_eq!(second.attr("bus.settle"), Some("ack"));
+    assert_eq!(
+        publish2.parent_span_id, second.span_id,
+        "a publish in a handler is its child"
+    );
+    assert_eq!(process_b.parent_span_id, publish2.span_id);
+
+    // Messaging attributes.
+    for s in [publish1, publish2, process_b, second] {
+        assert_eq!(s.attr("messaging.system"), Some("nats"), "{}", s.name);
+        assert!(
+            s.attr("messaging.destination.name")
+                .is_some_and(|d| d.starts_with("bus.evt.")),
+            "{}",
+            s.name
+        );
+        assert!(
+            s.attr("messaging.message.id")
+                .is_some_and(|d| !d.is_empty()),
+            "{}",
+            s.name
+        );
+    }
+    assert_eq!(publish1.attr("messaging.message.id"), Some("order-7"));
+    assert_eq!(publish1.attr("messaging.operation.type"), Some("send"));
+    assert_eq!(publish1.attr("messaging.nats.stream"), Some("BUS_EVENTS"));
+    assert_eq!(publish1.attr("messaging.nats.stream.sequence"), Some("1"));
+    assert_eq!(second.attr("messaging.operation.type"), Some("process"));
+    assert_eq!(server.attr("http.response.status_code"), Some("202"));
+    telemetry.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_the_collector_is_down_the_bus_should_keep_working_and_stop_promptly()
+-> anyhow::Result<()> {
+    // A port nobody listens on.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let telemetry = telemetry::init_with(settings(format!("http://127.0.0.1:{dead}")))?;
+    let cluster = NatsCluster::start(1).await?;
+    let mut env = node_env(&cluster);
+    env.extend([
+        ("BUS__AUTH__ENABLED".into(), "false".into()),
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+            format!("http://127.0.0.1:{dead}"),
+        ),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL".into(), "grpc".into()),
+        ("OTEL_TRACES_SAMPLER".into(), "always_on".into()),
+        ("OTEL_BSP_SCHEDULE_DELAY".into(), "50".into()),
+    ]);
+    let mut node = start("untraced", &env).await?;
+    let client = http()?;
+    for i in 0..300 {
+        let r = post_event(
+            &client,
+            &node.url(),
+            &ce(&format!("e-{i}"), "shop.a", json!(i)),
+        )
+        .await?;
+        assert_eq!(r.status(), 202);
+    }
+    let bus = bus_for(&cluster).await?;
+    let events: Vec<_> = (0..2000u64)
+        .map(|n| bus.event(&crate::support::order(n)).map(|b| b.build()))
+        .collect::<Result<_, _>>()?;
+    for r in bus.publish_batch(&events).await {
+        r?;
+    }
+    let status = node.stop().await?;
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", node.log());
+    telemetry.shutdown().await;
+    Ok(())
+}
