@@ -14,7 +14,7 @@ use common::{OrderBilled, OrderCreated};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    common::init_logs();
+    let telemetry = common::init_telemetry("billing-worker")?;
     let bus = Bus::builder(common::config())
         .source("/examples/billing")
         .connect()
@@ -48,5 +48,6 @@ async fn main() -> anyhow::Result<()> {
     let clean = member.shutdown().await;
     bus.close().await;
     println!("billing: stopped (all handlers settled: {clean})");
+    telemetry.shutdown().await;
     Ok(())
 }

@@ -9,7 +9,7 @@ use common::{OrderBilled, OrderCreated};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    common::init_logs();
+    let telemetry = common::init_telemetry("dashboard")?;
     let bus = Bus::connect(common::config()).await?;
     let sub = bus
         .broadcast()
@@ -33,5 +33,6 @@ async fn main() -> anyhow::Result<()> {
     common::shutdown_signal().await;
     sub.shutdown().await;
     bus.close().await;
+    telemetry.shutdown().await;
     Ok(())
 }

@@ -10,7 +10,7 @@ use common::OrderCreated;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    common::init_logs();
+    let telemetry = common::init_telemetry("order-service")?;
     let count: u64 = std::env::args()
         .nth(1)
         .map(|s| s.parse())
@@ -33,5 +33,6 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     bus.close().await;
+    telemetry.shutdown().await;
     Ok(())
 }
