@@ -21,34 +21,66 @@ pub const MAX_EXTENSION_NAME_LEN: usize = 20;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum DecodeError {
+    /// The message has no headers at all.
     #[error("message has no headers: not a CloudEvents binary-mode event")]
     NoHeaders,
+    /// A required attribute (`id`, `source`, `type`, `specversion`) has no header; holds
+    /// its name.
     #[error("required attribute {0:?} is missing")]
     MissingAttribute(&'static str),
+    /// A required attribute's header is empty.
     #[error("attribute {attribute:?} is empty")]
-    EmptyAttribute { attribute: &'static str },
+    EmptyAttribute {
+        /// The attribute's name.
+        attribute: &'static str,
+    },
+    /// `ce-specversion` is not [`SPEC_VERSION`]; holds the value found.
     #[error("unsupported specversion {0:?} (only \"1.0\")")]
     SpecVersion(String),
+    /// `ce-type` is not a valid event type name.
     #[error("invalid type: {0}")]
     InvalidType(#[from] EventTypeError),
+    /// `ce-time` is not an RFC 3339 timestamp.
     #[error("invalid time {value:?}: not RFC 3339")]
-    InvalidTime { value: String },
+    InvalidTime {
+        /// The header's value.
+        value: String,
+    },
 }
 
 /// Why an event cannot be put on NATS as it is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum EncodeError {
+    /// A required attribute (`id`, `source`) is empty.
     #[error("attribute {attribute:?} is empty")]
-    EmptyAttribute { attribute: String },
+    EmptyAttribute {
+        /// The attribute's name.
+        attribute: String,
+    },
+    /// A value cannot be a NATS header (it contains a line break or another control
+    /// character), or the time cannot be written as RFC 3339.
     #[error("attribute {attribute:?} contains a line break or another control character")]
-    InvalidValue { attribute: String },
+    InvalidValue {
+        /// The attribute's name.
+        attribute: String,
+    },
+    /// An extension name is empty, longer than [`MAX_EXTENSION_NAME_LEN`], or has characters
+    /// other than lowercase letters and digits.
     #[error(
         "extension name {name:?} is invalid: use 1 to {MAX_EXTENSION_NAME_LEN} lowercase letters or digits"
     )]
-    InvalidExtensionName { name: String },
+    InvalidExtensionName {
+        /// The refused name.
+        name: String,
+    },
+    /// An extension has the name of a standard attribute or of one the bus maps itself
+    /// (`id`, `partitionkey`, `traceparent`, ...).
     #[error("extension {name:?} collides with a standard attribute")]
-    ReservedExtensionName { name: String },
+    ReservedExtensionName {
+        /// The refused name.
+        name: String,
+    },
 }
 
 const RESERVED: &[&str] = &[

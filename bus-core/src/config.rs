@@ -11,29 +11,41 @@ use serde::{Deserialize, Serialize};
 
 use crate::subjects::{DEFAULT_DLQ_PREFIX, DEFAULT_EVENT_PREFIX, DEFAULT_REDRIVE_PREFIX, Subjects};
 
+/// The NATS server of `nats.servers` when none is configured: a local one.
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+/// How long one connection attempt to a NATS server may take.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one JetStream request or publish waits for its answer.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a publish keeps retrying through leader elections and reconnects.
 pub const DEFAULT_PUBLISH_DEADLINE: Duration = Duration::from_secs(30);
+/// Name of the JetStream stream that stores the events.
 pub const DEFAULT_EVENTS_STREAM: &str = "BUS_EVENTS";
+/// Name of the JetStream stream that stores the dead letters.
 pub const DEFAULT_DLQ_STREAM: &str = "BUS_DLQ";
+/// Copies of every stream: one, as on a single server.
 pub const DEFAULT_REPLICAS: usize = 1;
+/// How long the events stream keeps an event.
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How long the dead-letter stream keeps a dead letter.
 pub const DEFAULT_DLQ_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Window in which a repeated event id is recognised and not stored again.
 pub const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// Size limit of each stream in bytes.
 pub const DEFAULT_MAX_BYTES: i64 = 1024 * 1024 * 1024;
 
 /// A configuration value that is wrong: `key` is its dotted path.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{key}: {reason}")]
 pub struct ConfigError {
+    /// Dotted path of the wrong value (`nats.servers[1]`).
     pub key: String,
+    /// What is wrong with it.
     pub reason: String,
 }
 
 impl ConfigError {
+    /// An error about `key` (its dotted path) for `reason`.
     pub fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
         Self {
             key: key.into(),
@@ -48,10 +60,12 @@ impl ConfigError {
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps a secret value.
     pub fn new(s: impl Into<String>) -> Self {
         Self(s.into())
     }
 
+    /// The secret in clear text, to hand to the NATS client; never log it.
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -73,8 +87,11 @@ impl Serialize for Secret {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BusConfig {
+    /// `nats.*`: how to reach NATS.
     pub nats: NatsConfig,
+    /// `streams.*`: the events stream and the dead-letter stream.
     pub streams: StreamsConfig,
+    /// `subjects.*`: the subject prefixes.
     pub subjects: SubjectsConfig,
 }
 
@@ -86,12 +103,14 @@ impl BusConfig {
         c
     }
 
+    /// Checks every section; the error names the first wrong key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.nats.validate()?;
         self.streams.validate()?;
         self.subjects.validate()
     }
 
+    /// The subjects of the configured prefixes.
     pub fn subjects(&self) -> Subjects {
         Subjects::new(
             &self.subjects.prefix,
@@ -105,20 +124,32 @@ impl BusConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NatsConfig {
+    /// `nats.servers`: URLs of the NATS servers (default [`DEFAULT_NATS_URL`]).
     pub servers: Vec<String>,
     /// Connection name shown by the server's monitoring.
     pub name: Option<String>,
+    /// `nats.credentials_file`: a `.creds` file (user JWT and NKey seed) to authenticate with.
     pub credentials_file: Option<PathBuf>,
     /// NKey seed (`SU...`).
     pub nkey: Option<Secret>,
+    /// `nats.user`: user name; set together with `nats.password`.
     pub user: Option<String>,
+    /// `nats.password`: the password of `nats.user`.
     pub password: Option<Secret>,
+    /// `nats.token`: an authentication token.
     pub token: Option<Secret>,
+    /// `nats.tls.*`: TLS to the servers.
     pub tls: TlsConfig,
+    /// `nats.connect_timeout`: how long one connection attempt may take (default
+    /// [`DEFAULT_CONNECT_TIMEOUT`]).
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// `nats.request_timeout`: how long one JetStream request or publish waits for its answer
+    /// (default [`DEFAULT_REQUEST_TIMEOUT`]).
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// `nats.publish_deadline`: how long a publish keeps retrying before it fails as
+    /// unavailable (default [`DEFAULT_PUBLISH_DEADLINE`]).
     #[serde(with = "humantime_serde")]
     pub publish_deadline: Duration,
 }
@@ -142,6 +173,8 @@ impl Default for NatsConfig {
 }
 
 impl NatsConfig {
+    /// Checks the server URLs, the files named, that at most one authentication method
+    /// is set, and that no timeout is zero.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.servers.is_empty() {
             return Err(ConfigError::new(
@@ -199,8 +232,11 @@ impl NatsConfig {
 pub struct TlsConfig {
     /// Require TLS even for `nats://` URLs.
     pub required: bool,
+    /// `nats.tls.ca_file`: PEM root certificates to verify the servers with.
     pub ca_file: Option<PathBuf>,
+    /// `nats.tls.cert_file`: PEM client certificate; set together with `nats.tls.key_file`.
     pub cert_file: Option<PathBuf>,
+    /// `nats.tls.key_file`: PEM private key of `nats.tls.cert_file`.
     pub key_file: Option<PathBuf>,
 }
 
@@ -238,12 +274,18 @@ impl TlsConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StreamsConfig {
+    /// `streams.events_name`: name of the events stream (default [`DEFAULT_EVENTS_STREAM`]).
     pub events_name: String,
+    /// `streams.dlq_name`: name of the dead-letter stream (default [`DEFAULT_DLQ_STREAM`]).
     pub dlq_name: String,
     /// 1, 3 or 5 copies of every stream.
     pub replicas: usize,
+    /// `streams.max_age`: how long the events stream keeps an event (default
+    /// [`DEFAULT_MAX_AGE`]); zero keeps events until `max_bytes` is reached.
     #[serde(with = "humantime_serde")]
     pub max_age: Duration,
+    /// `streams.dlq_max_age`: how long the dead-letter stream keeps a dead letter (default
+    /// [`DEFAULT_DLQ_MAX_AGE`]).
     #[serde(with = "humantime_serde")]
     pub dlq_max_age: Duration,
     /// Window in which a repeated event id is recognised and not stored again.
@@ -268,6 +310,7 @@ impl Default for StreamsConfig {
 }
 
 impl StreamsConfig {
+    /// Checks the stream names, `replicas`, `duplicate_window` and `max_bytes`.
     pub fn validate(&self) -> Result<(), ConfigError> {
         for (key, name) in [
             ("streams.events_name", &self.events_name),
@@ -322,8 +365,12 @@ impl StreamsConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SubjectsConfig {
+    /// `subjects.prefix`: prefix of event subjects (default [`DEFAULT_EVENT_PREFIX`]).
     pub prefix: String,
+    /// `subjects.dlq_prefix`: prefix of dead-letter subjects (default [`DEFAULT_DLQ_PREFIX`]).
     pub dlq_prefix: String,
+    /// `subjects.redrive_prefix`: prefix of redriven events' subjects (default
+    /// [`DEFAULT_REDRIVE_PREFIX`]).
     pub redrive_prefix: String,
 }
 
@@ -338,6 +385,8 @@ impl Default for SubjectsConfig {
 }
 
 impl SubjectsConfig {
+    /// Checks that each prefix is a subject without wildcards and that no prefix overlaps
+    /// another.
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_prefix("subjects.prefix", &self.prefix)?;
         check_prefix("subjects.dlq_prefix", &self.dlq_prefix)?;

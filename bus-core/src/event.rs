@@ -14,20 +14,29 @@ pub const SPEC_VERSION: &str = "1.0";
 /// `datacontenttype` says how to read them (JSON when absent).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
+    /// Unique id of the event; also JetStream's de-duplication key (`Nats-Msg-Id`).
     pub id: String,
+    /// The context that produced the event, a URI reference (`/shop`).
     pub source: String,
+    /// The CloudEvents `type`; it also picks the event's subject.
     pub event_type: EventType,
+    /// When the event happened; `None` if the producer did not say.
     pub time: Option<OffsetDateTime>,
+    /// What the event is about within its source (`order/42`).
     pub subject: Option<String>,
+    /// Media type of `data`; `None` reads as JSON.
     pub datacontenttype: Option<String>,
+    /// URI of the schema that `data` follows.
     pub dataschema: Option<String>,
     /// Ordering key: events with the same key are handled in publish order by ordered groups.
     pub partitionkey: Option<String>,
     /// W3C trace context of the hop that produced the event.
     pub traceparent: Option<String>,
+    /// W3C vendor trace state that goes with `traceparent`.
     pub tracestate: Option<String>,
     /// Other extension attributes (lowercase names, string values).
     pub extensions: BTreeMap<String, String>,
+    /// The payload.
     pub data: Bytes,
 }
 
@@ -73,26 +82,33 @@ impl EventBuilder {
         self
     }
 
+    /// Sets the `subject`: what the event is about within its source.
     pub fn subject(mut self, subject: impl Into<String>) -> Self {
         self.event.subject = Some(subject.into());
         self
     }
 
+    /// Sets the ordering key (`partitionkey`).
     pub fn partition_key(mut self, key: impl Into<String>) -> Self {
         self.event.partitionkey = Some(key.into());
         self
     }
 
+    /// Sets the time; `None` leaves it out. By default it is when `builder` was called.
     pub fn time(mut self, time: Option<OffsetDateTime>) -> Self {
         self.event.time = time;
         self
     }
 
+    /// Sets the URI of the data's schema.
     pub fn dataschema(mut self, schema: impl Into<String>) -> Self {
         self.event.dataschema = Some(schema.into());
         self
     }
 
+    /// Adds an extension attribute. Encoding refuses names that are not 1 to
+    /// [`MAX_EXTENSION_NAME_LEN`](crate::binary_mode::MAX_EXTENSION_NAME_LEN) lowercase
+    /// letters or digits, or that are standard attributes.
     pub fn extension(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.event.extensions.insert(name.into(), value.into());
         self
@@ -114,6 +130,7 @@ impl EventBuilder {
         Ok(self.data("application/json", bytes))
     }
 
+    /// The event, with a new id from [`new_event_id`] unless one was set.
     pub fn build(mut self) -> Event {
         if self.event.id.is_empty() {
             self.event.id = new_event_id();

@@ -13,27 +13,53 @@ pub const MAX_EVENT_TYPE_LEN: usize = 200;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum EventTypeError {
+    /// The name is the empty string.
     #[error("event type is empty")]
     Empty,
     #[error("event type is {len} bytes long; the limit is {MAX_EVENT_TYPE_LEN}")]
-    TooLong { len: usize },
+    /// The name is longer than [`MAX_EVENT_TYPE_LEN`] bytes.
+    TooLong {
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// A character other than lowercase ASCII letters, digits, `-`, `_` and the dots
+    /// between tokens (and, in a pattern, `*` and `>` as whole tokens).
     #[error(
         "event type {name:?}: character {character:?} at position {position} is not allowed \
          (use lowercase a-z, 0-9, '-' and '_' in dot-separated tokens)"
     )]
     InvalidCharacter {
+        /// The refused name.
         name: String,
+        /// The character that is not allowed.
         character: char,
+        /// Its byte offset in `name`.
         position: usize,
     },
+    /// Two dots in a row, or a leading or trailing dot.
     #[error(
         "event type {name:?}: empty token at position {position} (two dots, or a leading or trailing dot)"
     )]
-    EmptyToken { name: String, position: usize },
+    EmptyToken {
+        /// The refused name.
+        name: String,
+        /// Byte offset where the empty token starts.
+        position: usize,
+    },
+    /// A token starts with a digit, `-` or `_` instead of a letter.
     #[error("event type {name:?}: token at position {position} must start with a letter")]
-    TokenStart { name: String, position: usize },
+    TokenStart {
+        /// The refused name.
+        name: String,
+        /// Byte offset of the token.
+        position: usize,
+    },
+    /// A pattern has `>` somewhere other than as its whole last token.
     #[error("pattern {name:?}: '>' is only allowed as the whole last token")]
-    MisplacedTail { name: String },
+    MisplacedTail {
+        /// The refused pattern.
+        name: String,
+    },
 }
 
 /// A validated event type name.
@@ -54,6 +80,7 @@ impl EventType {
         Ok(Self(name))
     }
 
+    /// The name as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -77,12 +104,15 @@ impl AsRef<str> for EventType {
 pub struct EventPattern(String);
 
 impl EventPattern {
+    /// Validates `pattern`: an event type name whose tokens may also be `*`, and whose last
+    /// token may be `>`.
     pub fn new(pattern: impl Into<String>) -> Result<Self, EventTypeError> {
         let pattern = pattern.into();
         check(&pattern, true)?;
         Ok(Self(pattern))
     }
 
+    /// The pattern as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }

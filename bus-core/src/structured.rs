@@ -18,38 +18,56 @@ use crate::event_type::{EventType, EventTypeError};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum StructuredError {
+    /// The document, or an item of a batch, is not a JSON object.
     #[error("an event must be a JSON object")]
     NotAnObject,
+    /// A batch is not a JSON array.
     #[error("a batch must be a JSON array of events")]
     NotAnArray,
+    /// A required attribute is absent or `null`; holds its name.
     #[error("required attribute {0:?} is missing")]
     Missing(&'static str),
+    /// An attribute, an extension or `data` has a JSON type it cannot have.
     #[error("attribute {attribute:?} must be {expected}")]
     WrongType {
+        /// The attribute's name.
         attribute: String,
+        /// What it must be (`a string`, ...).
         expected: &'static str,
     },
+    /// A required attribute is the empty string; holds its name.
     #[error("attribute {0:?} is empty")]
     Empty(&'static str),
+    /// `specversion` is not [`SPEC_VERSION`]; holds the value found.
     #[error("unsupported specversion {0:?} (only \"1.0\")")]
     SpecVersion(String),
+    /// `type` is not a valid event type name.
     #[error("invalid type: {0}")]
     InvalidType(#[from] EventTypeError),
+    /// `time` is not an RFC 3339 timestamp; holds the value found.
     #[error("invalid time {0:?}: not RFC 3339")]
     InvalidTime(String),
+    /// `data_base64` is not valid standard base64.
     #[error("data_base64 is not valid base64")]
     InvalidBase64,
+    /// The event has both `data` and `data_base64`.
     #[error("both data and data_base64 are present")]
     BothData,
+    /// A member that is not a standard attribute has a name that is not a valid extension
+    /// name (1 to [`MAX_EXTENSION_NAME_LEN`] lowercase letters or digits); holds the name.
     #[error(
         "extension name {0:?} is invalid: use 1 to {MAX_EXTENSION_NAME_LEN} lowercase letters or digits"
     )]
     InvalidExtensionName(String),
+    /// An event of a batch is invalid.
     #[error("event {index} of the batch: {source}")]
     InBatch {
+        /// Position of the event in the batch, from 0.
         index: usize,
+        /// What is wrong with it.
         source: Box<StructuredError>,
     },
+    /// A batch is an empty array.
     #[error("the batch is empty")]
     EmptyBatch,
 }

@@ -5,8 +5,11 @@
 
 use crate::event_type::{EventPattern, EventType};
 
+/// Default `subjects.prefix`: where events live.
 pub const DEFAULT_EVENT_PREFIX: &str = "bus.evt";
+/// Default `subjects.dlq_prefix`: where dead letters live.
 pub const DEFAULT_DLQ_PREFIX: &str = "bus.dlq";
+/// Default `subjects.redrive_prefix`: where redriven dead letters go back to their group.
 pub const DEFAULT_REDRIVE_PREFIX: &str = "bus.redrive";
 
 /// Maps event types and groups to subjects. Cheap to clone.

@@ -16,27 +16,43 @@ use crate::config::BusConfig;
 /// How long `ensure` keeps trying through elections and timeouts.
 pub const DEFAULT_ENSURE_DEADLINE: Duration = Duration::from_secs(30);
 
+/// Why the streams could not be put in place.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TopologyError {
+    /// A stream exists with a setting JetStream cannot change in place (storage,
+    /// retention).
     #[error(
         "stream {stream}: {field} is {actual} on the server but {wanted} in the configuration and cannot be changed in place"
     )]
     Conflict {
+        /// The stream's name.
         stream: String,
+        /// The setting that differs.
         field: &'static str,
+        /// Its value on the server.
         actual: String,
+        /// Its value in the configuration.
         wanted: String,
     },
+    /// JetStream refused to read, create or update a stream, and retrying cannot help
+    /// (permissions, account limits, an invalid configuration).
     #[error("stream {stream}: JetStream refused: {source}")]
     Refused {
+        /// The stream's name.
         stream: String,
+        /// JetStream's answer.
         source: async_nats::Error,
     },
+    /// The stream was still not in place when the deadline passed (JetStream unreachable,
+    /// no quorum).
     #[error("stream {stream}: not in place after {waited:?}: {last}")]
     Unavailable {
+        /// The stream's name.
         stream: String,
+        /// How long `ensure` kept trying.
         waited: Duration,
+        /// The last transient error seen.
         last: String,
     },
 }
@@ -44,11 +60,15 @@ pub enum TopologyError {
 /// The desired stream configurations.
 #[derive(Debug, Clone)]
 pub struct Topology {
+    /// The events stream: every event and every redriven dead letter.
     pub events: Config,
+    /// The dead-letter stream.
     pub dead_letters: Config,
 }
 
 impl Topology {
+    /// The streams `config` asks for: file storage, and a full stream refuses new
+    /// messages rather than dropping stored ones.
     pub fn from_config(config: &BusConfig) -> Self {
         let s = &config.streams;
         let subjects = config.subjects();

@@ -24,15 +24,27 @@ pub const MAX_DEAD_LETTER_PAGE: usize = 1000;
 /// Most dead letters one redrive call looks at.
 pub const MAX_REDRIVE_SCAN: usize = 10_000;
 
+/// An admin operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AdminError {
+    /// The group name is not 1 to 64 ASCII letters, digits, `-` and `_`; holds the name.
     #[error("invalid group name {0:?}")]
     InvalidGroup(String),
+    /// A JetStream request failed (stream missing, no permission, timeout); holds its
+    /// message.
     #[error("JetStream request failed: {0}")]
     JetStream(String),
+    /// A dead letter cannot be sent back, for example because it has no valid `ce-type`
+    /// header.
     #[error("dead letter {seq} cannot be redriven: {reason}")]
-    NotRedrivable { seq: u64, reason: String },
+    NotRedrivable {
+        /// The dead letter's sequence in the dead-letter stream.
+        seq: u64,
+        /// Why it cannot be redriven.
+        reason: String,
+    },
+    /// Storing the redriven event failed.
     #[error(transparent)]
     Publish(#[from] PublishError),
 }
@@ -44,7 +56,9 @@ fn js_err(e: impl std::fmt::Display) -> AdminError {
 /// A consumer group as JetStream sees it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct GroupInfo {
+    /// The group's name, which is also its durable consumer's name.
     pub name: String,
+    /// The subject filters of the group's consumer.
     pub filters: Vec<String>,
     /// Events not yet delivered to any member.
     pub pending: u64,
@@ -59,7 +73,10 @@ pub struct GroupInfo {
 /// One dead letter with its place in the dead-letter stream.
 #[derive(Debug, Clone)]
 pub struct StoredDeadLetter {
+    /// Its sequence in the dead-letter stream: the `after` of the next page, and what
+    /// [`Bus::redrive`] removes.
     pub seq: u64,
+    /// The dead letter itself.
     pub letter: DeadLetter,
 }
 
@@ -221,8 +238,11 @@ pub const MEMBER_STALE_AFTER: Duration = Duration::from_secs(3 * PRESENCE_INTERV
 /// A group member recently heard from.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct MemberSeen {
+    /// The member's id, new each time a member starts.
     pub member: String,
+    /// Host name of the member's machine (empty when unknown).
     pub host: String,
+    /// Process id of the member.
     pub pid: u32,
     /// Seconds since its last announcement.
     pub last_seen_secs_ago: u64,

@@ -117,6 +117,8 @@ impl BroadcastBuilder {
         self
     }
 
+    /// Creates the subscription's consumer and starts handling events. Fails when no
+    /// handler is registered, two handle one type, or JetStream refuses the consumer.
     pub async fn start(self) -> Result<Broadcast, SubscribeError> {
         if self.handlers.is_empty() && self.raw.is_empty() {
             return Err(SubscribeError::NoHandlers);

@@ -120,6 +120,7 @@ impl Bus {
         Self::builder(config).connect().await
     }
 
+    /// Options beyond `config`; [`BusBuilder::connect`] connects.
     pub fn builder(config: BusConfig) -> BusBuilder {
         BusBuilder {
             config,
@@ -187,18 +188,22 @@ impl Bus {
         BroadcastBuilder::new(self.clone())
     }
 
+    /// The configuration this bus was connected with.
     pub fn config(&self) -> &BusConfig {
         &self.inner.config
     }
 
+    /// The subjects of the configured prefixes.
     pub fn subjects(&self) -> &Subjects {
         &self.inner.publisher.subjects
     }
 
+    /// The NATS connection, for core NATS requests.
     pub fn client(&self) -> &async_nats::Client {
         &self.inner.client
     }
 
+    /// The JetStream context on this connection.
     pub fn jetstream(&self) -> &jetstream::Context {
         &self.inner.publisher.js
     }

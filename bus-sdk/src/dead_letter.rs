@@ -16,17 +16,24 @@ use crate::publish::Publisher;
 /// A dead letter as read back from the dead-letter stream.
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
+    /// The consumer group that gave up on the event.
     pub group: String,
+    /// Why it gave up: the handler's error, why the event could not be decoded, or that
+    /// deliveries were never settled.
     pub reason: String,
+    /// Deliveries made before the group gave up.
     pub attempts: u32,
     /// Stream and sequence where the event itself is stored.
     pub stream: String,
+    /// The event's sequence in that stream.
     pub stream_seq: u64,
+    /// The subject the event was delivered on.
     pub subject: String,
     /// The event id, if the event had one.
     pub event_id: Option<String>,
     /// All headers: the original ones and the `bus-dlq-*` ones.
     pub headers: HeaderMap,
+    /// The payload as received.
     pub payload: Bytes,
 }
 

@@ -6,12 +6,16 @@ use bus_core::{ConfigError, EncodeError, EventTypeError, TopologyError};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConnectError {
+    /// The configuration is invalid; nothing was attempted.
     #[error("invalid configuration: {0}")]
     Config(#[from] ConfigError),
+    /// `nats.credentials_file` could not be read.
     #[error("cannot read NATS credentials: {0}")]
     Credentials(#[source] std::io::Error),
+    /// No NATS server could be reached, or the server refused the connection.
     #[error("cannot connect to NATS: {0}")]
     Connect(#[from] async_nats::ConnectError),
+    /// The streams could not be created or brought to the configured shape.
     #[error("streams are not in place: {0}")]
     Topology(#[from] TopologyError),
 }
@@ -53,6 +57,7 @@ impl PublishError {
         }
     }
 
+    /// What went wrong; match on this rather than on the message.
     pub fn kind(&self) -> PublishErrorKind {
         self.kind
     }
@@ -75,19 +80,28 @@ impl PublishError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SubscribeError {
+    /// A handler's payload type has an invalid `EVENT_TYPE`.
     #[error("invalid event type: {0}")]
     InvalidEventType(#[from] EventTypeError),
+    /// The group name is not 1 to 64 ASCII letters, digits, `-` and `_`; holds the name.
     #[error("invalid group name {0:?}: use letters, digits, '-' and '_'")]
     InvalidGroupName(String),
+    /// `start` was called without a handler.
     #[error("a group needs at least one handler")]
     NoHandlers,
+    /// Two handlers were registered for one event type; holds the type.
     #[error("two handlers for event type {0}")]
     DuplicateHandler(String),
+    /// A group option is out of range (`concurrency` 0, `ack_wait` under a second, ...).
     #[error("invalid option {option}: {reason}")]
     InvalidOption {
+        /// The option's name.
         option: &'static str,
+        /// What it must be.
         reason: String,
     },
+    /// JetStream refused to create the consumer, or did not answer in time; holds its
+    /// message.
     #[error("JetStream refused the consumer: {0}")]
     Consumer(String),
 }

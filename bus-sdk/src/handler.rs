@@ -32,6 +32,7 @@ impl HandlerError {
         }
     }
 
+    /// Whether the event goes to the dead letters at once instead of being retried.
     pub fn is_permanent(&self) -> bool {
         self.permanent
     }

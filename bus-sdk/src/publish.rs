@@ -25,8 +25,11 @@ pub const DEFAULT_PUBLISH_WINDOW: usize = 256;
 /// Proof that JetStream stored an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublishReceipt {
+    /// The event's id.
     pub id: String,
+    /// The event's type.
     pub event_type: String,
+    /// The stream that stored it.
     pub stream: String,
     /// The event's sequence in the stream.
     pub seq: u64,

@@ -45,6 +45,7 @@ pub struct EventMeta {
 }
 
 impl EventMeta {
+    /// The event's id.
     pub fn id(&self) -> &str {
         &self.event.id
     }
@@ -53,6 +54,8 @@ impl EventMeta {
 /// A decoded event handed to a handler.
 #[derive(Debug, Clone)]
 pub struct Received<T> {
+    /// The payload, deserialized from the event's JSON data.
     pub data: T,
+    /// Everything else about the delivery.
     pub meta: EventMeta,
 }

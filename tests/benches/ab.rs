@@ -29,6 +29,7 @@ where
     }
     let mut raw = Vec::new();
     let mut bus = Vec::new();
+    let mut stalls = Vec::new();
     for round in 1..=plan.rounds {
         for &side in &plan.sides {
             let sample = run(side)
@@ -39,6 +40,13 @@ where
                 side.name(),
                 sample.brief()
             );
+            if let Some(stall) = sample.stall {
+                stalls.push(format!(
+                    "{} round {round}: no delivery for {:.1} s",
+                    side.name(),
+                    stall.as_secs_f64()
+                ));
+            }
             match side {
                 Side::Raw => raw.push(sample),
                 Side::Bus => bus.push(sample),
@@ -51,5 +59,6 @@ where
         latency,
         raw: Summary::of(&raw),
         bus: Summary::of(&bus),
+        stalls,
     }))
 }

@@ -74,7 +74,8 @@ async fn one(env: &Env, plan: &Plan, side: Side, rate: Option<f64>, n: u64) -> R
         Some(_) => Some(recorder.histogram()?),
         None => None,
     };
-    let sample = meter.stop_at(end, n, latency)?;
+    let mut sample = meter.stop_at(end, n, latency)?;
+    sample.stall = recorder.stall();
     if let Some(anomalies) = recorder.anomalies() {
         eprintln!("bus-bench: warning: {} side: {anomalies}", side.name());
     }

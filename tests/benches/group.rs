@@ -70,7 +70,8 @@ async fn one(
         .start_members(members, plan.group_concurrency, work, &recorder)
         .await?;
     let end = recorder.wait(CONSUME_DEADLINE).await?;
-    let sample = meter.stop_at(end, n, None)?;
+    let mut sample = meter.stop_at(end, n, None)?;
+    sample.stall = recorder.stall();
     if let Some(anomalies) = recorder.anomalies() {
         eprintln!("bus-bench: warning: {} side: {anomalies}", side.name());
     }

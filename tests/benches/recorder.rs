@@ -13,6 +13,10 @@ use tokio::time::Instant;
 use crate::pacer::Schedule;
 use crate::stats::{histogram, nanos};
 
+/// A pause between two deliveries this long is reported as a stall: a pull consumer
+/// that stopped receiving (seen with small batches, on both sides: see BENCHMARKS.md).
+pub const STALL: Duration = Duration::from_secs(1);
+
 /// Shared by a run's handlers (through an `Arc`) and the code waiting for them.
 #[derive(Debug)]
 pub struct Recorder {
@@ -27,6 +31,11 @@ pub struct Recorder {
     first_error: Mutex<Option<String>>,
     finished: OnceLock<Instant>,
     done: Notify,
+    created: Instant,
+    /// When the latest delivery arrived, in ns since `created` (0: none yet).
+    last: AtomicU64,
+    /// Longest time between two deliveries, in ns.
+    longest_gap: AtomicU64,
 }
 
 impl Recorder {
@@ -41,6 +50,9 @@ impl Recorder {
             first_error: Mutex::new(None),
             finished: OnceLock::new(),
             done: Notify::new(),
+            created: Instant::now(),
+            last: AtomicU64::new(0),
+            longest_gap: AtomicU64::new(0),
         }
     }
 
@@ -52,6 +64,12 @@ impl Recorder {
     /// A handler got event `seq`.
     pub fn record(&self, seq: u64) {
         let now = Instant::now();
+        let t = nanos(now.saturating_duration_since(self.created));
+        let previous = self.last.swap(t, Ordering::Relaxed);
+        if previous > 0 {
+            self.longest_gap
+                .fetch_max(t.saturating_sub(previous), Ordering::Relaxed);
+        }
         let Some(slot) = usize::try_from(seq).ok().and_then(|i| self.latency.get(i)) else {
             self.error(format!("unexpected event seq {seq}"));
             return;
@@ -112,6 +130,12 @@ impl Recorder {
             }
         }
         Ok(h)
+    }
+
+    /// The longest pause between two deliveries, if it was a stall (at least [`STALL`]).
+    pub fn stall(&self) -> Option<Duration> {
+        let gap = Duration::from_nanos(self.longest_gap.load(Ordering::Relaxed));
+        (gap >= STALL).then_some(gap)
     }
 
     /// Duplicates and errors, if any, for the progress log.

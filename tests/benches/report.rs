@@ -17,6 +17,8 @@ pub struct Row {
     pub latency: bool,
     pub raw: Option<Summary>,
     pub bus: Option<Summary>,
+    /// Rounds in which a consumer stalled (see `recorder::STALL`).
+    pub stalls: Vec<String>,
 }
 
 const DASH: &str = "—";
@@ -204,6 +206,17 @@ pub fn markdown(plan: &Plan, rows: &[Row], notes: &[String]) -> String {
                 None => DASH,
             };
             let _ = writeln!(out, "| {} | {} | {met} |", c.target, c.measured);
+        }
+    }
+    let stalls: Vec<String> = rows
+        .iter()
+        .flat_map(|r| r.stalls.iter().map(move |s| format!("{}, {s}", r.label)))
+        .collect();
+    if !stalls.is_empty() {
+        out += "\nStalls (a consumer received nothing for a second or more; the median of rounds \
+                keeps one such round out of the table):\n\n";
+        for s in stalls {
+            let _ = writeln!(out, "- {s}");
         }
     }
     for note in notes {

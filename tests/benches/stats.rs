@@ -71,6 +71,7 @@ impl Meter {
             elapsed: end.saturating_duration_since(self.start),
             cpu,
             latency,
+            stall: None,
         })
     }
 }
@@ -82,6 +83,8 @@ pub struct Sample {
     pub elapsed: Duration,
     pub cpu: Duration,
     pub latency: Option<Histogram<u64>>,
+    /// The longest pause between two deliveries, when it was a stall.
+    pub stall: Option<Duration>,
 }
 
 impl Sample {
@@ -113,6 +116,9 @@ impl Sample {
             self.latency_us(0.999),
         ) {
             s += &format!("  p50 {p50:.0} µs  p99 {p99:.0} µs  p99.9 {p999:.0} µs");
+        }
+        if let Some(stall) = self.stall {
+            s += &format!("  STALL: no delivery for {:.1} s", stall.as_secs_f64());
         }
         s
     }

@@ -177,14 +177,17 @@ impl BusNode {
         format!("http://127.0.0.1:{}", self.port.port())
     }
 
+    /// The node's name, which is also its `node.id`.
     pub fn name(&self) -> &str {
         &self.name
     }
 
+    /// What the node has written to stdout and stderr so far, across restarts.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// Whether the process is alive: started, and not killed, stopped or exited.
     pub fn is_running(&mut self) -> bool {
         self.child
             .as_mut()

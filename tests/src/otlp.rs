@@ -27,11 +27,17 @@ use crate::poll::{Probe, poll_until};
 /// Span kinds as OTLP numbers them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
+    /// 0, or a number OTLP does not define.
     Unspecified,
+    /// 1: an operation inside one process.
     Internal,
+    /// 2: handling a request (HTTP ingress).
     Server,
+    /// 3: a request to another service (a webhook attempt).
     Client,
+    /// 4: sending a message (a publish).
     Producer,
+    /// 5: processing a message (a handling by a group member).
     Consumer,
 }
 
@@ -51,13 +57,19 @@ impl Kind {
 /// One received span, flattened for assertions. Ids are lowercase hex.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReceivedSpan {
+    /// `service.name` of the resource that sent the span (empty if it had none).
     pub service: String,
+    /// Trace id, 32 hex digits.
     pub trace_id: String,
+    /// Span id, 16 hex digits.
     pub span_id: String,
     /// Empty for a root span.
     pub parent_span_id: String,
+    /// The span's name (`publish bus.evt.shop.order.created`).
     pub name: String,
+    /// The span's kind.
     pub kind: Kind,
+    /// Attributes by key, values as text (numbers and booleans formatted).
     pub attributes: BTreeMap<String, String>,
     /// (trace id, span id) of each link.
     pub links: Vec<(String, String)>,
@@ -66,6 +78,7 @@ pub struct ReceivedSpan {
 }
 
 impl ReceivedSpan {
+    /// The attribute `key` as text, if the span has it.
     pub fn attr(&self, key: &str) -> Option<&str> {
         self.attributes.get(key).map(String::as_str)
     }
@@ -135,6 +148,7 @@ impl OtlpReceiver {
         format!("http://127.0.0.1:{}", self.http_port)
     }
 
+    /// Every span received so far, in arrival order.
     pub fn spans(&self) -> Vec<ReceivedSpan> {
         self.spans.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }

@@ -69,6 +69,7 @@ impl Extractor for Pair<'_> {
     }
 }
 
+/// Writes `cx` into NATS headers as `traceparent`/`tracestate`.
 pub fn inject_into_headers(cx: &Context, headers: &mut HeaderMap) {
     global::get_text_map_propagator(|p| p.inject_context(cx, &mut HeaderInjector(headers)));
 }
@@ -78,6 +79,8 @@ pub fn inject_into_event(cx: &Context, event: &mut Event) {
     global::get_text_map_propagator(|p| p.inject_context(cx, &mut EventCarrier(event)));
 }
 
+/// The context carried by a NATS message's `traceparent`/`tracestate` headers; the
+/// current context when they carry none.
 pub fn context_from_headers(headers: &HeaderMap) -> Context {
     global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)))
 }

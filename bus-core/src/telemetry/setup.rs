@@ -39,17 +39,25 @@ pub fn is_enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
 
+/// Why telemetry could not be installed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TelemetryError {
+    /// An `OTEL_*` variable has a value the bus does not understand.
     #[error("{variable}={value:?}: {reason}")]
     InvalidVariable {
+        /// The variable's name.
         variable: &'static str,
+        /// Its value.
         value: String,
+        /// What it must be.
         reason: &'static str,
     },
+    /// The OTLP exporter could not be built; holds the exporter's message.
     #[error("cannot build the OTLP exporter: {0}")]
     Exporter(String),
+    /// A global `tracing` subscriber was installed before: install telemetry once per
+    /// process.
     #[error("a global tracing subscriber is already installed")]
     AlreadyInstalled,
 }
@@ -102,14 +110,18 @@ pub struct OtlpExport {
     /// Base URL (`http://collector:4317` for gRPC, `http://collector:4318` for HTTP);
     /// `None`: the `OTEL_EXPORTER_OTLP_*ENDPOINT` variables.
     pub endpoint: Option<String>,
+    /// The OTLP transport.
     pub protocol: OtlpProtocol,
     /// How often queued spans are sent (`OTEL_BSP_SCHEDULE_DELAY`; default 5 s).
     pub batch_delay: Option<Duration>,
 }
 
+/// The OTLP transport, as `OTEL_EXPORTER_OTLP_PROTOCOL` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OtlpProtocol {
+    /// `grpc`: OTLP over gRPC.
     Grpc,
+    /// `http/protobuf`: OTLP protobuf over HTTP; the default.
     HttpProtobuf,
 }
 
@@ -117,9 +129,11 @@ pub enum OtlpProtocol {
 /// variables.
 #[derive(Debug, Clone)]
 pub struct TelemetrySettings {
+    /// The `service.name` of every exported span.
     pub service_name: String,
     /// `None`: logs only, no trace export.
     pub export: Option<OtlpExport>,
+    /// Which traces are recorded (`OTEL_TRACES_SAMPLER`; by default `parentbased_always_on`).
     pub sampler: Sampler,
 }
 

@@ -38,15 +38,11 @@ pub fn config() -> BusConfig {
     BusConfig::with_servers(urls.split(',').map(str::to_owned))
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+/// Logs to stderr (`RUST_LOG`), and traces over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT`
+/// is set (e.g. `http://127.0.0.1:4318` for a local Jaeger).
 #[allow(dead_code)]
-pub fn init_logs() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+pub fn init_telemetry(service: &str) -> anyhow::Result<bus_sdk::bus_core::telemetry::Telemetry> {
+    Ok(bus_sdk::bus_core::telemetry::init(service)?)
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -292,6 +292,7 @@ pub struct Group {
 }
 
 impl Group {
+    /// The group's name.
     pub fn name(&self) -> &str {
         &self.name
     }
