@@ -351,6 +351,12 @@ impl StreamsConfig {
                 "must not exceed streams.max_age",
             ));
         }
+        if !self.dlq_max_age.is_zero() && self.duplicate_window > self.dlq_max_age {
+            return Err(ConfigError::new(
+                "streams.duplicate_window",
+                "must not exceed streams.dlq_max_age",
+            ));
+        }
         if self.max_bytes == 0 || self.max_bytes < -1 {
             return Err(ConfigError::new(
                 "streams.max_bytes",
@@ -483,6 +489,10 @@ mod tests {
             Some("streams.dlq_name"),
         );
         check(|c| c.streams.max_bytes = 0, Some("streams.max_bytes"));
+        check(
+            |c| c.streams.dlq_max_age = Duration::from_secs(60),
+            Some("streams.duplicate_window"),
+        );
         check(
             |c| c.subjects.prefix = "bus.*".into(),
             Some("subjects.prefix"),

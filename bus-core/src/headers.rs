@@ -43,3 +43,16 @@ pub const DLQ_STREAM_SEQ: &str = "bus-dlq-stream-seq";
 pub const DLQ_SUBJECT: &str = "bus-dlq-subject";
 /// `bus-dlq-time`: when the event was dead-lettered, as RFC 3339 text.
 pub const DLQ_TIME: &str = "bus-dlq-time";
+
+/// The first value of header `name`, matched without regard to case (NATS header names
+/// are case-sensitive on the wire, and plain clients write `Ce-Id` as often as `ce-id`).
+pub fn get_ignore_case<'a>(headers: &'a async_nats::HeaderMap, name: &str) -> Option<&'a str> {
+    if let Some(v) = headers.get(name) {
+        return Some(v.as_str());
+    }
+    headers
+        .iter()
+        .find(|(k, _)| AsRef::<str>::as_ref(*k).eq_ignore_ascii_case(name))
+        .and_then(|(_, values)| values.first())
+        .map(|v| v.as_str())
+}

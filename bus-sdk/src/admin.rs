@@ -10,7 +10,7 @@ use async_nats::HeaderMap;
 use async_nats::header::HeaderValue;
 use async_nats::jetstream::stream::DirectGetErrorKind;
 use bus_core::EventType;
-use bus_core::headers::{CE_TYPE, NATS_MSG_ID};
+use bus_core::headers::{CE_TYPE, NATS_MSG_ID, get_ignore_case};
 use futures::{StreamExt, TryStreamExt};
 
 use crate::bus::Bus;
@@ -132,7 +132,7 @@ impl Bus {
             .await
             .map_err(js_err)?;
         let mut out = Vec::new();
-        let mut next = after + 1;
+        let mut next = after.saturating_add(1);
         while out.len() < limit.min(MAX_DEAD_LETTER_PAGE) {
             let message = match stream
                 .direct_get_next_for_subject(subject.as_str(), Some(next))
@@ -161,11 +161,8 @@ impl Bus {
             seq: letter.seq,
             reason: reason.to_owned(),
         };
-        let event_type = letter
-            .letter
-            .headers
-            .get(CE_TYPE)
-            .and_then(|t| EventType::new(t.as_str()).ok())
+        let event_type = get_ignore_case(&letter.letter.headers, CE_TYPE)
+            .and_then(|t| EventType::new(t).ok())
             .ok_or_else(|| not("it has no valid ce-type header"))?;
         let mut headers = HeaderMap::new();
         for (name, values) in letter.letter.headers.iter() {

@@ -124,15 +124,21 @@ impl BroadcastBuilder {
             return Err(SubscribeError::NoHandlers);
         }
         let mut handlers = HandlerMap::new();
-        let mut filters: Vec<String> = self
-            .raw
-            .iter()
-            .map(|(p, _)| self.bus.subjects().pattern(p))
-            .collect();
+        // Several patterns may overlap, which JetStream refuses as filters: then take
+        // every event and let the dispatch below pick.
+        let mut filters: Vec<String> = match self.raw.len() {
+            0 => Vec::new(),
+            1 => self
+                .raw
+                .iter()
+                .map(|(p, _)| self.bus.subjects().pattern(p))
+                .collect(),
+            _ => vec![self.bus.subjects().all_events()],
+        };
         for (name, handler) in self.handlers {
             let t = EventType::new(name)?;
             // JetStream refuses overlapping filters: a pattern already covering it is enough.
-            if !self.raw.iter().any(|(p, _)| p.matches(&t)) {
+            if self.raw.len() < 2 && !self.raw.iter().any(|(p, _)| p.matches(&t)) {
                 filters.push(self.bus.subjects().event(&t));
             }
             if handlers.insert(name.to_owned(), handler).is_some() {
@@ -140,7 +146,24 @@ impl BroadcastBuilder {
             }
         }
         let deliver_policy = match self.start_at {
-            StartAt::New => DeliverPolicy::New,
+            // Pinned to a sequence now, so a reopen before the first event loses nothing.
+            StartAt::New => {
+                let mut stream = self
+                    .bus
+                    .jetstream()
+                    .get_stream(&self.bus.config().streams.events_name)
+                    .await
+                    .map_err(|e| SubscribeError::Consumer(e.to_string()))?;
+                let last = stream
+                    .info()
+                    .await
+                    .map_err(|e| SubscribeError::Consumer(e.to_string()))?
+                    .state
+                    .last_sequence;
+                DeliverPolicy::ByStartSequence {
+                    start_sequence: last + 1,
+                }
+            }
             StartAt::All => DeliverPolicy::All,
             StartAt::Sequence(start_sequence) => DeliverPolicy::ByStartSequence { start_sequence },
         };
@@ -160,7 +183,7 @@ impl BroadcastBuilder {
             .map_err(|e| SubscribeError::Consumer(e.to_string()))?;
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
-        tracker.spawn(sub.run(messages, cancel.clone()));
+        tracker.spawn(sub.run(messages, deliver_policy, cancel.clone()));
         tracker.close();
         Ok(Broadcast { cancel, tracker })
     }
@@ -192,7 +215,7 @@ impl Subscription {
         Ok(consumer.messages().await?)
     }
 
-    async fn run(self, first: Ordered, cancel: CancellationToken) {
+    async fn run(self, first: Ordered, initial: DeliverPolicy, cancel: CancellationToken) {
         let mut messages = Some(first);
         let mut next_seq: Option<u64> = None;
         let mut failures = 0u32;
@@ -202,7 +225,7 @@ impl Subscription {
                 None => {
                     let policy = match next_seq {
                         Some(start_sequence) => DeliverPolicy::ByStartSequence { start_sequence },
-                        None => DeliverPolicy::New,
+                        None => initial,
                     };
                     match self.open(policy).await {
                         Ok(m) => m,

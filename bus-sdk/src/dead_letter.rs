@@ -40,7 +40,7 @@ pub struct DeadLetter {
 impl DeadLetter {
     /// Reads a message of the dead-letter stream; `None` if it lacks the dead-letter headers.
     pub fn parse(headers: &HeaderMap, payload: Bytes) -> Option<Self> {
-        let get = |name: &str| headers.get(name).map(|v| v.as_str().to_owned());
+        let get = |name: &str| get_ignore_case(headers, name).map(str::to_owned);
         Some(Self {
             group: get(DLQ_GROUP)?,
             reason: get(DLQ_REASON)?,

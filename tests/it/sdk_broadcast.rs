@@ -52,3 +52,50 @@ async fn given_two_instances_should_each_get_every_event() -> anyhow::Result<()>
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_overlapping_patterns_and_a_backlog_should_start_and_deliver_each_event_once()
+-> anyhow::Result<()> {
+    let cluster = NatsCluster::start(1).await?;
+    let bus = bus_for(&cluster).await?;
+    for n in 0..5 {
+        bus.publish(&order(n)).await?;
+    }
+    let rec = Recorder::default();
+    let (a, b) = (rec.clone(), rec.clone());
+    let sub = bus
+        .broadcast()
+        .on_any(
+            bus_core::EventPattern::new("shop.>")?,
+            move |m: bus_sdk::EventMeta| {
+                let a = a.clone();
+                async move {
+                    a.record(0, &m.event.id);
+                    Ok::<(), HandlerError>(())
+                }
+            },
+        )
+        .on_any(
+            bus_core::EventPattern::new("shop.order.*")?,
+            move |m: bus_sdk::EventMeta| {
+                let b = b.clone();
+                async move {
+                    b.record(1, &m.event.id);
+                    Ok::<(), HandlerError>(())
+                }
+            },
+        )
+        .start_at(bus_sdk::StartAt::All)
+        .start()
+        .await?;
+    for n in 5..10 {
+        bus.publish(&order(n)).await?;
+    }
+    wait_until("backlog and new events", Duration::from_secs(10), || {
+        rec.distinct() == 10
+    })
+    .await?;
+    assert_eq!(rec.total(), 10, "each event once");
+    sub.shutdown().await;
+    Ok(())
+}

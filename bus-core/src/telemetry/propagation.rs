@@ -29,7 +29,7 @@ pub struct HeaderExtractor<'a>(pub &'a HeaderMap);
 
 impl Extractor for HeaderExtractor<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(|v| v.as_str())
+        crate::headers::get_ignore_case(self.0, key)
     }
 
     fn keys(&self) -> Vec<&str> {

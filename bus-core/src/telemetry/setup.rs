@@ -74,7 +74,7 @@ impl Telemetry {
         self.provider.is_some()
     }
 
-    /// Sends every finished span now (bounded by the exporter's timeout).
+    /// Sends every finished span now, within [`SHUTDOWN_DEADLINE`].
     pub async fn flush(&self) {
         let Some(provider) = self.provider.clone() else {
             return;
@@ -143,15 +143,20 @@ impl TelemetrySettings {
         let service_name = var("OTEL_SERVICE_NAME").unwrap_or_else(|| service_name.to_owned());
         let (sampler, _) = sampler_from_env()?;
         let export = if export_wanted() {
-            let protocol = match var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-                .or_else(|| var("OTEL_EXPORTER_OTLP_PROTOCOL"))
-            {
+            let (variable, value) = match var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") {
+                Some(v) => ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", Some(v)),
+                None => (
+                    "OTEL_EXPORTER_OTLP_PROTOCOL",
+                    var("OTEL_EXPORTER_OTLP_PROTOCOL"),
+                ),
+            };
+            let protocol = match value {
                 None => OtlpProtocol::HttpProtobuf,
                 Some(p) if p == "grpc" => OtlpProtocol::Grpc,
                 Some(p) if p == "http/protobuf" => OtlpProtocol::HttpProtobuf,
                 Some(p) => {
                     return Err(TelemetryError::InvalidVariable {
-                        variable: "OTEL_EXPORTER_OTLP_PROTOCOL",
+                        variable,
                         value: p,
                         reason: "grpc or http/protobuf",
                     });
@@ -201,7 +206,8 @@ pub fn init_with(settings: TelemetrySettings) -> Result<Telemetry, TelemetryErro
     let processor = BatchSpanProcessor::builder(exporter)
         .with_batch_config(batch.build())
         .build();
-    let off = matches!(settings.sampler, Sampler::AlwaysOff);
+    let off = matches!(settings.sampler, Sampler::AlwaysOff)
+        || matches!(settings.sampler, Sampler::TraceIdRatioBased(r) if r <= 0.0);
     let provider = SdkTracerProvider::builder()
         .with_span_processor(processor)
         .with_sampler(settings.sampler)

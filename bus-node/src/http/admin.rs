@@ -79,7 +79,9 @@ pub async fn list_dead_letters(
     let items: Vec<Value> = letters
         .iter()
         .map(|l| {
-            let h = |k: &str| l.letter.headers.get(k).map(|v| v.as_str().to_owned());
+            let h = |k: &str| {
+                bus_core::headers::get_ignore_case(&l.letter.headers, k).map(str::to_owned)
+            };
             json!({
                 "seq": l.seq,
                 "group": l.letter.group,

@@ -96,7 +96,10 @@ pub(crate) async fn run(shared: Arc<Shared>, cancel: CancellationToken, tracker:
         let mut missed = 0u32;
         loop {
             let permit = tokio::select! {
-                _ = cancel.cancelled() => break 'connect,
+                _ = cancel.cancelled() => {
+                    hand_back(messages.as_mut()).await;
+                    break 'connect;
+                }
                 p = slots.clone().acquire_owned() => match p {
                     Ok(p) => p,
                     Err(_) => break 'connect,

@@ -188,6 +188,9 @@ impl GroupBuilder {
         if o.ack_wait < Duration::from_secs(1) {
             return Err(invalid("ack_wait", "must be at least 1s"));
         }
+        if o.backoff.is_empty() {
+            return Err(invalid("backoff", "give at least one delay"));
+        }
         if o.max_ack_pending < o.concurrency {
             return Err(invalid("max_ack_pending", "must be at least concurrency"));
         }

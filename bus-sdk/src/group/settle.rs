@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{AckKind, Message};
 use bus_core::binary_mode;
-use bus_core::headers::{CE_ID, NATS_MSG_ID};
+use bus_core::headers::{CE_ID, NATS_MSG_ID, get_ignore_case};
 use bus_core::telemetry;
 use futures::FutureExt;
 use time::OffsetDateTime;
@@ -166,10 +166,9 @@ fn process_span(message: &Message, group: &str, attempt: u32) -> tracing::Span {
         return tracing::Span::none();
     }
     let headers = message.headers.clone().unwrap_or_default();
-    let id = headers
-        .get(CE_ID)
-        .or_else(|| headers.get(NATS_MSG_ID))
-        .map(|v| v.as_str().to_owned())
+    let id = get_ignore_case(&headers, CE_ID)
+        .or_else(|| get_ignore_case(&headers, NATS_MSG_ID))
+        .map(str::to_owned)
         .unwrap_or_default();
     let producer = telemetry::context_from_headers(&headers);
     telemetry::process_span(
