@@ -129,18 +129,23 @@ pub fn encode(event: &Event) -> Result<(HeaderMap, Bytes), EncodeError> {
         if RESERVED.contains(&name.as_str()) {
             return Err(EncodeError::ReservedExtensionName { name: name.clone() });
         }
-        let valid = !name.is_empty()
-            && name.len() <= MAX_EXTENSION_NAME_LEN
-            && name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-        if !valid {
+        if !is_extension_name(name) {
             return Err(EncodeError::InvalidExtensionName { name: name.clone() });
         }
         let header = format!("{CE_PREFIX}{name}");
         put(&mut h, &header, name, value, false)?;
     }
     Ok((h, event.data.clone()))
+}
+
+/// Whether `name` is a valid CloudEvents extension attribute name: 1 to
+/// [`MAX_EXTENSION_NAME_LEN`] lowercase ASCII letters or digits.
+pub fn is_extension_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_EXTENSION_NAME_LEN
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
 }
 
 fn put(

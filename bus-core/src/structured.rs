@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::binary_mode::MAX_EXTENSION_NAME_LEN;
+use crate::binary_mode::{MAX_EXTENSION_NAME_LEN, is_extension_name};
 use crate::event::{Event, SPEC_VERSION};
 use crate::event_type::{EventType, EventTypeError};
 
@@ -118,12 +118,7 @@ pub fn from_json(value: Value) -> Result<Event, StructuredError> {
     };
     let mut extensions = BTreeMap::new();
     for (name, value) in map {
-        let valid = !name.is_empty()
-            && name.len() <= MAX_EXTENSION_NAME_LEN
-            && name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-        if !valid {
+        if !is_extension_name(&name) {
             return Err(StructuredError::InvalidExtensionName(name));
         }
         let text = match value {

@@ -3,7 +3,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::HeaderMap;
 use bus_sdk::{DeadLetter, HandlerError, Received};
 use bus_tests::NatsCluster;
 
@@ -124,17 +123,14 @@ async fn given_undecodable_events_should_dead_letter_them_at_once() -> anyhow::R
         .await?;
     let js = async_nats::jetstream::new(cluster.client().await?);
     // 1. A valid envelope whose data is not an OrderCreated.
-    let mut h = HeaderMap::new();
-    for (k, v) in [
+    let h = nats_headers(&[
         ("ce-id", "bad-data"),
         ("ce-source", "/plain"),
         ("ce-type", "shop.order.created"),
         ("ce-specversion", "1.0"),
         ("content-type", "application/json"),
         ("Nats-Msg-Id", "bad-data"),
-    ] {
-        h.insert(k, v);
-    }
+    ]);
     js.publish_with_headers(
         "bus.evt.shop.order.created",
         h,
@@ -233,18 +229,7 @@ async fn given_dead_letters_when_redriven_should_be_handled_again_by_their_group
         .start()
         .await?;
     let bystander = Recorder::default();
-    let b = bystander.clone();
-    let other = bus
-        .group("bystander")
-        .on(move |ev: Received<OrderCreated>| {
-            let b = b.clone();
-            async move {
-                b.record(0, ev.meta.id());
-                Ok::<(), HandlerError>(())
-            }
-        })
-        .start()
-        .await?;
+    let other = recording_member(&bus, "bystander", &bystander, 0).await?;
     let first = bus.publish(&order(1)).await?;
     let second = bus.publish(&order(2)).await?;
     let listed = dead_letters(&bus, "fragile", 2).await?;

@@ -21,18 +21,7 @@ async fn given_three_members_when_10000_events_are_published_should_handle_each_
     for m in 0..3 {
         // One connection per member, as if each were its own process.
         let bus = bus_for(&cluster).await?;
-        let rec = recorder.clone();
-        let member = bus
-            .group("billing")
-            .on(move |ev: Received<OrderCreated>| {
-                let rec = rec.clone();
-                async move {
-                    rec.record(m, ev.meta.id());
-                    Ok::<(), HandlerError>(())
-                }
-            })
-            .start()
-            .await?;
+        let member = recording_member(&bus, "billing", &recorder, m).await?;
         members.push(member);
         buses.push(bus);
     }
@@ -125,18 +114,7 @@ async fn given_the_consumer_was_deleted_when_events_arrive_should_recreate_it_an
     let cluster = NatsCluster::start(1).await?;
     let bus = bus_for(&cluster).await?;
     let recorder = Recorder::default();
-    let rec = recorder.clone();
-    let member = bus
-        .group("audit")
-        .on(move |ev: Received<OrderCreated>| {
-            let rec = rec.clone();
-            async move {
-                rec.record(0, ev.meta.id());
-                Ok::<(), HandlerError>(())
-            }
-        })
-        .start()
-        .await?;
+    let member = recording_member(&bus, "audit", &recorder, 0).await?;
     bus.publish(&order(1)).await?;
     wait_until("first event", Duration::from_secs(10), || {
         recorder.distinct() == 1

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
 use bus_sdk::{HandlerError, Received};
 use bus_tests::NatsCluster;
@@ -30,8 +29,7 @@ async fn given_a_plain_client_publishing_ce_headers_should_be_handled_by_the_sdk
         .await?;
 
     let js = async_nats::jetstream::new(cluster.client().await?);
-    let mut h = HeaderMap::new();
-    for (k, v) in [
+    let h = nats_headers(&[
         ("ce-id", "plain-1"),
         ("ce-source", "/legacy/php"),
         ("ce-type", "shop.order.created"),
@@ -43,9 +41,7 @@ async fn given_a_plain_client_publishing_ce_headers_should_be_handled_by_the_sdk
             "traceparent",
             "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
         ),
-    ] {
-        h.insert(k, v);
-    }
+    ]);
     js.publish_with_headers(
         "bus.evt.shop.order.created",
         h,

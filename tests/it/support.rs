@@ -148,3 +148,33 @@ pub async fn stream_messages(bus: &Bus, stream: &str) -> anyhow::Result<u64> {
     let mut s = bus.jetstream().get_stream(stream).await?;
     Ok(s.info().await?.state.messages)
 }
+
+/// Starts a member of `group` that records every `OrderCreated` it handles as `member`.
+pub async fn recording_member(
+    bus: &Bus,
+    group: &str,
+    recorder: &Recorder,
+    member: usize,
+) -> anyhow::Result<bus_sdk::Group> {
+    let rec = recorder.clone();
+    Ok(bus
+        .group(group)
+        .on(move |ev: bus_sdk::Received<OrderCreated>| {
+            let rec = rec.clone();
+            async move {
+                rec.record(member, ev.meta.id());
+                Ok::<(), bus_sdk::HandlerError>(())
+            }
+        })
+        .start()
+        .await?)
+}
+
+/// NATS headers from name/value pairs (a plain client's CloudEvents headers).
+pub fn nats_headers(pairs: &[(&str, &str)]) -> async_nats::HeaderMap {
+    let mut h = async_nats::HeaderMap::new();
+    for (k, v) in pairs {
+        h.insert(*k, *v);
+    }
+    h
+}
