@@ -67,10 +67,13 @@ impl Publisher {
             traced = copy;
             &traced
         };
-        let (headers, payload) =
+        let first =
             binary_mode::encode(event).map_err(|e| PublishError::from_encode(&event.id, e))?;
+        // Retries re-encode: the same event gives the same bytes and the same id.
+        let rebuild =
+            || binary_mode::encode(event).map_err(|e| PublishError::from_encode(&event.id, e));
         let result = self
-            .publish_raw(subject, headers, payload, &event.id)
+            .publish_with_retries(subject, first, rebuild, &event.id)
             .instrument(span.clone())
             .await;
         let ack = match result {
@@ -126,12 +129,29 @@ impl Publisher {
         payload: Bytes,
         id: &str,
     ) -> Result<PublishAck, PublishError> {
+        let first = (headers.clone(), payload.clone());
+        let rebuild = || Ok((headers.clone(), payload.clone()));
+        self.publish_with_retries(subject, first, rebuild, id).await
+    }
+
+    /// The retry loop: the first attempt sends `first` (moved, not copied: a header map
+    /// copy per publish was most of the SDK's publish overhead), each retry `rebuild()`.
+    async fn publish_with_retries(
+        &self,
+        subject: String,
+        first: (HeaderMap, Bytes),
+        rebuild: impl Fn() -> Result<(HeaderMap, Bytes), PublishError>,
+        id: &str,
+    ) -> Result<PublishAck, PublishError> {
         let start = tokio::time::Instant::now();
         let mut attempt = 0u32;
+        let mut next = Some(first);
         loop {
-            let message = PublishMessage::build()
-                .payload(payload.clone())
-                .headers(headers.clone());
+            let (headers, payload) = match next.take() {
+                Some(m) => m,
+                None => rebuild()?,
+            };
+            let message = PublishMessage::build().payload(payload).headers(headers);
             let result = match self.js.send_publish(subject.clone(), message).await {
                 Ok(ack) => ack.await,
                 Err(e) => Err(e),

@@ -45,7 +45,7 @@ async fn main() -> Result<()> {
     let cluster = NatsCluster::start(plan.nodes)
         .await
         .context("starting nats-server")?;
-    let env = Env::new(cluster.client_urls(), plan.nodes).await?;
+    let env = Env::new(&cluster).await?;
 
     let mut rows = Vec::new();
     let mut notes = Vec::new();

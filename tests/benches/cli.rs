@@ -46,7 +46,7 @@ pub struct Args {
     /// Handler slots per member in the group-throughput workload.
     #[arg(long, default_value_t = DEFAULT_GROUP_CONCURRENCY)]
     pub group_concurrency: usize,
-    /// Run only the rows whose key starts with one of these, comma-separated (keys:
+    /// Run only these rows, comma-separated keys or key prefixes ending before a dot (keys:
     /// publish.sync, publish.window, e2e.max, e2e.<rate>, group.noop.<members>,
     /// group.slow.<members>); for profiling and reruns.
     #[arg(long, value_delimiter = ',')]
@@ -120,7 +120,10 @@ pub struct Plan {
 impl Plan {
     /// Whether the row `key` is to run.
     pub fn wants(&self, key: &str) -> bool {
-        self.only.is_empty() || self.only.iter().any(|p| key.starts_with(p.as_str()))
+        self.only.is_empty()
+            || self.only.iter().any(|p| {
+                key == p || (key.starts_with(p.as_str()) && key[p.len()..].starts_with('.'))
+            })
     }
 
     pub fn new(args: &Args) -> Self {

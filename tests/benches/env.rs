@@ -1,6 +1,11 @@
 //! What both sides share: the servers, the bus configuration, fresh streams per run, and
 //! the consumer settings the raw side copies from the bus.
+//!
+//! Both sides connect to one server only: the one leading the fresh events stream. With
+//! every URL the client would pick a server at random, and a publish through a follower
+//! takes one more hop: R3 rounds would differ by where the client landed, not by client.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
@@ -21,32 +26,45 @@ const LEADER_DEADLINE: Duration = Duration::from_secs(30);
 /// The servers under test and an admin connection to them.
 #[derive(Debug)]
 pub struct Env {
-    urls: Vec<String>,
+    /// Server name (`n0`) and client URL of every node.
+    nodes: Vec<(String, String)>,
     replicas: usize,
     admin: jetstream::Context,
+    /// The URL both sides connect to: the events stream's leader after `fresh_streams`.
+    target: Mutex<String>,
 }
 
 impl Env {
-    pub async fn new(urls: Vec<String>, replicas: usize) -> Result<Self> {
-        let client = async_nats::connect(urls.clone())
+    pub async fn new(cluster: &bus_tests::NatsCluster) -> Result<Self> {
+        let nodes: Vec<(String, String)> = (0..cluster.len())
+            .map(|i| {
+                let node = cluster.node(i);
+                (node.name().to_owned(), node.client_url())
+            })
+            .collect();
+        let client = async_nats::connect(cluster.client_urls())
             .await
             .context("admin connection")?;
+        let target = nodes.first().map(|n| n.1.clone()).unwrap_or_default();
         Ok(Env {
-            urls,
-            replicas,
+            replicas: nodes.len(),
+            nodes,
             admin: jetstream::new(client),
+            target: Mutex::new(target),
         })
     }
 
-    /// The bus configuration of both sides: default streams and subjects, `replicas` copies.
+    /// The bus configuration of both sides: default streams and subjects, `replicas`
+    /// copies, the stream leader's URL as the only server.
     pub fn config(&self) -> BusConfig {
-        let mut config = BusConfig::with_servers(self.urls.iter().cloned());
+        let mut config = BusConfig::with_servers([self.url()]);
         config.streams.replicas = self.replicas;
         config
     }
 
-    pub fn urls(&self) -> &[String] {
-        &self.urls
+    /// The URL both sides connect to.
+    pub fn url(&self) -> String {
+        self.target.lock().map(|t| t.clone()).unwrap_or_default()
     }
 
     /// The subject `Bus::publish` uses for [`BenchEvent`].
@@ -58,7 +76,8 @@ impl Env {
     }
 
     /// Deletes the bus's streams and creates them again, empty, exactly as the bus's
-    /// `connect` would, then waits until the events stream has a leader.
+    /// `connect` would, then waits until the events stream has a leader and makes its
+    /// server the one both sides connect to.
     pub async fn fresh_streams(&self) -> Result<()> {
         let config = self.config();
         for name in [&config.streams.events_name, &config.streams.dlq_name] {
@@ -78,8 +97,17 @@ impl Env {
         loop {
             let mut stream = self.admin.get_stream(&config.streams.events_name).await?;
             let info = stream.info().await?;
-            let led = info.cluster.as_ref().is_none_or(|c| c.leader.is_some());
-            if led {
+            let leader = match &info.cluster {
+                None => self.nodes.first(),
+                Some(c) => c
+                    .leader
+                    .as_ref()
+                    .and_then(|name| self.nodes.iter().find(|n| &n.0 == name)),
+            };
+            if let Some((_, url)) = leader {
+                if let Ok(mut target) = self.target.lock() {
+                    target.clone_from(url);
+                }
                 return Ok(());
             }
             if start.elapsed() > LEADER_DEADLINE {

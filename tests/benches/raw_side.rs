@@ -51,7 +51,7 @@ impl RawConn {
             .connection_timeout(nats.connect_timeout)
             .request_timeout(Some(nats.request_timeout))
             .max_reconnects(None)
-            .connect(env.urls().to_vec())
+            .connect(config.nats.servers.clone())
             .await?;
         let js = jetstream::ContextBuilder::new()
             .timeout(nats.request_timeout)

@@ -117,11 +117,18 @@ async fn dispatch(
 }
 
 /// Runs `work`, telling JetStream every half ack deadline that it is still in progress.
+/// A handler that finishes on its first poll (most do) never touches a timer: an
+/// interval's first tick waits for the timer wheel (about 1 ms), which once cost a
+/// millisecond per delivery (see BENCHMARKS.md, "Profile").
 async fn with_progress(message: &Message, ack_wait: Duration, mut work: BoxFuture) -> Outcome {
-    let mut tick = tokio::time::interval(ack_wait / 2);
-    tick.tick().await;
+    if let Some(outcome) = (&mut work).now_or_never() {
+        return outcome;
+    }
+    let period = ack_wait / 2;
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     loop {
         tokio::select! {
+            biased;
             outcome = &mut work => return outcome,
             _ = tick.tick() => ack(message, AckKind::Progress).await,
         }
