@@ -36,6 +36,7 @@ use crate::env::Env;
 async fn main() -> Result<()> {
     let args = Args::parse();
     let plan = Plan::new(&args);
+    let telemetry = tracing_cost::install(args.telemetry).await?;
     let started = Instant::now();
     eprintln!(
         "bus-bench: starting {} nats-server node(s) ({})",
@@ -49,15 +50,15 @@ async fn main() -> Result<()> {
 
     let mut rows = Vec::new();
     let mut notes = Vec::new();
+    let mut sections = String::new();
     for workload in dedup(&args.workloads) {
         let mut more = match workload {
             Workload::Publish => publish::run(&env, &plan).await?,
             Workload::E2e => e2e::run(&env, &plan).await?,
             Workload::Group => group::run(&env, &plan).await?,
             Workload::Tracing => {
-                notes
-                    .push("Tracing cost: not measured yet (tests/benches/tracing_cost.rs).".into());
-                tracing_cost::run(&env, &plan).await?
+                sections.push_str(&tracing_cost::run(&args).await?);
+                Vec::new()
             }
         };
         rows.append(&mut more);
@@ -67,12 +68,14 @@ async fn main() -> Result<()> {
         started.elapsed().as_secs_f64()
     ));
 
-    let markdown = report::markdown(&plan, &rows, &notes);
+    let mut markdown = report::markdown(&plan, &rows, &notes);
+    markdown.push_str(&sections);
     print!("{markdown}");
     if let Some(path) = &args.out {
         std::fs::write(path, &markdown).with_context(|| format!("writing {}", path.display()))?;
     }
     drop(cluster);
+    telemetry.shutdown().await;
     Ok(())
 }
 

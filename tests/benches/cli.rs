@@ -54,6 +54,9 @@ pub struct Args {
     /// Also write the markdown report to this file.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Telemetry of this process (the tracing workload sets it for its child runs).
+    #[arg(long, value_enum, default_value = "none")]
+    pub telemetry: crate::tracing_cost::TelemetryMode,
 }
 
 fn parse_cluster(s: &str) -> Result<usize, String> {
@@ -72,7 +75,7 @@ pub enum Workload {
     E2e,
     /// Consuming a backlog with 1, 2 and 4 members.
     Group,
-    /// Cost of tracing (not measured yet: see tracing_cost.rs).
+    /// Cost of tracing: workloads 1 and 2 under each telemetry mode, one process each.
     Tracing,
 }
 

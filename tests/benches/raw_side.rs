@@ -30,8 +30,8 @@ use crate::side::Work;
 /// bus-sdk `connect.rs` `MAX_ACKS_IN_FLIGHT`: the context's cap on PubAcks awaited.
 const MAX_ACKS_IN_FLIGHT: usize = 4096;
 /// bus-sdk `group/member.rs` `PULL_HEARTBEAT` and `PULL_EXPIRES`.
-const PULL_HEARTBEAT: Duration = Duration::from_secs(5);
-const PULL_EXPIRES: Duration = Duration::from_secs(30);
+const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
+const PULL_EXPIRES: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 pub struct RawConn {
