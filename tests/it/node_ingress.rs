@@ -4,12 +4,11 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use bus_sdk::{EventMeta, HandlerError};
 use bus_tests::NatsCluster;
 use serde_json::{Value, json};
 
 use crate::node_support::*;
-use crate::support::{Recorder, bus_for, stream_messages, wait_until};
+use crate::support::{Recorder, bus_for, recording_member, stream_messages, wait_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn given_two_nodes_when_posting_alternately_should_store_each_event_once_and_feed_a_group()
@@ -20,26 +19,13 @@ async fn given_two_nodes_when_posting_alternately_should_store_each_event_once_a
     let b = open_node(&cluster, "node-b").await?;
     let bus = bus_for(&cluster).await?;
     let handled = Recorder::default();
-    let rec = handled.clone();
-    let group = bus
-        .broadcast()
-        .on_any(
-            bus_core::EventPattern::new("shop.>")?,
-            move |meta: EventMeta| {
-                let rec = rec.clone();
-                async move {
-                    rec.record(0, &meta.event.id);
-                    Ok::<(), HandlerError>(())
-                }
-            },
-        )
-        .start_at(bus_sdk::StartAt::All)
-        .start()
-        .await?;
+    // An SDK consumer group, as a Rust service would run it.
+    let group = recording_member(&bus, "ingest", &handled, 0).await?;
     let client = http()?;
     for i in 0..EVENTS {
         let base = if i % 2 == 0 { a.url() } else { b.url() };
-        let event = ce(&format!("order-{i}"), "shop.order.created", json!({"n": i}));
+        let data = json!({"order_id": i, "customer": format!("c{}", i % 7)});
+        let event = ce(&format!("order-{i}"), "shop.order.created", data);
         let r = post_event(&client, &base, &event).await?;
         assert_eq!(r.status(), 202, "event {i}");
         let body: Value = r.json().await?;
@@ -52,7 +38,8 @@ async fn given_two_nodes_when_posting_alternately_should_store_each_event_once_a
     // The same ids through the other node are recognised as duplicates.
     for i in 0..20 {
         let base = if i % 2 == 0 { b.url() } else { a.url() };
-        let event = ce(&format!("order-{i}"), "shop.order.created", json!({"n": i}));
+        let data = json!({"order_id": i, "customer": format!("c{}", i % 7)});
+        let event = ce(&format!("order-{i}"), "shop.order.created", data);
         let body: Value = post_event(&client, &base, &event).await?.json().await?;
         assert_eq!(body["duplicate"], true, "event {i}");
     }
