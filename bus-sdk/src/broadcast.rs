@@ -292,13 +292,30 @@ impl Subscription {
             headers: message.headers.clone().unwrap_or_default(),
             group: None,
         };
-        let span = if telemetry::is_enabled() {
+        let (span, unsampled) = if telemetry::is_enabled() {
             let producer = telemetry::context_from_event(&meta.event);
-            telemetry::process_span(message.subject.as_str(), None, &meta.event.id, 1, &producer)
+            match telemetry::skip(&producer) {
+                Some(cx) => (tracing::Span::none(), Some(cx)),
+                None => (
+                    telemetry::process_span(
+                        message.subject.as_str(),
+                        None,
+                        &meta.event.id,
+                        1,
+                        &producer,
+                    ),
+                    None,
+                ),
+            }
         } else {
-            tracing::Span::none()
+            (tracing::Span::none(), None)
         };
-        match handler(meta).instrument(span).await {
+        let work = handler(meta).instrument(span);
+        let outcome = match unsampled {
+            Some(cx) => telemetry::within_unsampled(cx, work).await,
+            None => work.await,
+        };
+        match outcome {
             Outcome::Handled => {}
             Outcome::Failed(e) => tracing::warn!(seq, error = %e, "broadcast handler failed"),
             Outcome::Undecodable(reason) => {

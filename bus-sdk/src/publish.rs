@@ -51,21 +51,33 @@ impl Publisher {
         event: &Event,
     ) -> Result<PublishReceipt, PublishError> {
         let subject = self.subjects.event(&event.event_type);
-        let span = telemetry::publish_span(&subject, &event.id, event.data.len());
+        let mut span = tracing::Span::none();
         let traced;
-        let event = if span.is_none() {
-            event
-        } else {
-            // Parent: the current span (an HTTP request, a handler); else the context the
-            // event already carries; else a new trace. The event then carries this span.
+        let event = if telemetry::is_enabled() {
+            // Parent: the current span (an HTTP request, a handler); else an unsampled
+            // hop's context; else the context the event already carries; else none.
             let current = tracing::Span::current().context();
-            if !current.span().span_context().is_valid() && event.traceparent.is_some() {
-                let _ = span.set_parent(telemetry::context_from_event(event));
-            }
+            let parent = if current.span().span_context().is_valid() {
+                current
+            } else if let Some(cx) = telemetry::current_unsampled() {
+                cx
+            } else {
+                telemetry::context_from_event(event)
+            };
             let mut copy = event.clone();
-            telemetry::inject_into_event(&span.context(), &mut copy);
+            match telemetry::skip(&parent) {
+                // Not recorded: no span, but the event says so to every later hop.
+                Some(unsampled) => telemetry::inject_into_event(&unsampled, &mut copy),
+                None => {
+                    span = telemetry::publish_span(&subject, &event.id, event.data.len());
+                    let _ = span.set_parent(parent);
+                    telemetry::inject_into_event(&span.context(), &mut copy);
+                }
+            }
             traced = copy;
             &traced
+        } else {
+            event
         };
         let first =
             binary_mode::encode(event).map_err(|e| PublishError::from_encode(&event.id, e))?;

@@ -77,6 +77,7 @@ pub async fn install(mode: TelemetryMode) -> Result<Installed> {
             batch_delay: None,
         }),
         sampler,
+        head_sampling_ratio: (mode == TelemetryMode::Ratio).then_some(0.1),
     })?;
     Ok(Installed {
         telemetry: Some(telemetry),

@@ -26,6 +26,7 @@ fn settings(endpoint: String) -> TelemetrySettings {
             batch_delay: Some(Duration::from_millis(100)),
         }),
         sampler: Sampler::AlwaysOn,
+        head_sampling_ratio: None,
     }
 }
 
@@ -260,6 +261,92 @@ async fn given_the_collector_is_down_the_bus_should_keep_working_and_stop_prompt
     }
     let status = node.stop().await?;
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", node.log());
+    telemetry.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_ratio_sampler_each_flow_should_be_recorded_whole_or_not_at_all()
+-> anyhow::Result<()> {
+    const FLOWS: u64 = 40;
+    let receiver = OtlpReceiver::start().await?;
+    let mut s = settings(receiver.http_endpoint());
+    s.sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(0.5)));
+    s.head_sampling_ratio = Some(0.5);
+    let telemetry = telemetry::init_with(s)?;
+    let cluster = NatsCluster::start(1).await?;
+    let bus = bus_for(&cluster).await?;
+    let publisher = bus.clone();
+    let group_a = bus
+        .group("billing")
+        .on(move |ev: Received<OrderCreated>| {
+            let publisher = publisher.clone();
+            async move {
+                publisher
+                    .publish(&PaymentFailed {
+                        order_id: ev.data.order_id,
+                    })
+                    .await?;
+                Ok::<(), HandlerError>(())
+            }
+        })
+        .start()
+        .await?;
+    let seen_b = Recorder::default();
+    let b = seen_b.clone();
+    let group_b = bus
+        .group("alerts")
+        .on(move |ev: Received<PaymentFailed>| {
+            let b = b.clone();
+            async move {
+                b.record(0, ev.meta.id());
+                Ok::<(), HandlerError>(())
+            }
+        })
+        .start()
+        .await?;
+    for n in 0..FLOWS {
+        bus.publish(&crate::support::order(n)).await?;
+    }
+    wait_until("every flow handled", Duration::from_secs(30), || {
+        seen_b.distinct() as u64 == FLOWS
+    })
+    .await?;
+    group_a.shutdown().await;
+    group_b.shutdown().await;
+    telemetry.flush().await;
+    // Spans arrive in batches; wait until the span count stops being a partial flow.
+    let spans = receiver
+        .wait_for("whole flows", Duration::from_secs(20), |s| {
+            !s.is_empty() && s.len() % 4 == 0
+        })
+        .await?;
+    let mut traces: std::collections::BTreeMap<&str, Vec<&ReceivedSpan>> = Default::default();
+    for span in &spans {
+        traces.entry(span.trace_id.as_str()).or_default().push(span);
+    }
+    assert!(
+        !traces.is_empty() && (traces.len() as u64) < FLOWS,
+        "about half of {FLOWS} flows recorded, got {}",
+        traces.len()
+    );
+    for (id, hops) in &traces {
+        let mut kinds: Vec<String> = hops
+            .iter()
+            .map(|s| format!("{:?} {}", s.kind, s.name))
+            .collect();
+        kinds.sort();
+        assert_eq!(
+            kinds,
+            [
+                "Consumer process bus.evt.shop.order.created",
+                "Consumer process bus.evt.shop.payment.failed",
+                "Producer publish bus.evt.shop.order.created",
+                "Producer publish bus.evt.shop.payment.failed",
+            ],
+            "trace {id} is not a whole flow"
+        );
+    }
     telemetry.shutdown().await;
     Ok(())
 }

@@ -13,6 +13,7 @@
 //! ```
 
 mod propagation;
+mod sampling;
 mod setup;
 mod spans;
 
@@ -21,6 +22,7 @@ pub use propagation::{
     HeaderExtractor, HeaderInjector, context_from_event, context_from_headers, extract_with,
     inject_into_event, inject_into_headers,
 };
+pub use sampling::{current_unsampled, skip, within_unsampled};
 pub use setup::{
     OtlpExport, OtlpProtocol, SHUTDOWN_DEADLINE, Telemetry, TelemetryError, TelemetrySettings,
     init, init_with, is_enabled,

@@ -135,6 +135,10 @@ pub struct TelemetrySettings {
     pub export: Option<OtlpExport>,
     /// Which traces are recorded (`OTEL_TRACES_SAMPLER`; by default `parentbased_always_on`).
     pub sampler: Sampler,
+    /// With a ratio, the bus samples each flow at its first hop itself, before building any
+    /// span, and later hops follow the propagated decision (the SDK then records what it is
+    /// given). `from_env` sets it for `traceidratio` and `parentbased_traceidratio`.
+    pub head_sampling_ratio: Option<f64>,
 }
 
 impl TelemetrySettings {
@@ -142,6 +146,19 @@ impl TelemetrySettings {
     pub fn from_env(service_name: &str) -> Result<Self, TelemetryError> {
         let service_name = var("OTEL_SERVICE_NAME").unwrap_or_else(|| service_name.to_owned());
         let (sampler, _) = sampler_from_env()?;
+        let ratio_sampler = var("OTEL_TRACES_SAMPLER").is_some_and(|n| {
+            n.eq_ignore_ascii_case("traceidratio")
+                || n.eq_ignore_ascii_case("parentbased_traceidratio")
+        });
+        let head_sampling_ratio = if ratio_sampler {
+            Some(
+                var("OTEL_TRACES_SAMPLER_ARG")
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(1.0),
+            )
+        } else {
+            None
+        };
         let export = if export_wanted() {
             let (variable, value) = match var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") {
                 Some(v) => ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", Some(v)),
@@ -174,6 +191,7 @@ impl TelemetrySettings {
             service_name,
             export,
             sampler,
+            head_sampling_ratio,
         })
     }
 }
@@ -208,9 +226,10 @@ pub fn init_with(settings: TelemetrySettings) -> Result<Telemetry, TelemetryErro
         .build();
     let off = matches!(settings.sampler, Sampler::AlwaysOff)
         || matches!(settings.sampler, Sampler::TraceIdRatioBased(r) if r <= 0.0);
+    let sampler = super::sampling::configure(settings.sampler, settings.head_sampling_ratio);
     let provider = SdkTracerProvider::builder()
         .with_span_processor(processor)
-        .with_sampler(settings.sampler)
+        .with_sampler(sampler)
         .with_resource(
             Resource::builder()
                 .with_service_name(settings.service_name)

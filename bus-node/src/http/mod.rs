@@ -49,13 +49,16 @@ async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Res
         .map(|m| m.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
     let method = request.method().to_string();
-    let span = if telemetry::is_enabled() {
+    let (span, unsampled) = if telemetry::is_enabled() {
         let headers = request.headers();
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let caller = telemetry::extract_with(header("traceparent"), header("tracestate"));
-        telemetry::server_span(&method, &route, &caller)
+        match telemetry::skip(&caller) {
+            Some(cx) => (tracing::Span::none(), Some(cx)),
+            None => (telemetry::server_span(&method, &route, &caller), None),
+        }
     } else {
-        tracing::Span::none()
+        (tracing::Span::none(), None)
     };
     let start = Instant::now();
     let response = match app.request_slots.try_acquire() {
@@ -63,6 +66,12 @@ async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Res
             .into_response(),
         Ok(_slot) => {
             let run = next.run(request).instrument(span.clone());
+            let run = async move {
+                match unsampled {
+                    Some(cx) => telemetry::within_unsampled(cx, run).await,
+                    None => run.await,
+                }
+            };
             match tokio::time::timeout(app.config.http.request_timeout, run).await {
                 Ok(r) => r,
                 Err(_) => Problem::new(

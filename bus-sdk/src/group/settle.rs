@@ -35,16 +35,19 @@ pub(crate) async fn handle(shared: Arc<Shared>, message: Message, _slot: OwnedSe
             return;
         }
     };
-    let span = process_span(&message, group, attempt);
+    let (span, unsampled) = process_span(&message, group, attempt);
     let max = shared.options.max_deliver;
     let outcome = if attempt > max {
         Outcome::Undecodable(format!(
             "not settled after {max} deliveries (handler hung or its member died each time)"
         ))
     } else {
-        dispatch(&shared, &message, attempt, stream_seq, published)
-            .instrument(span.clone())
-            .await
+        let work =
+            dispatch(&shared, &message, attempt, stream_seq, published).instrument(span.clone());
+        match unsampled {
+            Some(cx) => telemetry::within_unsampled(cx, work).await,
+            None => work.await,
+        }
     };
     let settle = match &outcome {
         Outcome::Handled => "ack",
@@ -167,22 +170,31 @@ async fn ack(message: &Message, kind: AckKind) {
     }
 }
 
-/// The CONSUMER span of one handling, a child of the producer's context in the headers.
-fn process_span(message: &Message, group: &str, attempt: u32) -> tracing::Span {
+/// The CONSUMER span of one handling, a child of the producer's context in the headers;
+/// or, when the flow is not recorded, no span and the unsampled context to run under.
+fn process_span(
+    message: &Message,
+    group: &str,
+    attempt: u32,
+) -> (tracing::Span, Option<opentelemetry::Context>) {
     if !telemetry::is_enabled() {
-        return tracing::Span::none();
+        return (tracing::Span::none(), None);
     }
     let headers = message.headers.clone().unwrap_or_default();
+    let producer = telemetry::context_from_headers(&headers);
+    if let Some(unsampled) = telemetry::skip(&producer) {
+        return (tracing::Span::none(), Some(unsampled));
+    }
     let id = get_ignore_case(&headers, CE_ID)
         .or_else(|| get_ignore_case(&headers, NATS_MSG_ID))
         .map(str::to_owned)
         .unwrap_or_default();
-    let producer = telemetry::context_from_headers(&headers);
-    telemetry::process_span(
+    let span = telemetry::process_span(
         message.subject.as_str(),
         Some(group),
         &id,
         attempt,
         &producer,
-    )
+    );
+    (span, None)
 }
