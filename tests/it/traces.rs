@@ -30,6 +30,22 @@ fn settings(endpoint: String) -> TelemetrySettings {
     }
 }
 
+/// Group B of the flows: records each `PaymentFailed` it handles.
+async fn alerts_group(bus: &bus_sdk::Bus, seen: &Recorder) -> anyhow::Result<bus_sdk::Group> {
+    let seen = seen.clone();
+    Ok(bus
+        .group("alerts")
+        .on(move |ev: Received<PaymentFailed>| {
+            let seen = seen.clone();
+            async move {
+                seen.record(0, ev.meta.id());
+                Ok::<(), HandlerError>(())
+            }
+        })
+        .start()
+        .await?)
+}
+
 fn one<'a>(
     spans: &'a [ReceivedSpan],
     what: &str,
@@ -85,18 +101,7 @@ async fn given_an_http_event_handled_by_two_groups_should_record_one_trace_with_
         })
         .start()
         .await?;
-    let b = seen_b.clone();
-    let group_b = bus
-        .group("alerts")
-        .on(move |ev: Received<PaymentFailed>| {
-            let b = b.clone();
-            async move {
-                b.record(0, ev.meta.id());
-                Ok::<(), HandlerError>(())
-            }
-        })
-        .start()
-        .await?;
+    let group_b = alerts_group(&bus, &seen_b).await?;
 
     let event = ce(
         "order-7",
@@ -293,18 +298,7 @@ async fn given_a_ratio_sampler_each_flow_should_be_recorded_whole_or_not_at_all(
         .start()
         .await?;
     let seen_b = Recorder::default();
-    let b = seen_b.clone();
-    let group_b = bus
-        .group("alerts")
-        .on(move |ev: Received<PaymentFailed>| {
-            let b = b.clone();
-            async move {
-                b.record(0, ev.meta.id());
-                Ok::<(), HandlerError>(())
-            }
-        })
-        .start()
-        .await?;
+    let group_b = alerts_group(&bus, &seen_b).await?;
     for n in 0..FLOWS {
         bus.publish(&crate::support::order(n)).await?;
     }
