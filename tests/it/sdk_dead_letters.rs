@@ -231,7 +231,12 @@ async fn given_dead_letters_when_redriven_should_be_handled_again_by_their_group
     let bystander = Recorder::default();
     let other = recording_member(&bus, "bystander", &bystander, 0).await?;
     let first = bus.publish(&order(1)).await?;
-    let second = bus.publish(&order(2)).await?;
+    // The second carries trace context, which must survive dead-lettering and redrive.
+    const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let mut traced = bus.event(&order(2))?.build();
+    traced.traceparent = Some(TRACEPARENT.into());
+    traced.tracestate = Some("vendor=1".into());
+    let second = bus.publish_event(&traced).await?;
     let listed = dead_letters(&bus, "fragile", 2).await?;
     assert_eq!(listed.len(), 2);
     let stored = bus.dead_letters(Some("fragile"), 0, 10).await?;
@@ -244,7 +249,28 @@ async fn given_dead_letters_when_redriven_should_be_handled_again_by_their_group
 
     healthy.store(true, Ordering::SeqCst);
     let only_second = [second.id.clone()];
+    let letter = stored
+        .iter()
+        .find(|l| l.letter.event_id.as_deref() == Some(second.id.as_str()));
+    let letter = letter.ok_or_else(|| anyhow::anyhow!("no dead letter for the traced event"))?;
+    assert_eq!(
+        letter.letter.headers.get("traceparent").map(|v| v.as_str()),
+        Some(TRACEPARENT)
+    );
+    assert_eq!(
+        letter.letter.headers.get("tracestate").map(|v| v.as_str()),
+        Some("vendor=1")
+    );
     assert_eq!(bus.redrive_group("fragile", Some(&only_second)).await?, 1);
+    let stream = bus.jetstream().get_stream("BUS_EVENTS").await?;
+    let redriven = stream
+        .get_last_raw_message_by_subject("bus.redrive.fragile.shop.order.created")
+        .await?;
+    assert_eq!(
+        redriven.headers.get("traceparent").map(|v| v.as_str()),
+        Some(TRACEPARENT),
+        "redrive keeps the trace"
+    );
     wait_until("the redriven event", Duration::from_secs(10), || {
         handled.distinct() == 1
     })
