@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use async_nats::jetstream::ErrorCode;
+
 /// First retry delay.
 pub const RETRY_BASE: Duration = Duration::from_millis(25);
 /// Longest delay between two retries.
@@ -21,6 +23,15 @@ fn jitter_percent() -> u8 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u8(0);
     (h.finish() % 26) as u8
+}
+
+/// Whether a JetStream error code means "not now" (an election, a server starting)
+/// rather than "no": such requests are retried.
+pub fn is_transient_code(code: ErrorCode) -> bool {
+    code == ErrorCode::CLUSTER_NOT_AVAILABLE
+        || code.0 == 10_009 // cluster not active
+        || code.0 == 10_039 // JetStream not enabled for the account (still starting)
+        || code.0 == 503
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use async_nats::jetstream::context::{CreateStreamErrorKind, GetStreamErrorKind};
 use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType};
 use async_nats::jetstream::{self};
 
-use crate::retry::backoff_delay;
+use crate::retry::{backoff_delay, is_transient_code};
 
 use crate::config::BusConfig;
 
@@ -194,13 +194,6 @@ fn transient_create(kind: CreateStreamErrorKind) -> bool {
         }
         _ => false,
     }
-}
-
-fn is_transient_code(code: ErrorCode) -> bool {
-    code == ErrorCode::CLUSTER_NOT_AVAILABLE
-        || code.0 == 10_009 // cluster not active
-        || code.0 == 10_039 // jetstream not enabled for account (still starting)
-        || code.0 == 503
 }
 
 fn immutable_difference(actual: &Config, wanted: &Config) -> Option<TopologyError> {

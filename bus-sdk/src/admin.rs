@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 use async_nats::header::HeaderValue;
-use async_nats::jetstream::stream::DirectGetErrorKind;
+use async_nats::jetstream::ErrorCode;
+use async_nats::jetstream::stream::{DeleteMessageErrorKind, DirectGetErrorKind};
 use bus_core::EventType;
 use bus_core::headers::{CE_TYPE, NATS_MSG_ID, get_ignore_case};
 use futures::{StreamExt, TryStreamExt};
@@ -189,7 +190,12 @@ impl Bus {
         match stream.delete_message(letter.seq).await {
             Ok(_) => Ok(()),
             // Already gone: an earlier redrive of the same letter got this far.
-            Err(e) if e.to_string().contains("no message found") => Ok(()),
+            Err(e)
+                if matches!(e.kind(), DeleteMessageErrorKind::JetStream(ref err)
+                    if err.error_code() == ErrorCode::NO_MESSAGE_FOUND) =>
+            {
+                Ok(())
+            }
             Err(e) => Err(js_err(e)),
         }
     }

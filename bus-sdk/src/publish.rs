@@ -4,11 +4,11 @@
 use std::time::Duration;
 
 use async_nats::HeaderMap;
+use async_nats::jetstream;
 use async_nats::jetstream::context::PublishErrorKind as NatsKind;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::publish::PublishAck;
-use async_nats::jetstream::{self, ErrorCode};
-use bus_core::retry::backoff_delay;
+use bus_core::retry::{backoff_delay, is_transient_code};
 use bus_core::telemetry;
 use bus_core::{Event, Subjects, binary_mode};
 use bytes::Bytes;
@@ -205,7 +205,7 @@ fn classify(err: &jetstream::context::PublishError) -> PublishErrorKind {
             let js_error =
                 std::error::Error::source(err).and_then(|s| s.downcast_ref::<jetstream::Error>());
             match js_error {
-                Some(e) if is_transient(e.error_code()) => PublishErrorKind::Unavailable,
+                Some(e) if is_transient_code(e.error_code()) => PublishErrorKind::Unavailable,
                 Some(_) => PublishErrorKind::Rejected,
                 // Not an answer from JetStream (connection trouble): worth another try.
                 None => PublishErrorKind::Unavailable,
@@ -213,8 +213,4 @@ fn classify(err: &jetstream::context::PublishError) -> PublishErrorKind {
         }
         _ => PublishErrorKind::Rejected,
     }
-}
-
-fn is_transient(code: ErrorCode) -> bool {
-    code == ErrorCode::CLUSTER_NOT_AVAILABLE || code.0 == 503 || code.0 == 10_009
 }

@@ -108,19 +108,7 @@ async fn given_undecodable_events_should_dead_letter_them_at_once() -> anyhow::R
     let cluster = NatsCluster::start(3).await?;
     let bus = bus_for(&cluster).await?;
     let handled = Recorder::default();
-    let rec = handled.clone();
-    let member = bus
-        .group("strict")
-        .max_deliver(5)
-        .on(move |ev: Received<OrderCreated>| {
-            let rec = rec.clone();
-            async move {
-                rec.record(0, ev.meta.id());
-                Ok::<(), HandlerError>(())
-            }
-        })
-        .start()
-        .await?;
+    let member = start_recording(bus.group("strict").max_deliver(5), &handled, 0).await?;
     let js = async_nats::jetstream::new(cluster.client().await?);
     // 1. A valid envelope whose data is not an OrderCreated.
     let h = nats_headers(&[

@@ -146,19 +146,12 @@ async fn given_continuous_publishing_when_the_stream_leader_is_killed_and_restar
     let mut cluster = NatsCluster::start(3).await?;
     let bus = bus_for(&cluster).await?;
     let recorder = Recorder::default();
-    let rec = recorder.clone();
-    let member = bus
-        .group("ledger")
-        .ack_wait(Duration::from_secs(2))
-        .on(move |ev: Received<OrderCreated>| {
-            let rec = rec.clone();
-            async move {
-                rec.record(0, ev.meta.id());
-                Ok::<(), HandlerError>(())
-            }
-        })
-        .start()
-        .await?;
+    let member = start_recording(
+        bus.group("ledger").ack_wait(Duration::from_secs(2)),
+        &recorder,
+        0,
+    )
+    .await?;
 
     // Publish continuously from 4 concurrent publishers until told to stop.
     let stop = Arc::new(AtomicBool::new(false));

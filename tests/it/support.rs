@@ -156,9 +156,17 @@ pub async fn recording_member(
     recorder: &Recorder,
     member: usize,
 ) -> anyhow::Result<bus_sdk::Group> {
+    start_recording(bus.group(group), recorder, member).await
+}
+
+/// Starts a configured group member that records every `OrderCreated` it handles.
+pub async fn start_recording(
+    builder: bus_sdk::GroupBuilder,
+    recorder: &Recorder,
+    member: usize,
+) -> anyhow::Result<bus_sdk::Group> {
     let rec = recorder.clone();
-    Ok(bus
-        .group(group)
+    Ok(builder
         .on(move |ev: bus_sdk::Received<OrderCreated>| {
             let rec = rec.clone();
             async move {

@@ -4,11 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::jetstream::AckKind;
 use async_nats::jetstream::consumer::Consumer;
 use async_nats::jetstream::consumer::pull::{self, MessagesErrorKind};
 use async_nats::jetstream::stream::{ConsumerError, ConsumerErrorKind};
-use async_nats::jetstream::{AckKind, ErrorCode};
-use bus_core::retry::backoff_delay;
+use bus_core::retry::{backoff_delay, is_transient_code};
 use futures::{FutureExt, StreamExt};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -69,10 +69,7 @@ pub(crate) async fn ensure_consumer_patiently(
 fn is_transient(e: &ConsumerError) -> bool {
     match e.kind() {
         ConsumerErrorKind::TimedOut | ConsumerErrorKind::Request => true,
-        ConsumerErrorKind::JetStream(err) => {
-            let code = err.error_code();
-            code == ErrorCode::CLUSTER_NOT_AVAILABLE || code.0 == 503 || code.0 == 10_009
-        }
+        ConsumerErrorKind::JetStream(err) => is_transient_code(err.error_code()),
         _ => false,
     }
 }

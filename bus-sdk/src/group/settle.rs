@@ -180,19 +180,19 @@ fn process_span(
     if !telemetry::is_enabled() {
         return (tracing::Span::none(), None);
     }
-    let headers = message.headers.clone().unwrap_or_default();
-    let producer = telemetry::context_from_headers(&headers);
+    let empty = async_nats::HeaderMap::new();
+    let headers = message.headers.as_ref().unwrap_or(&empty);
+    let producer = telemetry::context_from_headers(headers);
     if let Some(unsampled) = telemetry::skip(&producer) {
         return (tracing::Span::none(), Some(unsampled));
     }
-    let id = get_ignore_case(&headers, CE_ID)
-        .or_else(|| get_ignore_case(&headers, NATS_MSG_ID))
-        .map(str::to_owned)
+    let id = get_ignore_case(headers, CE_ID)
+        .or_else(|| get_ignore_case(headers, NATS_MSG_ID))
         .unwrap_or_default();
     let span = telemetry::process_span(
         message.subject.as_str(),
         Some(group),
-        &id,
+        id,
         attempt,
         &producer,
     );
