@@ -180,60 +180,81 @@ pub fn decode(headers: Option<&HeaderMap>, payload: Bytes) -> Result<Event, Deco
     let mut source = None;
     let mut event_type = None;
     let mut specversion = None;
-    let mut event = Event {
-        id: String::new(),
-        source: String::new(),
-        // Overwritten below once the headers are read; any valid name will do.
-        event_type: EventType::new("unset").map_err(DecodeError::InvalidType)?,
-        time: None,
-        subject: None,
-        datacontenttype: None,
-        dataschema: None,
-        partitionkey: None,
-        traceparent: None,
-        tracestate: None,
-        extensions: Default::default(),
-        data: payload,
-    };
+    let mut time = None;
+    let mut subject = None;
+    let mut datacontenttype = None;
+    let mut dataschema = None;
+    let mut partitionkey = None;
+    let mut traceparent = None;
+    let mut tracestate = None;
+    let mut extensions = std::collections::BTreeMap::new();
+    // Runs once per delivery: nothing is allocated for headers the envelope does not use,
+    // nor for names already in lowercase (the bus writes them so).
     for (name, values) in headers.iter() {
-        let Some(value) = values.first().map(|v| v.as_str().to_owned()) else {
+        let Some(value) = values.first().map(HeaderValue::as_str) else {
             continue;
         };
-        let name = name.to_string().to_ascii_lowercase();
-        match name.as_str() {
-            CE_ID => id = Some(value),
-            CE_SOURCE => source = Some(value),
-            CE_TYPE => event_type = Some(value),
-            CE_SPECVERSION => specversion = Some(value),
+        let name: &str = name.as_ref();
+        let lower;
+        let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = name.to_ascii_lowercase();
+            lower.as_str()
+        } else {
+            name
+        };
+        let slot = match name {
+            CE_ID => &mut id,
+            CE_SOURCE => &mut source,
+            CE_TYPE => &mut event_type,
+            CE_SPECVERSION => &mut specversion,
             CE_TIME => {
-                let t = OffsetDateTime::parse(&value, &Rfc3339)
-                    .map_err(|_| DecodeError::InvalidTime { value })?;
-                event.time = Some(t);
+                let t = OffsetDateTime::parse(value, &Rfc3339).map_err(|_| {
+                    DecodeError::InvalidTime {
+                        value: value.to_owned(),
+                    }
+                })?;
+                time = Some(t);
+                continue;
             }
-            CE_SUBJECT => event.subject = Some(value),
-            CE_DATASCHEMA => event.dataschema = Some(value),
-            CE_PARTITIONKEY => event.partitionkey = Some(value),
-            CONTENT_TYPE => event.datacontenttype = Some(value),
-            TRACEPARENT => event.traceparent = Some(value),
-            TRACESTATE => event.tracestate = Some(value),
+            CE_SUBJECT => &mut subject,
+            CE_DATASCHEMA => &mut dataschema,
+            CE_PARTITIONKEY => &mut partitionkey,
+            CONTENT_TYPE => &mut datacontenttype,
+            TRACEPARENT => &mut traceparent,
+            TRACESTATE => &mut tracestate,
             other => {
                 if let Some(ext) = other.strip_prefix(CE_PREFIX) {
-                    event.extensions.insert(ext.to_owned(), value);
+                    extensions.insert(ext.to_owned(), value.to_owned());
                 }
+                continue;
             }
-        }
+        };
+        *slot = Some(value);
     }
-    event.id = required(id, "id")?;
-    event.source = required(source, "source")?;
+    let id = required(id, "id")?;
+    let source = required(source, "source")?;
     let specversion = required(specversion, "specversion")?;
     if specversion != SPEC_VERSION {
-        return Err(DecodeError::SpecVersion(specversion));
+        return Err(DecodeError::SpecVersion(specversion.to_owned()));
     }
-    event.event_type = EventType::new(required(event_type, "type")?)?;
-    Ok(event)
+    let event_type = EventType::new(required(event_type, "type")?)?;
+    Ok(Event {
+        id: id.to_owned(),
+        source: source.to_owned(),
+        event_type,
+        time,
+        subject: subject.map(str::to_owned),
+        datacontenttype: datacontenttype.map(str::to_owned),
+        dataschema: dataschema.map(str::to_owned),
+        partitionkey: partitionkey.map(str::to_owned),
+        traceparent: traceparent.map(str::to_owned),
+        tracestate: tracestate.map(str::to_owned),
+        extensions,
+        data: payload,
+    })
 }
 
-fn required(value: Option<String>, attribute: &'static str) -> Result<String, DecodeError> {
+fn required<'a>(value: Option<&'a str>, attribute: &'static str) -> Result<&'a str, DecodeError> {
     match value {
         None => Err(DecodeError::MissingAttribute(attribute)),
         Some(v) if v.is_empty() => Err(DecodeError::EmptyAttribute { attribute }),

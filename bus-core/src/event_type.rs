@@ -151,16 +151,12 @@ fn check(name: &str, pattern: bool) -> Result<(), EventTypeError> {
     if name.len() > MAX_EVENT_TYPE_LEN {
         return Err(EventTypeError::TooLong { len: name.len() });
     }
-    let tokens: Vec<(usize, &str)> = name
-        .split('.')
-        .scan(0usize, |offset, token| {
-            let start = *offset;
-            *offset += token.len() + 1;
-            Some((start, token))
-        })
-        .collect();
-    let last = tokens.len() - 1;
-    for (i, &(start, token)) in tokens.iter().enumerate() {
+    // No allocation on the way: every delivery's type is checked again when decoded.
+    let mut next = 0usize;
+    for token in name.split('.') {
+        let start = next;
+        next += token.len() + 1;
+        let is_last = next > name.len();
         if token.is_empty() {
             return Err(EventTypeError::EmptyToken {
                 name: name.to_owned(),
@@ -171,7 +167,7 @@ fn check(name: &str, pattern: bool) -> Result<(), EventTypeError> {
             continue;
         }
         if pattern && token == ">" {
-            if i == last {
+            if is_last {
                 continue;
             }
             return Err(EventTypeError::MisplacedTail {

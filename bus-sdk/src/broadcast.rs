@@ -248,7 +248,7 @@ impl Subscription {
                 match next {
                     Some(Ok(message)) => {
                         failures = 0;
-                        if let Some(seq) = self.deliver(&message).await {
+                        if let Some(seq) = self.deliver(message).await {
                             next_seq = Some(seq + 1);
                         }
                     }
@@ -262,13 +262,15 @@ impl Subscription {
     }
 
     /// Hands one message to its handler; returns its stream sequence.
-    async fn deliver(&self, message: &async_nats::jetstream::Message) -> Option<u64> {
+    async fn deliver(&self, mut message: async_nats::jetstream::Message) -> Option<u64> {
         let info = message.info().ok()?;
         let seq = info.stream_sequence;
         let published =
             OffsetDateTime::from_unix_timestamp_nanos(info.published.unix_timestamp_nanos())
                 .unwrap_or(OffsetDateTime::UNIX_EPOCH);
-        let event = match binary_mode::decode(message.headers.as_ref(), message.payload.clone()) {
+        // Moved into the handler's `EventMeta`, not copied.
+        let headers = message.message.headers.take();
+        let event = match binary_mode::decode(headers.as_ref(), message.payload.clone()) {
             Ok(e) => e,
             Err(e) => {
                 tracing::warn!(seq, error = %e, "broadcast skipped a message that is not a bus event");
@@ -289,7 +291,7 @@ impl Subscription {
             attempt: 1,
             stream_seq: seq,
             published,
-            headers: message.headers.clone().unwrap_or_default(),
+            headers: std::sync::Arc::new(headers.unwrap_or_default()),
             group: None,
         };
         let (span, unsampled) = if telemetry::is_enabled() {

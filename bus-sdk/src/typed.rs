@@ -1,5 +1,7 @@
 //! Typed events: a payload type names its event type once and travels as JSON.
 
+use std::sync::Arc;
+
 use async_nats::HeaderMap;
 use bus_core::Event;
 use serde::Serialize;
@@ -38,8 +40,8 @@ pub struct EventMeta {
     pub stream_seq: u64,
     /// When JetStream stored the event.
     pub published: OffsetDateTime,
-    /// All NATS headers as received.
-    pub headers: HeaderMap,
+    /// All NATS headers as received (shared, not copied, per delivery).
+    pub headers: Arc<HeaderMap>,
     /// The consumer group handling it, if any (`None` for broadcast).
     pub group: Option<String>,
 }

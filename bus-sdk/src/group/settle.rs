@@ -19,8 +19,14 @@ use crate::dead_letter::{self, Origin};
 use crate::handler::{BoxFuture, HandlerError, Outcome};
 use crate::typed::EventMeta;
 
-pub(crate) async fn handle(shared: Arc<Shared>, message: Message, _slot: OwnedSemaphorePermit) {
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    mut message: Message,
+    _slot: OwnedSemaphorePermit,
+) {
     let group = &shared.options.name;
+    // Shared by the handler's `EventMeta` and the dead-letter path: never copied.
+    let headers = message.message.headers.take().map(Arc::new);
     let (stream, stream_seq, attempt, published) = match message.info() {
         Ok(i) => (
             i.stream.to_owned(),
@@ -35,15 +41,21 @@ pub(crate) async fn handle(shared: Arc<Shared>, message: Message, _slot: OwnedSe
             return;
         }
     };
-    let (span, unsampled) = process_span(&message, group, attempt);
+    let (span, unsampled) = process_span(&message, headers.as_deref(), group, attempt);
     let max = shared.options.max_deliver;
     let outcome = if attempt > max {
         Outcome::Undecodable(format!(
             "not settled after {max} deliveries (handler hung or its member died each time)"
         ))
     } else {
-        let work =
-            dispatch(&shared, &message, attempt, stream_seq, published).instrument(span.clone());
+        let delivery = Delivery {
+            message: &message,
+            headers: headers.clone(),
+            attempt,
+            stream_seq,
+            published,
+        };
+        let work = dispatch(&shared, delivery).instrument(span.clone());
         match unsampled {
             Some(cx) => telemetry::within_unsampled(cx, work).await,
             None => work.await,
@@ -60,6 +72,10 @@ pub(crate) async fn handle(shared: Arc<Shared>, message: Message, _slot: OwnedSe
         Outcome::Failed(_) => telemetry::record_error(&span, "handler_error"),
         Outcome::Undecodable(_) => telemetry::record_error(&span, "undecodable"),
     }
+    let letter = Letter {
+        message: &message,
+        headers: headers.as_deref(),
+    };
     let origin = Origin {
         group,
         stream: &stream,
@@ -70,35 +86,34 @@ pub(crate) async fn handle(shared: Arc<Shared>, message: Message, _slot: OwnedSe
     match outcome {
         Outcome::Handled => ack(&message, AckKind::Ack).await,
         Outcome::Failed(e) if e.is_permanent() => {
-            dead_letter(
-                &shared,
-                &message,
-                &origin,
-                &format!("permanent failure: {e}"),
-            )
-            .await;
+            let reason = format!("permanent failure: {e}");
+            dead_letter(&shared, &letter, &origin, &reason).await;
         }
         Outcome::Failed(e) if attempt >= max => {
             let reason = format!("failed {attempt} times; last error: {e}");
-            dead_letter(&shared, &message, &origin, &reason).await;
+            dead_letter(&shared, &letter, &origin, &reason).await;
         }
         Outcome::Failed(e) => {
             let delay = shared.options.backoff_after(attempt);
             tracing::debug!(%group, stream_seq, attempt, error = %e, ?delay, "handler failed; will retry");
             ack(&message, AckKind::Nak(Some(delay))).await;
         }
-        Outcome::Undecodable(reason) => dead_letter(&shared, &message, &origin, &reason).await,
+        Outcome::Undecodable(reason) => dead_letter(&shared, &letter, &origin, &reason).await,
     }
 }
 
-async fn dispatch(
-    shared: &Shared,
-    message: &Message,
+/// A delivery as `dispatch` needs it: the headers were taken out of the message.
+struct Delivery<'a> {
+    message: &'a Message,
+    headers: Option<Arc<async_nats::HeaderMap>>,
     attempt: u32,
     stream_seq: u64,
     published: OffsetDateTime,
-) -> Outcome {
-    let event = match binary_mode::decode(message.headers.as_ref(), message.payload.clone()) {
+}
+
+async fn dispatch(shared: &Shared, delivery: Delivery<'_>) -> Outcome {
+    let message = delivery.message;
+    let event = match binary_mode::decode(delivery.headers.as_deref(), message.payload.clone()) {
         Ok(e) => e,
         Err(e) => return Outcome::Undecodable(format!("not a bus event: {e}")),
     };
@@ -107,10 +122,10 @@ async fn dispatch(
     };
     let meta = EventMeta {
         event,
-        attempt,
-        stream_seq,
-        published,
-        headers: message.headers.clone().unwrap_or_default(),
+        attempt: delivery.attempt,
+        stream_seq: delivery.stream_seq,
+        published: delivery.published,
+        headers: delivery.headers.unwrap_or_default(),
         group: Some(shared.options.name.clone()),
     };
     let running = AssertUnwindSafe(handler(meta))
@@ -138,10 +153,17 @@ async fn with_progress(message: &Message, ack_wait: Duration, mut work: BoxFutur
     }
 }
 
-async fn dead_letter(shared: &Shared, message: &Message, origin: &Origin<'_>, reason: &str) {
+/// What is stored as a dead letter: the delivery's own headers and payload.
+struct Letter<'a> {
+    message: &'a Message,
+    headers: Option<&'a async_nats::HeaderMap>,
+}
+
+async fn dead_letter(shared: &Shared, letter: &Letter<'_>, origin: &Origin<'_>, reason: &str) {
+    let message = letter.message;
     let stored = dead_letter::store(
         shared.bus.publisher(),
-        message.headers.as_ref(),
+        letter.headers,
         message.payload.clone(),
         origin,
         reason,
@@ -174,6 +196,7 @@ async fn ack(message: &Message, kind: AckKind) {
 /// or, when the flow is not recorded, no span and the unsampled context to run under.
 fn process_span(
     message: &Message,
+    headers: Option<&async_nats::HeaderMap>,
     group: &str,
     attempt: u32,
 ) -> (tracing::Span, Option<opentelemetry::Context>) {
@@ -181,7 +204,7 @@ fn process_span(
         return (tracing::Span::none(), None);
     }
     let empty = async_nats::HeaderMap::new();
-    let headers = message.headers.as_ref().unwrap_or(&empty);
+    let headers = headers.unwrap_or(&empty);
     let producer = telemetry::context_from_headers(headers);
     if let Some(unsampled) = telemetry::skip(&producer) {
         return (tracing::Span::none(), Some(unsampled));
