@@ -257,7 +257,7 @@ pub fn decode(headers: Option<&HeaderMap>, payload: Bytes) -> Result<Event, Deco
 fn required<'a>(value: Option<&'a str>, attribute: &'static str) -> Result<&'a str, DecodeError> {
     match value {
         None => Err(DecodeError::MissingAttribute(attribute)),
-        Some(v) if v.is_empty() => Err(DecodeError::EmptyAttribute { attribute }),
+        Some("") => Err(DecodeError::EmptyAttribute { attribute }),
         Some(v) => Ok(v),
     }
 }

@@ -19,11 +19,7 @@ use crate::dead_letter::{self, Origin};
 use crate::handler::{BoxFuture, HandlerError, Outcome};
 use crate::typed::EventMeta;
 
-pub(crate) async fn handle(
-    shared: Arc<Shared>,
-    mut message: Message,
-    _slot: OwnedSemaphorePermit,
-) {
+pub(crate) async fn handle(shared: Arc<Shared>, mut message: Message, _slot: OwnedSemaphorePermit) {
     let group = &shared.options.name;
     // Shared by the handler's `EventMeta` and the dead-letter path: never copied.
     let headers = message.message.headers.take().map(Arc::new);
