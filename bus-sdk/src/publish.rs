@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream;
-use async_nats::jetstream::context::PublishErrorKind as NatsKind;
+use async_nats::jetstream::context::{
+    PublishAckFuture, PublishError as NatsPublishError, PublishErrorKind as NatsKind,
+};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::publish::PublishAck;
 use bus_core::retry::{backoff_delay, is_transient_code};
@@ -45,15 +47,58 @@ pub(crate) struct Publisher {
     pub(crate) deadline: Duration,
 }
 
-impl Publisher {
-    pub(crate) async fn publish_event(
-        &self,
-        event: &Event,
+/// One event made ready to send: its subject, encoded first attempt and span.
+struct Prepared<'a> {
+    event: &'a Event,
+    /// The event with this hop's trace context, when telemetry is on (retries re-encode it).
+    traced: Option<Box<Event>>,
+    subject: String,
+    first: (HeaderMap, Bytes),
+    span: tracing::Span,
+}
+
+impl Prepared<'_> {
+    /// The event as it goes on the wire.
+    fn wire_event(&self) -> &Event {
+        self.traced.as_deref().unwrap_or(self.event)
+    }
+
+    /// Re-encodes for a retry: the same event gives the same bytes and the same id.
+    fn rebuild(&self) -> Result<(HeaderMap, Bytes), PublishError> {
+        let event = self.wire_event();
+        binary_mode::encode(event).map_err(|e| PublishError::from_encode(&event.id, e))
+    }
+
+    fn receipt(
+        self,
+        result: Result<PublishAck, PublishError>,
     ) -> Result<PublishReceipt, PublishError> {
+        let ack = match result {
+            Ok(ack) => ack,
+            Err(e) => {
+                telemetry::record_error(&self.span, &format!("{:?}", e.kind()));
+                return Err(e);
+            }
+        };
+        telemetry::record_publish_ack(&self.span, &ack.stream, ack.sequence, ack.duplicate);
+        Ok(PublishReceipt {
+            id: self.event.id.clone(),
+            event_type: self.event.event_type.to_string(),
+            stream: ack.stream,
+            seq: ack.sequence,
+            duplicate: ack.duplicate,
+        })
+    }
+}
+
+impl Publisher {
+    /// Starts the event's PRODUCER span (or marks it unsampled), injects the trace
+    /// context and encodes the first attempt.
+    fn prepare<'a>(&self, event: &'a Event) -> Result<Prepared<'a>, PublishError> {
         let subject = self.subjects.event(&event.event_type);
         let mut span = tracing::Span::none();
-        let traced;
-        let event = if telemetry::is_enabled() {
+        let mut traced = None;
+        if telemetry::is_enabled() {
             // Parent: the current span (an HTTP request, a handler); else an unsampled
             // hop's context; else the context the event already carries; else none.
             let current = tracing::Span::current().context();
@@ -64,7 +109,7 @@ impl Publisher {
             } else {
                 telemetry::context_from_event(event)
             };
-            let mut copy = event.clone();
+            let mut copy = Box::new(event.clone());
             match telemetry::skip(&parent) {
                 // Not recorded: no span, but the event says so to every later hop.
                 Some(unsampled) => telemetry::inject_into_event(&unsampled, &mut copy),
@@ -74,66 +119,114 @@ impl Publisher {
                     telemetry::inject_into_event(&span.context(), &mut copy);
                 }
             }
-            traced = copy;
-            &traced
-        } else {
-            event
-        };
+            traced = Some(copy);
+        }
+        let wire = traced.as_deref().unwrap_or(event);
         let first =
-            binary_mode::encode(event).map_err(|e| PublishError::from_encode(&event.id, e))?;
-        // Retries re-encode: the same event gives the same bytes and the same id.
-        let rebuild =
-            || binary_mode::encode(event).map_err(|e| PublishError::from_encode(&event.id, e));
-        let result = self
-            .publish_with_retries(subject, first, rebuild, &event.id)
-            .instrument(span.clone())
-            .await;
-        let ack = match result {
-            Ok(ack) => ack,
-            Err(e) => {
-                telemetry::record_error(&span, &format!("{:?}", e.kind()));
-                return Err(e);
-            }
-        };
-        telemetry::record_publish_ack(&span, &ack.stream, ack.sequence, ack.duplicate);
-        Ok(PublishReceipt {
-            id: event.id.clone(),
-            event_type: event.event_type.to_string(),
-            stream: ack.stream,
-            seq: ack.sequence,
-            duplicate: ack.duplicate,
+            binary_mode::encode(wire).map_err(|e| PublishError::from_encode(&event.id, e))?;
+        Ok(Prepared {
+            event,
+            traced,
+            subject,
+            first,
+            span,
         })
     }
 
+    pub(crate) async fn publish_event(
+        &self,
+        event: &Event,
+    ) -> Result<PublishReceipt, PublishError> {
+        let mut prepared = self.prepare(event)?;
+        let first = std::mem::take(&mut prepared.first);
+        let result = self
+            .publish_with_retries(
+                tokio::time::Instant::now(),
+                prepared.subject.clone(),
+                Some(first),
+                || prepared.rebuild(),
+                &event.id,
+            )
+            .instrument(prepared.span.clone())
+            .await;
+        prepared.receipt(result)
+    }
+
     /// Publishes `events` with at most `window` awaiting their PubAck; results come back
-    /// in input order.
+    /// in input order. Events are sent in input order as fast as the connection takes
+    /// them, and a window slot holds only the PubAck wait; an event whose PubAck does not
+    /// come goes through the retry loop on its own.
     pub(crate) async fn publish_batch(
         &self,
         events: &[Event],
         window: usize,
     ) -> Vec<Result<PublishReceipt, PublishError>> {
-        // A plain loop rather than `stream::iter(..).buffered(..)`: the closure form's
-        // higher-ranked lifetimes make the future unusable from `Send` contexts (axum).
         let window = window.max(1);
         let mut results = Vec::with_capacity(events.len());
         let mut in_flight = futures::stream::FuturesOrdered::new();
-        let mut pending = events.iter();
-        loop {
-            while in_flight.len() < window {
-                match pending.next() {
-                    Some(event) => in_flight.push_back(self.publish_event(event)),
-                    None => break,
+        for event in events {
+            while in_flight.len() >= window {
+                if let Some(result) = in_flight.next().await {
+                    results.push(result);
                 }
             }
-            match in_flight.next().await {
-                Some(result) => results.push(result),
-                None => return results,
-            }
+            let start = tokio::time::Instant::now();
+            let sent = match self.prepare(event) {
+                Ok(mut prepared) => {
+                    let (headers, payload) = std::mem::take(&mut prepared.first);
+                    let message = PublishMessage::build().payload(payload).headers(headers);
+                    let sent = self
+                        .js
+                        .send_publish(prepared.subject.clone(), message)
+                        .await;
+                    Ok((prepared, sent))
+                }
+                Err(e) => Err(e),
+            };
+            in_flight.push_back(self.settle_windowed(start, sent));
         }
+        while let Some(result) = in_flight.next().await {
+            results.push(result);
+        }
+        results
     }
 
-    /// Publishes until a PubAck arrives, an error that retrying cannot fix, or the deadline.
-    /// `headers` must carry `Nats-Msg-Id` for retries to be safe.
+    /// Waits for the PubAck of one event of a batch; if it does not come, retries (rare,
+    /// boxed so that the window's futures stay small) until `start` + the deadline.
+    async fn settle_windowed(
+        &self,
+        start: tokio::time::Instant,
+        sent: Result<(Prepared<'_>, Result<PublishAckFuture, NatsPublishError>), PublishError>,
+    ) -> Result<PublishReceipt, PublishError> {
+        let (prepared, sent) = sent?;
+        let id = &prepared.event.id;
+        let result = match sent {
+            Ok(ack) => ack.await,
+            Err(e) => Err(e),
+        };
+        let result = match result {
+            Ok(ack) => Ok(ack),
+            Err(e) if classify(&e) != PublishErrorKind::Unavailable => {
+                Err(PublishError::new(classify(&e), id, e))
+            }
+            Err(e) => {
+                tracing::debug!(subject = %prepared.subject, event_id = %id, error = %e, "publish retry");
+                let retries = self.publish_with_retries(
+                    start,
+                    prepared.subject.clone(),
+                    None,
+                    || prepared.rebuild(),
+                    id,
+                );
+                Box::pin(retries.instrument(prepared.span.clone())).await
+            }
+        };
+        prepared.receipt(result)
+    }
+
+    /// Publishes raw headers and payload until a PubAck arrives, an error that retrying
+    /// cannot fix, or the deadline. `headers` must carry `Nats-Msg-Id` for retries to be
+    /// safe.
     pub(crate) async fn publish_raw(
         &self,
         subject: String,
@@ -143,21 +236,28 @@ impl Publisher {
     ) -> Result<PublishAck, PublishError> {
         let first = (headers.clone(), payload.clone());
         let rebuild = || Ok((headers.clone(), payload.clone()));
-        self.publish_with_retries(subject, first, rebuild, id).await
+        let start = tokio::time::Instant::now();
+        self.publish_with_retries(start, subject, Some(first), rebuild, id)
+            .await
     }
 
-    /// The retry loop: the first attempt sends `first` (moved, not copied: a header map
-    /// copy per publish was most of the SDK's publish overhead), each retry `rebuild()`.
+    /// The retry loop, until `start` + the publish deadline: the first attempt sends
+    /// `first` (moved, not copied: a header map copy per publish was most of the SDK's
+    /// publish overhead), each retry `rebuild()`; with no `first`, it starts with a retry.
     async fn publish_with_retries(
         &self,
+        start: tokio::time::Instant,
         subject: String,
-        first: (HeaderMap, Bytes),
+        first: Option<(HeaderMap, Bytes)>,
         rebuild: impl Fn() -> Result<(HeaderMap, Bytes), PublishError>,
         id: &str,
     ) -> Result<PublishAck, PublishError> {
-        let start = tokio::time::Instant::now();
         let mut attempt = 0u32;
-        let mut next = Some(first);
+        let mut next = first;
+        if next.is_none() {
+            tokio::time::sleep(backoff_delay(attempt)).await;
+            attempt += 1;
+        }
         loop {
             let (headers, payload) = match next.take() {
                 Some(m) => m,

@@ -153,7 +153,8 @@ async fn given_continuous_publishing_when_the_stream_leader_is_killed_and_restar
     )
     .await?;
 
-    // Publish continuously from 4 concurrent publishers until told to stop.
+    // Publish continuously from 4 concurrent publishers until told to stop: two one
+    // event at a time, two in batches (whose window retries each event on its own).
     let stop = Arc::new(AtomicBool::new(false));
     let published = Arc::new(AtomicU64::new(0));
     let mut publishers = Vec::new();
@@ -165,16 +166,26 @@ async fn given_continuous_publishing_when_the_stream_leader_is_killed_and_restar
             let mut acked = Vec::new();
             let mut failed = Vec::new();
             let mut n = p * 1_000_000;
+            let batch = if p % 2 == 0 { 1 } else { 32 };
             while !stop.load(Ordering::SeqCst) {
-                let event = bus.event(&order(n))?.build();
-                match bus.publish_event(&event).await {
-                    Ok(r) => {
-                        acked.push((event.id.clone(), r.seq));
-                        published.fetch_add(1, Ordering::SeqCst);
+                let events = (n..n + batch)
+                    .map(|k| bus.event(&order(k)).map(|b| b.build()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let results = if batch == 1 {
+                    vec![bus.publish_event(&events[0]).await]
+                } else {
+                    bus.publish_batch(&events).await
+                };
+                for (event, result) in events.iter().zip(results) {
+                    match result {
+                        Ok(r) => {
+                            acked.push((event.id.clone(), r.seq));
+                            published.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(e) => failed.push((event.id.clone(), e.to_string())),
                     }
-                    Err(e) => failed.push((event.id.clone(), e.to_string())),
                 }
-                n += 1;
+                n += batch;
             }
             anyhow::Ok((acked, failed))
         }));

@@ -66,8 +66,9 @@ pub fn skip(parent: &Context) -> Option<Context> {
 }
 
 /// Runs `work` (a handler not recorded) with `cx` as the parent of what it publishes.
-pub async fn within_unsampled<F: Future>(cx: Context, work: F) -> F::Output {
-    UNSAMPLED.scope(cx, work).await
+// Not an `async fn`: that would store `work` twice (argument and scope) in the caller's task.
+pub fn within_unsampled<F: Future>(cx: Context, work: F) -> impl Future<Output = F::Output> {
+    UNSAMPLED.scope(cx, work)
 }
 
 /// The unsampled context of the hop running now, if it is not recorded.

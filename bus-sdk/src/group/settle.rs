@@ -51,10 +51,15 @@ pub(crate) async fn handle(shared: Arc<Shared>, mut message: Message, _slot: Own
             stream_seq,
             published,
         };
-        let work = dispatch(&shared, delivery).instrument(span.clone());
+        // Each arm builds its future in place: a future held in a local and then moved
+        // into another is stored twice in this task (see "Profile" in BENCHMARKS.md).
+        let in_span = span.clone();
         match unsampled {
-            Some(cx) => telemetry::within_unsampled(cx, work).await,
-            None => work.await,
+            Some(cx) => {
+                telemetry::within_unsampled(cx, dispatch(&shared, delivery).instrument(in_span))
+                    .await
+            }
+            None => dispatch(&shared, delivery).instrument(in_span).await,
         }
     };
     let settle = match &outcome {
@@ -83,18 +88,20 @@ pub(crate) async fn handle(shared: Arc<Shared>, mut message: Message, _slot: Own
         Outcome::Handled => ack(&message, AckKind::Ack).await,
         Outcome::Failed(e) if e.is_permanent() => {
             let reason = format!("permanent failure: {e}");
-            dead_letter(&shared, &letter, &origin, &reason).await;
+            Box::pin(dead_letter(&shared, &letter, &origin, &reason)).await;
         }
         Outcome::Failed(e) if attempt >= max => {
             let reason = format!("failed {attempt} times; last error: {e}");
-            dead_letter(&shared, &letter, &origin, &reason).await;
+            Box::pin(dead_letter(&shared, &letter, &origin, &reason)).await;
         }
         Outcome::Failed(e) => {
             let delay = shared.options.backoff_after(attempt);
             tracing::debug!(%group, stream_seq, attempt, error = %e, ?delay, "handler failed; will retry");
             ack(&message, AckKind::Nak(Some(delay))).await;
         }
-        Outcome::Undecodable(reason) => dead_letter(&shared, &letter, &origin, &reason).await,
+        Outcome::Undecodable(reason) => {
+            Box::pin(dead_letter(&shared, &letter, &origin, &reason)).await
+        }
     }
 }
 
@@ -144,7 +151,7 @@ async fn with_progress(message: &Message, ack_wait: Duration, mut work: BoxFutur
         tokio::select! {
             biased;
             outcome = &mut work => return outcome,
-            _ = tick.tick() => ack(message, AckKind::Progress).await,
+            _ = tick.tick() => Box::pin(ack(message, AckKind::Progress)).await,
         }
     }
 }
