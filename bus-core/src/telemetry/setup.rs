@@ -20,6 +20,7 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider,
 };
+use std::io::IsTerminal;
 use tracing::Level;
 use tracing_subscriber::Layer;
 use tracing_subscriber::filter::{EnvFilter, Targets};
@@ -205,10 +206,10 @@ pub fn init(service_name: &str) -> Result<Telemetry, TelemetryError> {
 /// Installs logging (filtered by `RUST_LOG`) and, with `settings.export`, trace export.
 pub fn init_with(settings: TelemetrySettings) -> Result<Telemetry, TelemetryError> {
     global::set_text_map_propagator(TraceContextPropagator::new());
-    let log_filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_filter(log_filter);
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_filter(log_filter());
     let Some(export) = settings.export else {
         tracing_subscriber::registry()
             .with(logs)
@@ -237,7 +238,14 @@ pub fn init_with(settings: TelemetrySettings) -> Result<Telemetry, TelemetryErro
         )
         .build();
     let tracer = provider.tracer("bus");
+    // Only the messaging attributes the bus sets: source location, thread, target and
+    // busy/idle times would add eight attributes (and two clock reads per poll) to every
+    // span, for nothing a trace of an event's hops needs.
     let traces = tracing_opentelemetry::layer()
+        .with_location(false)
+        .with_threads(false)
+        .with_target(false)
+        .with_tracked_inactivity(false)
         .with_tracer(tracer)
         .with_filter(Targets::new().with_target(SPAN_TARGET, Level::INFO));
     tracing_subscriber::registry()
@@ -250,6 +258,24 @@ pub fn init_with(settings: TelemetrySettings) -> Result<Telemetry, TelemetryErro
     Ok(Telemetry {
         provider: Some(provider),
     })
+}
+
+/// `RUST_LOG` (default `info`), without the bus's trace spans unless `RUST_LOG` names
+/// `bus::trace`: the log layer formats the fields of every span it is enabled for, which
+/// cost more than the export itself (see BENCHMARKS.md, "Tracing cost").
+fn log_filter() -> EnvFilter {
+    let from_env = std::env::var(EnvFilter::DEFAULT_ENV).ok();
+    let filter = from_env
+        .as_deref()
+        .and_then(|v| EnvFilter::try_new(v).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    if from_env.is_some_and(|v| v.contains(SPAN_TARGET)) {
+        return filter;
+    }
+    match format!("{SPAN_TARGET}=off").parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    }
 }
 
 fn build_exporter(export: &OtlpExport) -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
