@@ -7,6 +7,7 @@ mod node_bad_input;
 mod node_ingress;
 mod node_process;
 mod node_support;
+mod sdk_backlog;
 mod sdk_broadcast;
 mod sdk_dead_letters;
 mod sdk_failover;

@@ -1,31 +1,34 @@
-//! One member's fetch loop: pull deliveries from the group's consumer while a handler
-//! slot is free, run each in its own task, and recover the consumer after failures.
+//! One member's fetch loop: pull deliveries from the group's consumer, a bounded number
+//! ahead of its handler slots, run each in its own task, and recover the consumer after
+//! failures.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::AckKind;
 use async_nats::jetstream::consumer::Consumer;
-use async_nats::jetstream::consumer::pull::{self, MessagesErrorKind};
+use async_nats::jetstream::consumer::pull;
 use async_nats::jetstream::stream::{ConsumerError, ConsumerErrorKind};
+use async_nats::jetstream::{AckKind, Message};
 use bus_core::retry::{backoff_delay, is_transient_code};
-use futures::{FutureExt, StreamExt};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::GroupOptions;
+use super::puller::{PullError, Puller};
 use super::settle;
 use crate::bus::Bus;
 use crate::handler::HandlerMap;
 
-/// How often the server proves an idle pull is alive.
+/// How often the server proves a waiting pull is alive; two missed and the pulls are
+/// asked for again.
 const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
-/// How long one pull request lives on the server: short, so that a pull the client lost
-/// track of (seen in benchmarks as a 20-35 s stall on a backlog) is renewed soon.
+/// How long one pull request waits on the server before it ends with a 408.
 const PULL_EXPIRES: Duration = Duration::from_secs(10);
-/// Consecutive missed heartbeats after which the pull is re-created.
-const MAX_MISSED_HEARTBEATS: u32 = 2;
+/// The JetStream API subject prefix (no domain).
+const JS_API_PREFIX: &str = "$JS.API";
 
 pub(crate) struct Shared {
     pub bus: Bus,
@@ -76,11 +79,10 @@ fn is_transient(e: &ConsumerError) -> bool {
 
 pub(crate) async fn run(shared: Arc<Shared>, cancel: CancellationToken, tracker: TaskTracker) {
     let group = shared.options.name.clone();
-    let slots = Arc::new(Semaphore::new(shared.options.concurrency));
     let mut failures = 0u32;
     'connect: while !cancel.is_cancelled() {
-        let messages = match open(&shared).await {
-            Ok(m) => m,
+        let puller = match open(&shared).await {
+            Ok(p) => p,
             Err(e) => {
                 tracing::warn!(%group, error = %e, "cannot open the group's consumer; retrying");
                 failures += 1;
@@ -90,73 +92,167 @@ pub(crate) async fn run(shared: Arc<Shared>, cancel: CancellationToken, tracker:
                 }
             }
         };
-        let mut messages = std::pin::pin!(messages);
-        let mut missed = 0u32;
+        let mut fetch = Fetch::new(&shared, puller);
         loop {
-            let permit = tokio::select! {
+            fetch.start_buffered(&shared, &tracker);
+            if let Err(e) = fetch.top_up().await {
+                tracing::warn!(%group, error = %e, "pull request failed; re-opening the consumer");
+                failures += 1;
+                fetch.puller.close().await;
+                tokio::select! {
+                    _ = cancel.cancelled() => break 'connect,
+                    _ = tokio::time::sleep(backoff_delay(failures)) => continue 'connect,
+                }
+            }
+            let waiting = !fetch.buffer.is_empty();
+            tokio::select! {
+                biased;
                 _ = cancel.cancelled() => {
-                    hand_back(messages.as_mut()).await;
+                    fetch.hand_back().await;
                     break 'connect;
                 }
-                p = slots.clone().acquire_owned() => match p {
-                    Ok(p) => p,
+                p = fetch.slots.clone().acquire_owned(), if waiting => match p {
+                    Ok(permit) => fetch.start_one(&shared, &tracker, permit),
                     Err(_) => break 'connect,
                 },
-            };
-            let next = tokio::select! {
-                _ = cancel.cancelled() => {
-                    hand_back(messages.as_mut()).await;
-                    break 'connect;
-                }
-                m = messages.next() => m,
-            };
-            match next {
-                Some(Ok(message)) => {
-                    failures = 0;
-                    missed = 0;
-                    tracker.spawn(settle::handle(shared.clone(), message, permit));
-                }
-                Some(Err(e)) if e.kind() == MessagesErrorKind::MissingHeartbeat => {
-                    missed += 1;
-                    tracing::debug!(%group, missed, "missed idle heartbeat");
-                    if missed >= MAX_MISSED_HEARTBEATS {
-                        continue 'connect;
+                _ = fetch.progress.tick(), if waiting => fetch.keep_buffered_alive().await,
+                next = fetch.puller.next() => match next {
+                    Ok(Some(message)) => {
+                        failures = 0;
+                        fetch.buffer.push_back((message, Instant::now()));
                     }
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(%group, error = %e, "pull failed; re-opening the consumer");
-                    failures += 1;
-                    tokio::select! {
-                        _ = cancel.cancelled() => break 'connect,
-                        _ = tokio::time::sleep(backoff_delay(failures)) => continue 'connect,
+                    Ok(None) => {}
+                    Err(PullError::Silent(after)) => {
+                        tracing::debug!(%group, ?after, "pulls went silent; asking again");
                     }
-                }
-                None => continue 'connect,
+                    Err(e) => {
+                        tracing::warn!(%group, error = %e, "pull failed; re-opening the consumer");
+                        failures += 1;
+                        fetch.hand_back().await;
+                        tokio::select! {
+                            _ = cancel.cancelled() => break 'connect,
+                            _ = tokio::time::sleep(backoff_delay(failures)) => continue 'connect,
+                        }
+                    }
+                },
             }
         }
     }
     tracing::debug!(%group, "member stopped fetching");
 }
 
-async fn open(shared: &Shared) -> Result<pull::Stream, async_nats::Error> {
-    // Re-creating on every (re)open also brings back a consumer deleted while we were away.
-    let consumer = ensure_consumer(shared).await?;
-    let stream = consumer
-        .stream()
-        .max_messages_per_batch(shared.options.concurrency)
-        .heartbeat(PULL_HEARTBEAT)
-        .expires(PULL_EXPIRES)
-        .messages()
-        .await?;
-    Ok(stream)
+/// One member's deliveries between the server and its handlers.
+///
+/// Bound: `concurrency` handlers run at once, and at most as many deliveries again are
+/// requested or prefetched, so a slot that frees starts the next delivery at once instead
+/// of after a round trip to the server. Prefetched deliveries wait in `buffer` (bounded
+/// by the same count; a delivery of a pull given up for lost can add at most one pull's
+/// worth) and are kept alive with in-progress acks past half the ack deadline.
+struct Fetch {
+    puller: Puller,
+    slots: Arc<Semaphore>,
+    concurrency: usize,
+    /// Running + requested + prefetched deliveries allowed.
+    capacity: usize,
+    /// Free room at which another pull is sent (half the capacity).
+    top_up_at: usize,
+    buffer: VecDeque<(Message, Instant)>,
+    ack_wait: Duration,
+    progress: tokio::time::Interval,
 }
 
-/// Naks deliveries that were prefetched but not started, so that other members get them
-/// now rather than after the ack deadline.
-async fn hand_back(mut messages: std::pin::Pin<&mut pull::Stream>) {
-    while let Some(Some(Ok(message))) = messages.next().now_or_never() {
-        if let Err(e) = message.ack_with(AckKind::Nak(None)).await {
-            tracing::debug!(error = %e, "nak of a prefetched delivery failed");
+impl Fetch {
+    fn new(shared: &Shared, puller: Puller) -> Self {
+        let concurrency = shared.options.concurrency;
+        let capacity = concurrency * 2;
+        let ack_wait = shared.options.ack_wait;
+        let period = ack_wait / 2;
+        let mut progress = tokio::time::interval_at(Instant::now() + period, period);
+        progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self {
+            puller,
+            slots: Arc::new(Semaphore::new(concurrency)),
+            concurrency,
+            capacity,
+            top_up_at: (capacity / 2).max(1),
+            buffer: VecDeque::with_capacity(capacity),
+            ack_wait,
+            progress,
         }
     }
+
+    /// Starts buffered deliveries while handler slots are free.
+    fn start_buffered(&mut self, shared: &Arc<Shared>, tracker: &TaskTracker) {
+        while !self.buffer.is_empty() {
+            match self.slots.clone().try_acquire_owned() {
+                Ok(permit) => self.start_one(shared, tracker, permit),
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn start_one(
+        &mut self,
+        shared: &Arc<Shared>,
+        tracker: &TaskTracker,
+        permit: OwnedSemaphorePermit,
+    ) {
+        if let Some((message, _)) = self.buffer.pop_front() {
+            tracker.spawn(settle::handle(shared.clone(), message, permit));
+        }
+    }
+
+    /// Asks for more once half the capacity is free, or whenever nothing is on order.
+    async fn top_up(&mut self) -> Result<(), PullError> {
+        let running = self.concurrency - self.slots.available_permits();
+        let held = running + self.buffer.len() + self.puller.outstanding();
+        let room = self.capacity.saturating_sub(held);
+        let idle = self.puller.outstanding() == 0 && self.buffer.is_empty();
+        if room >= self.top_up_at || (idle && room > 0) {
+            self.puller.request(room).await?;
+        }
+        Ok(())
+    }
+
+    /// In-progress acks for deliveries that waited half the ack deadline for a slot.
+    async fn keep_buffered_alive(&mut self) {
+        let now = Instant::now();
+        for (message, since) in self.buffer.iter_mut() {
+            if now.duration_since(*since) >= self.ack_wait / 2 {
+                if let Err(e) = message.ack_with(AckKind::Progress).await {
+                    tracing::debug!(error = %e, "in-progress ack of a waiting delivery failed");
+                }
+                *since = now;
+            }
+        }
+    }
+
+    /// Stops the pulls and naks every delivery not started, so that other members get
+    /// them now rather than after the ack deadline.
+    async fn hand_back(&mut self) {
+        self.puller.close().await;
+        let arrived = self.puller.drain_arrived();
+        let waiting = self.buffer.drain(..).map(|(m, _)| m);
+        for message in waiting.chain(arrived) {
+            if let Err(e) = message.ack_with(AckKind::Nak(None)).await {
+                tracing::debug!(error = %e, "nak of a prefetched delivery failed");
+            }
+        }
+    }
+}
+
+async fn open(shared: &Shared) -> Result<Puller, async_nats::Error> {
+    // Re-creating on every (re)open also brings back a consumer deleted while we were away.
+    let consumer = ensure_consumer(shared).await?;
+    let info = consumer.cached_info();
+    let puller = Puller::open(
+        shared.bus.jetstream(),
+        JS_API_PREFIX,
+        &info.stream_name,
+        &info.name,
+        PULL_EXPIRES,
+        PULL_HEARTBEAT,
+    )
+    .await?;
+    Ok(puller)
 }

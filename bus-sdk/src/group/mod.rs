@@ -5,6 +5,7 @@
 
 mod member;
 pub(crate) mod presence;
+mod puller;
 mod settle;
 
 use std::future::Future;

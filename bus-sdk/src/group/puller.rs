@@ -1,0 +1,206 @@
+//! Pull requests on a durable consumer, counted exactly.
+//!
+//! async-nats' `Consumer::messages()` loses count of its pulls under load (a delivery that
+//! arrives before its pull is recorded is not subtracted), then believes enough is on
+//! order, stops asking, and sits on a backlog until its own timer resets it after
+//! `expires` + 5 s. Here the count goes up before a pull is sent, so no delivery can
+//! arrive first, and it comes down with each delivery and with the unfulfilled rest the
+//! server reports when a pull ends (408/409 with `Nats-Pending-Messages`).
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, Message};
+use async_nats::{Client, StatusCode, Subscriber};
+use futures::StreamExt;
+use serde::Serialize;
+use tokio::time::Instant;
+
+/// Why a pull stream has to be opened again.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PullError {
+    /// Neither a delivery nor an idle heartbeat came in time: the server forgot our pulls
+    /// (a reconnect, a restart) or the connection is gone.
+    #[error("no delivery or heartbeat for {0:?} with pulls outstanding")]
+    Silent(Duration),
+    /// The consumer was deleted under us.
+    #[error("the consumer was deleted")]
+    ConsumerDeleted,
+    /// Sending a pull request failed.
+    #[error("sending a pull request failed: {0}")]
+    Request(#[from] async_nats::PublishError),
+    /// The subscription for deliveries could not be made.
+    #[error("subscribing for deliveries failed: {0}")]
+    Subscribe(#[from] async_nats::SubscribeError),
+    /// The subscription ended (the client is closed).
+    #[error("the delivery subscription ended")]
+    Closed,
+    /// An answer the bus does not expect.
+    #[error("unexpected answer to a pull: {0}")]
+    Unexpected(String),
+}
+
+/// One pull request as JetStream reads it.
+#[derive(Serialize)]
+struct PullRequest {
+    batch: usize,
+    /// Nanoseconds.
+    expires: u128,
+    /// Nanoseconds.
+    idle_heartbeat: u128,
+}
+
+/// The deliveries of one consumer for one member, on its own inbox.
+pub(crate) struct Puller {
+    client: Client,
+    context: jetstream::Context,
+    subject: String,
+    inbox: String,
+    subscriber: Subscriber,
+    expires: Duration,
+    heartbeat: Duration,
+    /// Deliveries requested and neither delivered nor released.
+    outstanding: usize,
+    /// When the server was last heard from (a delivery or a status).
+    heard: Instant,
+}
+
+impl Puller {
+    /// Subscribes an inbox for the deliveries of `consumer` on `stream`.
+    pub(crate) async fn open(
+        context: &jetstream::Context,
+        api_prefix: &str,
+        stream: &str,
+        consumer: &str,
+        expires: Duration,
+        heartbeat: Duration,
+    ) -> Result<Self, PullError> {
+        let client = context.client();
+        let inbox = client.new_inbox();
+        let subscriber = client.subscribe(inbox.clone()).await?;
+        Ok(Self {
+            client,
+            context: context.clone(),
+            subject: format!("{api_prefix}.CONSUMER.MSG.NEXT.{stream}.{consumer}"),
+            inbox,
+            subscriber,
+            expires,
+            heartbeat,
+            outstanding: 0,
+            heard: Instant::now(),
+        })
+    }
+
+    /// Deliveries requested and not yet delivered or released.
+    pub(crate) fn outstanding(&self) -> usize {
+        self.outstanding
+    }
+
+    /// Asks the server for `n` more deliveries.
+    pub(crate) async fn request(&mut self, n: usize) -> Result<(), PullError> {
+        if n == 0 {
+            return Ok(());
+        }
+        let body = PullRequest {
+            batch: n,
+            expires: self.expires.as_nanos(),
+            idle_heartbeat: self.heartbeat.as_nanos(),
+        };
+        let body = serde_json::to_vec(&body).map_err(|e| PullError::Unexpected(e.to_string()))?;
+        if self.outstanding == 0 {
+            // Silence is measured from the first pull after an idle spell.
+            self.heard = Instant::now();
+        }
+        // Counted before it is sent: no delivery of it can arrive before the count.
+        self.outstanding += n;
+        if let Err(e) = self
+            .client
+            .publish_with_reply(self.subject.clone(), self.inbox.clone(), body.into())
+            .await
+        {
+            self.outstanding -= n;
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// The next delivery, or `None` when a pull ended with deliveries it did not make
+    /// (they are no longer counted as outstanding). With pulls outstanding, the server
+    /// sends an idle heartbeat every `heartbeat`; two missed in a row mean the pulls are
+    /// gone.
+    pub(crate) async fn next(&mut self) -> Result<Option<Message>, PullError> {
+        loop {
+            let message = if self.outstanding > 0 {
+                let silence = self.heartbeat * 2;
+                match tokio::time::timeout_at(self.heard + silence, self.subscriber.next()).await {
+                    Ok(m) => m,
+                    Err(_) => {
+                        self.outstanding = 0;
+                        return Err(PullError::Silent(silence));
+                    }
+                }
+            } else {
+                self.subscriber.next().await
+            };
+            let Some(message) = message else {
+                return Err(PullError::Closed);
+            };
+            self.heard = Instant::now();
+            match message.status {
+                None | Some(StatusCode::OK) => {
+                    self.outstanding = self.outstanding.saturating_sub(1);
+                    return Ok(Some(Message {
+                        message,
+                        context: self.context.clone(),
+                    }));
+                }
+                Some(StatusCode::IDLE_HEARTBEAT) => continue,
+                Some(StatusCode::TIMEOUT) | Some(StatusCode::REQUEST_TERMINATED) => {
+                    if message.description.as_deref() == Some("Consumer Deleted") {
+                        self.outstanding = 0;
+                        return Err(PullError::ConsumerDeleted);
+                    }
+                    // The rest of the pull that ended; without the header (a rejected
+                    // pull), assume every pull is gone and ask again.
+                    let rest = message
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get("Nats-Pending-Messages"))
+                        .and_then(|v| v.as_str().parse::<usize>().ok())
+                        .unwrap_or(self.outstanding)
+                        .min(self.outstanding);
+                    self.outstanding -= rest;
+                    tracing::trace!(rest, description = ?message.description, "pull ended");
+                    return Ok(None);
+                }
+                Some(status) => {
+                    self.outstanding = 0;
+                    return Err(PullError::Unexpected(format!(
+                        "status {status}: {}",
+                        message.description.unwrap_or_default()
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Deliveries that already arrived but were not taken, without waiting.
+    pub(crate) fn drain_arrived(&mut self) -> Vec<Message> {
+        let mut arrived = Vec::new();
+        while let Some(Some(message)) = futures::FutureExt::now_or_never(self.subscriber.next()) {
+            if matches!(message.status, None | Some(StatusCode::OK)) {
+                arrived.push(Message {
+                    message,
+                    context: self.context.clone(),
+                });
+            }
+        }
+        arrived
+    }
+
+    /// Stops taking deliveries: the server drops pulls whose inbox has no interest.
+    pub(crate) async fn close(&mut self) {
+        if let Err(e) = self.subscriber.unsubscribe().await {
+            tracing::debug!(error = %e, "unsubscribing the pull inbox failed");
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! A member with few slots draining a large backlog: its pulls must never go quiet.
+//!
+//! async-nats' `messages()` stream lost count of its pulls under this load and then sat on
+//! the backlog for `expires` + 5 s (bus-sdk re-opened it after two missed heartbeats,
+//! 8 s). The member now sends its own pull requests and counts them before they are sent.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bus_sdk::{HandlerError, Received};
+use bus_tests::NatsCluster;
+
+use crate::support::*;
+
+const BACKLOG: u64 = 20_000;
+/// Far above the gap between two deliveries of a healthy drain (well under a
+/// millisecond), below the member's own recovery from silent pulls (two 2 s heartbeats)
+/// and far below the 8-15 s the lost count cost.
+const LONGEST_QUIET: Duration = Duration::from_secs(3);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_backlog_when_a_member_with_4_slots_drains_it_should_never_go_quiet()
+-> anyhow::Result<()> {
+    let cluster = NatsCluster::start(1).await?;
+    let bus = bus_for(&cluster).await?;
+    let events: Vec<_> = (0..BACKLOG)
+        .map(|n| bus.event(&order(n)).map(|b| b.build()))
+        .collect::<Result<_, _>>()?;
+    for r in bus.publish_batch(&events).await {
+        r?;
+    }
+    // Three groups, one after the other: each drains the whole backlog on its own consumer.
+    for group in ["drain-a", "drain-b", "drain-c"] {
+        let handled: Arc<Mutex<Vec<Instant>>> = Arc::default();
+        let seen = handled.clone();
+        let member = bus
+            .group(group)
+            .concurrency(4)
+            .on(move |_: Received<OrderCreated>| {
+                let seen = seen.clone();
+                async move {
+                    if let Ok(mut s) = seen.lock() {
+                        s.push(Instant::now());
+                    }
+                    Ok::<(), HandlerError>(())
+                }
+            })
+            .start()
+            .await?;
+        wait_until("the backlog drained", Duration::from_secs(120), || {
+            handled.lock().map(|h| h.len() as u64).unwrap_or(0) >= BACKLOG
+        })
+        .await?;
+        wait_group_idle(&bus, group, Duration::from_secs(30)).await?;
+        member.shutdown().await;
+        let mut times = handled.lock().map(|h| h.clone()).unwrap_or_default();
+        times.sort();
+        assert_eq!(
+            times.len() as u64,
+            BACKLOG,
+            "{group}: each event handled once"
+        );
+        let quiet = times
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap_or_default();
+        assert!(
+            quiet < LONGEST_QUIET,
+            "{group}: no delivery for {quiet:?} with {BACKLOG} events pending"
+        );
+    }
+    Ok(())
+}
