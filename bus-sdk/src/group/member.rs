@@ -166,7 +166,8 @@ impl Fetch {
         let concurrency = shared.options.concurrency;
         let capacity = concurrency * 2;
         let ack_wait = shared.options.ack_wait;
-        let period = ack_wait / 2;
+        // A waiting delivery is acked within two periods (half its deadline) of the last.
+        let period = ack_wait / 4;
         let mut progress = tokio::time::interval_at(Instant::now() + period, period);
         progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Self {
@@ -197,8 +198,8 @@ impl Fetch {
         tracker: &TaskTracker,
         permit: OwnedSemaphorePermit,
     ) {
-        if let Some((message, _)) = self.buffer.pop_front() {
-            tracker.spawn(settle::handle(shared.clone(), message, permit));
+        if let Some((message, acked)) = self.buffer.pop_front() {
+            tracker.spawn(settle::handle(shared.clone(), message, acked, permit));
         }
     }
 
@@ -214,11 +215,11 @@ impl Fetch {
         Ok(())
     }
 
-    /// In-progress acks for deliveries that waited half the ack deadline for a slot.
+    /// In-progress acks for deliveries that waited a quarter of the ack deadline for a slot.
     async fn keep_buffered_alive(&mut self) {
         let now = Instant::now();
         for (message, since) in self.buffer.iter_mut() {
-            if now.duration_since(*since) >= self.ack_wait / 2 {
+            if now.duration_since(*since) >= self.ack_wait / 4 {
                 if let Err(e) = message.ack_with(AckKind::Progress).await {
                     tracing::debug!(error = %e, "in-progress ack of a waiting delivery failed");
                 }

@@ -12,6 +12,7 @@ use bus_core::telemetry;
 use futures::FutureExt;
 use time::OffsetDateTime;
 use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::member::Shared;
@@ -19,7 +20,14 @@ use crate::dead_letter::{self, Origin};
 use crate::handler::{BoxFuture, HandlerError, Outcome};
 use crate::typed::EventMeta;
 
-pub(crate) async fn handle(shared: Arc<Shared>, mut message: Message, _slot: OwnedSemaphorePermit) {
+/// Handles one delivery; `acked` is when JetStream last heard of it (its arrival, or the
+/// last in-progress ack while it waited for a slot), from which its ack deadline runs.
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    mut message: Message,
+    acked: Instant,
+    _slot: OwnedSemaphorePermit,
+) {
     let group = &shared.options.name;
     // Shared by the handler's `EventMeta` and the dead-letter path: never copied.
     let headers = message.message.headers.take().map(Arc::new);
@@ -50,6 +58,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, mut message: Message, _slot: Own
             attempt,
             stream_seq,
             published,
+            acked,
         };
         // Each arm builds its future in place: a future held in a local and then moved
         // into another is stored twice in this task (see "Profile" in BENCHMARKS.md).
@@ -108,6 +117,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, mut message: Message, _slot: Own
 /// A delivery as `dispatch` needs it: the headers were taken out of the message.
 struct Delivery<'a> {
     message: &'a Message,
+    acked: Instant,
     headers: Option<Arc<async_nats::HeaderMap>>,
     attempt: u32,
     stream_seq: u64,
@@ -134,19 +144,38 @@ async fn dispatch(shared: &Shared, delivery: Delivery<'_>) -> Outcome {
     let running = AssertUnwindSafe(handler(meta))
         .catch_unwind()
         .map(|r| r.unwrap_or_else(|_| Outcome::Failed(HandlerError::msg("handler panicked"))));
-    with_progress(message, shared.options.ack_wait, Box::pin(running)).await
+    let progress = Progress {
+        message,
+        ack_wait: shared.options.ack_wait,
+        acked: delivery.acked,
+    };
+    with_progress(progress, Box::pin(running)).await
 }
 
-/// Runs `work`, telling JetStream every half ack deadline that it is still in progress.
-/// A handler that finishes on its first poll (most do) never touches a timer: an
-/// interval's first tick waits for the timer wheel (about 1 ms), which once cost a
-/// millisecond per delivery (see BENCHMARKS.md, "Profile").
-async fn with_progress(message: &Message, ack_wait: Duration, mut work: BoxFuture) -> Outcome {
+/// What `with_progress` needs to keep a delivery alive.
+struct Progress<'a> {
+    message: &'a Message,
+    ack_wait: Duration,
+    /// When JetStream last heard of the delivery.
+    acked: Instant,
+}
+
+/// Runs `work`, telling JetStream it is still in progress every half ack deadline,
+/// counted from when it last heard of the delivery (a delivery that waited for a slot
+/// may be due at once). A handler that finishes on its first poll (most do) never
+/// touches a timer: an interval's first tick waits for the timer wheel (about 1 ms),
+/// which once cost a millisecond per delivery (see BENCHMARKS.md, "Profile").
+async fn with_progress(progress: Progress<'_>, mut work: BoxFuture) -> Outcome {
     if let Some(outcome) = (&mut work).now_or_never() {
         return outcome;
     }
+    let Progress {
+        message,
+        ack_wait,
+        acked,
+    } = progress;
     let period = ack_wait / 2;
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let mut tick = tokio::time::interval_at(acked + period, period);
     loop {
         tokio::select! {
             biased;

@@ -1,8 +1,9 @@
-//! A member with few slots draining a large backlog: its pulls must never go quiet.
+//! How a member fetches: its pulls never go quiet on a backlog, and deliveries it fetched
+//! ahead of its handler slots are not redelivered while they wait.
 //!
-//! async-nats' `messages()` stream lost count of its pulls under this load and then sat on
-//! the backlog for `expires` + 5 s (bus-sdk re-opened it after two missed heartbeats,
-//! 8 s). The member now sends its own pull requests and counts them before they are sent.
+//! async-nats' `messages()` stream lost count of its pulls under load and then sat on a
+//! backlog for `expires` + 5 s (bus-sdk re-opened it after two missed heartbeats, 8 s).
+//! The member now sends its own pull requests and counts them before they are sent.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -70,5 +71,53 @@ async fn given_a_backlog_when_a_member_with_4_slots_drains_it_should_never_go_qu
             "{group}: no delivery for {quiet:?} with {BACKLOG} events pending"
         );
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_slow_handlers_when_fetched_deliveries_wait_past_the_ack_deadline_should_not_be_redelivered()
+-> anyhow::Result<()> {
+    const EVENTS: u64 = 3;
+    let cluster = NatsCluster::start(1).await?;
+    let bus = bus_for(&cluster).await?;
+    let attempts: Arc<Mutex<Vec<(String, u32)>>> = Arc::default();
+    let seen = attempts.clone();
+    // One slot, a handler longer than the ack deadline: the member fetches one delivery
+    // ahead, which waits 2.5 s for the slot, past the 2 s deadline.
+    let member = bus
+        .group("slow")
+        .concurrency(1)
+        .ack_wait(Duration::from_secs(2))
+        .on(move |ev: Received<OrderCreated>| {
+            let seen = seen.clone();
+            async move {
+                if let Ok(mut s) = seen.lock() {
+                    s.push((ev.meta.id().to_owned(), ev.meta.attempt));
+                }
+                tokio::time::sleep(Duration::from_millis(2500)).await;
+                Ok::<(), HandlerError>(())
+            }
+        })
+        .start()
+        .await?;
+    for n in 0..EVENTS {
+        bus.publish(&order(n)).await?;
+    }
+    wait_until("every event handled", Duration::from_secs(60), || {
+        attempts.lock().map(|a| a.len() as u64).unwrap_or(0) >= EVENTS
+    })
+    .await?;
+    wait_group_idle(&bus, "slow", Duration::from_secs(30)).await?;
+    member.shutdown().await;
+    let attempts = attempts.lock().map(|a| a.clone()).unwrap_or_default();
+    assert_eq!(
+        attempts.len() as u64,
+        EVENTS,
+        "handled once each: {attempts:?}"
+    );
+    assert!(
+        attempts.iter().all(|(_, attempt)| *attempt == 1),
+        "a fetched delivery was redelivered while it waited: {attempts:?}"
+    );
     Ok(())
 }
