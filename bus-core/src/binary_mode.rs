@@ -101,16 +101,46 @@ const RESERVED: &[&str] = &[
 /// The headers and payload that carry `event` on NATS.
 pub fn encode(event: &Event) -> Result<(HeaderMap, Bytes), EncodeError> {
     let mut h = HeaderMap::new();
-    put(&mut h, CE_ID, "id", &event.id, true)?;
-    put(&mut h, NATS_MSG_ID, "id", &event.id, true)?;
-    put(&mut h, CE_SOURCE, "source", &event.source, true)?;
-    put(&mut h, CE_TYPE, "type", event.event_type.as_str(), true)?;
-    put(&mut h, CE_SPECVERSION, "specversion", SPEC_VERSION, true)?;
+    put(
+        &mut h,
+        HeaderName::from_static(CE_ID),
+        "id",
+        &event.id,
+        true,
+    )?;
+    put(
+        &mut h,
+        HeaderName::from_static(NATS_MSG_ID),
+        "id",
+        &event.id,
+        true,
+    )?;
+    put(
+        &mut h,
+        HeaderName::from_static(CE_SOURCE),
+        "source",
+        &event.source,
+        true,
+    )?;
+    put(
+        &mut h,
+        HeaderName::from_static(CE_TYPE),
+        "type",
+        event.event_type.as_str(),
+        true,
+    )?;
+    put(
+        &mut h,
+        HeaderName::from_static(CE_SPECVERSION),
+        "specversion",
+        SPEC_VERSION,
+        true,
+    )?;
     if let Some(t) = event.time {
         let s = t.format(&Rfc3339).map_err(|_| EncodeError::InvalidValue {
             attribute: "time".into(),
         })?;
-        put(&mut h, CE_TIME, "time", &s, true)?;
+        put(&mut h, HeaderName::from_static(CE_TIME), "time", &s, true)?;
     }
     let optional = [
         (CE_SUBJECT, "subject", &event.subject),
@@ -122,7 +152,7 @@ pub fn encode(event: &Event) -> Result<(HeaderMap, Bytes), EncodeError> {
     ];
     for (header, attribute, value) in optional {
         if let Some(v) = value {
-            put(&mut h, header, attribute, v, false)?;
+            put(&mut h, HeaderName::from_static(header), attribute, v, false)?;
         }
     }
     for (name, value) in &event.extensions {
@@ -132,8 +162,9 @@ pub fn encode(event: &Event) -> Result<(HeaderMap, Bytes), EncodeError> {
         if !is_extension_name(name) {
             return Err(EncodeError::InvalidExtensionName { name: name.clone() });
         }
-        let header = format!("{CE_PREFIX}{name}");
-        put(&mut h, &header, name, value, false)?;
+        let header = HeaderName::from_str(&format!("{CE_PREFIX}{name}"))
+            .map_err(|_| EncodeError::InvalidExtensionName { name: name.clone() })?;
+        put(&mut h, header, name, value, false)?;
     }
     Ok((h, event.data.clone()))
 }
@@ -150,7 +181,7 @@ pub fn is_extension_name(name: &str) -> bool {
 
 fn put(
     h: &mut HeaderMap,
-    header: &str,
+    name: HeaderName,
     attribute: &str,
     value: &str,
     required: bool,
@@ -163,13 +194,19 @@ fn put(
     let invalid = || EncodeError::InvalidValue {
         attribute: attribute.into(),
     };
-    if value.chars().any(|c| c.is_control()) {
+    if has_control(value) {
         return Err(invalid());
     }
-    let name = HeaderName::from_str(header).map_err(|_| invalid())?;
     let value = HeaderValue::from_str(value).map_err(|_| invalid())?;
     h.insert(name, value);
     Ok(())
+}
+
+/// Whether `value` has a control character (runs per header of every publish: bytes
+/// first, characters only for non-ASCII text).
+fn has_control(value: &str) -> bool {
+    value.bytes().any(|b| b < 0x20 || b == 0x7f)
+        || (!value.is_ascii() && value.chars().any(char::is_control))
 }
 
 /// Reads an event from a NATS message's headers and payload. Header names are matched

@@ -50,23 +50,17 @@ pub(crate) struct Publisher {
 /// One event made ready to send: its subject, encoded first attempt and span.
 struct Prepared<'a> {
     event: &'a Event,
-    /// The event with this hop's trace context, when telemetry is on (retries re-encode it).
-    traced: Option<Box<Event>>,
+    /// This hop's trace context, written over the event's own when telemetry is on.
+    trace: Option<opentelemetry::Context>,
     subject: String,
     first: (HeaderMap, Bytes),
     span: tracing::Span,
 }
 
 impl Prepared<'_> {
-    /// The event as it goes on the wire.
-    fn wire_event(&self) -> &Event {
-        self.traced.as_deref().unwrap_or(self.event)
-    }
-
-    /// Re-encodes for a retry: the same event gives the same bytes and the same id.
+    /// Re-encodes for a retry: the same event and context give the same bytes and id.
     fn rebuild(&self) -> Result<(HeaderMap, Bytes), PublishError> {
-        let event = self.wire_event();
-        binary_mode::encode(event).map_err(|e| PublishError::from_encode(&event.id, e))
+        encode(self.event, self.trace.as_ref())
     }
 
     fn receipt(
@@ -97,7 +91,7 @@ impl Publisher {
     fn prepare<'a>(&self, event: &'a Event) -> Result<Prepared<'a>, PublishError> {
         let subject = self.subjects.event(&event.event_type);
         let mut span = tracing::Span::none();
-        let mut traced = None;
+        let mut trace = None;
         if telemetry::is_enabled() {
             // Parent: the current span (an HTTP request, a handler); else an unsampled
             // hop's context; else the context the event already carries; else none.
@@ -109,24 +103,20 @@ impl Publisher {
             } else {
                 telemetry::context_from_event(event)
             };
-            let mut copy = Box::new(event.clone());
-            match telemetry::skip(&parent) {
+            trace = Some(match telemetry::skip(&parent) {
                 // Not recorded: no span, but the event says so to every later hop.
-                Some(unsampled) => telemetry::inject_into_event(&unsampled, &mut copy),
+                Some(unsampled) => unsampled,
                 None => {
                     span = telemetry::publish_span(&subject, &event.id, event.data.len());
                     let _ = span.set_parent(parent);
-                    telemetry::inject_into_event(&span.context(), &mut copy);
+                    span.context()
                 }
-            }
-            traced = Some(copy);
+            });
         }
-        let wire = traced.as_deref().unwrap_or(event);
-        let first =
-            binary_mode::encode(wire).map_err(|e| PublishError::from_encode(&event.id, e))?;
+        let first = encode(event, trace.as_ref())?;
         Ok(Prepared {
             event,
-            traced,
+            trace,
             subject,
             first,
             span,
@@ -292,6 +282,28 @@ impl Publisher {
             attempt += 1;
         }
     }
+}
+
+/// The event's headers and payload, with `trace` as its trace context if given (the
+/// event itself is not copied to change it).
+fn encode(
+    event: &Event,
+    trace: Option<&opentelemetry::Context>,
+) -> Result<(HeaderMap, Bytes), PublishError> {
+    let encoded =
+        |e: &Event| binary_mode::encode(e).map_err(|err| PublishError::from_encode(&event.id, err));
+    let Some(cx) = trace else {
+        return encoded(event);
+    };
+    if event.tracestate.is_some() && cx.span().span_context().trace_state().header().is_empty() {
+        // The event's own `tracestate` must go, and headers cannot lose one: copy (rare).
+        let mut copy = event.clone();
+        telemetry::inject_into_event(cx, &mut copy);
+        return encoded(&copy);
+    }
+    let (mut headers, payload) = encoded(event)?;
+    telemetry::inject_into_headers(cx, &mut headers);
+    Ok((headers, payload))
 }
 
 fn classify(err: &jetstream::context::PublishError) -> PublishErrorKind {

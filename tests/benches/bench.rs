@@ -36,7 +36,7 @@ use crate::env::Env;
 async fn main() -> Result<()> {
     let args = Args::parse();
     let plan = Plan::new(&args);
-    let telemetry = tracing_cost::install(args.telemetry).await?;
+    let telemetry = tracing_cost::install(args.telemetry, args.otlp_endpoint.clone()).await?;
     let started = Instant::now();
     eprintln!(
         "bus-bench: starting {} nats-server node(s) ({})",

@@ -17,6 +17,10 @@ pub struct HeaderInjector<'a>(pub &'a mut HeaderMap);
 
 impl Injector for HeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
+        // An empty `tracestate` is no header at all, as on events.
+        if value.is_empty() {
+            return;
+        }
         if let (Ok(k), Ok(v)) = (HeaderName::from_str(key), HeaderValue::from_str(&value)) {
             self.0.insert(k, v);
         }

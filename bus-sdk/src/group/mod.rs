@@ -133,7 +133,10 @@ impl GroupBuilder {
         self
     }
 
-    /// Handlers running at once in this member (default [`DEFAULT_CONCURRENCY`]).
+    /// Handlers running at once in this member (default [`DEFAULT_CONCURRENCY`]). The
+    /// member also fetches up to `n` deliveries ahead, so that a freed slot starts the next
+    /// at once; those wait for a slot with in-progress acks, so their ack deadline does not
+    /// pass, and are handed back (nak) if the member shuts down first.
     pub fn concurrency(mut self, n: usize) -> Self {
         self.options.concurrency = n;
         self
