@@ -47,6 +47,9 @@ pub(crate) struct Publisher {
     pub(crate) deadline: Duration,
 }
 
+/// An event whose first attempt went to the connection, or why it could not.
+type Sent<'a> = Result<(Prepared<'a>, Result<PublishAckFuture, NatsPublishError>), PublishError>;
+
 /// One event made ready to send: its subject, encoded first attempt and span.
 struct Prepared<'a> {
     event: &'a Event,
@@ -123,23 +126,15 @@ impl Publisher {
         })
     }
 
+    /// Publishes one event: the first attempt inline, retries (rare) boxed, so that the
+    /// future a caller holds per publish stays small.
     pub(crate) async fn publish_event(
         &self,
         event: &Event,
     ) -> Result<PublishReceipt, PublishError> {
-        let mut prepared = self.prepare(event)?;
-        let first = std::mem::take(&mut prepared.first);
-        let result = self
-            .publish_with_retries(
-                tokio::time::Instant::now(),
-                prepared.subject.clone(),
-                Some(first),
-                || prepared.rebuild(),
-                &event.id,
-            )
-            .instrument(prepared.span.clone())
-            .await;
-        prepared.receipt(result)
+        let start = tokio::time::Instant::now();
+        let sent = self.send_first(event).await;
+        self.settle(start, sent).await
     }
 
     /// Publishes `events` with at most `window` awaiting their PubAck; results come back
@@ -161,19 +156,8 @@ impl Publisher {
                 }
             }
             let start = tokio::time::Instant::now();
-            let sent = match self.prepare(event) {
-                Ok(mut prepared) => {
-                    let (headers, payload) = std::mem::take(&mut prepared.first);
-                    let message = PublishMessage::build().payload(payload).headers(headers);
-                    let sent = self
-                        .js
-                        .send_publish(prepared.subject.clone(), message)
-                        .await;
-                    Ok((prepared, sent))
-                }
-                Err(e) => Err(e),
-            };
-            in_flight.push_back(self.settle_windowed(start, sent));
+            let sent = self.send_first(event).await;
+            in_flight.push_back(self.settle(start, sent));
         }
         while let Some(result) = in_flight.next().await {
             results.push(result);
@@ -181,12 +165,24 @@ impl Publisher {
         results
     }
 
-    /// Waits for the PubAck of one event of a batch; if it does not come, retries (rare,
-    /// boxed so that the window's futures stay small) until `start` + the deadline.
-    async fn settle_windowed(
+    /// Prepares `event` and hands its first attempt to the connection (in call order).
+    async fn send_first<'a>(&self, event: &'a Event) -> Sent<'a> {
+        let mut prepared = self.prepare(event)?;
+        let (headers, payload) = std::mem::take(&mut prepared.first);
+        let message = PublishMessage::build().payload(payload).headers(headers);
+        let sent = self
+            .js
+            .send_publish(prepared.subject.clone(), message)
+            .await;
+        Ok((prepared, sent))
+    }
+
+    /// Waits for the PubAck of a sent event; if it does not come, retries (rare, boxed so
+    /// that the futures of a window stay small) until `start` + the deadline.
+    async fn settle(
         &self,
         start: tokio::time::Instant,
-        sent: Result<(Prepared<'_>, Result<PublishAckFuture, NatsPublishError>), PublishError>,
+        sent: Sent<'_>,
     ) -> Result<PublishReceipt, PublishError> {
         let (prepared, sent) = sent?;
         let id = &prepared.event.id;
