@@ -101,41 +101,22 @@ const RESERVED: &[&str] = &[
 /// The headers and payload that carry `event` on NATS.
 pub fn encode(event: &Event) -> Result<(HeaderMap, Bytes), EncodeError> {
     let mut h = HeaderMap::new();
-    put(
-        &mut h,
-        HeaderName::from_static(CE_ID),
-        "id",
-        &event.id,
-        true,
-    )?;
-    put(
-        &mut h,
-        HeaderName::from_static(NATS_MSG_ID),
-        "id",
-        &event.id,
-        true,
-    )?;
-    put(
-        &mut h,
-        HeaderName::from_static(CE_SOURCE),
-        "source",
-        &event.source,
-        true,
-    )?;
-    put(
-        &mut h,
-        HeaderName::from_static(CE_TYPE),
-        "type",
-        event.event_type.as_str(),
-        true,
-    )?;
-    put(
-        &mut h,
-        HeaderName::from_static(CE_SPECVERSION),
-        "specversion",
-        SPEC_VERSION,
-        true,
-    )?;
+    let required = [
+        (CE_ID, "id", event.id.as_str()),
+        (NATS_MSG_ID, "id", event.id.as_str()),
+        (CE_SOURCE, "source", event.source.as_str()),
+        (CE_TYPE, "type", event.event_type.as_str()),
+        (CE_SPECVERSION, "specversion", SPEC_VERSION),
+    ];
+    for (header, attribute, value) in required {
+        put(
+            &mut h,
+            HeaderName::from_static(header),
+            attribute,
+            value,
+            true,
+        )?;
+    }
     if let Some(t) = event.time {
         let s = t.format(&Rfc3339).map_err(|_| EncodeError::InvalidValue {
             attribute: "time".into(),

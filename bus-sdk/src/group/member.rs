@@ -79,6 +79,9 @@ fn is_transient(e: &ConsumerError) -> bool {
 
 pub(crate) async fn run(shared: Arc<Shared>, cancel: CancellationToken, tracker: TaskTracker) {
     let group = shared.options.name.clone();
+    // One set of slots for the member's life: handlers still running from before a
+    // re-open keep theirs.
+    let slots = Arc::new(Semaphore::new(shared.options.concurrency));
     let mut failures = 0u32;
     'connect: while !cancel.is_cancelled() {
         let puller = match open(&shared).await {
@@ -92,7 +95,7 @@ pub(crate) async fn run(shared: Arc<Shared>, cancel: CancellationToken, tracker:
                 }
             }
         };
-        let mut fetch = Fetch::new(&shared, puller);
+        let mut fetch = Fetch::new(&shared, puller, slots.clone());
         loop {
             fetch.start_buffered(&shared, &tracker);
             if let Err(e) = fetch.top_up().await {
@@ -162,7 +165,7 @@ struct Fetch {
 }
 
 impl Fetch {
-    fn new(shared: &Shared, puller: Puller) -> Self {
+    fn new(shared: &Shared, puller: Puller, slots: Arc<Semaphore>) -> Self {
         let concurrency = shared.options.concurrency;
         let capacity = concurrency * 2;
         let ack_wait = shared.options.ack_wait;
@@ -172,7 +175,7 @@ impl Fetch {
         progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Self {
             puller,
-            slots: Arc::new(Semaphore::new(concurrency)),
+            slots,
             concurrency,
             capacity,
             top_up_at: (capacity / 2).max(1),

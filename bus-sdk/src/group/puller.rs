@@ -159,15 +159,23 @@ impl Puller {
                         self.outstanding = 0;
                         return Err(PullError::ConsumerDeleted);
                     }
-                    // The rest of the pull that ended; without the header (a rejected
-                    // pull), assume every pull is gone and ask again.
+                    // The rest of the pull that ended (its expiry, a leadership change).
                     let rest = message
                         .headers
                         .as_ref()
                         .and_then(|h| h.get("Nats-Pending-Messages"))
-                        .and_then(|v| v.as_str().parse::<usize>().ok())
-                        .unwrap_or(self.outstanding)
-                        .min(self.outstanding);
+                        .and_then(|v| v.as_str().parse::<usize>().ok());
+                    let Some(rest) = rest else {
+                        // A pull refused outright (e.g. "Exceeded MaxWaiting"): asking again
+                        // at once would be refused again, so the member backs off and
+                        // re-opens.
+                        self.outstanding = 0;
+                        return Err(PullError::Unexpected(format!(
+                            "pull refused: {}",
+                            message.description.unwrap_or_default()
+                        )));
+                    };
+                    let rest = rest.min(self.outstanding);
                     self.outstanding -= rest;
                     tracing::trace!(rest, description = ?message.description, "pull ended");
                     return Ok(None);
