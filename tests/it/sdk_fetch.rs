@@ -1,5 +1,6 @@
-//! How a member fetches: its pulls never go quiet on a backlog, and deliveries it fetched
-//! ahead of its handler slots are not redelivered while they wait.
+//! How a member fetches: its pulls never go quiet on a backlog, deliveries it fetched
+//! ahead of its handler slots are not redelivered while they wait, and pulls a restarted
+//! server forgot are asked for again.
 //!
 //! async-nats' `messages()` stream lost count of its pulls under load and then sat on a
 //! backlog for `expires` + 5 s (bus-sdk re-opened it after two missed heartbeats, 8 s).
@@ -119,5 +120,37 @@ async fn given_slow_handlers_when_fetched_deliveries_wait_past_the_ack_deadline_
         attempts.iter().all(|(_, attempt)| *attempt == 1),
         "a fetched delivery was redelivered while it waited: {attempts:?}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_waiting_member_when_its_server_is_killed_and_restarted_should_ask_again_and_handle_new_events()
+-> anyhow::Result<()> {
+    const EVENTS: u64 = 50;
+    let mut cluster = NatsCluster::start(1).await?;
+    let bus = bus_for(&cluster).await?;
+    let recorder = Recorder::default();
+    let member = recording_member(&bus, "survivor", &recorder, 0).await?;
+    bus.publish(&order(0)).await?;
+    wait_until("the first event handled", Duration::from_secs(30), || {
+        recorder.distinct() >= 1
+    })
+    .await?;
+    // The member's pulls now wait on the server; a restart forgets them, and no heartbeat
+    // or 408 will ever say so: the member must notice the silence and ask again.
+    cluster.kill(0)?;
+    cluster.restart(0).await?;
+    for n in 1..=EVENTS {
+        // Retried by the SDK until the restarted server's stream is back.
+        bus.publish(&order(n)).await?;
+    }
+    wait_until(
+        "every event published after the restart handled",
+        Duration::from_secs(60),
+        || recorder.distinct() as u64 > EVENTS,
+    )
+    .await?;
+    member.shutdown().await;
+    assert_eq!(recorder.distinct() as u64, EVENTS + 1);
     Ok(())
 }
