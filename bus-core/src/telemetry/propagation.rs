@@ -1,11 +1,13 @@
 //! W3C trace context (`traceparent`, `tracestate`) in NATS headers and in the event's
-//! own attributes, through the globally installed propagator.
+//! own attributes: read through the globally installed propagator (W3C, installed by
+//! `init`), written into headers directly on the publish path.
 
 use async_nats::HeaderMap;
 use async_nats::header::{HeaderName, HeaderValue};
 use opentelemetry::Context;
 use opentelemetry::global;
 use opentelemetry::propagation::{Extractor, Injector};
+use opentelemetry::trace::{SpanContext, TraceContextExt, TraceFlags};
 use std::str::FromStr;
 
 use crate::event::Event;
@@ -73,9 +75,49 @@ impl Extractor for Pair<'_> {
     }
 }
 
-/// Writes `cx` into NATS headers as `traceparent`/`tracestate`.
+/// Writes `cx` into NATS headers as W3C `traceparent`/`tracestate` (the bus installs
+/// the W3C propagator; this runs once per traced publish, so it writes the header itself
+/// instead of going through the global propagator and its formatting).
 pub fn inject_into_headers(cx: &Context, headers: &mut HeaderMap) {
-    global::get_text_map_propagator(|p| p.inject_context(cx, &mut HeaderInjector(headers)));
+    let span = cx.span();
+    let sc = span.span_context();
+    if !sc.is_valid() {
+        return;
+    }
+    headers.insert(
+        HeaderName::from_static(TRACEPARENT),
+        HeaderValue::from(traceparent(sc)),
+    );
+    let state = sc.trace_state().header();
+    if !state.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&state)
+    {
+        headers.insert(HeaderName::from_static(TRACESTATE), v);
+    }
+}
+
+/// `00-<trace id>-<span id>-<flags>`, as `TraceContextPropagator` writes it (only the
+/// sampled flag is propagated).
+fn traceparent(sc: &SpanContext) -> String {
+    let mut out = String::with_capacity(55);
+    out.push_str("00-");
+    push_hex(&mut out, &sc.trace_id().to_bytes());
+    out.push('-');
+    push_hex(&mut out, &sc.span_id().to_bytes());
+    out.push('-');
+    push_hex(
+        &mut out,
+        &[(sc.trace_flags() & TraceFlags::SAMPLED).to_u8()],
+    );
+    out
+}
+
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0x0f)]));
+    }
 }
 
 /// Sets the event's `traceparent`/`tracestate` to `cx` (they travel as headers).
@@ -101,4 +143,44 @@ pub fn extract_with(traceparent: Option<&str>, tracestate: Option<&str>) -> Cont
         tracestate,
     };
     global::get_text_map_propagator(|p| p.extract(&pair))
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::propagation::TextMapPropagator;
+    use opentelemetry::trace::{SpanId, TraceId, TraceState};
+    use opentelemetry_sdk::propagation::TraceContextPropagator;
+
+    use super::*;
+
+    fn written_by_propagator(cx: &Context) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        TraceContextPropagator::new().inject_context(cx, &mut HeaderInjector(&mut h));
+        h
+    }
+
+    #[test]
+    fn headers_match_what_the_w3c_propagator_writes() {
+        let state = TraceState::from_key_value([("congo", "t61rcWkgMzE")]).ok();
+        for (flags, state) in [
+            (TraceFlags::SAMPLED, TraceState::default()),
+            (TraceFlags::default(), TraceState::default()),
+            (TraceFlags::SAMPLED, state.unwrap_or_default()),
+        ] {
+            let sc = SpanContext::new(
+                TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").unwrap_or(TraceId::INVALID),
+                SpanId::from_hex("b7ad6b7169203331").unwrap_or(SpanId::INVALID),
+                flags,
+                true,
+                state,
+            );
+            let cx = Context::new().with_remote_span_context(sc);
+            let mut ours = HeaderMap::new();
+            inject_into_headers(&cx, &mut ours);
+            assert_eq!(ours, written_by_propagator(&cx));
+        }
+        let mut none = HeaderMap::new();
+        inject_into_headers(&Context::new(), &mut none);
+        assert!(none.is_empty(), "no span context, no headers");
+    }
 }
