@@ -101,7 +101,7 @@ pub(crate) async fn run(shared: Arc<Shared>, cancel: CancellationToken, tracker:
             if let Err(e) = fetch.top_up().await {
                 tracing::warn!(%group, error = %e, "pull request failed; re-opening the consumer");
                 failures += 1;
-                fetch.puller.close().await;
+                fetch.hand_back().await;
                 tokio::select! {
                     _ = cancel.cancelled() => break 'connect,
                     _ = tokio::time::sleep(backoff_delay(failures)) => continue 'connect,
@@ -150,7 +150,7 @@ pub(crate) async fn run(shared: Arc<Shared>, cancel: CancellationToken, tracker:
 /// requested or prefetched, so a slot that frees starts the next delivery at once instead
 /// of after a round trip to the server. Prefetched deliveries wait in `buffer` (bounded
 /// by the same count; a delivery of a pull given up for lost can add at most one pull's
-/// worth) and are kept alive with in-progress acks past half the ack deadline.
+/// worth) and get an in-progress ack within every half ack deadline while they wait.
 struct Fetch {
     puller: Puller,
     slots: Arc<Semaphore>,
