@@ -89,23 +89,17 @@ pub(crate) async fn run(shared: Arc<Shared>, cancel: CancellationToken, tracker:
             Err(e) => {
                 tracing::warn!(%group, error = %e, "cannot open the group's consumer; retrying");
                 failures += 1;
-                tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    _ = tokio::time::sleep(backoff_delay(failures)) => continue,
+                if back_off(&cancel, failures).await {
+                    continue;
                 }
+                break;
             }
         };
         let mut fetch = Fetch::new(&shared, puller, slots.clone());
-        loop {
+        let failed = loop {
             fetch.start_buffered(&shared, &tracker);
             if let Err(e) = fetch.top_up().await {
-                tracing::warn!(%group, error = %e, "pull request failed; re-opening the consumer");
-                failures += 1;
-                fetch.hand_back().await;
-                tokio::select! {
-                    _ = cancel.cancelled() => break 'connect,
-                    _ = tokio::time::sleep(backoff_delay(failures)) => continue 'connect,
-                }
+                break e;
             }
             let waiting = !fetch.buffer.is_empty();
             tokio::select! {
@@ -128,17 +122,15 @@ pub(crate) async fn run(shared: Arc<Shared>, cancel: CancellationToken, tracker:
                     Err(PullError::Silent(after)) => {
                         tracing::debug!(%group, ?after, "pulls went silent; asking again");
                     }
-                    Err(e) => {
-                        tracing::warn!(%group, error = %e, "pull failed; re-opening the consumer");
-                        failures += 1;
-                        fetch.hand_back().await;
-                        tokio::select! {
-                            _ = cancel.cancelled() => break 'connect,
-                            _ = tokio::time::sleep(backoff_delay(failures)) => continue 'connect,
-                        }
-                    }
+                    Err(e) => break e,
                 },
             }
+        };
+        tracing::warn!(%group, error = %failed, "pull failed; re-opening the consumer");
+        failures += 1;
+        fetch.hand_back().await;
+        if !back_off(&cancel, failures).await {
+            break;
         }
     }
     tracing::debug!(%group, "member stopped fetching");
@@ -242,6 +234,14 @@ impl Fetch {
                 tracing::debug!(error = %e, "nak of a prefetched delivery failed");
             }
         }
+    }
+}
+
+/// Waits before the next attempt to open; false if the member was stopped meanwhile.
+async fn back_off(cancel: &CancellationToken, failures: u32) -> bool {
+    tokio::select! {
+        _ = cancel.cancelled() => false,
+        _ = tokio::time::sleep(backoff_delay(failures)) => true,
     }
 }
 
