@@ -13,7 +13,6 @@ use futures::StreamExt;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::Instrument;
 
 use crate::bus::Bus;
 use crate::error::SubscribeError;
@@ -294,29 +293,36 @@ impl Subscription {
             headers: std::sync::Arc::new(headers.unwrap_or_default()),
             group: None,
         };
-        let (span, unsampled) = if telemetry::is_enabled() {
+        let (mut span, hop) = if telemetry::is_enabled() {
             let producer = telemetry::context_from_event(&meta.event);
             match telemetry::skip(&producer) {
-                Some(cx) => (tracing::Span::none(), Some(cx)),
-                None => (
-                    telemetry::process_span(
+                Some(cx) => (telemetry::HopSpan::none(), Some(cx)),
+                None => {
+                    let span = telemetry::HopSpan::process(
                         message.subject.as_str(),
                         None,
                         &meta.event.id,
                         1,
                         &producer,
-                    ),
-                    None,
-                ),
+                    );
+                    let hop = span.context();
+                    (span, hop)
+                }
             }
         } else {
-            (tracing::Span::none(), None)
+            (telemetry::HopSpan::none(), None)
         };
-        let work = handler(meta).instrument(span);
-        let outcome = match unsampled {
-            Some(cx) => telemetry::within_unsampled(cx, work).await,
+        let work = handler(meta);
+        let outcome = match hop {
+            Some(cx) => telemetry::within_hop(cx, work).await,
             None => work.await,
         };
+        match &outcome {
+            Outcome::Handled => {}
+            Outcome::Failed(_) => span.record_error("handler_error"),
+            Outcome::Undecodable(_) => span.record_error("undecodable"),
+        }
+        drop(span);
         match outcome {
             Outcome::Handled => {}
             Outcome::Failed(e) => tracing::warn!(seq, error = %e, "broadcast handler failed"),

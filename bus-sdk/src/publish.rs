@@ -15,9 +15,8 @@ use bus_core::telemetry;
 use bus_core::{Event, Subjects, binary_mode};
 use bytes::Bytes;
 use futures::StreamExt;
-use opentelemetry::trace::TraceContextExt;
-use tracing::Instrument;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
+use opentelemetry::Context;
+use opentelemetry::trace::{SpanContext, TraceContextExt};
 
 use crate::error::{PublishError, PublishErrorKind};
 
@@ -54,10 +53,10 @@ type Sent<'a> = Result<(Prepared<'a>, Result<PublishAckFuture, NatsPublishError>
 struct Prepared<'a> {
     event: &'a Event,
     /// This hop's trace context, written over the event's own when telemetry is on.
-    trace: Option<opentelemetry::Context>,
+    trace: Option<SpanContext>,
     subject: String,
     first: (HeaderMap, Bytes),
-    span: tracing::Span,
+    span: telemetry::HopSpan,
 }
 
 impl Prepared<'_> {
@@ -67,17 +66,18 @@ impl Prepared<'_> {
     }
 
     fn receipt(
-        self,
+        mut self,
         result: Result<PublishAck, PublishError>,
     ) -> Result<PublishReceipt, PublishError> {
         let ack = match result {
             Ok(ack) => ack,
             Err(e) => {
-                telemetry::record_error(&self.span, &format!("{:?}", e.kind()));
+                self.span.record_error(&format!("{:?}", e.kind()));
                 return Err(e);
             }
         };
-        telemetry::record_publish_ack(&self.span, &ack.stream, ack.sequence, ack.duplicate);
+        self.span
+            .record_ack(&ack.stream, ack.sequence, ack.duplicate);
         Ok(PublishReceipt {
             id: self.event.id.clone(),
             event_type: self.event.event_type.to_string(),
@@ -93,26 +93,32 @@ impl Publisher {
     /// context and encodes the first attempt.
     fn prepare<'a>(&self, event: &'a Event) -> Result<Prepared<'a>, PublishError> {
         let subject = self.subjects.event(&event.event_type);
-        let mut span = tracing::Span::none();
+        let mut span = telemetry::HopSpan::none();
         let mut trace = None;
         if telemetry::is_enabled() {
-            // Parent: the current span (an HTTP request, a handler); else an unsampled
-            // hop's context; else the context the event already carries; else none.
-            let current = tracing::Span::current().context();
-            let parent = if current.span().span_context().is_valid() {
-                current
-            } else if let Some(cx) = telemetry::current_unsampled() {
-                cx
-            } else {
-                telemetry::context_from_event(event)
+            // Parent: the hop this runs in (an HTTP request, a handler; recorded or
+            // not); else the current OpenTelemetry context (a service's own span); else
+            // the context the event already carries; else none.
+            let parent = match telemetry::current_hop() {
+                Some(hop) => hop,
+                None => {
+                    let current = Context::current();
+                    if current.span().span_context().is_valid() {
+                        current
+                    } else {
+                        telemetry::context_from_event(event)
+                    }
+                }
             };
             trace = Some(match telemetry::skip(&parent) {
                 // Not recorded: no span, but the event says so to every later hop.
-                Some(unsampled) => unsampled,
+                Some(unsampled) => unsampled.span().span_context().clone(),
                 None => {
-                    span = telemetry::publish_span(&subject, &event.id, event.data.len());
-                    let _ = span.set_parent(parent);
-                    span.context()
+                    span = telemetry::HopSpan::publish(&subject, &event.id, &parent);
+                    match span.span_context() {
+                        Some(sc) => sc.clone(),
+                        None => parent.span().span_context().clone(),
+                    }
                 }
             });
         }
@@ -204,7 +210,7 @@ impl Publisher {
                     || prepared.rebuild(),
                     id,
                 );
-                Box::pin(retries.instrument(prepared.span.clone())).await
+                Box::pin(retries).await
             }
         };
         prepared.receipt(result)
@@ -282,23 +288,20 @@ impl Publisher {
 
 /// The event's headers and payload, with `trace` as its trace context if given (the
 /// event itself is not copied to change it).
-fn encode(
-    event: &Event,
-    trace: Option<&opentelemetry::Context>,
-) -> Result<(HeaderMap, Bytes), PublishError> {
+fn encode(event: &Event, trace: Option<&SpanContext>) -> Result<(HeaderMap, Bytes), PublishError> {
     let encoded =
         |e: &Event| binary_mode::encode(e).map_err(|err| PublishError::from_encode(&event.id, err));
-    let Some(cx) = trace else {
+    let Some(sc) = trace else {
         return encoded(event);
     };
-    if event.tracestate.is_some() && cx.span().span_context().trace_state().header().is_empty() {
+    if event.tracestate.is_some() && sc.trace_state().header().is_empty() {
         // The event's own `tracestate` must go, and headers cannot lose one: copy (rare).
         let mut copy = event.clone();
-        telemetry::inject_into_event(cx, &mut copy);
+        telemetry::inject_into_event(sc, &mut copy);
         return encoded(&copy);
     }
     let (mut headers, payload) = encoded(event)?;
-    telemetry::inject_into_headers(cx, &mut headers);
+    telemetry::inject_into_headers(sc, &mut headers);
     Ok((headers, payload))
 }
 

@@ -35,6 +35,9 @@ use crate::env::Env;
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    if args.serve_otlp {
+        return tracing_cost::serve_receiver().await;
+    }
     let plan = Plan::new(&args);
     let telemetry = tracing_cost::install(args.telemetry, args.otlp_endpoint.clone()).await?;
     let started = Instant::now();

@@ -57,11 +57,16 @@ pub struct Args {
     /// Telemetry of this process (the tracing workload sets it for its child runs).
     #[arg(long, value_enum, default_value = "none")]
     pub telemetry: crate::tracing_cost::TelemetryMode,
-    /// OTLP/gRPC endpoint to export to; without it, a receiver starts in this process
-    /// (the tracing workload runs one in the parent and passes it to its children, so
-    /// that decoding the spans is not counted as the bus's cost).
+    /// OTLP/HTTP endpoint (base URL) to export to; without it, a receiver starts in this
+    /// process (the tracing workload runs one in the parent and passes it to its children,
+    /// so that receiving the spans is not counted as the bus's cost).
     #[arg(long)]
     pub otlp_endpoint: Option<String>,
+    /// Run no benchmark: serve a span-counting OTLP receiver, print its endpoints, and on
+    /// Ctrl-C print how many spans it received (for profiling a `--telemetry always` run
+    /// with its collector in another process).
+    #[arg(long)]
+    pub serve_otlp: bool,
 }
 
 fn parse_cluster(s: &str) -> Result<usize, String> {

@@ -6,9 +6,10 @@
 //!
 //! Modes: `none` (no telemetry installed), `sampler-off` (exporter installed, sampler
 //! `always_off`: no span is built), `ratio` (parent-based 10 % sampling), `always` (every
-//! span exported over OTLP/gRPC). The receiver runs in the parent process, as a collector
-//! would run outside the service: its decoding is not the bus's cost, though it shares
-//! the machine's two cores with the measured process and the servers.
+//! span exported over OTLP/HTTP, the bus's default protocol). The receiver runs in the
+//! parent process, as a collector would run outside the service, and only counts the spans
+//! (reading lengths, not decoding): it shares the machine's two cores with the measured
+//! process and the servers, and should take as little of them as a receiver can.
 
 use anyhow::{Context as _, Result};
 use clap::ValueEnum;
@@ -68,11 +69,11 @@ pub async fn install(mode: TelemetryMode, endpoint: Option<String>) -> Result<In
     }
     let receiver = match endpoint {
         Some(_) => None,
-        None => Some(bus_tests::OtlpReceiver::start().await?),
+        None => Some(bus_tests::OtlpReceiver::start_counting().await?),
     };
     let endpoint = match (endpoint, &receiver) {
         (Some(e), _) => e,
-        (None, Some(r)) => r.grpc_endpoint(),
+        (None, Some(r)) => r.http_endpoint(),
         (None, None) => anyhow::bail!("no OTLP endpoint"),
     };
     let sampler = match mode {
@@ -84,7 +85,7 @@ pub async fn install(mode: TelemetryMode, endpoint: Option<String>) -> Result<In
         service_name: "bus-bench".into(),
         export: Some(OtlpExport {
             endpoint: Some(endpoint),
-            protocol: OtlpProtocol::Grpc,
+            protocol: OtlpProtocol::HttpProtobuf,
             batch_delay: None,
         }),
         sampler,
@@ -102,12 +103,13 @@ pub async fn run(args: &Args) -> Result<String> {
     let exe = std::env::current_exe().context("finding bus-bench itself")?;
     let dir = tempfile::tempdir()?;
     // Outside the measured processes, as a collector would be.
-    let receiver = bus_tests::OtlpReceiver::start().await?;
+    let receiver = bus_tests::OtlpReceiver::start_counting().await?;
     let mut out = String::from(
         "\n## Tracing cost (workload 4)\n\nEach mode in its own process; compare each mode's \
          bus/raw ratios with those of `none`. Targets: always-on costs at most 10 % of \
          throughput, sampler off at most 2 %.\n",
     );
+    let mut ratios = Vec::new();
     for mode in [
         TelemetryMode::None,
         TelemetryMode::SamplerOff,
@@ -120,7 +122,7 @@ pub async fn run(args: &Args) -> Result<String> {
             .args(["--telemetry", mode.flag()])
             .args(["--workloads", "publish,e2e"])
             .args(["--only", TRACED_ROWS])
-            .args(["--otlp-endpoint", &receiver.grpc_endpoint()])
+            .args(["--otlp-endpoint", &receiver.http_endpoint()])
             .arg("--out")
             .arg(&report)
             .stdout(std::process::Stdio::null());
@@ -131,6 +133,7 @@ pub async fn run(args: &Args) -> Result<String> {
             cmd.args(["--rounds", &r.to_string()]);
         }
         eprintln!("bus-bench: tracing mode {}", mode.flag());
+        let before = receiver.span_count();
         let status = cmd
             .status()
             .await
@@ -141,12 +144,107 @@ pub async fn run(args: &Args) -> Result<String> {
             mode.flag()
         );
         let text = std::fs::read_to_string(&report)?;
-        out.push_str(&format!("\n### Telemetry: {}\n\n", mode.flag()));
+        out.push_str(&format!(
+            "\n### Telemetry: {}\n\nSpans received by the collector: {}.\n\n",
+            mode.flag(),
+            receiver.span_count() - before
+        ));
         // The child's table, without its own title and targets.
         for line in text.lines().filter(|l| l.starts_with('|')) {
             out.push_str(line);
             out.push('\n');
         }
+        ratios.push((mode, ROWS.map(|row| throughput_ratio(&text, row))));
     }
+    out.push_str(&cost_table(&ratios));
     Ok(out)
+}
+
+/// The throughput rows whose cost is summed up: windowed, then one at a time.
+const ROWS: [&str; 2] = ["publish, 256 in flight", "publish, wait for each PubAck"];
+
+/// The bus/raw throughput ratio of `row` in a child's report.
+fn throughput_ratio(report: &str, row: &str) -> Option<f64> {
+    let prefix = format!("| {row} | **bus/raw** | **");
+    let line = report.lines().find(|l| l.starts_with(&prefix))?;
+    line[prefix.len()..].split('×').next()?.parse().ok()
+}
+
+/// Each mode's cost: one minus its bus/raw throughput ratio over that of `none`.
+fn cost_table(ratios: &[(TelemetryMode, [Option<f64>; 2])]) -> String {
+    let none = ratios
+        .iter()
+        .find(|(m, _)| *m == TelemetryMode::None)
+        .map(|(_, r)| *r)
+        .unwrap_or([None, None]);
+    let mut out = String::from(
+        "\n### Cost of each mode\n\nOne minus the mode's bus/raw throughput ratio over that of \
+         `none` (targets: sampler off ≤ 2 %, always on ≤ 10 %).\n\n\
+         | telemetry | windowed publish bus/raw | cost | one at a time bus/raw | cost |\n\
+         |---|--:|--:|--:|--:|\n",
+    );
+    for (mode, r) in ratios {
+        out.push_str(&format!("| {} |", mode.flag()));
+        for (ratio, base) in r.iter().zip(none) {
+            match (ratio, base) {
+                (Some(x), Some(b)) if *mode != TelemetryMode::None => {
+                    out.push_str(&format!(" {x:.2}× | {:.0} % |", (1.0 - x / b) * 100.0))
+                }
+                (Some(x), _) => out.push_str(&format!(" {x:.2}× | — |")),
+                _ => out.push_str(" — | — |"),
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// `--serve-otlp`: a span-counting receiver until Ctrl-C.
+pub async fn serve_receiver() -> Result<()> {
+    let receiver = bus_tests::OtlpReceiver::start_counting().await?;
+    println!("grpc {}", receiver.grpc_endpoint());
+    println!("http {}", receiver.http_endpoint());
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    println!("spans {}", receiver.span_count());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn costs_are_read_from_the_ratio_rows_against_none() {
+        let report = |w: &str, s: &str| {
+            format!(
+                "| publish, wait for each PubAck | **bus/raw** | **{s}×** | 1.00× |\n\
+                 | publish, 256 in flight | bus | 45739 | — |\n\
+                 | publish, 256 in flight | **bus/raw** | **{w}×** | — |\n"
+            )
+        };
+        let none = report("0.90", "1.00");
+        let always = report("0.81", "0.95");
+        assert_eq!(throughput_ratio(&none, ROWS[0]), Some(0.90));
+        assert_eq!(throughput_ratio(&always, ROWS[1]), Some(0.95));
+        let table = cost_table(&[
+            (
+                TelemetryMode::None,
+                ROWS.map(|r| throughput_ratio(&none, r)),
+            ),
+            (
+                TelemetryMode::Always,
+                ROWS.map(|r| throughput_ratio(&always, r)),
+            ),
+        ]);
+        assert!(
+            table.contains("| none | 0.90× | — | 1.00× | — |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| always | 0.81× | 10 % | 0.95× | 5 % |"),
+            "{table}"
+        );
+    }
 }

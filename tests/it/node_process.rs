@@ -61,6 +61,42 @@ fn given_bad_config_should_exit_64_naming_the_key_before_binding_any_port() -> a
 }
 
 #[test]
+fn given_bad_otel_variables_should_exit_64_naming_the_variable_before_binding_any_port()
+-> anyhow::Result<()> {
+    let held = TcpListener::bind("127.0.0.1:0")?;
+    let listen = held.local_addr()?.to_string();
+    let cases = [
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "soon"),
+        ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "0"),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "api-key"),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "api-key=%zz"),
+        ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ("OTEL_TRACES_SAMPLER_ARG", "2"),
+    ];
+    for (key, value) in cases {
+        let mut env = vec![
+            ("BUS__HTTP__LISTEN", listen.as_str()),
+            ("BUS__AUTH__ENABLED", "false"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318"),
+            (key, value),
+        ];
+        if key == "OTEL_TRACES_SAMPLER_ARG" {
+            env.push(("OTEL_TRACES_SAMPLER", "traceidratio"));
+        }
+        let out = bus_node(&env, &["serve"])?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{key}={value}: {stderr}");
+        assert!(
+            stderr.contains(key),
+            "{key}={value} should be named: {stderr}"
+        );
+    }
+    drop(held);
+    Ok(())
+}
+
+#[test]
 fn given_a_config_file_check_config_should_print_the_effective_config_with_secrets_redacted()
 -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;

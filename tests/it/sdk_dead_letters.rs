@@ -15,12 +15,23 @@ async fn dead_letters(
     n: usize,
 ) -> anyhow::Result<Vec<DeadLetter>> {
     let subject = bus.subjects().dead_letter(group);
-    let stream = bus
-        .jetstream()
-        .get_stream(&bus.config().streams.dlq_name)
-        .await?;
     let start = Instant::now();
     loop {
+        // On a cluster that has just started, the stream's info request can time out while
+        // its leader is elected: ask again until the deadline, as for the messages.
+        let stream = match bus
+            .jetstream()
+            .get_stream(&bus.config().streams.dlq_name)
+            .await
+        {
+            Ok(s) => s,
+            Err(e) if start.elapsed() < Duration::from_secs(30) => {
+                eprintln!("dead-letter stream not readable yet: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         let mut letters = Vec::new();
         let mut seq = 1;
         while let Ok(m) = stream.get_raw_message(seq).await {

@@ -344,3 +344,46 @@ async fn given_a_ratio_sampler_each_flow_should_be_recorded_whole_or_not_at_all(
     telemetry.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_service_span_in_the_current_context_a_publish_should_be_its_child()
+-> anyhow::Result<()> {
+    use opentelemetry::context::FutureExt as _;
+    use opentelemetry::trace::{Span as _, TraceContextExt as _, Tracer as _};
+
+    let receiver = OtlpReceiver::start().await?;
+    let telemetry = telemetry::init_with(settings(receiver.http_endpoint()))?;
+    let cluster = NatsCluster::start(1).await?;
+    let bus = bus_for(&cluster).await?;
+
+    // A service's own span, made with the OpenTelemetry API and current while it publishes.
+    let checkout = opentelemetry::global::tracer("checkout").start("checkout");
+    let parent = checkout.span_context().clone();
+    let cx = opentelemetry::Context::current_with_span(checkout);
+    bus.publish(&crate::support::order(1))
+        .with_context(cx.clone())
+        .await?;
+    // Outside that context, a publish starts a trace of its own.
+    bus.publish(&crate::support::order(2)).await?;
+    cx.span().end();
+    telemetry.flush().await;
+
+    let spans = receiver
+        .wait_for("both publish spans", Duration::from_secs(30), |s| {
+            s.iter().filter(|s| s.kind == SpanKind::Producer).count() >= 2
+        })
+        .await?;
+    let publishes: Vec<&ReceivedSpan> = spans
+        .iter()
+        .filter(|s| s.kind == SpanKind::Producer)
+        .collect();
+    let [inside, outside] = publishes.as_slice() else {
+        anyhow::bail!("expected two publish spans: {spans:#?}");
+    };
+    assert_eq!(inside.trace_id, parent.trace_id().to_string());
+    assert_eq!(inside.parent_span_id, parent.span_id().to_string());
+    assert_ne!(outside.trace_id, inside.trace_id);
+    assert_eq!(outside.parent_span_id, "", "a root span");
+    telemetry.shutdown().await;
+    Ok(())
+}

@@ -1,7 +1,9 @@
 //! An OTLP trace receiver for tests: a real OTLP/gRPC endpoint and a real OTLP/HTTP
-//! (protobuf) endpoint on loopback that decode what exporters send and keep the spans.
+//! (protobuf) endpoint on loopback that decode what exporters send and keep the spans
+//! (or, for benchmarks, only count them).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -86,12 +88,21 @@ impl ReceivedSpan {
 
 type Store = Arc<Mutex<Vec<ReceivedSpan>>>;
 
+/// Where received spans go: every span into `spans` (tests), or only `count` (benchmarks,
+/// which export millions of spans and must not measure the receiver's memory).
+#[derive(Debug, Clone, Default)]
+struct Sink {
+    spans: Store,
+    keep: bool,
+    count: Arc<AtomicU64>,
+}
+
 /// A running receiver; stops when dropped.
 #[derive(Debug)]
 pub struct OtlpReceiver {
     grpc_port: u16,
     http_port: u16,
-    spans: Store,
+    sink: Sink,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -99,7 +110,20 @@ impl OtlpReceiver {
     /// Starts both endpoints on ephemeral loopback ports (bound before they are known,
     /// so nothing can take them in between).
     pub async fn start() -> Result<Self, HarnessError> {
-        let spans: Store = Arc::default();
+        Self::start_with(Sink {
+            keep: true,
+            ..Sink::default()
+        })
+        .await
+    }
+
+    /// Starts a receiver that decodes what it is sent and counts the spans, keeping none
+    /// ([`OtlpReceiver::spans`] stays empty; see [`OtlpReceiver::span_count`]).
+    pub async fn start_counting() -> Result<Self, HarnessError> {
+        Self::start_with(Sink::default()).await
+    }
+
+    async fn start_with(sink: Sink) -> Result<Self, HarnessError> {
         let grpc = TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(|e| HarnessError::io("binding the OTLP/gRPC receiver", e))?;
@@ -110,9 +134,7 @@ impl OtlpReceiver {
         let grpc_port = port(&grpc).map_err(|e| HarnessError::io("reading the gRPC port", e))?;
         let http_port = port(&http).map_err(|e| HarnessError::io("reading the HTTP port", e))?;
 
-        let service = TraceServiceServer::new(Collector {
-            spans: spans.clone(),
-        });
+        let service = TraceServiceServer::new(Collector { sink: sink.clone() });
         let grpc_task = tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
                 .add_service(service)
@@ -124,7 +146,7 @@ impl OtlpReceiver {
         });
         let router = axum::Router::new()
             .route("/v1/traces", axum::routing::post(http_export))
-            .with_state(spans.clone());
+            .with_state(sink.clone());
         let http_task = tokio::spawn(async move {
             if let Err(e) = axum::serve(http, router).await {
                 eprintln!("OTLP/HTTP receiver stopped: {e}");
@@ -133,7 +155,7 @@ impl OtlpReceiver {
         Ok(Self {
             grpc_port,
             http_port,
-            spans,
+            sink,
             tasks: vec![grpc_task, http_task],
         })
     }
@@ -150,7 +172,16 @@ impl OtlpReceiver {
 
     /// Every span received so far, in arrival order.
     pub fn spans(&self) -> Vec<ReceivedSpan> {
-        self.spans.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.sink
+            .spans
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// How many spans arrived so far (kept or not).
+    pub fn span_count(&self) -> u64 {
+        self.sink.count.load(Ordering::Relaxed)
     }
 
     /// Polls until `enough` holds for the spans received so far.
@@ -186,7 +217,7 @@ impl Drop for OtlpReceiver {
 }
 
 struct Collector {
-    spans: Store,
+    sink: Sink,
 }
 
 #[tonic::async_trait]
@@ -195,17 +226,32 @@ impl TraceService for Collector {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        keep(&self.spans, request.into_inner());
+        keep(&self.sink, request.into_inner());
         Ok(tonic::Response::new(ExportTraceServiceResponse {
             partial_success: None,
         }))
     }
 }
 
-async fn http_export(State(spans): State<Store>, body: Bytes) -> impl IntoResponse {
+async fn http_export(State(sink): State<Sink>, body: Bytes) -> impl IntoResponse {
+    if !sink.keep {
+        // A counting receiver reads only the lengths it needs (as cheap as a receiver
+        // can be, for the benchmark that shares its cores).
+        return match count_spans(&body) {
+            Some(n) => {
+                sink.count.fetch_add(n, Ordering::Relaxed);
+                (
+                    StatusCode::OK,
+                    [(header::CONTENT_TYPE, "application/x-protobuf")],
+                )
+                    .into_response()
+            }
+            None => (StatusCode::BAD_REQUEST, "not an ExportTraceServiceRequest").into_response(),
+        };
+    }
     match ExportTraceServiceRequest::decode(body) {
         Ok(request) => {
-            keep(&spans, request);
+            keep(&sink, request);
             let reply = ExportTraceServiceResponse {
                 partial_success: None,
             }
@@ -221,8 +267,18 @@ async fn http_export(State(spans): State<Store>, body: Bytes) -> impl IntoRespon
     }
 }
 
-fn keep(store: &Store, request: ExportTraceServiceRequest) {
-    let mut out = store.lock().unwrap_or_else(|p| p.into_inner());
+fn keep(sink: &Sink, request: ExportTraceServiceRequest) {
+    let received: usize = request
+        .resource_spans
+        .iter()
+        .flat_map(|rs| &rs.scope_spans)
+        .map(|ss| ss.spans.len())
+        .sum();
+    sink.count.fetch_add(received as u64, Ordering::Relaxed);
+    if !sink.keep {
+        return;
+    }
+    let mut out = sink.spans.lock().unwrap_or_else(|p| p.into_inner());
     for rs in request.resource_spans {
         let service = rs
             .resource
@@ -256,6 +312,44 @@ fn keep(store: &Store, request: ExportTraceServiceRequest) {
     }
 }
 
+/// Spans in an encoded `ExportTraceServiceRequest` (`resource_spans` = 1 →
+/// `scope_spans` = 2 → `spans` = 2), reading field keys and lengths only.
+fn count_spans(request: &[u8]) -> Option<u64> {
+    let mut spans = 0;
+    for resource_spans in fields(request, 1)? {
+        for scope_spans in fields(resource_spans, 2)? {
+            spans += fields(scope_spans, 2)?.len() as u64;
+        }
+    }
+    Some(spans)
+}
+
+/// The contents of every length-delimited field `wanted` of a message; `None` if the
+/// bytes are not a well-formed message.
+fn fields(mut message: &[u8], wanted: u64) -> Option<Vec<&[u8]>> {
+    use prost::encoding::decode_varint;
+    let mut found = Vec::new();
+    while !message.is_empty() {
+        let key = decode_varint(&mut message).ok()?;
+        let skip = match key & 7 {
+            0 => {
+                decode_varint(&mut message).ok()?;
+                0
+            }
+            1 => 8,
+            2 => usize::try_from(decode_varint(&mut message).ok()?).ok()?,
+            5 => 4,
+            _ => return None,
+        };
+        let (body, rest) = message.split_at_checked(skip)?;
+        if key & 7 == 2 && key >> 3 == wanted {
+            found.push(body);
+        }
+        message = rest;
+    }
+    Some(found)
+}
+
 fn value_text(kv: &KeyValue) -> String {
     match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
         Some(AnyValue::StringValue(s)) => s.clone(),
@@ -264,5 +358,44 @@ fn value_text(kv: &KeyValue) -> String {
         Some(AnyValue::DoubleValue(d)) => d.to_string(),
         Some(other) => format!("{other:?}"),
         None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+
+    use super::*;
+
+    #[test]
+    fn counting_reads_every_span_of_every_scope_and_resource() {
+        let scope = |n: usize| ScopeSpans {
+            spans: vec![
+                Span {
+                    name: "publish x".into(),
+                    start_time_unix_nano: 1,
+                    ..Span::default()
+                };
+                n
+            ],
+            schema_url: "s".into(),
+            ..ScopeSpans::default()
+        };
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![
+                ResourceSpans {
+                    scope_spans: vec![scope(3), scope(0), scope(2)],
+                    ..ResourceSpans::default()
+                },
+                ResourceSpans {
+                    scope_spans: vec![scope(4)],
+                    schema_url: "r".into(),
+                    ..ResourceSpans::default()
+                },
+            ],
+        };
+        let bytes = request.encode_to_vec();
+        assert_eq!(count_spans(&bytes), Some(9));
+        assert_eq!(count_spans(&bytes[..bytes.len() - 1]), None);
     }
 }

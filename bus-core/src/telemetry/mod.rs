@@ -12,6 +12,8 @@
 //! # Ok(()) }
 //! ```
 
+mod http_export;
+mod otlp_wire;
 mod propagation;
 mod sampling;
 mod setup;
@@ -22,12 +24,9 @@ pub use propagation::{
     HeaderExtractor, HeaderInjector, context_from_event, context_from_headers, extract_with,
     inject_into_event, inject_into_headers,
 };
-pub use sampling::{current_unsampled, skip, within_unsampled};
+pub use sampling::{current_hop, skip, within_hop};
 pub use setup::{
     OtlpExport, OtlpProtocol, SHUTDOWN_DEADLINE, Telemetry, TelemetryError, TelemetrySettings,
     init, init_with, is_enabled,
 };
-pub use spans::{
-    SPAN_TARGET, process_span, publish_span, record_error, record_publish_ack, record_settle,
-    server_span,
-};
+pub use spans::HopSpan;

@@ -78,9 +78,7 @@ impl Extractor for Pair<'_> {
 /// Writes `cx` into NATS headers as W3C `traceparent`/`tracestate` (the bus installs
 /// the W3C propagator; this runs once per traced publish, so it writes the header itself
 /// instead of going through the global propagator and its formatting).
-pub fn inject_into_headers(cx: &Context, headers: &mut HeaderMap) {
-    let span = cx.span();
-    let sc = span.span_context();
+pub fn inject_into_headers(sc: &SpanContext, headers: &mut HeaderMap) {
     if !sc.is_valid() {
         return;
     }
@@ -99,30 +97,31 @@ pub fn inject_into_headers(cx: &Context, headers: &mut HeaderMap) {
 /// `00-<trace id>-<span id>-<flags>`, as `TraceContextPropagator` writes it (only the
 /// sampled flag is propagated).
 fn traceparent(sc: &SpanContext) -> String {
-    let mut out = String::with_capacity(55);
-    out.push_str("00-");
+    let mut out = Vec::with_capacity(55);
+    out.extend_from_slice(b"00-");
     push_hex(&mut out, &sc.trace_id().to_bytes());
-    out.push('-');
+    out.push(b'-');
     push_hex(&mut out, &sc.span_id().to_bytes());
-    out.push('-');
+    out.push(b'-');
     push_hex(
         &mut out,
         &[(sc.trace_flags() & TraceFlags::SAMPLED).to_u8()],
     );
-    out
+    // Hex digits and dashes only: always UTF-8.
+    String::from_utf8(out).unwrap_or_default()
 }
 
-fn push_hex(out: &mut String, bytes: &[u8]) {
+fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     for b in bytes {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 0x0f)]));
+        out.extend_from_slice(&[HEX[usize::from(b >> 4)], HEX[usize::from(b & 0x0f)]]);
     }
 }
 
-/// Sets the event's `traceparent`/`tracestate` to `cx` (they travel as headers).
-pub fn inject_into_event(cx: &Context, event: &mut Event) {
-    global::get_text_map_propagator(|p| p.inject_context(cx, &mut EventCarrier(event)));
+/// Sets the event's `traceparent`/`tracestate` to `sc` (they travel as headers).
+pub fn inject_into_event(sc: &SpanContext, event: &mut Event) {
+    let cx = Context::new().with_remote_span_context(sc.clone());
+    global::get_text_map_propagator(|p| p.inject_context(&cx, &mut EventCarrier(event)));
 }
 
 /// The context carried by a NATS message's `traceparent`/`tracestate` headers; the
@@ -176,11 +175,11 @@ mod tests {
             );
             let cx = Context::new().with_remote_span_context(sc);
             let mut ours = HeaderMap::new();
-            inject_into_headers(&cx, &mut ours);
+            inject_into_headers(cx.span().span_context(), &mut ours);
             assert_eq!(ours, written_by_propagator(&cx));
         }
         let mut none = HeaderMap::new();
-        inject_into_headers(&Context::new(), &mut none);
+        inject_into_headers(&SpanContext::empty_context(), &mut none);
         assert!(none.is_empty(), "no span context, no headers");
     }
 }

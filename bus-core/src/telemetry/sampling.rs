@@ -3,8 +3,12 @@
 //! flow whether to record it, and every later hop follows the `sampled` flag in the
 //! propagated `traceparent`. A flow that is not recorded builds no span anywhere: the
 //! hops only pass an unsampled context along (in the event's headers, and to a handler's
-//! own publishes through a task-local), so that downstream hops skip it too and no
+//! own publishes through the hop task-local), so that downstream hops skip it too and no
 //! partial trace appears. Other samplers are left to the SDK.
+//!
+//! The hop task-local ([`within_hop`], [`current_hop`]) is how work running inside a hop
+//! (a handler, an HTTP request) finds the hop's context, recorded or not: the parent of
+//! the events it publishes.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -16,7 +20,7 @@ static PRESAMPLING: AtomicBool = AtomicBool::new(false);
 static RATIO_BITS: AtomicU64 = AtomicU64::new(0);
 
 tokio::task_local! {
-    static UNSAMPLED: Context;
+    static HOP: Context;
 }
 
 /// With `ratio`, takes over sampling from the SDK (see the module docs) and returns the
@@ -65,13 +69,14 @@ pub fn skip(parent: &Context) -> Option<Context> {
     Some(Context::new().with_remote_span_context(unsampled))
 }
 
-/// Runs `work` (a handler not recorded) with `cx` as the parent of what it publishes.
+/// Runs `work` (a handler, an HTTP request) with `cx`, its hop's context (the hop's span,
+/// or the unsampled context of a hop not recorded), as the parent of what it publishes.
 // Not an `async fn`: that would store `work` twice (argument and scope) in the caller's task.
-pub fn within_unsampled<F: Future>(cx: Context, work: F) -> impl Future<Output = F::Output> {
-    UNSAMPLED.scope(cx, work)
+pub fn within_hop<F: Future>(cx: Context, work: F) -> impl Future<Output = F::Output> {
+    HOP.scope(cx, work)
 }
 
-/// The unsampled context of the hop running now, if it is not recorded.
-pub fn current_unsampled() -> Option<Context> {
-    UNSAMPLED.try_with(Clone::clone).ok()
+/// The context of the hop running now, if any.
+pub fn current_hop() -> Option<Context> {
+    HOP.try_with(Clone::clone).ok()
 }

@@ -10,6 +10,7 @@
 //! and exported from a background thread; when the queue is full new spans are dropped,
 //! so a slow or dead collector never slows the bus down.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -18,26 +19,33 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider,
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider,
 };
 use std::io::IsTerminal;
-use tracing::Level;
 use tracing_subscriber::Layer;
-use tracing_subscriber::filter::{EnvFilter, Targets};
+use tracing_subscriber::filter::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use super::spans::SPAN_TARGET;
+use super::http_export::HttpSpanExporter;
 
 /// How long `shutdown` may spend flushing spans.
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
+/// The tracer of every span the bus builds; set once, by the one `init_with` that
+/// installs the global subscriber.
+static TRACER: OnceLock<SdkTracer> = OnceLock::new();
 
 /// Whether spans are recorded at all (an exporter is installed and the sampler is not
 /// always-off). One relaxed atomic load: the fast path when tracing is off.
 pub fn is_enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
+}
+
+/// The installed tracer while spans are recorded.
+pub(crate) fn tracer() -> Option<&'static SdkTracer> {
+    if is_enabled() { TRACER.get() } else { None }
 }
 
 /// Why telemetry could not be installed.
@@ -217,14 +225,22 @@ pub fn init_with(settings: TelemetrySettings) -> Result<Telemetry, TelemetryErro
             .map_err(|_| TelemetryError::AlreadyInstalled)?;
         return Ok(Telemetry { provider: None });
     };
-    let exporter = build_exporter(&export)?;
     let mut batch = BatchConfigBuilder::default();
     if let Some(delay) = export.batch_delay {
         batch = batch.with_scheduled_delay(delay);
     }
-    let processor = BatchSpanProcessor::builder(exporter)
-        .with_batch_config(batch.build())
-        .build();
+    let batch = batch.build();
+    let processor = match export.protocol {
+        OtlpProtocol::HttpProtobuf => {
+            let exporter = HttpSpanExporter::new(export.endpoint.as_deref())?;
+            BatchSpanProcessor::builder(exporter)
+                .with_batch_config(batch)
+                .build()
+        }
+        OtlpProtocol::Grpc => BatchSpanProcessor::builder(grpc_exporter(&export)?)
+            .with_batch_config(batch)
+            .build(),
+    };
     let off = matches!(settings.sampler, Sampler::AlwaysOff)
         || matches!(settings.sampler, Sampler::TraceIdRatioBased(r) if r <= 0.0);
     let sampler = super::sampling::configure(settings.sampler, settings.head_sampling_ratio);
@@ -237,22 +253,12 @@ pub fn init_with(settings: TelemetrySettings) -> Result<Telemetry, TelemetryErro
                 .build(),
         )
         .build();
-    let tracer = provider.tracer("bus");
-    // Only the messaging attributes the bus sets: source location, thread, target and
-    // busy/idle times would add eight attributes (and two clock reads per poll) to every
-    // span, for nothing a trace of an event's hops needs.
-    let traces = tracing_opentelemetry::layer()
-        .with_location(false)
-        .with_threads(false)
-        .with_target(false)
-        .with_tracked_inactivity(false)
-        .with_tracer(tracer)
-        .with_filter(Targets::new().with_target(SPAN_TARGET, Level::INFO));
     tracing_subscriber::registry()
         .with(logs)
-        .with(traces)
         .try_init()
         .map_err(|_| TelemetryError::AlreadyInstalled)?;
+    // The subscriber is installed once per process, so this is the first and only tracer.
+    let _ = TRACER.set(provider.tracer("bus"));
     global::set_tracer_provider(provider.clone());
     ENABLED.store(!off, Ordering::Relaxed);
     Ok(Telemetry {
@@ -260,46 +266,30 @@ pub fn init_with(settings: TelemetrySettings) -> Result<Telemetry, TelemetryErro
     })
 }
 
-/// `RUST_LOG` (default `info`), without the bus's trace spans unless `RUST_LOG` names
-/// `bus::trace`: the log layer formats the fields of every span it is enabled for, which
-/// cost more than the export itself (see BENCHMARKS.md, "Tracing cost").
+/// `RUST_LOG`, by default `info`.
 fn log_filter() -> EnvFilter {
-    let from_env = std::env::var(EnvFilter::DEFAULT_ENV).ok();
-    let filter = from_env
-        .as_deref()
+    std::env::var(EnvFilter::DEFAULT_ENV)
+        .ok()
         .and_then(|v| EnvFilter::try_new(v).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
-    if from_env.is_some_and(|v| v.contains(SPAN_TARGET)) {
-        return filter;
-    }
-    match format!("{SPAN_TARGET}=off").parse() {
-        Ok(directive) => filter.add_directive(directive),
-        Err(_) => filter,
-    }
+        .unwrap_or_else(|| EnvFilter::new("info"))
 }
 
-fn build_exporter(export: &OtlpExport) -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
+/// The upstream OTLP/gRPC exporter (`OTEL_EXPORTER_OTLP_PROTOCOL=grpc`). OTLP/HTTP, the
+/// default, goes through the bus's own exporter (`http_export`), which encodes spans
+/// without the upstream conversion.
+fn grpc_exporter(export: &OtlpExport) -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
     use opentelemetry_otlp::{Protocol, WithExportConfig};
-    let builder = opentelemetry_otlp::SpanExporter::builder();
-    let built = match export.protocol {
-        OtlpProtocol::Grpc => {
-            let mut b = builder.with_tonic().with_protocol(Protocol::Grpc);
-            if let Some(e) = &export.endpoint {
-                b = b.with_endpoint(e.clone());
-            }
-            b.build()
-        }
-        OtlpProtocol::HttpProtobuf => {
-            let mut b = builder.with_http().with_protocol(Protocol::HttpBinary);
-            if let Some(e) = &export.endpoint {
-                b = b.with_endpoint(format!("{}/v1/traces", e.trim_end_matches('/')));
-            }
-            b.build()
-        }
-    };
-    built.map_err(|e| TelemetryError::Exporter(e.to_string()))
+    let mut b = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_protocol(Protocol::Grpc);
+    if let Some(e) = &export.endpoint {
+        b = b.with_endpoint(e.clone());
+    }
+    b.build()
+        .map_err(|e| TelemetryError::Exporter(e.to_string()))
 }
-fn var(name: &str) -> Option<String> {
+
+pub(crate) fn var(name: &str) -> Option<String> {
     std::env::var(name)
         .ok()
         .map(|v| v.trim().to_owned())

@@ -1,115 +1,188 @@
-//! The spans of each hop, per the OpenTelemetry messaging conventions. With telemetry
-//! off every helper returns `Span::none()` after one atomic load: no span is built.
+//! The spans of each hop, per the OpenTelemetry messaging conventions: `publish`
+//! (PRODUCER), `process` (CONSUMER, child of the producer's context and linked to it), and
+//! the HTTP ingress (SERVER). With telemetry off every constructor returns
+//! [`HopSpan::none`] after one atomic load: no span is built.
+//!
+//! Spans are built with the OpenTelemetry SDK directly, not through `tracing` and
+//! `tracing-opentelemetry`: the bridge (a registry entry per span, field visitors, layer
+//! filters, a context lookup per record) cost more per span than the span itself, and
+//! nothing the bus runs needs a hop as a `tracing` span. What runs inside a hop (a
+//! handler, an HTTP request) finds the hop's context through [`super::within_hop`].
 
-use opentelemetry::Context;
-use opentelemetry::trace::TraceContextExt;
-use tracing::Span;
-use tracing::field::Empty;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
+use opentelemetry::trace::{
+    Span as _, SpanContext, SpanKind, Status, TraceContextExt, Tracer as _,
+};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::trace::Span as SdkSpan;
 
-use super::setup::is_enabled;
+use super::setup;
 
-/// The `tracing` target of every span the bus records (the exporter layer keeps these).
-pub const SPAN_TARGET: &str = "bus::trace";
+/// The span of one hop; it ends when dropped.
+#[derive(Debug, Default)]
+pub struct HopSpan(Option<SdkSpan>);
 
-/// `publish {destination}`, kind PRODUCER; a child of the current span.
-pub fn publish_span(destination: &str, message_id: &str, body_size: usize) -> Span {
-    if !is_enabled() {
-        return Span::none();
+/// Attributes a span may add after it starts (PubAck, settle, error): reserved up front
+/// so that recording them does not grow the list.
+const LATER_ATTRIBUTES: usize = 4;
+
+impl HopSpan {
+    /// No span (telemetry off, or a flow that is not recorded).
+    pub fn none() -> Self {
+        Self(None)
     }
-    tracing::info_span!(
-        target: SPAN_TARGET,
-        "publish",
-        otel.name = %format_args!("publish {destination}"),
-        otel.kind = "producer",
-        otel.status_code = Empty,
-        messaging.system = "nats",
-        messaging.operation.name = "publish",
-        messaging.operation.type = "send",
-        messaging.destination.name = destination,
-        messaging.message.id = message_id,
-        messaging.message.body.size = body_size,
-        messaging.nats.stream = Empty,
-        messaging.nats.stream.sequence = Empty,
-        messaging.nats.duplicate = Empty,
-        error.type = Empty,
-    )
-}
 
-/// Adds what the PubAck said.
-pub fn record_publish_ack(span: &Span, stream: &str, sequence: u64, duplicate: bool) {
-    span.record("messaging.nats.stream", stream);
-    span.record("messaging.nats.stream.sequence", sequence);
-    span.record("messaging.nats.duplicate", duplicate);
-}
-
-/// `process {destination}`, kind CONSUMER: one handling of one delivery. Its parent is
-/// the producer's context (so redeliveries and redrives stay in the producer's trace)
-/// and it links to it, as the conventions suggest.
-pub fn process_span(
-    destination: &str,
-    group: Option<&str>,
-    message_id: &str,
-    attempt: u32,
-    producer: &Context,
-) -> Span {
-    if !is_enabled() {
-        return Span::none();
+    /// `publish {destination}`, kind PRODUCER, a child of `parent`. Without
+    /// `messaging.message.body.size`: the conventions make it opt-in, and every attribute
+    /// costs each exported span.
+    pub fn publish(destination: &str, message_id: &str, parent: &Context) -> Self {
+        Self::start(
+            format!("publish {destination}"),
+            SpanKind::Producer,
+            [
+                KeyValue::new("messaging.system", "nats"),
+                KeyValue::new("messaging.operation.name", "publish"),
+                KeyValue::new("messaging.operation.type", "send"),
+                KeyValue::new("messaging.destination.name", destination.to_owned()),
+                KeyValue::new("messaging.message.id", message_id.to_owned()),
+            ],
+            parent,
+            false,
+        )
     }
-    let span = tracing::info_span!(
-        target: SPAN_TARGET,
-        "process",
-        otel.name = %format_args!("process {destination}"),
-        otel.kind = "consumer",
-        otel.status_code = Empty,
-        messaging.system = "nats",
-        messaging.operation.name = "process",
-        messaging.operation.type = "process",
-        messaging.destination.name = destination,
-        messaging.consumer.group.name = group,
-        messaging.message.id = message_id,
-        messaging.nats.delivery_attempt = attempt,
-        bus.settle = Empty,
-        error.type = Empty,
-    );
-    let producer_span = producer.span().span_context().clone();
-    if producer_span.is_valid() {
-        let _ = span.set_parent(producer.clone());
-        span.add_link(producer_span);
-    }
-    span
-}
 
-/// How a delivery was settled: `ack`, `nak`, `dead_letter`.
-pub fn record_settle(span: &Span, outcome: &'static str) {
-    span.record("bus.settle", outcome);
-}
-
-/// Marks the span failed, with a short error type.
-pub fn record_error(span: &Span, error_type: &str) {
-    span.record("otel.status_code", "ERROR");
-    span.record("error.type", error_type);
-}
-
-/// An HTTP SERVER span named `{method} {route}` (the route template, never the path),
-/// continuing the caller's trace when it sent `traceparent`.
-pub fn server_span(method: &str, route: &str, caller: &Context) -> Span {
-    if !is_enabled() {
-        return Span::none();
+    /// `process {destination}`, kind CONSUMER: one handling of one delivery. Its parent is
+    /// the producer's context (so redeliveries and redrives stay in the producer's trace)
+    /// and it links to it, as the conventions suggest.
+    pub fn process(
+        destination: &str,
+        group: Option<&str>,
+        message_id: &str,
+        attempt: u32,
+        producer: &Context,
+    ) -> Self {
+        let mut attributes = vec![
+            KeyValue::new("messaging.system", "nats"),
+            KeyValue::new("messaging.operation.name", "process"),
+            KeyValue::new("messaging.operation.type", "process"),
+            KeyValue::new("messaging.destination.name", destination.to_owned()),
+            KeyValue::new("messaging.message.id", message_id.to_owned()),
+            KeyValue::new("messaging.nats.delivery_attempt", i64::from(attempt)),
+        ];
+        if let Some(g) = group {
+            attributes.push(KeyValue::new("messaging.consumer.group.name", g.to_owned()));
+        }
+        Self::start(
+            format!("process {destination}"),
+            SpanKind::Consumer,
+            attributes,
+            producer,
+            true,
+        )
     }
-    let span = tracing::info_span!(
-        target: SPAN_TARGET,
-        "http",
-        otel.name = %format_args!("{method} {route}"),
-        otel.kind = "server",
-        otel.status_code = Empty,
-        http.request.method = method,
-        http.route = route,
-        http.response.status_code = Empty,
-        error.type = Empty,
-    );
-    if caller.span().span_context().is_valid() {
-        let _ = span.set_parent(caller.clone());
+
+    /// `{method} {route}`, kind SERVER (the route template, never the path), continuing
+    /// the caller's trace when it sent `traceparent`.
+    pub fn server(method: &str, route: &str, caller: &Context) -> Self {
+        Self::start(
+            format!("{method} {route}"),
+            SpanKind::Server,
+            [
+                KeyValue::new("http.request.method", method.to_owned()),
+                KeyValue::new("http.route", route.to_owned()),
+            ],
+            caller,
+            false,
+        )
     }
-    span
+
+    fn start(
+        name: String,
+        kind: SpanKind,
+        attributes: impl IntoIterator<Item = KeyValue>,
+        parent: &Context,
+        link_parent: bool,
+    ) -> Self {
+        let Some(tracer) = setup::tracer() else {
+            return Self(None);
+        };
+        let attributes = attributes.into_iter();
+        let mut all = Vec::with_capacity(attributes.size_hint().0 + LATER_ATTRIBUTES);
+        all.extend(attributes);
+        let mut builder = tracer
+            .span_builder(name)
+            .with_kind(kind)
+            .with_attributes(all);
+        let parent_span = parent.span();
+        let parent_sc = parent_span.span_context();
+        if link_parent && parent_sc.is_valid() {
+            builder = builder.with_links(vec![opentelemetry::trace::Link::with_context(
+                parent_sc.clone(),
+            )]);
+        }
+        Self(Some(builder.start_with_context(tracer, parent)))
+    }
+
+    /// The span's context, to propagate and to parent what runs inside the hop: `None`
+    /// without a span. Valid (with the sampled flag unset) when the SDK's sampler
+    /// dropped it.
+    pub fn span_context(&self) -> Option<&SpanContext> {
+        self.0.as_ref().map(|s| s.span_context())
+    }
+
+    /// A context whose span is this one (local, not remote), for [`super::within_hop`].
+    pub fn context(&self) -> Option<Context> {
+        let sc = self.span_context()?;
+        let local = SpanContext::new(
+            sc.trace_id(),
+            sc.span_id(),
+            sc.trace_flags(),
+            false,
+            sc.trace_state().clone(),
+        );
+        Some(Context::new().with_remote_span_context(local))
+    }
+
+    fn recording(&mut self) -> Option<&mut SdkSpan> {
+        self.0.as_mut().filter(|s| s.is_recording())
+    }
+
+    /// Adds what the PubAck said (`messaging.nats.duplicate` only when it was one).
+    pub fn record_ack(&mut self, stream: &str, sequence: u64, duplicate: bool) {
+        let Some(span) = self.recording() else {
+            return;
+        };
+        span.set_attribute(KeyValue::new("messaging.nats.stream", stream.to_owned()));
+        span.set_attribute(KeyValue::new(
+            "messaging.nats.stream.sequence",
+            i64::try_from(sequence).unwrap_or(i64::MAX),
+        ));
+        if duplicate {
+            span.set_attribute(KeyValue::new("messaging.nats.duplicate", true));
+        }
+    }
+
+    /// How a delivery was settled: `ack`, `nak`, `dead_letter`.
+    pub fn record_settle(&mut self, outcome: &'static str) {
+        if let Some(span) = self.recording() {
+            span.set_attribute(KeyValue::new("bus.settle", outcome));
+        }
+    }
+
+    /// The HTTP status the request got.
+    pub fn record_status_code(&mut self, status: u16) {
+        if let Some(span) = self.recording() {
+            span.set_attribute(KeyValue::new(
+                "http.response.status_code",
+                i64::from(status),
+            ));
+        }
+    }
+
+    /// Marks the span failed, with a short error type.
+    pub fn record_error(&mut self, error_type: &str) {
+        if let Some(span) = self.recording() {
+            span.set_status(Status::error(""));
+            span.set_attribute(KeyValue::new("error.type", error_type.to_owned()));
+        }
+    }
 }

@@ -16,7 +16,6 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bus_core::telemetry;
-use tracing::Instrument;
 
 use crate::app::App;
 use crate::metrics::{RequestLabels, RouteLabels};
@@ -49,26 +48,30 @@ async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Res
         .map(|m| m.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
     let method = request.method().to_string();
-    let (span, unsampled) = if telemetry::is_enabled() {
+    let (mut span, hop) = if telemetry::is_enabled() {
         let headers = request.headers();
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let caller = telemetry::extract_with(header("traceparent"), header("tracestate"));
         match telemetry::skip(&caller) {
-            Some(cx) => (tracing::Span::none(), Some(cx)),
-            None => (telemetry::server_span(&method, &route, &caller), None),
+            Some(cx) => (telemetry::HopSpan::none(), Some(cx)),
+            None => {
+                let span = telemetry::HopSpan::server(&method, &route, &caller);
+                let hop = span.context();
+                (span, hop)
+            }
         }
     } else {
-        (tracing::Span::none(), None)
+        (telemetry::HopSpan::none(), None)
     };
     let start = Instant::now();
     let response = match app.request_slots.try_acquire() {
         Err(_) => Problem::unavailable("the node is serving its maximum number of requests", 1)
             .into_response(),
         Ok(_slot) => {
-            let run = next.run(request).instrument(span.clone());
+            let run = next.run(request);
             let run = async move {
-                match unsampled {
-                    Some(cx) => telemetry::within_unsampled(cx, run).await,
+                match hop {
+                    Some(cx) => telemetry::within_hop(cx, run).await,
                     None => run.await,
                 }
             };
@@ -85,9 +88,9 @@ async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Res
         }
     };
     let status = response.status().as_u16();
-    span.record("http.response.status_code", status);
+    span.record_status_code(status);
     if status >= 500 {
-        telemetry::record_error(&span, &status.to_string());
+        span.record_error(&status.to_string());
     }
     app.metrics
         .http_requests

@@ -13,7 +13,6 @@ use futures::FutureExt;
 use time::OffsetDateTime;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
-use tracing::Instrument;
 
 use super::member::Shared;
 use crate::dead_letter::{self, Origin};
@@ -45,7 +44,7 @@ pub(crate) async fn handle(
             return;
         }
     };
-    let (span, unsampled) = process_span(&message, headers.as_deref(), group, attempt);
+    let (mut span, hop) = process_span(&message, headers.as_deref(), group, attempt);
     let max = shared.options.max_deliver;
     let outcome = if attempt > max {
         Outcome::Undecodable(format!(
@@ -62,13 +61,9 @@ pub(crate) async fn handle(
         };
         // Each arm builds its future in place: a future held in a local and then moved
         // into another is stored twice in this task (see "Profile" in BENCHMARKS.md).
-        let in_span = span.clone();
-        match unsampled {
-            Some(cx) => {
-                telemetry::within_unsampled(cx, dispatch(&shared, delivery).instrument(in_span))
-                    .await
-            }
-            None => dispatch(&shared, delivery).instrument(in_span).await,
+        match hop {
+            Some(cx) => telemetry::within_hop(cx, dispatch(&shared, delivery)).await,
+            None => dispatch(&shared, delivery).await,
         }
     };
     let settle = match &outcome {
@@ -76,11 +71,11 @@ pub(crate) async fn handle(
         Outcome::Failed(e) if !e.is_permanent() && attempt < max => "nak",
         _ => "dead_letter",
     };
-    telemetry::record_settle(&span, settle);
+    span.record_settle(settle);
     match &outcome {
         Outcome::Handled => {}
-        Outcome::Failed(_) => telemetry::record_error(&span, "handler_error"),
-        Outcome::Undecodable(_) => telemetry::record_error(&span, "undecodable"),
+        Outcome::Failed(_) => span.record_error("handler_error"),
+        Outcome::Undecodable(_) => span.record_error("undecodable"),
     }
     let letter = Letter {
         message: &message,
@@ -224,32 +219,34 @@ async fn ack(message: &Message, kind: AckKind) {
     }
 }
 
-/// The CONSUMER span of one handling, a child of the producer's context in the headers;
-/// or, when the flow is not recorded, no span and the unsampled context to run under.
+/// The CONSUMER span of one handling, a child of the producer's context in the headers,
+/// and the context the handler runs under (the span's; or, when the flow is not recorded,
+/// no span and the unsampled context).
 fn process_span(
     message: &Message,
     headers: Option<&async_nats::HeaderMap>,
     group: &str,
     attempt: u32,
-) -> (tracing::Span, Option<opentelemetry::Context>) {
+) -> (telemetry::HopSpan, Option<opentelemetry::Context>) {
     if !telemetry::is_enabled() {
-        return (tracing::Span::none(), None);
+        return (telemetry::HopSpan::none(), None);
     }
     let empty = async_nats::HeaderMap::new();
     let headers = headers.unwrap_or(&empty);
     let producer = telemetry::context_from_headers(headers);
     if let Some(unsampled) = telemetry::skip(&producer) {
-        return (tracing::Span::none(), Some(unsampled));
+        return (telemetry::HopSpan::none(), Some(unsampled));
     }
     let id = get_ignore_case(headers, CE_ID)
         .or_else(|| get_ignore_case(headers, NATS_MSG_ID))
         .unwrap_or_default();
-    let span = telemetry::process_span(
+    let span = telemetry::HopSpan::process(
         message.subject.as_str(),
         Some(group),
         id,
         attempt,
         &producer,
     );
-    (span, None)
+    let hop = span.context();
+    (span, hop)
 }

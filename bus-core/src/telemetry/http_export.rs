@@ -1,0 +1,232 @@
+//! The OTLP/HTTP (protobuf) span exporter: each batch encoded by [`super::otlp_wire`] and
+//! posted to `<endpoint>/v1/traces` with a blocking HTTP client, from the batch span
+//! processor's own thread (which is where the SDK calls `export`). One request per batch,
+//! bounded by the export timeout; a failed batch is dropped, as the SDK's exporters drop
+//! it, so a dead collector costs the bus nothing but the batch.
+//!
+//! Reads `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (used as is) or `OTEL_EXPORTER_OTLP_ENDPOINT`
+//! (`/v1/traces` appended), `OTEL_EXPORTER_OTLP[_TRACES]_HEADERS` (`key=value,...`,
+//! values percent-decoded), `OTEL_EXPORTER_OTLP[_TRACES]_TIMEOUT` (milliseconds, default
+//! 10 000) and `OTEL_EXPORTER_OTLP[_TRACES]_COMPRESSION` (only `none`).
+
+use std::time::Duration;
+
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+
+use super::otlp_wire;
+use super::setup::{TelemetryError, var};
+
+/// Where spans go without any endpoint setting (the OTLP/HTTP default).
+const DEFAULT_ENDPOINT: &str = "http://localhost:4318/v1/traces";
+/// The OTLP default export timeout.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Posts encoded batches to an OTLP/HTTP endpoint.
+#[derive(Debug)]
+pub(crate) struct HttpSpanExporter {
+    client: reqwest::blocking::Client,
+    url: String,
+    resource: Resource,
+}
+
+impl HttpSpanExporter {
+    /// The exporter for `base` (`http://collector:4318`), or, with none, for the
+    /// endpoint the `OTEL_*` variables name; headers and timeout from the variables.
+    pub(crate) fn new(base: Option<&str>) -> Result<Self, TelemetryError> {
+        let url = match base {
+            Some(b) => traces_url(b),
+            None => match var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+                Some(url) => url,
+                None => var("OTEL_EXPORTER_OTLP_ENDPOINT")
+                    .map(|b| traces_url(&b))
+                    .unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned()),
+            },
+        };
+        reqwest::Url::parse(&url).map_err(|_| TelemetryError::InvalidVariable {
+            variable: "OTEL_EXPORTER_OTLP_ENDPOINT",
+            value: url.clone(),
+            reason: "an http:// URL",
+        })?;
+        let (variable, compression) = either("COMPRESSION");
+        if let Some(c) = compression.filter(|c| !c.eq_ignore_ascii_case("none")) {
+            return Err(TelemetryError::InvalidVariable {
+                variable,
+                value: c,
+                reason: "none (compression is not supported)",
+            });
+        }
+        let (variable, timeout) = either("TIMEOUT");
+        let timeout = match timeout {
+            None => DEFAULT_TIMEOUT,
+            Some(t) => t
+                .parse::<u64>()
+                .ok()
+                .filter(|ms| *ms > 0)
+                .map(Duration::from_millis)
+                .ok_or(TelemetryError::InvalidVariable {
+                    variable,
+                    value: t,
+                    reason: "a timeout in milliseconds, above 0",
+                })?,
+        };
+        let (variable, headers) = either("HEADERS");
+        let mut header_map = HeaderMap::new();
+        header_map.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/x-protobuf"),
+        );
+        if let Some(h) = headers {
+            parse_headers(&h, &mut header_map).map_err(|reason| {
+                TelemetryError::InvalidVariable {
+                    variable,
+                    value: h.clone(),
+                    reason,
+                }
+            })?;
+        }
+        // A blocking client must not be built on an async runtime's thread (it starts and
+        // waits for its own): build it on a thread of its own.
+        let client = std::thread::spawn(move || {
+            reqwest::blocking::Client::builder()
+                .timeout(timeout)
+                .default_headers(header_map)
+                .build()
+        })
+        .join()
+        .map_err(|_| TelemetryError::Exporter("building the HTTP client panicked".into()))?
+        .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+        Ok(Self {
+            client,
+            url,
+            resource: Resource::builder_empty().build(),
+        })
+    }
+
+    fn post(&self, batch: &[SpanData]) -> OTelSdkResult {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut body = Vec::new();
+        otlp_wire::encode_request(&self.resource, batch, &mut body);
+        let response = self
+            .client
+            .post(&self.url)
+            .body(body)
+            .send()
+            .map_err(|e| OTelSdkError::InternalFailure(format!("OTLP/HTTP export: {e}")))?;
+        let status = response.status();
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(OTelSdkError::InternalFailure(format!(
+                "OTLP/HTTP export: {} answered {status}",
+                self.url
+            )))
+        }
+    }
+}
+
+impl SpanExporter for HttpSpanExporter {
+    fn export(&self, batch: Vec<SpanData>) -> impl Future<Output = OTelSdkResult> + Send {
+        // Runs on the batch processor's thread, which blocks on this future: the blocking
+        // post is what that thread is for.
+        let result = self.post(&batch);
+        std::future::ready(result)
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.resource = resource.clone();
+    }
+}
+
+/// `<base>/v1/traces`.
+fn traces_url(base: &str) -> String {
+    format!("{}/v1/traces", base.trim_end_matches('/'))
+}
+
+/// The traces-specific variable `OTEL_EXPORTER_OTLP_TRACES_<what>`, else the general one;
+/// with the name of the one read, for errors.
+fn either(what: &'static str) -> (&'static str, Option<String>) {
+    let (traces, general) = match what {
+        "COMPRESSION" => (
+            "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+            "OTEL_EXPORTER_OTLP_COMPRESSION",
+        ),
+        "TIMEOUT" => (
+            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+            "OTEL_EXPORTER_OTLP_TIMEOUT",
+        ),
+        _ => (
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+            "OTEL_EXPORTER_OTLP_HEADERS",
+        ),
+    };
+    match var(traces) {
+        Some(v) => (traces, Some(v)),
+        None => (general, var(general)),
+    }
+}
+
+/// `key=value,key2=value2` (values percent-encoded, as the OTLP exporter specification
+/// has them) into `into`.
+fn parse_headers(list: &str, into: &mut HeaderMap) -> Result<(), &'static str> {
+    const REASON: &str = "comma-separated key=value pairs with valid header names and values";
+    for pair in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').ok_or(REASON)?;
+        let name = HeaderName::from_bytes(key.trim().as_bytes()).map_err(|_| REASON)?;
+        let value = percent_decode(value.trim()).ok_or(REASON)?;
+        let value = HeaderValue::from_str(&value).map_err(|_| REASON)?;
+        into.insert(name, value);
+    }
+    Ok(())
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_are_split_trimmed_and_percent_decoded() {
+        let mut map = HeaderMap::new();
+        assert_eq!(
+            parse_headers("api-key=a%20b , x-tenant=shop,", &mut map),
+            Ok(())
+        );
+        assert_eq!(map["api-key"], "a b");
+        assert_eq!(map["x-tenant"], "shop");
+    }
+
+    #[test]
+    fn a_pair_without_a_value_or_a_bad_escape_is_refused() {
+        let mut map = HeaderMap::new();
+        assert!(parse_headers("api-key", &mut map).is_err());
+        assert!(parse_headers("api-key=%zz", &mut map).is_err());
+        assert!(parse_headers("bad key=1", &mut map).is_err());
+    }
+
+    #[test]
+    fn the_traces_path_is_appended_to_a_base_once() {
+        assert_eq!(traces_url("http://c:4318/"), "http://c:4318/v1/traces");
+        assert_eq!(traces_url("http://c:4318"), "http://c:4318/v1/traces");
+    }
+}
