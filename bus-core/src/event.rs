@@ -141,7 +141,12 @@ impl EventBuilder {
 
 /// A new unique, time-ordered event id (a UUIDv7).
 pub fn new_event_id() -> String {
-    uuid::Uuid::now_v7().to_string()
+    // Encoded into a stack buffer, not through `Display`: one per published event.
+    let mut buf = uuid::Uuid::encode_buffer();
+    uuid::Uuid::now_v7()
+        .hyphenated()
+        .encode_lower(&mut buf)
+        .to_owned()
 }
 
 #[cfg(test)]

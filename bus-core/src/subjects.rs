@@ -34,9 +34,15 @@ impl Subjects {
         }
     }
 
-    /// `bus.evt.shop.order.created` for `shop.order.created`.
+    /// `bus.evt.shop.order.created` for `shop.order.created`. Built by hand, not with
+    /// `format!`: this runs once per publish.
     pub fn event(&self, event_type: &EventType) -> String {
-        format!("{}.{}", self.events, event_type)
+        let t = event_type.as_str();
+        let mut s = String::with_capacity(self.events.len() + 1 + t.len());
+        s.push_str(&self.events);
+        s.push('.');
+        s.push_str(t);
+        s
     }
 
     /// The subject filter for a pattern (`bus.evt.shop.>` for `shop.>`).

@@ -80,7 +80,7 @@ impl Prepared<'_> {
             .record_ack(&ack.stream, ack.sequence, ack.duplicate);
         Ok(PublishReceipt {
             id: self.event.id.clone(),
-            event_type: self.event.event_type.to_string(),
+            event_type: self.event.event_type.as_str().to_owned(),
             stream: ack.stream,
             seq: ack.sequence,
             duplicate: ack.duplicate,

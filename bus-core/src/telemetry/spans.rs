@@ -17,9 +17,10 @@ use opentelemetry_sdk::trace::Span as SdkSpan;
 
 use super::setup;
 
-/// The span of one hop; it ends when dropped.
+/// The span of one hop; it ends when dropped. Boxed: an SDK span is ~280 bytes, and a
+/// `HopSpan` lives in every publish window slot and every delivery's task, traced or not.
 #[derive(Debug, Default)]
-pub struct HopSpan(Option<SdkSpan>);
+pub struct HopSpan(Option<Box<SdkSpan>>);
 
 /// Attributes a span may add after it starts (PubAck, settle, error): reserved up front
 /// so that recording them does not grow the list.
@@ -119,7 +120,7 @@ impl HopSpan {
                 parent_sc.clone(),
             )]);
         }
-        Self(Some(builder.start_with_context(tracer, parent)))
+        Self(Some(Box::new(builder.start_with_context(tracer, parent))))
     }
 
     /// The span's context, to propagate and to parent what runs inside the hop: `None`
@@ -143,7 +144,7 @@ impl HopSpan {
     }
 
     fn recording(&mut self) -> Option<&mut SdkSpan> {
-        self.0.as_mut().filter(|s| s.is_recording())
+        self.0.as_deref_mut().filter(|s| s.is_recording())
     }
 
     /// Adds what the PubAck said (`messaging.nats.duplicate` only when it was one).
