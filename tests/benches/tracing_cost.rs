@@ -149,8 +149,13 @@ pub async fn run(args: &Args) -> Result<String> {
             mode.flag(),
             receiver.span_count() - before
         ));
-        // The child's table, without its own title and targets.
-        for line in text.lines().filter(|l| l.starts_with('|')) {
+        // The child's result table, without its title and its targets (the cost table
+        // below is this workload's target).
+        let rows = text
+            .lines()
+            .skip_while(|l| !l.starts_with("| workload"))
+            .take_while(|l| l.starts_with('|') && !l.starts_with("| target"));
+        for line in rows {
             out.push_str(line);
             out.push('\n');
         }
