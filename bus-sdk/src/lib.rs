@@ -45,8 +45,8 @@ pub use bus::{Bus, BusBuilder};
 pub use dead_letter::DeadLetter;
 pub use error::{ConnectError, PublishError, PublishErrorKind, SubscribeError};
 pub use group::{
-    DEFAULT_ACK_WAIT, DEFAULT_BACKOFF, DEFAULT_CONCURRENCY, DEFAULT_MAX_ACK_PENDING,
-    DEFAULT_MAX_DELIVER, DEFAULT_SHUTDOWN_GRACE, Group, GroupBuilder,
+    DEFAULT_ACK_WAIT, DEFAULT_BACKOFF, DEFAULT_CONCURRENCY, DEFAULT_HANDLER_TIMEOUT,
+    DEFAULT_MAX_ACK_PENDING, DEFAULT_MAX_DELIVER, DEFAULT_SHUTDOWN_GRACE, Group, GroupBuilder,
 };
 pub use handler::HandlerError;
 pub use publish::{DEFAULT_PUBLISH_WINDOW, PublishReceipt};

@@ -292,3 +292,79 @@ async fn given_dead_letters_when_redriven_should_be_handled_again_by_their_group
     other.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_hung_handler_should_abandon_it_after_the_timeout_free_its_slot_and_dead_letter_the_event()
+-> anyhow::Result<()> {
+    let cluster = NatsCluster::start(1).await?;
+    let bus = bus_for(&cluster).await?;
+    let handled = Recorder::default();
+    let rec = handled.clone();
+    // One slot: the second event can only be handled once the hung handling lets go.
+    let member = bus
+        .group("patient")
+        .concurrency(1)
+        .max_deliver(2)
+        .backoff([Duration::from_millis(50)])
+        .handler_timeout(Duration::from_millis(300))
+        .on(move |ev: Received<OrderCreated>| {
+            let rec = rec.clone();
+            async move {
+                if ev.data.order_id == 1 {
+                    // Never finishes.
+                    std::future::pending::<()>().await;
+                }
+                rec.record(0, ev.meta.id());
+                Ok::<(), HandlerError>(())
+            }
+        })
+        .start()
+        .await?;
+    let hung = bus.publish(&order(1)).await?;
+    bus.publish(&order(2)).await?;
+
+    wait_until(
+        "the event behind the hung one",
+        Duration::from_secs(10),
+        || handled.distinct() == 1,
+    )
+    .await?;
+    let letters = dead_letters(&bus, "patient", 1).await?;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].event_id.as_deref(), Some(hung.id.as_str()));
+    assert_eq!(letters[0].attempts, 2, "timed out on each of its attempts");
+    assert!(
+        letters[0].reason.contains("did not finish within 300ms"),
+        "{}",
+        letters[0].reason
+    );
+    wait_group_idle(&bus, "patient", Duration::from_secs(10)).await?;
+    member.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_zero_handler_timeout_start_should_refuse_it_naming_the_option()
+-> anyhow::Result<()> {
+    let cluster = NatsCluster::start(1).await?;
+    let bus = bus_for(&cluster).await?;
+    let err = bus
+        .group("impatient")
+        .handler_timeout(Duration::ZERO)
+        .on(|_ev: Received<OrderCreated>| async { Ok::<(), HandlerError>(()) })
+        .start()
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("a zero timeout was accepted"))?;
+    assert!(
+        matches!(
+            err,
+            bus_sdk::SubscribeError::InvalidOption {
+                option: "handler_timeout",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    Ok(())
+}

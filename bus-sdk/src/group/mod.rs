@@ -43,6 +43,8 @@ pub const DEFAULT_BACKOFF: [Duration; 4] = [
 pub const START_DEADLINE: Duration = Duration::from_secs(30);
 /// How long `Group::shutdown` waits for running handlers.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// How long one handling may run before it is abandoned and counted as a failure.
+pub const DEFAULT_HANDLER_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Settings of a group member; see [`GroupBuilder`].
 #[derive(Debug, Clone)]
@@ -54,6 +56,7 @@ pub(crate) struct GroupOptions {
     pub max_ack_pending: usize,
     pub backoff: Vec<Duration>,
     pub shutdown_grace: Duration,
+    pub handler_timeout: Duration,
     pub deliver_new_only: bool,
 }
 
@@ -115,6 +118,7 @@ impl GroupBuilder {
                 max_ack_pending: DEFAULT_MAX_ACK_PENDING,
                 backoff: DEFAULT_BACKOFF.to_vec(),
                 shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+                handler_timeout: DEFAULT_HANDLER_TIMEOUT,
                 deliver_new_only: false,
             },
             handlers: Vec::new(),
@@ -172,6 +176,16 @@ impl GroupBuilder {
         self
     }
 
+    /// How long one handling may run (default [`DEFAULT_HANDLER_TIMEOUT`]). A handler
+    /// still running then is dropped (cancelled at its current `.await`) and the delivery
+    /// counts as failed: redelivered after the backoff, or dead-lettered after
+    /// `max_deliver` attempts. Without it, a hung handler would hold its slot for ever,
+    /// its in-progress acks keeping the event from every other member.
+    pub fn handler_timeout(mut self, d: Duration) -> Self {
+        self.options.handler_timeout = d;
+        self
+    }
+
     /// When the group is created for the first time, start with events published from
     /// now on instead of every event still in the stream.
     pub fn deliver_new_only(mut self) -> Self {
@@ -191,6 +205,9 @@ impl GroupBuilder {
         }
         if o.ack_wait < Duration::from_secs(1) {
             return Err(invalid("ack_wait", "must be at least 1s"));
+        }
+        if o.handler_timeout.is_zero() {
+            return Err(invalid("handler_timeout", "must be above 0"));
         }
         if o.backoff.is_empty() {
             return Err(invalid("backoff", "give at least one delay"));

@@ -143,38 +143,57 @@ async fn dispatch(shared: &Shared, delivery: Delivery<'_>) -> Outcome {
         message,
         ack_wait: shared.options.ack_wait,
         acked: delivery.acked,
+        timeout: shared.options.handler_timeout,
     };
     with_progress(progress, Box::pin(running)).await
 }
 
-/// What `with_progress` needs to keep a delivery alive.
+/// What `with_progress` needs to keep a delivery alive, and for how long.
 struct Progress<'a> {
     message: &'a Message,
     ack_wait: Duration,
     /// When JetStream last heard of the delivery.
     acked: Instant,
+    /// How long the handler may run.
+    timeout: Duration,
 }
 
 /// Runs `work`, telling JetStream it is still in progress every half ack deadline,
 /// counted from when it last heard of the delivery (a delivery that waited for a slot
-/// may be due at once). A handler that finishes on its first poll (most do) never
+/// may be due at once), until it finishes or its timeout passes (then it is dropped and
+/// the handling failed). A handler that finishes on its first poll (most do) never
 /// touches a timer: an interval's first tick waits for the timer wheel (about 1 ms),
 /// which once cost a millisecond per delivery (see BENCHMARKS.md, "Profile").
 async fn with_progress(progress: Progress<'_>, mut work: BoxFuture) -> Outcome {
+    let started = Instant::now();
     if let Some(outcome) = (&mut work).now_or_never() {
         return outcome;
     }
+    // Boxed: its two timers would otherwise take room in every delivery's task.
+    Box::pin(keep_alive(progress, work, started)).await
+}
+
+/// `with_progress` for a handler that did not finish on its first poll.
+async fn keep_alive(progress: Progress<'_>, mut work: BoxFuture, started: Instant) -> Outcome {
     let Progress {
         message,
         ack_wait,
         acked,
+        timeout,
     } = progress;
     let period = ack_wait / 2;
     let mut tick = tokio::time::interval_at(acked + period, period);
+    let deadline = tokio::time::sleep_until(started + timeout);
+    tokio::pin!(deadline);
     loop {
         tokio::select! {
             biased;
             outcome = &mut work => return outcome,
+            _ = &mut deadline => {
+                return Outcome::Failed(HandlerError::msg(format!(
+                    "handler did not finish within {timeout:?} (handler_timeout)"
+                )));
+            }
             _ = tick.tick() => Box::pin(ack(message, AckKind::Progress)).await,
         }
     }
