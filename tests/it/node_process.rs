@@ -24,6 +24,18 @@ fn bus_node(env: &[(&str, &str)], args: &[&str]) -> anyhow::Result<std::process:
     Ok(cmd.envs(env.iter().copied()).output()?)
 }
 
+/// `bus-node serve` with `env` exits 64 and names `named` on stderr.
+fn assert_refused(env: &[(&str, &str)], named: &str) -> anyhow::Result<()> {
+    let out = bus_node(env, &["serve"])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{env:?}: {stderr}");
+    assert!(
+        stderr.contains(named),
+        "{env:?} should name {named}: {stderr}"
+    );
+    Ok(())
+}
+
 #[test]
 fn given_bad_config_should_exit_64_naming_the_key_before_binding_any_port() -> anyhow::Result<()> {
     // Hold the port: a node that tried to bind before validating would fail differently.
@@ -41,20 +53,12 @@ fn given_bad_config_should_exit_64_naming_the_key_before_binding_any_port() -> a
         ("BUS__AUTH__ENABLED", "true", "auth.api_keys"),
     ];
     for (key, value, named) in cases {
-        let out = bus_node(
-            &[
-                ("BUS__HTTP__LISTEN", &listen),
-                ("BUS__AUTH__ENABLED", "false"),
-                (key, value),
-            ],
-            &["serve"],
-        )?;
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(64), "{key}={value}: {stderr}");
-        assert!(
-            stderr.contains(named),
-            "{key}={value} should name {named}: {stderr}"
-        );
+        let env = [
+            ("BUS__HTTP__LISTEN", listen.as_str()),
+            ("BUS__AUTH__ENABLED", "false"),
+            (key, value),
+        ];
+        assert_refused(&env, named)?;
     }
     drop(held);
     Ok(())
@@ -84,13 +88,7 @@ fn given_bad_otel_variables_should_exit_64_naming_the_variable_before_binding_an
         if key == "OTEL_TRACES_SAMPLER_ARG" {
             env.push(("OTEL_TRACES_SAMPLER", "traceidratio"));
         }
-        let out = bus_node(&env, &["serve"])?;
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(64), "{key}={value}: {stderr}");
-        assert!(
-            stderr.contains(key),
-            "{key}={value} should be named: {stderr}"
-        );
+        assert_refused(&env, key)?;
     }
     drop(held);
     Ok(())
