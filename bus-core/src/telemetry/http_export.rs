@@ -36,20 +36,27 @@ impl HttpSpanExporter {
     /// The exporter for `base` (`http://collector:4318`), or, with none, for the
     /// endpoint the `OTEL_*` variables name; headers and timeout from the variables.
     pub(crate) fn new(base: Option<&str>) -> Result<Self, TelemetryError> {
-        let url = match base {
-            Some(b) => traces_url(b),
+        let general = "OTEL_EXPORTER_OTLP_ENDPOINT";
+        let (variable, url) = match base {
+            Some(b) => (general, traces_url(b)),
             None => match var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
-                Some(url) => url,
-                None => var("OTEL_EXPORTER_OTLP_ENDPOINT")
-                    .map(|b| traces_url(&b))
-                    .unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned()),
+                Some(url) => ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", url),
+                None => (
+                    general,
+                    var(general)
+                        .map(|b| traces_url(&b))
+                        .unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned()),
+                ),
             },
         };
-        reqwest::Url::parse(&url).map_err(|_| TelemetryError::InvalidVariable {
-            variable: "OTEL_EXPORTER_OTLP_ENDPOINT",
-            value: url.clone(),
-            reason: "an http:// URL",
-        })?;
+        // No TLS client is built in: an https:// collector would fail every export.
+        if !reqwest::Url::parse(&url).is_ok_and(|u| u.scheme() == "http") {
+            return Err(TelemetryError::InvalidVariable {
+                variable,
+                value: url,
+                reason: "an http:// URL (TLS to the collector is not supported)",
+            });
+        }
         let (variable, compression) = either("COMPRESSION");
         if let Some(c) = compression.filter(|c| !c.eq_ignore_ascii_case("none")) {
             return Err(TelemetryError::InvalidVariable {
@@ -222,6 +229,22 @@ mod tests {
         assert!(parse_headers("api-key", &mut map).is_err());
         assert!(parse_headers("api-key=%zz", &mut map).is_err());
         assert!(parse_headers("bad key=1", &mut map).is_err());
+    }
+
+    #[test]
+    fn an_https_or_malformed_endpoint_is_refused_naming_the_variable() {
+        for base in [
+            "https://collector:4318",
+            "collector:4318",
+            "http://bad host",
+        ] {
+            match HttpSpanExporter::new(Some(base)) {
+                Err(TelemetryError::InvalidVariable { variable, .. }) => {
+                    assert_eq!(variable, "OTEL_EXPORTER_OTLP_ENDPOINT", "{base}")
+                }
+                other => panic!("{base}: {other:?}"),
+            }
+        }
     }
 
     #[test]
