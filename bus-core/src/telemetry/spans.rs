@@ -37,7 +37,7 @@ impl HopSpan {
     /// costs each exported span.
     pub fn publish(destination: &str, message_id: &str, parent: &Context) -> Self {
         Self::start(
-            format!("publish {destination}"),
+            name("publish", destination),
             SpanKind::Producer,
             [
                 KeyValue::new("messaging.system", "nats"),
@@ -61,19 +61,18 @@ impl HopSpan {
         attempt: u32,
         producer: &Context,
     ) -> Self {
-        let mut attributes = vec![
+        let attributes = [
             KeyValue::new("messaging.system", "nats"),
             KeyValue::new("messaging.operation.name", "process"),
             KeyValue::new("messaging.operation.type", "process"),
             KeyValue::new("messaging.destination.name", destination.to_owned()),
             KeyValue::new("messaging.message.id", message_id.to_owned()),
             KeyValue::new("messaging.nats.delivery_attempt", i64::from(attempt)),
-        ];
-        if let Some(g) = group {
-            attributes.push(KeyValue::new("messaging.consumer.group.name", g.to_owned()));
-        }
+        ]
+        .into_iter()
+        .chain(group.map(|g| KeyValue::new("messaging.consumer.group.name", g.to_owned())));
         Self::start(
-            format!("process {destination}"),
+            name("process", destination),
             SpanKind::Consumer,
             attributes,
             producer,
@@ -85,7 +84,7 @@ impl HopSpan {
     /// the caller's trace when it sent `traceparent`.
     pub fn server(method: &str, route: &str, caller: &Context) -> Self {
         Self::start(
-            format!("{method} {route}"),
+            name(method, route),
             SpanKind::Server,
             [
                 KeyValue::new("http.request.method", method.to_owned()),
@@ -107,6 +106,7 @@ impl HopSpan {
             return Self(None);
         };
         let attributes = attributes.into_iter();
+        // One allocation, with room for what the span records later.
         let mut all = Vec::with_capacity(attributes.size_hint().0 + LATER_ATTRIBUTES);
         all.extend(attributes);
         let mut builder = tracer
@@ -186,4 +186,13 @@ impl HopSpan {
             span.set_attribute(KeyValue::new("error.type", error_type.to_owned()));
         }
     }
+}
+
+/// `{first} {second}`, without `format!` (which cost ~900 instructions per span here).
+fn name(first: &str, second: &str) -> String {
+    let mut s = String::with_capacity(first.len() + 1 + second.len());
+    s.push_str(first);
+    s.push(' ');
+    s.push_str(second);
+    s
 }
