@@ -293,25 +293,18 @@ impl Subscription {
             headers: std::sync::Arc::new(headers.unwrap_or_default()),
             group: None,
         };
-        let (mut span, hop) = if telemetry::is_enabled() {
-            let producer = telemetry::context_from_event(&meta.event);
-            match telemetry::skip(&producer) {
-                Some(cx) => (telemetry::HopSpan::none(), Some(cx)),
-                None => {
-                    let span = telemetry::HopSpan::process(
-                        message.subject.as_str(),
-                        None,
-                        &meta.event.id,
-                        1,
-                        &producer,
-                    );
-                    let hop = span.context();
-                    (span, hop)
-                }
-            }
-        } else {
-            (telemetry::HopSpan::none(), None)
-        };
+        let (mut span, hop) = telemetry::HopSpan::for_hop(
+            || telemetry::context_from_event(&meta.event),
+            |producer| {
+                telemetry::HopSpan::process(
+                    message.subject.as_str(),
+                    None,
+                    &meta.event.id,
+                    1,
+                    producer,
+                )
+            },
+        );
         let work = handler(meta);
         let outcome = match hop {
             Some(cx) => telemetry::within_hop(cx, work).await,

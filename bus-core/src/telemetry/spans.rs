@@ -32,6 +32,26 @@ impl HopSpan {
         Self(None)
     }
 
+    /// The span of a hop whose parent is `parent()`, built by `start`, and the context the
+    /// work inside the hop runs under (see [`super::within_hop`]): with telemetry off,
+    /// nothing (and `parent` is not called); for a flow that is not recorded, no span and
+    /// the unsampled context, so that what the hop publishes is not recorded either.
+    pub fn for_hop(
+        parent: impl FnOnce() -> Context,
+        start: impl FnOnce(&Context) -> HopSpan,
+    ) -> (HopSpan, Option<Context>) {
+        if !setup::is_enabled() {
+            return (Self(None), None);
+        }
+        let parent = parent();
+        if let Some(unsampled) = super::skip(&parent) {
+            return (Self(None), Some(unsampled));
+        }
+        let span = start(&parent);
+        let hop = span.context();
+        (span, hop)
+    }
+
     /// `publish {destination}`, kind PRODUCER, a child of `parent`. Without
     /// `messaging.message.body.size`: the conventions make it opt-in, and every attribute
     /// costs each exported span.

@@ -48,21 +48,14 @@ async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Res
         .map(|m| m.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
     let method = request.method().to_string();
-    let (mut span, hop) = if telemetry::is_enabled() {
-        let headers = request.headers();
-        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        let caller = telemetry::extract_with(header("traceparent"), header("tracestate"));
-        match telemetry::skip(&caller) {
-            Some(cx) => (telemetry::HopSpan::none(), Some(cx)),
-            None => {
-                let span = telemetry::HopSpan::server(&method, &route, &caller);
-                let hop = span.context();
-                (span, hop)
-            }
-        }
-    } else {
-        (telemetry::HopSpan::none(), None)
-    };
+    let (mut span, hop) = telemetry::HopSpan::for_hop(
+        || {
+            let headers = request.headers();
+            let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+            telemetry::extract_with(header("traceparent"), header("tracestate"))
+        },
+        |caller| telemetry::HopSpan::server(&method, &route, caller),
+    );
     let start = Instant::now();
     let response = match app.request_slots.try_acquire() {
         Err(_) => Problem::unavailable("the node is serving its maximum number of requests", 1)

@@ -247,25 +247,21 @@ fn process_span(
     group: &str,
     attempt: u32,
 ) -> (telemetry::HopSpan, Option<opentelemetry::Context>) {
-    if !telemetry::is_enabled() {
-        return (telemetry::HopSpan::none(), None);
-    }
     let empty = async_nats::HeaderMap::new();
     let headers = headers.unwrap_or(&empty);
-    let producer = telemetry::context_from_headers(headers);
-    if let Some(unsampled) = telemetry::skip(&producer) {
-        return (telemetry::HopSpan::none(), Some(unsampled));
-    }
-    let id = get_ignore_case(headers, CE_ID)
-        .or_else(|| get_ignore_case(headers, NATS_MSG_ID))
-        .unwrap_or_default();
-    let span = telemetry::HopSpan::process(
-        message.subject.as_str(),
-        Some(group),
-        id,
-        attempt,
-        &producer,
-    );
-    let hop = span.context();
-    (span, hop)
+    telemetry::HopSpan::for_hop(
+        || telemetry::context_from_headers(headers),
+        |producer| {
+            let id = get_ignore_case(headers, CE_ID)
+                .or_else(|| get_ignore_case(headers, NATS_MSG_ID))
+                .unwrap_or_default();
+            telemetry::HopSpan::process(
+                message.subject.as_str(),
+                Some(group),
+                id,
+                attempt,
+                producer,
+            )
+        },
+    )
 }
