@@ -247,13 +247,17 @@ fn process_span(
     group: &str,
     attempt: u32,
 ) -> (telemetry::HopSpan, Option<opentelemetry::Context>) {
-    let empty = async_nats::HeaderMap::new();
-    let headers = headers.unwrap_or(&empty);
     telemetry::HopSpan::for_hop(
-        || telemetry::context_from_headers(headers),
+        // No headers, no context to continue: the current one, as the propagator gives.
+        || {
+            headers.map_or_else(
+                opentelemetry::Context::current,
+                telemetry::context_from_headers,
+            )
+        },
         |producer| {
-            let id = get_ignore_case(headers, CE_ID)
-                .or_else(|| get_ignore_case(headers, NATS_MSG_ID))
+            let id = headers
+                .and_then(|h| get_ignore_case(h, CE_ID).or_else(|| get_ignore_case(h, NATS_MSG_ID)))
                 .unwrap_or_default();
             telemetry::HopSpan::process(
                 message.subject.as_str(),
