@@ -12,6 +12,7 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::event::{Event, SPEC_VERSION};
 use crate::event_type::{EventType, EventTypeError};
+use crate::header_map;
 use crate::headers::*;
 
 /// Longest accepted extension attribute name (CloudEvents recommends at most 20).
@@ -100,40 +101,49 @@ const RESERVED: &[&str] = &[
 
 /// The headers and payload that carry `event` on NATS.
 pub fn encode(event: &Event) -> Result<(HeaderMap, Bytes), EncodeError> {
-    let mut h = HeaderMap::new();
-    let required = [
-        (CE_ID, "id", event.id.as_str()),
-        (NATS_MSG_ID, "id", event.id.as_str()),
-        (CE_SOURCE, "source", event.source.as_str()),
-        (CE_TYPE, "type", event.event_type.as_str()),
-        (CE_SPECVERSION, "specversion", SPEC_VERSION),
+    encode_with_room(event, 0)
+}
+
+/// [`encode`], with room in the header map for `more` headers the caller adds (a
+/// publisher's `traceparent`), so adding them does not grow it.
+pub fn encode_with_room(event: &Event, more: usize) -> Result<(HeaderMap, Bytes), EncodeError> {
+    let optional = [
+        (names::CE_SUBJECT, "subject", &event.subject),
+        (
+            names::CONTENT_TYPE,
+            "datacontenttype",
+            &event.datacontenttype,
+        ),
+        (names::CE_DATASCHEMA, "dataschema", &event.dataschema),
+        (names::CE_PARTITIONKEY, "partitionkey", &event.partitionkey),
+        (names::TRACEPARENT, "traceparent", &event.traceparent),
+        (names::TRACESTATE, "tracestate", &event.tracestate),
     ];
+    let required = [
+        (names::CE_ID, "id", event.id.as_str()),
+        (names::NATS_MSG_ID, "id", event.id.as_str()),
+        (names::CE_SOURCE, "source", event.source.as_str()),
+        (names::CE_TYPE, "type", event.event_type.as_str()),
+    ];
+    let count = 1 // ce-specversion, in the map from the start
+        + required.len()
+        + usize::from(event.time.is_some())
+        + optional.iter().filter(|(_, _, v)| v.is_some()).count()
+        + event.extensions.len()
+        + more;
+    let mut h = header_map::with_spec_version(count);
     for (header, attribute, value) in required {
-        put(
-            &mut h,
-            HeaderName::from_static(header),
-            attribute,
-            value,
-            true,
-        )?;
+        put(&mut h, header, attribute, value, true)?;
     }
     if let Some(t) = event.time {
         let s = t.format(&Rfc3339).map_err(|_| EncodeError::InvalidValue {
             attribute: "time".into(),
         })?;
-        put(&mut h, HeaderName::from_static(CE_TIME), "time", &s, true)?;
+        put(&mut h, names::CE_TIME, "time", &s, true)?;
     }
-    let optional = [
-        (CE_SUBJECT, "subject", &event.subject),
-        (CONTENT_TYPE, "datacontenttype", &event.datacontenttype),
-        (CE_DATASCHEMA, "dataschema", &event.dataschema),
-        (CE_PARTITIONKEY, "partitionkey", &event.partitionkey),
-        (TRACEPARENT, "traceparent", &event.traceparent),
-        (TRACESTATE, "tracestate", &event.tracestate),
-    ];
     for (header, attribute, value) in optional {
         if let Some(v) = value {
-            put(&mut h, HeaderName::from_static(header), attribute, v, false)?;
+            put(&mut h, header, attribute, v, false)?;
         }
     }
     for (name, value) in &event.extensions {
@@ -148,6 +158,27 @@ pub fn encode(event: &Event) -> Result<(HeaderMap, Bytes), EncodeError> {
         put(&mut h, header, name, value, false)?;
     }
     Ok((h, event.data.clone()))
+}
+
+/// The header names [`encode`] writes, resolved at compile time (`from_static` at run
+/// time matches the name against every async-nats standard header).
+mod names {
+    use async_nats::header::HeaderName;
+
+    use crate::headers;
+
+    pub(super) const CE_ID: HeaderName = HeaderName::from_static(headers::CE_ID);
+    pub(super) const NATS_MSG_ID: HeaderName = HeaderName::from_static(headers::NATS_MSG_ID);
+    pub(super) const CE_SOURCE: HeaderName = HeaderName::from_static(headers::CE_SOURCE);
+    pub(super) const CE_TYPE: HeaderName = HeaderName::from_static(headers::CE_TYPE);
+    pub(super) const CE_TIME: HeaderName = HeaderName::from_static(headers::CE_TIME);
+    pub(super) const CE_SUBJECT: HeaderName = HeaderName::from_static(headers::CE_SUBJECT);
+    pub(super) const CONTENT_TYPE: HeaderName = HeaderName::from_static(headers::CONTENT_TYPE);
+    pub(super) const CE_DATASCHEMA: HeaderName = HeaderName::from_static(headers::CE_DATASCHEMA);
+    pub(super) const CE_PARTITIONKEY: HeaderName =
+        HeaderName::from_static(headers::CE_PARTITIONKEY);
+    pub(super) const TRACEPARENT: HeaderName = HeaderName::from_static(headers::TRACEPARENT);
+    pub(super) const TRACESTATE: HeaderName = HeaderName::from_static(headers::TRACESTATE);
 }
 
 /// Whether `name` is a valid CloudEvents extension attribute name: 1 to
@@ -308,6 +339,23 @@ mod tests {
         assert_eq!(h.get("ce-tenant").map(|v| v.as_str()), Some("acme"));
         let back = decode(Some(&h), p);
         assert_eq!(back, Ok(e));
+    }
+
+    #[test]
+    fn given_room_for_more_headers_should_write_the_same_ones() {
+        let e = sample();
+        let plain = encode(&e).unwrap_or_else(|err| panic!("{err}"));
+        for more in [0, 1, 2, 20, 40] {
+            let roomy = encode_with_room(&e, more).unwrap_or_else(|err| panic!("{err}"));
+            assert_eq!(roomy, plain, "room for {more} more");
+        }
+        assert_eq!(
+            plain.0.get(CE_SPECVERSION).map(|v| v.as_str()),
+            Some(SPEC_VERSION)
+        );
+        // id, Nats-Msg-Id, source, type, specversion, time, subject, content-type,
+        // partitionkey, traceparent, tracestate, ce-tenant.
+        assert_eq!(plain.0.len(), 12);
     }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {

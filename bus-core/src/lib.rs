@@ -9,6 +9,7 @@ pub mod binary_mode;
 pub mod config;
 pub mod event;
 pub mod event_type;
+mod header_map;
 pub mod headers;
 pub mod retry;
 pub mod structured;

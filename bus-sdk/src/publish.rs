@@ -300,7 +300,9 @@ fn encode(event: &Event, trace: Option<&SpanContext>) -> Result<(HeaderMap, Byte
         telemetry::inject_into_event(sc, &mut copy);
         return encoded(&copy);
     }
-    let (mut headers, payload) = encoded(event)?;
+    let more = telemetry::header_count(sc);
+    let (mut headers, payload) = binary_mode::encode_with_room(event, more)
+        .map_err(|err| PublishError::from_encode(&event.id, err))?;
     telemetry::inject_into_headers(sc, &mut headers);
     Ok((headers, payload))
 }

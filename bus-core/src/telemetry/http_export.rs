@@ -1,8 +1,8 @@
-//! The OTLP/HTTP (protobuf) span exporter: each batch encoded by [`super::otlp_wire`] and
-//! posted to `<endpoint>/v1/traces` with a blocking HTTP client, from the batch span
-//! processor's own thread (which is where the SDK calls `export`). One request per batch,
-//! bounded by the export timeout; a failed batch is dropped, as the SDK's exporters drop
-//! it, so a dead collector costs the bus nothing but the batch.
+//! The OTLP/HTTP (protobuf) transport: a request [`super::batch_encoder`] encoded is
+//! posted to `<endpoint>/v1/traces` with a blocking HTTP client, from the encoder's export
+//! thread. One request per batch, bounded by the export timeout; a failed batch is
+//! dropped, as the SDK's exporters drop it, so a dead collector costs the bus nothing but
+//! the batch.
 //!
 //! Reads `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (used as is) or `OTEL_EXPORTER_OTLP_ENDPOINT`
 //! (`/v1/traces` appended), `OTEL_EXPORTER_OTLP[_TRACES]_HEADERS` (`key=value,...`,
@@ -11,12 +11,8 @@
 
 use std::time::Duration;
 
-use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
-use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 
-use super::otlp_wire;
 use super::setup::{TelemetryError, var};
 
 /// Where spans go without any endpoint setting (the OTLP/HTTP default).
@@ -24,12 +20,12 @@ const DEFAULT_ENDPOINT: &str = "http://localhost:4318/v1/traces";
 /// The OTLP default export timeout.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Posts encoded batches to an OTLP/HTTP endpoint.
+/// Posts encoded requests to an OTLP/HTTP endpoint.
 #[derive(Debug)]
 pub(crate) struct HttpSpanExporter {
     client: reqwest::blocking::Client,
     url: String,
-    resource: Resource,
+    timeout: Duration,
 }
 
 impl HttpSpanExporter {
@@ -108,44 +104,30 @@ impl HttpSpanExporter {
         Ok(Self {
             client,
             url,
-            resource: Resource::builder_empty().build(),
+            timeout,
         })
     }
 
-    fn post(&self, batch: &[SpanData]) -> OTelSdkResult {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let mut body = Vec::new();
-        otlp_wire::encode_request(&self.resource, batch, &mut body);
+    /// The longest one post may take.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Posts one encoded `ExportTraceServiceRequest`; blocks (call it from a thread of
+    /// its own) for at most [`Self::timeout`].
+    pub(crate) fn post(&self, body: Vec<u8>) -> Result<(), String> {
         let response = self
             .client
             .post(&self.url)
             .body(body)
             .send()
-            .map_err(|e| OTelSdkError::InternalFailure(format!("OTLP/HTTP export: {e}")))?;
+            .map_err(|e| format!("OTLP/HTTP export: {e}"))?;
         let status = response.status();
         if status.is_success() {
             Ok(())
         } else {
-            Err(OTelSdkError::InternalFailure(format!(
-                "OTLP/HTTP export: {} answered {status}",
-                self.url
-            )))
+            Err(format!("OTLP/HTTP export: {} answered {status}", self.url))
         }
-    }
-}
-
-impl SpanExporter for HttpSpanExporter {
-    fn export(&self, batch: Vec<SpanData>) -> impl Future<Output = OTelSdkResult> + Send {
-        // Runs on the batch processor's thread, which blocks on this future: the blocking
-        // post is what that thread is for.
-        let result = self.post(&batch);
-        std::future::ready(result)
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        self.resource = resource.clone();
     }
 }
 

@@ -12,6 +12,7 @@
 //! # Ok(()) }
 //! ```
 
+mod batch_encoder;
 mod http_export;
 mod otlp_wire;
 mod propagation;
@@ -22,7 +23,7 @@ mod spans;
 pub use opentelemetry_sdk::trace::Sampler;
 pub use propagation::{
     HeaderExtractor, HeaderInjector, context_from_event, context_from_headers, extract_with,
-    inject_into_event, inject_into_headers,
+    header_count, inject_into_event, inject_into_headers,
 };
 pub use sampling::{current_hop, skip, within_hop};
 pub use setup::{

@@ -1,12 +1,13 @@
-//! OTLP trace export encoding: a batch of finished spans written straight into the
-//! protobuf bytes of an `ExportTraceServiceRequest`, without building the generated
-//! message types first.
+//! OTLP trace export encoding: finished spans written straight into the protobuf bytes
+//! of an `ExportTraceServiceRequest`, without building the generated message types.
 //!
 //! Why not `opentelemetry-proto` + `prost`: converting each span into the generated types
 //! copies every name, key and value into a new `String`, and `prost` computes the length
 //! of a nested message again at every level above it; together about 23 k instructions
 //! per publish span, more than the rest of the span's life (BENCHMARKS.md, "Tracing
-//! cost"). Here each span's length is computed once, then its bytes are written.
+//! cost"). Here the bytes are written in one pass: a nested message's length goes in
+//! front of it once its bytes are written (room for the usual length is left first;
+//! [`nested`]).
 //!
 //! The bytes decode to what `opentelemetry-proto`'s conversion builds from the same spans
 //! (the tests compare the two), field for field: the same span flags, status always
@@ -15,7 +16,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use opentelemetry::trace::{SpanContext, SpanKind, Status};
-use opentelemetry::{Array, InstrumentationScope, KeyValue, Value};
+use opentelemetry::{Array, InstrumentationScope, Value};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SpanData;
 
@@ -32,45 +33,80 @@ const CONTEXT_IS_REMOTE: u32 = 0x200;
 /// Appends `ExportTraceServiceRequest { resource_spans: [ one ResourceSpans ] }` for
 /// `spans` to `out`, with one `ScopeSpans` per instrumentation scope, in order of first
 /// appearance.
+#[cfg(test)]
 pub(crate) fn encode_request(resource: &Resource, spans: &[SpanData], out: &mut Vec<u8>) {
-    // Scopes in order of first appearance (a process has one or two), each with the
-    // indices of its spans and the encoded length of each.
-    let mut scopes: Vec<(&InstrumentationScope, Vec<(usize, usize)>)> = Vec::new();
-    for (i, span) in spans.iter().enumerate() {
-        let len = span_len(span);
-        match scopes
-            .iter_mut()
-            .find(|(s, _)| *s == &span.instrumentation_scope)
+    let mut scopes: Vec<(InstrumentationScope, Vec<u8>)> = Vec::new();
+    for span in spans {
+        let i = match scopes
+            .iter()
+            .position(|(s, _)| *s == span.instrumentation_scope)
         {
-            Some((_, members)) => members.push((i, len)),
-            None => scopes.push((&span.instrumentation_scope, vec![(i, len)])),
-        }
+            Some(i) => i,
+            None => {
+                scopes.push((span.instrumentation_scope.clone(), Vec::new()));
+                scopes.len() - 1
+            }
+        };
+        put_span_entry(&mut scopes[i].1, span);
     }
-    let scope_lens: Vec<usize> = scopes
-        .iter()
-        .map(|(scope, members)| scope_spans_len(scope, members))
-        .collect();
-    let resource_len = resource_len(resource);
-    let schema = resource.schema_url().unwrap_or_default();
-    let resource_spans_len = field_len(1, resource_len)
-        + scope_lens.iter().map(|l| field_len(2, *l)).sum::<usize>()
-        + string_len(3, schema);
-    out.reserve(field_len(1, resource_spans_len));
-
-    put_key(out, 1, LEN);
-    put_varint(out, resource_spans_len as u64);
-    put_key(out, 1, LEN);
-    put_varint(out, resource_len as u64);
-    put_resource(out, resource);
-    for ((scope, members), len) in scopes.iter().zip(&scope_lens) {
-        put_key(out, 2, LEN);
-        put_varint(out, *len as u64);
-        put_scope_spans(out, scope, members, spans);
-    }
-    put_string(out, 3, schema);
+    put_request(out, &encode_resource(resource), &scopes);
 }
 
-// ---- lengths ----------------------------------------------------------------------
+/// `resource` as the content of a `Resource` message: written once, put in every request.
+pub(crate) fn encode_resource(resource: &Resource) -> EncodedResource {
+    let mut attributes = Vec::new();
+    for (k, v) in resource.iter() {
+        put_key_value(&mut attributes, 1, k.as_str(), v);
+    }
+    EncodedResource {
+        attributes,
+        schema_url: resource.schema_url().unwrap_or_default().to_owned(),
+    }
+}
+
+/// A resource written once by [`encode_resource`].
+#[derive(Debug, Clone, Default)]
+pub(crate) struct EncodedResource {
+    attributes: Vec<u8>,
+    schema_url: String,
+}
+
+/// Appends `span` as an entry of `ScopeSpans.spans` (its key, length and bytes): what
+/// [`put_request`] takes, concatenated, per scope.
+pub(crate) fn put_span_entry(out: &mut Vec<u8>, span: &SpanData) {
+    // A publish span is 300-500 bytes: a two-byte length.
+    nested(out, 2, 2, |out| put_span(out, span));
+}
+
+/// Appends the request around span entries already written: one `ResourceSpans` for
+/// `resource`, one `ScopeSpans` per `(scope, entries)` that has entries.
+pub(crate) fn put_request(
+    out: &mut Vec<u8>,
+    resource: &EncodedResource,
+    scopes: &[(InstrumentationScope, Vec<u8>)],
+) {
+    let total: usize = scopes.iter().map(|(_, entries)| entries.len()).sum();
+    out.reserve(total + resource.attributes.len() + 64);
+    nested(out, 1, varint_len(total as u64 + 32), |out| {
+        nested(out, 1, 2, |out| out.extend_from_slice(&resource.attributes));
+        for (scope, entries) in scopes.iter().filter(|(_, e)| !e.is_empty()) {
+            nested(out, 2, varint_len(entries.len() as u64 + 32), |out| {
+                nested(out, 1, 1, |out| {
+                    put_string(out, 1, scope.name());
+                    put_string(out, 2, scope.version().unwrap_or_default());
+                    for kv in scope.attributes() {
+                        put_key_value(out, 3, kv.key.as_str(), &kv.value);
+                    }
+                });
+                out.extend_from_slice(entries);
+                put_string(out, 3, scope.schema_url().unwrap_or_default());
+            });
+        }
+        put_string(out, 3, &resource.schema_url);
+    });
+}
+
+// ---- writing ----------------------------------------------------------------------
 
 /// Bytes of a varint.
 fn varint_len(v: u64) -> usize {
@@ -78,147 +114,30 @@ fn varint_len(v: u64) -> usize {
     (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
-/// Bytes of a key (field number and wire type).
-fn key_len(field: u32) -> usize {
-    varint_len(u64::from(field) << 3)
-}
-
-/// Bytes of a length-delimited field whose content is `len` bytes.
-fn field_len(field: u32, len: usize) -> usize {
-    key_len(field) + varint_len(len as u64) + len
-}
-
-/// Bytes of a string or bytes field; proto3 leaves an empty one out.
-fn string_len(field: u32, s: &str) -> usize {
-    if s.is_empty() {
-        0
-    } else {
-        field_len(field, s.len())
-    }
-}
-
-fn uint_len(field: u32, v: u64) -> usize {
-    if v == 0 {
-        0
-    } else {
-        key_len(field) + varint_len(v)
-    }
-}
-
-fn resource_len(resource: &Resource) -> usize {
-    resource
-        .iter()
-        .map(|(k, v)| field_len(1, key_value_len(k.as_str(), v)))
-        .sum()
-}
-
-fn scope_len(scope: &InstrumentationScope) -> usize {
-    string_len(1, scope.name())
-        + string_len(2, scope.version().unwrap_or_default())
-        + attributes_len(3, scope.attributes())
-}
-
-fn scope_spans_len(scope: &InstrumentationScope, members: &[(usize, usize)]) -> usize {
-    field_len(1, scope_len(scope))
-        + members.iter().map(|(_, l)| field_len(2, *l)).sum::<usize>()
-        + string_len(3, scope.schema_url().unwrap_or_default())
-}
-
-fn attributes_len<'a>(field: u32, attributes: impl IntoIterator<Item = &'a KeyValue>) -> usize {
-    attributes
-        .into_iter()
-        .map(|kv| field_len(field, key_value_len(kv.key.as_str(), &kv.value)))
-        .sum()
-}
-
-fn key_value_len(key: &str, value: &Value) -> usize {
-    string_len(1, key) + field_len(2, any_value_len(value))
-}
-
-fn any_value_len(value: &Value) -> usize {
-    match value {
-        Value::Bool(_) => 2,
-        Value::I64(i) => 1 + varint_len(*i as u64),
-        Value::F64(_) => 9,
-        Value::String(s) => field_len(1, s.as_str().len()),
-        Value::Array(a) => field_len(5, array_len(a)),
-        other => field_len(1, other.to_string().len()),
-    }
-}
-
-fn array_len(array: &Array) -> usize {
-    // `ArrayValue { repeated AnyValue values = 1 }`.
-    match array {
-        Array::Bool(v) => v.len() * field_len(1, 2),
-        Array::I64(v) => v
-            .iter()
-            .map(|i| field_len(1, 1 + varint_len(*i as u64)))
-            .sum(),
-        Array::F64(v) => v.len() * field_len(1, 9),
-        Array::String(v) => v
-            .iter()
-            .map(|s| field_len(1, field_len(1, s.as_str().len())))
-            .sum(),
-        other => field_len(1, field_len(1, other.to_string().len())),
-    }
-}
-
-fn span_len(span: &SpanData) -> usize {
-    let sc = &span.span_context;
-    let trace_state = sc.trace_state().header();
-    field_len(1, 16)
-        + field_len(2, 8)
-        + string_len(3, &trace_state)
-        + if span.parent_span_id == opentelemetry::trace::SpanId::INVALID {
-            0
-        } else {
-            field_len(4, 8)
+/// Appends a length-delimited `field` whose content `body` writes: `room` bytes are left
+/// for the length, and the content is moved when its length needs another count.
+fn nested(out: &mut Vec<u8>, field: u32, room: usize, body: impl FnOnce(&mut Vec<u8>)) {
+    put_key(out, field, LEN);
+    let at = out.len();
+    out.resize(at + room, 0);
+    body(out);
+    let len = out.len() - at - room;
+    let need = varint_len(len as u64);
+    if need != room {
+        let content = at + room..out.len();
+        if need > room {
+            out.resize(out.len() + need - room, 0);
         }
-        + string_len(5, &span.name)
-        + uint_len(6, kind_number(&span.span_kind))
-        + 2 * (1 + 8)
-        + attributes_len(9, &span.attributes)
-        + uint_len(10, u64::from(span.dropped_attributes_count))
-        + span
-            .events
-            .iter()
-            .map(|e| field_len(11, event_len(e)))
-            .sum::<usize>()
-        + uint_len(12, u64::from(span.events.dropped_count))
-        + span
-            .links
-            .iter()
-            .map(|l| field_len(13, link_len(l)))
-            .sum::<usize>()
-        + uint_len(14, u64::from(span.links.dropped_count))
-        + field_len(15, status_len(&span.status))
-        + key_len(16)
-        + 4
+        out.copy_within(content, at + need);
+        out.truncate(at + need + len);
+    }
+    let mut v = len as u64;
+    for b in &mut out[at..at + need] {
+        *b = (v as u8 & 0x7f) | 0x80;
+        v >>= 7;
+    }
+    out[at + need - 1] &= 0x7f;
 }
-
-fn event_len(event: &opentelemetry::trace::Event) -> usize {
-    1 + 8
-        + string_len(2, &event.name)
-        + attributes_len(3, &event.attributes)
-        + uint_len(4, u64::from(event.dropped_attributes_count))
-}
-
-fn link_len(link: &opentelemetry::trace::Link) -> usize {
-    field_len(1, 16)
-        + field_len(2, 8)
-        + string_len(3, &link.span_context.trace_state().header())
-        + attributes_len(4, &link.attributes)
-        + uint_len(5, u64::from(link.dropped_attributes_count))
-        + 1
-        + 4
-}
-
-fn status_len(status: &Status) -> usize {
-    let (code, message) = status_parts(status);
-    string_len(2, message) + uint_len(3, code)
-}
-
-// ---- writing ----------------------------------------------------------------------
 
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
@@ -261,42 +180,15 @@ fn put_fixed32(out: &mut Vec<u8>, field: u32, v: u32) {
     out.extend_from_slice(&v.to_le_bytes());
 }
 
-fn put_resource(out: &mut Vec<u8>, resource: &Resource) {
-    for (k, v) in resource.iter() {
-        put_key_value(out, 1, k.as_str(), v);
-    }
-}
-
-fn put_scope_spans(
-    out: &mut Vec<u8>,
-    scope: &InstrumentationScope,
-    members: &[(usize, usize)],
-    spans: &[SpanData],
-) {
-    put_key(out, 1, LEN);
-    put_varint(out, scope_len(scope) as u64);
-    put_string(out, 1, scope.name());
-    put_string(out, 2, scope.version().unwrap_or_default());
-    for kv in scope.attributes() {
-        put_key_value(out, 3, kv.key.as_str(), &kv.value);
-    }
-    for (i, len) in members {
-        put_key(out, 2, LEN);
-        put_varint(out, *len as u64);
-        put_span(out, &spans[*i]);
-    }
-    put_string(out, 3, scope.schema_url().unwrap_or_default());
-}
-
+/// A `KeyValue { key = 1, AnyValue value = 2 }` as `field`.
 fn put_key_value(out: &mut Vec<u8>, field: u32, key: &str, value: &Value) {
-    put_key(out, field, LEN);
-    put_varint(out, key_value_len(key, value) as u64);
-    put_string(out, 1, key);
-    put_key(out, 2, LEN);
-    put_varint(out, any_value_len(value) as u64);
-    put_any_value(out, value);
+    nested(out, field, 1, |out| {
+        put_string(out, 1, key);
+        nested(out, 2, 1, |out| put_any_value(out, value));
+    });
 }
 
+/// The content of an `AnyValue`.
 fn put_any_value(out: &mut Vec<u8>, value: &Value) {
     match value {
         Value::Bool(b) => {
@@ -312,21 +204,14 @@ fn put_any_value(out: &mut Vec<u8>, value: &Value) {
             out.extend_from_slice(&f.to_le_bytes());
         }
         Value::String(s) => put_bytes(out, 1, s.as_str().as_bytes()),
-        Value::Array(a) => {
-            put_key(out, 5, LEN);
-            put_varint(out, array_len(a) as u64);
-            put_array(out, a);
-        }
+        Value::Array(a) => nested(out, 5, 1, |out| put_array(out, a)),
         other => put_bytes(out, 1, other.to_string().as_bytes()),
     }
 }
 
+/// The content of an `ArrayValue { repeated AnyValue values = 1 }`.
 fn put_array(out: &mut Vec<u8>, array: &Array) {
-    let element = |out: &mut Vec<u8>, v: Value| {
-        put_key(out, 1, LEN);
-        put_varint(out, any_value_len(&v) as u64);
-        put_any_value(out, &v);
-    };
+    let element = |out: &mut Vec<u8>, v: Value| nested(out, 1, 1, |out| put_any_value(out, &v));
     match array {
         Array::Bool(v) => v.iter().for_each(|b| element(out, Value::Bool(*b))),
         Array::I64(v) => v.iter().for_each(|i| element(out, Value::I64(*i))),
@@ -338,6 +223,7 @@ fn put_array(out: &mut Vec<u8>, array: &Array) {
     }
 }
 
+/// The content of a `Span`.
 fn put_span(out: &mut Vec<u8>, span: &SpanData) {
     let sc = &span.span_context;
     put_bytes(out, 1, &sc.trace_id().to_bytes());
@@ -355,35 +241,35 @@ fn put_span(out: &mut Vec<u8>, span: &SpanData) {
     }
     put_uint(out, 10, u64::from(span.dropped_attributes_count));
     for event in span.events.iter() {
-        put_key(out, 11, LEN);
-        put_varint(out, event_len(event) as u64);
-        put_fixed64(out, 1, nanos(event.timestamp));
-        put_string(out, 2, &event.name);
-        for kv in &event.attributes {
-            put_key_value(out, 3, kv.key.as_str(), &kv.value);
-        }
-        put_uint(out, 4, u64::from(event.dropped_attributes_count));
+        nested(out, 11, 1, |out| {
+            put_fixed64(out, 1, nanos(event.timestamp));
+            put_string(out, 2, &event.name);
+            for kv in &event.attributes {
+                put_key_value(out, 3, kv.key.as_str(), &kv.value);
+            }
+            put_uint(out, 4, u64::from(event.dropped_attributes_count));
+        });
     }
     put_uint(out, 12, u64::from(span.events.dropped_count));
     for link in span.links.iter() {
-        put_key(out, 13, LEN);
-        put_varint(out, link_len(link) as u64);
-        let lc = &link.span_context;
-        put_bytes(out, 1, &lc.trace_id().to_bytes());
-        put_bytes(out, 2, &lc.span_id().to_bytes());
-        put_string(out, 3, &lc.trace_state().header());
-        for kv in &link.attributes {
-            put_key_value(out, 4, kv.key.as_str(), &kv.value);
-        }
-        put_uint(out, 5, u64::from(link.dropped_attributes_count));
-        put_fixed32(out, 6, flags(lc, lc.is_remote()));
+        nested(out, 13, 1, |out| {
+            let lc = &link.span_context;
+            put_bytes(out, 1, &lc.trace_id().to_bytes());
+            put_bytes(out, 2, &lc.span_id().to_bytes());
+            put_string(out, 3, &lc.trace_state().header());
+            for kv in &link.attributes {
+                put_key_value(out, 4, kv.key.as_str(), &kv.value);
+            }
+            put_uint(out, 5, u64::from(link.dropped_attributes_count));
+            put_fixed32(out, 6, flags(lc, lc.is_remote()));
+        });
     }
     put_uint(out, 14, u64::from(span.links.dropped_count));
-    put_key(out, 15, LEN);
-    put_varint(out, status_len(&span.status) as u64);
-    let (code, message) = status_parts(&span.status);
-    put_string(out, 2, message);
-    put_uint(out, 3, code);
+    nested(out, 15, 1, |out| {
+        let (code, message) = status_parts(&span.status);
+        put_string(out, 2, message);
+        put_uint(out, 3, code);
+    });
     put_fixed32(out, 16, flags(sc, span.parent_span_is_remote));
 }
 
@@ -427,6 +313,7 @@ fn nanos(t: SystemTime) -> u64 {
 mod tests {
     use std::time::Duration;
 
+    use opentelemetry::KeyValue;
     use opentelemetry::trace::{Event, Link, SpanContext, SpanId, TraceFlags, TraceId, TraceState};
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
@@ -575,6 +462,21 @@ mod tests {
         let bus = InstrumentationScope::builder("bus").build();
         let spans = vec![span(&bus, 1, Status::Unset, SpanKind::Producer)];
         assert_eq!(ours(&resource, &spans), upstream(&resource, spans));
+    }
+
+    #[test]
+    fn a_nested_length_is_right_whatever_room_was_left_for_it() {
+        for len in [0, 1, 127, 128, 300, 16_383, 16_384, 70_000] {
+            for room in [1, 2, 3] {
+                let mut out = vec![0xee];
+                nested(&mut out, 9, room, |out| out.resize(out.len() + len, 0xab));
+                let mut expected = vec![0xee];
+                put_key(&mut expected, 9, LEN);
+                put_varint(&mut expected, len as u64);
+                expected.resize(expected.len() + len, 0xab);
+                assert_eq!(out, expected, "length {len}, room {room}");
+            }
+        }
     }
 
     #[test]

@@ -82,39 +82,50 @@ pub fn inject_into_headers(sc: &SpanContext, headers: &mut HeaderMap) {
     if !sc.is_valid() {
         return;
     }
-    headers.insert(
-        HeaderName::from_static(TRACEPARENT),
-        HeaderValue::from(traceparent(sc)),
-    );
+    headers.insert(TRACEPARENT_NAME, HeaderValue::from(traceparent(sc)));
     let state = sc.trace_state().header();
     if !state.is_empty()
         && let Ok(v) = HeaderValue::from_str(&state)
     {
-        headers.insert(HeaderName::from_static(TRACESTATE), v);
+        headers.insert(TRACESTATE_NAME, v);
     }
 }
+
+/// How many headers [`inject_into_headers`] writes for `sc`.
+pub fn header_count(sc: &SpanContext) -> usize {
+    if !sc.is_valid() {
+        0
+    } else if sc.trace_state().header().is_empty() {
+        1
+    } else {
+        2
+    }
+}
+
+const TRACEPARENT_NAME: HeaderName = HeaderName::from_static(TRACEPARENT);
+const TRACESTATE_NAME: HeaderName = HeaderName::from_static(TRACESTATE);
 
 /// `00-<trace id>-<span id>-<flags>`, as `TraceContextPropagator` writes it (only the
 /// sampled flag is propagated).
 fn traceparent(sc: &SpanContext) -> String {
-    let mut out = Vec::with_capacity(55);
-    out.extend_from_slice(b"00-");
-    push_hex(&mut out, &sc.trace_id().to_bytes());
-    out.push(b'-');
-    push_hex(&mut out, &sc.span_id().to_bytes());
-    out.push(b'-');
-    push_hex(
-        &mut out,
+    let mut out = [b'-'; 55];
+    out[..2].copy_from_slice(b"00");
+    put_hex(&mut out[3..35], &sc.trace_id().to_bytes());
+    put_hex(&mut out[36..52], &sc.span_id().to_bytes());
+    put_hex(
+        &mut out[53..],
         &[(sc.trace_flags() & TraceFlags::SAMPLED).to_u8()],
     );
     // Hex digits and dashes only: always UTF-8.
-    String::from_utf8(out).unwrap_or_default()
+    String::from_utf8(out.to_vec()).unwrap_or_default()
 }
 
-fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+/// Writes `bytes` as lowercase hex into `out`, which is twice as long.
+fn put_hex(out: &mut [u8], bytes: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        out.extend_from_slice(&[HEX[usize::from(b >> 4)], HEX[usize::from(b & 0x0f)]]);
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0x0f)];
     }
 }
 
@@ -137,6 +148,11 @@ pub fn context_from_event(event: &Event) -> Context {
 
 /// Extracts a context from a `traceparent` and `tracestate` (HTTP headers, other carriers).
 pub fn extract_with(traceparent: Option<&str>, tracestate: Option<&str>) -> Context {
+    if traceparent.is_none() {
+        // What the propagator gives for a carrier without one (it runs on every publish
+        // of an event without a trace context, so skip its parsing).
+        return Context::current();
+    }
     let pair = Pair {
         traceparent,
         tracestate,
@@ -177,9 +193,11 @@ mod tests {
             let mut ours = HeaderMap::new();
             inject_into_headers(cx.span().span_context(), &mut ours);
             assert_eq!(ours, written_by_propagator(&cx));
+            assert_eq!(header_count(cx.span().span_context()), ours.len());
         }
         let mut none = HeaderMap::new();
         inject_into_headers(&SpanContext::empty_context(), &mut none);
         assert!(none.is_empty(), "no span context, no headers");
+        assert_eq!(header_count(&SpanContext::empty_context()), 0);
     }
 }

@@ -8,7 +8,10 @@
 //!
 //! Spans are queued in a bounded batch queue (`OTEL_BSP_MAX_QUEUE_SIZE`, default 2048)
 //! and exported from a background thread; when the queue is full new spans are dropped,
-//! so a slow or dead collector never slows the bus down.
+//! so a slow or dead collector never slows the bus down. OTLP/HTTP goes through the bus's
+//! own processor (`batch_encoder`: spans encoded where they end), OTLP/gRPC through the
+//! SDK's batch processor and the upstream exporter; both take the same `OTEL_BSP_*`
+//! limits, and a value that is not a positive number stops `init` naming the variable.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +30,7 @@ use tracing_subscriber::filter::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
+use super::batch_encoder::{BatchEncoder, BatchLimits};
 use super::http_export::HttpSpanExporter;
 
 /// How long `shutdown` may spend flushing spans.
@@ -225,27 +229,36 @@ pub fn init_with(settings: TelemetrySettings) -> Result<Telemetry, TelemetryErro
             .map_err(|_| TelemetryError::AlreadyInstalled)?;
         return Ok(Telemetry { provider: None });
     };
-    let mut batch = BatchConfigBuilder::default();
+    let mut limits = batch_limits()?;
     if let Some(delay) = export.batch_delay {
-        batch = batch.with_scheduled_delay(delay);
+        limits.delay = delay;
     }
-    let batch = batch.build();
-    let processor = match export.protocol {
+    let builder = SdkTracerProvider::builder();
+    let builder = match export.protocol {
         OtlpProtocol::HttpProtobuf => {
             let exporter = HttpSpanExporter::new(export.endpoint.as_deref())?;
-            BatchSpanProcessor::builder(exporter)
-                .with_batch_config(batch)
-                .build()
+            builder.with_span_processor(
+                BatchEncoder::start(exporter, limits)
+                    .map_err(|e| TelemetryError::Exporter(e.to_string()))?,
+            )
         }
-        OtlpProtocol::Grpc => BatchSpanProcessor::builder(grpc_exporter(&export)?)
-            .with_batch_config(batch)
-            .build(),
+        OtlpProtocol::Grpc => {
+            let batch = BatchConfigBuilder::default()
+                .with_max_queue_size(limits.max_queue)
+                .with_max_export_batch_size(limits.max_batch)
+                .with_scheduled_delay(limits.delay)
+                .build();
+            builder.with_span_processor(
+                BatchSpanProcessor::builder(grpc_exporter(&export)?)
+                    .with_batch_config(batch)
+                    .build(),
+            )
+        }
     };
     let off = matches!(settings.sampler, Sampler::AlwaysOff)
         || matches!(settings.sampler, Sampler::TraceIdRatioBased(r) if r <= 0.0);
     let sampler = super::sampling::configure(settings.sampler, settings.head_sampling_ratio);
-    let provider = SdkTracerProvider::builder()
-        .with_span_processor(processor)
+    let provider = builder
         .with_sampler(sampler)
         .with_resource(
             Resource::builder()
@@ -263,6 +276,33 @@ pub fn init_with(settings: TelemetrySettings) -> Result<Telemetry, TelemetryErro
     ENABLED.store(!off, Ordering::Relaxed);
     Ok(Telemetry {
         provider: Some(provider),
+    })
+}
+
+/// `OTEL_BSP_MAX_QUEUE_SIZE` (default 2048), `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` (512, at
+/// most the queue size) and `OTEL_BSP_SCHEDULE_DELAY` (milliseconds, 5000).
+fn batch_limits() -> Result<BatchLimits, TelemetryError> {
+    let positive =
+        |variable: &'static str, default: u64| -> Result<u64, TelemetryError> {
+            match var(variable) {
+                None => Ok(default),
+                Some(v) => v.parse::<u64>().ok().filter(|n| *n > 0).ok_or(
+                    TelemetryError::InvalidVariable {
+                        variable,
+                        value: v,
+                        reason: "a whole number above 0",
+                    },
+                ),
+            }
+        };
+    let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    let max_queue = size(positive("OTEL_BSP_MAX_QUEUE_SIZE", 2048)?);
+    let max_batch = size(positive("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)?).min(max_queue);
+    let delay = Duration::from_millis(positive("OTEL_BSP_SCHEDULE_DELAY", 5000)?);
+    Ok(BatchLimits {
+        max_queue,
+        max_batch,
+        delay,
     })
 }
 

@@ -10,7 +10,7 @@
 //! handler, an HTTP request) finds the hop's context through [`super::within_hop`].
 
 use opentelemetry::trace::{
-    Span as _, SpanContext, SpanKind, Status, TraceContextExt, Tracer as _,
+    Span as _, SpanBuilder, SpanContext, SpanKind, Status, TraceContextExt,
 };
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::trace::Span as SdkSpan;
@@ -129,14 +129,14 @@ impl HopSpan {
         // One allocation, with room for what the span records later.
         let mut all = Vec::with_capacity(attributes.size_hint().0 + LATER_ATTRIBUTES);
         all.extend(attributes);
-        let mut builder = tracer
-            .span_builder(name)
-            .with_kind(kind)
-            .with_attributes(all);
+        // Fields set in place: the builder is large, and each `with_*` moves it.
+        let mut builder = SpanBuilder::from_name(name);
+        builder.span_kind = Some(kind);
+        builder.attributes = Some(all);
         let parent_span = parent.span();
         let parent_sc = parent_span.span_context();
         if link_parent && parent_sc.is_valid() {
-            builder = builder.with_links(vec![opentelemetry::trace::Link::with_context(
+            builder.links = Some(vec![opentelemetry::trace::Link::with_context(
                 parent_sc.clone(),
             )]);
         }

@@ -1,0 +1,428 @@
+//! The span processor behind OTLP/HTTP export: a span is written into OTLP protobuf
+//! bytes when it ends, on the thread that ends it, and a background thread posts what
+//! has gathered as one request.
+//!
+//! Why not the SDK's `BatchSpanProcessor` + an exporter: it moves every finished
+//! `SpanData` (~400 bytes) through a channel into a batch and then into the exporter,
+//! and frees its strings on the export thread, away from the allocator cache of the
+//! thread that made them. Per publish span that was about 2 k instructions of copying,
+//! channel and cross-thread frees (BENCHMARKS.md, "Profile, fourth round"). Here a span
+//! is encoded and dropped where it ends; what crosses threads is bytes.
+//!
+//! Bounded: at most `max_queue` spans (`OTEL_BSP_MAX_QUEUE_SIZE`) and [`MAX_QUEUE_BYTES`]
+//! wait for export; when either is reached, new spans are dropped (counted, and the count
+//! logged with the next export), so a slow or dead collector never slows the bus down.
+//! The thread posts when `max_batch` spans (`OTEL_BSP_MAX_EXPORT_BATCH_SIZE`) have
+//! gathered, every `delay` (`OTEL_BSP_SCHEDULE_DELAY`) otherwise, and on flush; one
+//! request carries everything waiting.
+
+use std::cell::RefCell;
+use std::sync::mpsc::{SyncSender, sync_channel};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use opentelemetry::Context;
+use opentelemetry::InstrumentationScope;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::trace::{Span, SpanData, SpanProcessor};
+
+use super::http_export::HttpSpanExporter;
+use super::otlp_wire::{self, EncodedResource};
+
+/// Most bytes of encoded spans that wait for export, whatever their count.
+pub(crate) const MAX_QUEUE_BYTES: usize = 16 * 1024 * 1024;
+
+/// When spans are posted and how many may wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BatchLimits {
+    /// Most spans waiting; more are dropped.
+    pub(crate) max_queue: usize,
+    /// Post as soon as this many wait.
+    pub(crate) max_batch: usize,
+    /// Post at least this often while spans wait.
+    pub(crate) delay: Duration,
+}
+
+/// Where encoded batches go.
+pub(crate) trait Sink: Send + 'static {
+    /// Sends one encoded `ExportTraceServiceRequest`; blocks at most [`Sink::timeout`].
+    fn send(&self, request: Vec<u8>) -> Result<(), String>;
+    /// The longest one send may take.
+    fn timeout(&self) -> Duration;
+}
+
+impl Sink for HttpSpanExporter {
+    fn send(&self, request: Vec<u8>) -> Result<(), String> {
+        self.post(request)
+    }
+
+    fn timeout(&self) -> Duration {
+        HttpSpanExporter::timeout(self)
+    }
+}
+
+/// Spans written per scope, waiting for the export thread.
+#[derive(Debug, Default)]
+struct Pending {
+    scopes: Vec<(InstrumentationScope, Vec<u8>)>,
+    spans: usize,
+    bytes: usize,
+    dropped: u64,
+    /// Flush callers, answered once what was waiting when they asked has been sent.
+    flushes: Vec<SyncSender<Result<(), String>>>,
+    shutdown: Option<SyncSender<Result<(), String>>>,
+    stopped: bool,
+}
+
+impl Pending {
+    fn wants_export(&self, max_batch: usize) -> bool {
+        self.spans >= max_batch || !self.flushes.is_empty() || self.shutdown.is_some()
+    }
+
+    fn add(&mut self, scope: &InstrumentationScope, entry: &[u8]) {
+        // Nearly always one scope (the bus's tracer): check the last one first.
+        let i = match self.scopes.iter().rposition(|(s, _)| s == scope) {
+            Some(i) => i,
+            None => {
+                self.scopes.push((scope.clone(), Vec::new()));
+                self.scopes.len() - 1
+            }
+        };
+        self.scopes[i].1.extend_from_slice(entry);
+        self.spans += 1;
+        self.bytes += entry.len();
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    pending: Mutex<Pending>,
+    wake: Condvar,
+    limits: BatchLimits,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        // Nothing leaves `Pending` half-changed on a panic: keep using it.
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Encodes ended spans where they end and posts them from a thread of its own.
+#[derive(Debug)]
+pub(crate) struct BatchEncoder {
+    shared: Arc<Shared>,
+    /// Set by the provider before the first span; read by the export thread.
+    resource: Arc<Mutex<EncodedResource>>,
+    /// Bounds a flush or shutdown wait: one send, plus a margin.
+    wait: Duration,
+}
+
+thread_local! {
+    /// Where a span is written before it is appended under the lock (kept per thread, so
+    /// writing allocates nothing once it has grown).
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+impl BatchEncoder {
+    /// Starts the export thread, which sends through `sink`.
+    pub(crate) fn start(sink: impl Sink, limits: BatchLimits) -> std::io::Result<Self> {
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Pending::default()),
+            wake: Condvar::new(),
+            limits,
+        });
+        let resource = Arc::new(Mutex::new(EncodedResource::default()));
+        let wait = sink.timeout() + Duration::from_secs(1);
+        let (thread_shared, thread_resource) = (shared.clone(), resource.clone());
+        std::thread::Builder::new()
+            .name("bus-otlp-export".into())
+            .spawn(move || export_loop(&thread_shared, &thread_resource, &sink))?;
+        Ok(Self {
+            shared,
+            resource,
+            wait,
+        })
+    }
+
+    /// Asks the export thread for something and waits, bounded, for its answer.
+    fn ask(&self, ask: impl FnOnce(&mut Pending, SyncSender<Result<(), String>>)) -> OTelSdkResult {
+        let (tx, rx) = sync_channel(1);
+        {
+            let mut p = self.shared.lock();
+            if p.stopped {
+                return Err(OTelSdkError::AlreadyShutdown);
+            }
+            ask(&mut p, tx);
+        }
+        self.shared.wake.notify_one();
+        match rx.recv_timeout(self.wait) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(OTelSdkError::InternalFailure(e)),
+            Err(_) => Err(OTelSdkError::Timeout(self.wait)),
+        }
+    }
+}
+
+impl SpanProcessor for BatchEncoder {
+    fn on_start(&self, _span: &mut Span, _cx: &Context) {}
+
+    fn on_end(&self, span: SpanData) {
+        if !span.span_context.is_sampled() {
+            return;
+        }
+        SCRATCH.with_borrow_mut(|entry| {
+            entry.clear();
+            otlp_wire::put_span_entry(entry, &span);
+            let limits = self.shared.limits;
+            let wake = {
+                let mut p = self.shared.lock();
+                if p.stopped
+                    || p.spans >= limits.max_queue
+                    || p.bytes + entry.len() > MAX_QUEUE_BYTES
+                {
+                    p.dropped += 1;
+                    return;
+                }
+                p.add(&span.instrumentation_scope, entry);
+                p.spans == limits.max_batch
+            };
+            if wake {
+                self.shared.wake.notify_one();
+            }
+        });
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.ask(|p, tx| p.flushes.push(tx))
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        let (tx, rx) = sync_channel(1);
+        {
+            let mut p = self.shared.lock();
+            if p.stopped || p.shutdown.is_some() {
+                return Err(OTelSdkError::AlreadyShutdown);
+            }
+            p.shutdown = Some(tx);
+        }
+        self.shared.wake.notify_one();
+        match rx.recv_timeout(timeout.min(self.wait)) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(OTelSdkError::InternalFailure(e)),
+            Err(_) => Err(OTelSdkError::Timeout(timeout)),
+        }
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        let encoded = otlp_wire::encode_resource(resource);
+        *self.resource.lock().unwrap_or_else(PoisonError::into_inner) = encoded;
+    }
+}
+
+/// The export thread: waits for a full batch, a flush, a shutdown or the delay, takes
+/// everything waiting and sends it as one request.
+fn export_loop(shared: &Shared, resource: &Mutex<EncodedResource>, sink: &impl Sink) {
+    let limits = shared.limits;
+    let mut spare: Vec<(InstrumentationScope, Vec<u8>)> = Vec::new();
+    let mut request = Vec::new();
+    loop {
+        let deadline = Instant::now() + limits.delay;
+        let (mut batch, dropped, flushes, shutdown) = {
+            let mut p = shared.lock();
+            while !p.wants_export(limits.max_batch) {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                p = shared
+                    .wake
+                    .wait_timeout(p, left)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+            let batch = std::mem::replace(&mut p.scopes, std::mem::take(&mut spare));
+            p.spans = 0;
+            p.bytes = 0;
+            let shutdown = p.shutdown.take();
+            p.stopped = shutdown.is_some();
+            (
+                batch,
+                std::mem::take(&mut p.dropped),
+                std::mem::take(&mut p.flushes),
+                shutdown,
+            )
+        };
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                "span queue full (OTEL_BSP_MAX_QUEUE_SIZE): spans dropped"
+            );
+        }
+        let mut result = Ok(());
+        if batch.iter().any(|(_, entries)| !entries.is_empty()) {
+            request.clear();
+            let resource = resource
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            otlp_wire::put_request(&mut request, &resource, &batch);
+            result = sink.send(std::mem::take(&mut request));
+            if let Err(e) = &result {
+                tracing::warn!(error = %e, "span export failed; the batch is dropped");
+            }
+        }
+        // Keep the scopes and their buffers for the next batch.
+        batch.iter_mut().for_each(|(_, entries)| entries.clear());
+        spare = batch;
+        for flush in flushes {
+            let _ = flush.try_send(result.clone());
+        }
+        if let Some(done) = shutdown {
+            let _ = done.try_send(result);
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc::{Receiver, channel};
+
+    use opentelemetry::trace::{Span as _, Tracer as _, TracerProvider as _};
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+    use prost::Message;
+
+    use super::*;
+
+    /// Hands each request to the test, decoded.
+    struct Capture(Mutex<std::sync::mpsc::Sender<ExportTraceServiceRequest>>);
+
+    impl Sink for Capture {
+        fn send(&self, request: Vec<u8>) -> Result<(), String> {
+            let decoded =
+                ExportTraceServiceRequest::decode(request.as_slice()).map_err(|e| e.to_string())?;
+            let tx = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            tx.send(decoded).map_err(|e| e.to_string())
+        }
+
+        fn timeout(&self) -> Duration {
+            Duration::from_secs(2)
+        }
+    }
+
+    fn provider(limits: BatchLimits) -> (SdkTracerProvider, Receiver<ExportTraceServiceRequest>) {
+        let (tx, rx) = channel();
+        let encoder = match BatchEncoder::start(Capture(Mutex::new(tx)), limits) {
+            Ok(e) => e,
+            Err(e) => panic!("start: {e}"),
+        };
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(encoder)
+            .with_resource(Resource::builder().with_service_name("svc").build())
+            .build();
+        (provider, rx)
+    }
+
+    fn names(requests: &[ExportTraceServiceRequest]) -> Vec<String> {
+        requests
+            .iter()
+            .flat_map(|r| &r.resource_spans)
+            .flat_map(|rs| &rs.scope_spans)
+            .flat_map(|ss| &ss.spans)
+            .map(|s| s.name.clone())
+            .collect()
+    }
+
+    /// Posts only on flush (the batch size is never reached) and holds 8 spans.
+    const SLOW: BatchLimits = BatchLimits {
+        max_queue: 8,
+        max_batch: 100,
+        delay: Duration::from_secs(3600),
+    };
+
+    #[test]
+    fn given_ended_spans_should_post_them_on_flush_with_resource_and_scope() {
+        let (provider, rx) = provider(SLOW);
+        let bus = provider.tracer("bus");
+        let other = provider.tracer("other");
+        bus.start("one").end();
+        other.start("two").end();
+        bus.start("three").end();
+        assert!(provider.force_flush().is_ok());
+        let requests: Vec<_> = rx.try_iter().collect();
+        assert_eq!(requests.len(), 1, "one request per flush");
+        assert_eq!(names(&requests), ["one", "three", "two"]);
+        let rs = &requests[0].resource_spans[0];
+        let scopes: Vec<_> = rs
+            .scope_spans
+            .iter()
+            .filter_map(|s| s.scope.as_ref().map(|s| s.name.clone()))
+            .collect();
+        assert_eq!(scopes, ["bus", "other"]);
+        let service = rs
+            .resource
+            .iter()
+            .flat_map(|r| &r.attributes)
+            .find(|kv| kv.key == "service.name");
+        assert!(service.is_some(), "the resource travels with the spans");
+        assert!(provider.shutdown().is_ok());
+    }
+
+    #[test]
+    fn given_a_full_batch_should_post_it_without_waiting_for_the_delay() {
+        let (provider, rx) = provider(BatchLimits {
+            max_queue: 64,
+            max_batch: 4,
+            delay: Duration::from_secs(3600),
+        });
+        let tracer = provider.tracer("bus");
+        for i in 0..4 {
+            tracer.start(format!("s{i}")).end();
+        }
+        let got = rx.recv_timeout(Duration::from_secs(10));
+        assert!(got.is_ok_and(|r| names(&[r]).len() == 4));
+        assert!(provider.shutdown().is_ok());
+    }
+
+    #[test]
+    fn given_a_full_queue_should_drop_new_spans_and_keep_the_first() {
+        let (provider, rx) = provider(SLOW);
+        let tracer = provider.tracer("bus");
+        for i in 0..20 {
+            tracer.start(format!("s{i}")).end();
+        }
+        assert!(provider.force_flush().is_ok());
+        let posted = names(&rx.try_iter().collect::<Vec<_>>());
+        assert_eq!(posted, (0..8).map(|i| format!("s{i}")).collect::<Vec<_>>());
+        assert!(provider.shutdown().is_ok());
+    }
+
+    #[test]
+    fn given_unsampled_spans_should_post_nothing() {
+        let (tx, rx) = channel();
+        let encoder = match BatchEncoder::start(Capture(Mutex::new(tx)), SLOW) {
+            Ok(e) => e,
+            Err(e) => panic!("start: {e}"),
+        };
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(encoder)
+            .with_sampler(opentelemetry_sdk::trace::Sampler::AlwaysOff)
+            .build();
+        provider.tracer("bus").start("dropped").end();
+        assert!(provider.force_flush().is_ok());
+        assert_eq!(rx.try_iter().count(), 0);
+        assert!(provider.shutdown().is_ok());
+    }
+
+    #[test]
+    fn given_shutdown_should_post_what_waits_then_refuse_more() {
+        let (provider, rx) = provider(SLOW);
+        provider.tracer("bus").start("last").end();
+        assert!(provider.shutdown().is_ok());
+        assert_eq!(names(&rx.try_iter().collect::<Vec<_>>()), ["last"]);
+        assert!(provider.force_flush().is_err(), "stopped");
+    }
+}
