@@ -107,6 +107,46 @@ impl Shared {
         // Nothing leaves `Pending` half-changed on a panic: keep using it.
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// Writes one span entry with `write` (into this thread's scratch buffer) and queues
+    /// it under `scope`, or counts it dropped when the queue is full or stopped.
+    fn queue(&self, scope: &InstrumentationScope, write: impl FnOnce(&mut Vec<u8>)) {
+        SCRATCH.with_borrow_mut(|entry| {
+            entry.clear();
+            write(entry);
+            let limits = self.limits;
+            let wake = {
+                let mut p = self.lock();
+                if p.stopped
+                    || p.spans >= limits.max_queue
+                    || p.bytes + entry.len() > MAX_QUEUE_BYTES
+                {
+                    p.dropped += 1;
+                    return;
+                }
+                p.add(scope, entry);
+                p.spans == limits.max_batch
+            };
+            if wake {
+                self.wake.notify_one();
+            }
+        });
+    }
+}
+
+/// Queues spans the bus encodes itself (the publish span, `publish_span.rs`) into an
+/// encoder's batches, under one instrumentation scope.
+#[derive(Debug, Clone)]
+pub(crate) struct Direct {
+    shared: Arc<Shared>,
+    scope: InstrumentationScope,
+}
+
+impl Direct {
+    /// Queues the `ScopeSpans.spans` entry that `write` appends.
+    pub(crate) fn queue(&self, write: impl FnOnce(&mut Vec<u8>)) {
+        self.shared.queue(&self.scope, write);
+    }
 }
 
 /// Encodes ended spans where they end and posts them from a thread of its own.
@@ -146,6 +186,15 @@ impl BatchEncoder {
         })
     }
 
+    /// A handle that queues spans encoded elsewhere into this encoder's batches, under
+    /// `scope`.
+    pub(crate) fn direct(&self, scope: InstrumentationScope) -> Direct {
+        Direct {
+            shared: self.shared.clone(),
+            scope,
+        }
+    }
+
     /// Asks the export thread for something and waits, bounded, for its answer.
     fn ask(&self, ask: impl FnOnce(&mut Pending, SyncSender<Result<(), String>>)) -> OTelSdkResult {
         let (tx, rx) = sync_channel(1);
@@ -172,25 +221,8 @@ impl SpanProcessor for BatchEncoder {
         if !span.span_context.is_sampled() {
             return;
         }
-        SCRATCH.with_borrow_mut(|entry| {
-            entry.clear();
-            otlp_wire::put_span_entry(entry, &span);
-            let limits = self.shared.limits;
-            let wake = {
-                let mut p = self.shared.lock();
-                if p.stopped
-                    || p.spans >= limits.max_queue
-                    || p.bytes + entry.len() > MAX_QUEUE_BYTES
-                {
-                    p.dropped += 1;
-                    return;
-                }
-                p.add(&span.instrumentation_scope, entry);
-                p.spans == limits.max_batch
-            };
-            if wake {
-                self.shared.wake.notify_one();
-            }
+        self.shared.queue(&span.instrumentation_scope, |out| {
+            otlp_wire::put_span_entry(out, &span)
         });
     }
 

@@ -16,6 +16,7 @@ mod batch_encoder;
 mod http_export;
 mod otlp_wire;
 mod propagation;
+mod publish_span;
 mod sampling;
 mod setup;
 mod spans;

@@ -20,10 +20,12 @@ use opentelemetry::{Array, InstrumentationScope, Value};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SpanData;
 
+use super::propagation::trace_state_text;
+
 // Wire types.
 const VARINT: u8 = 0;
 const FIXED64: u8 = 1;
-const LEN: u8 = 2;
+pub(super) const LEN: u8 = 2;
 const FIXED32: u8 = 5;
 
 // `SpanFlags`: the context's `is_remote` is known, and whether it is set.
@@ -116,7 +118,7 @@ fn varint_len(v: u64) -> usize {
 
 /// Appends a length-delimited `field` whose content `body` writes: `room` bytes are left
 /// for the length, and the content is moved when its length needs another count.
-fn nested(out: &mut Vec<u8>, field: u32, room: usize, body: impl FnOnce(&mut Vec<u8>)) {
+pub(super) fn nested(out: &mut Vec<u8>, field: u32, room: usize, body: impl FnOnce(&mut Vec<u8>)) {
     put_key(out, field, LEN);
     let at = out.len();
     out.resize(at + room, 0);
@@ -139,7 +141,7 @@ fn nested(out: &mut Vec<u8>, field: u32, room: usize, body: impl FnOnce(&mut Vec
     out[at + need - 1] &= 0x7f;
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+pub(super) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -147,45 +149,65 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-fn put_key(out: &mut Vec<u8>, field: u32, wire: u8) {
+pub(super) fn put_key(out: &mut Vec<u8>, field: u32, wire: u8) {
     put_varint(out, (u64::from(field) << 3) | u64::from(wire));
 }
 
-fn put_bytes(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
+pub(super) fn put_bytes(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
     put_key(out, field, LEN);
     put_varint(out, bytes.len() as u64);
     out.extend_from_slice(bytes);
 }
 
-fn put_string(out: &mut Vec<u8>, field: u32, s: &str) {
+pub(super) fn put_string(out: &mut Vec<u8>, field: u32, s: &str) {
     if !s.is_empty() {
         put_bytes(out, field, s.as_bytes());
     }
 }
 
-fn put_uint(out: &mut Vec<u8>, field: u32, v: u64) {
+pub(super) fn put_uint(out: &mut Vec<u8>, field: u32, v: u64) {
     if v != 0 {
         put_key(out, field, VARINT);
         put_varint(out, v);
     }
 }
 
-fn put_fixed64(out: &mut Vec<u8>, field: u32, v: u64) {
+pub(super) fn put_fixed64(out: &mut Vec<u8>, field: u32, v: u64) {
     put_key(out, field, FIXED64);
     out.extend_from_slice(&v.to_le_bytes());
 }
 
-fn put_fixed32(out: &mut Vec<u8>, field: u32, v: u32) {
+pub(super) fn put_fixed32(out: &mut Vec<u8>, field: u32, v: u32) {
     put_key(out, field, FIXED32);
     out.extend_from_slice(&v.to_le_bytes());
 }
 
 /// A `KeyValue { key = 1, AnyValue value = 2 }` as `field`.
-fn put_key_value(out: &mut Vec<u8>, field: u32, key: &str, value: &Value) {
+pub(super) fn put_key_value(out: &mut Vec<u8>, field: u32, key: &str, value: &Value) {
     nested(out, field, 1, |out| {
         put_string(out, 1, key);
         nested(out, 2, 1, |out| put_any_value(out, value));
     });
+}
+
+/// A `KeyValue` with a string value as `field`, without making a `Value` of it; its
+/// lengths are computed, not measured (it runs several times per publish span).
+pub(super) fn put_str_attribute(out: &mut Vec<u8>, field: u32, key: &str, value: &str) {
+    // KeyValue { key = 1, value = 2: AnyValue { string_value = 1 } }.
+    let any = 1 + varint_len(value.len() as u64) + value.len();
+    let kv = 1 + varint_len(key.len() as u64) + key.len() + 1 + varint_len(any as u64) + any;
+    out.reserve(key_len(field) + varint_len(kv as u64) + kv);
+    put_key(out, field, LEN);
+    put_varint(out, kv as u64);
+    put_bytes(out, 1, key.as_bytes());
+    put_key(out, 2, LEN);
+    put_varint(out, any as u64);
+    put_bytes(out, 1, value.as_bytes());
+}
+
+/// Bytes of a key (field number and wire type).
+fn key_len(field: u32) -> usize {
+    varint_len(u64::from(field) << 3)
 }
 
 /// The content of an `AnyValue`.
@@ -228,7 +250,7 @@ fn put_span(out: &mut Vec<u8>, span: &SpanData) {
     let sc = &span.span_context;
     put_bytes(out, 1, &sc.trace_id().to_bytes());
     put_bytes(out, 2, &sc.span_id().to_bytes());
-    put_string(out, 3, &sc.trace_state().header());
+    put_string(out, 3, &trace_state_text(sc));
     if span.parent_span_id != opentelemetry::trace::SpanId::INVALID {
         put_bytes(out, 4, &span.parent_span_id.to_bytes());
     }
@@ -256,7 +278,7 @@ fn put_span(out: &mut Vec<u8>, span: &SpanData) {
             let lc = &link.span_context;
             put_bytes(out, 1, &lc.trace_id().to_bytes());
             put_bytes(out, 2, &lc.span_id().to_bytes());
-            put_string(out, 3, &lc.trace_state().header());
+            put_string(out, 3, &trace_state_text(lc));
             for kv in &link.attributes {
                 put_key_value(out, 4, kv.key.as_str(), &kv.value);
             }
@@ -286,7 +308,7 @@ fn kind_number(kind: &SpanKind) -> u64 {
 }
 
 /// The trace flags, plus whether the (parent or linked) context is remote.
-fn flags(sc: &SpanContext, remote: bool) -> u32 {
+pub(super) fn flags(sc: &SpanContext, remote: bool) -> u32 {
     let mut f = u32::from(sc.trace_flags().to_u8()) | CONTEXT_HAS_IS_REMOTE;
     if remote {
         f |= CONTEXT_IS_REMOTE;
@@ -303,7 +325,7 @@ fn status_parts(status: &Status) -> (u64, &str) {
     }
 }
 
-fn nanos(t: SystemTime) -> u64 {
+pub(super) fn nanos(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
@@ -476,6 +498,21 @@ mod tests {
                 expected.resize(expected.len() + len, 0xab);
                 assert_eq!(out, expected, "length {len}, room {room}");
             }
+        }
+    }
+
+    #[test]
+    fn a_string_attribute_is_written_as_the_general_key_value() {
+        for (key, value) in [
+            ("k", ""),
+            ("messaging.system", "nats"),
+            ("long", &*"v".repeat(200)),
+        ] {
+            let mut general = Vec::new();
+            put_key_value(&mut general, 9, key, &Value::from(value.to_owned()));
+            let mut direct = Vec::new();
+            put_str_attribute(&mut direct, 9, key, value);
+            assert_eq!(direct, general, "{key}");
         }
     }
 

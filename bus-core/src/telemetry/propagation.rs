@@ -7,7 +7,7 @@ use async_nats::header::{HeaderName, HeaderValue};
 use opentelemetry::Context;
 use opentelemetry::global;
 use opentelemetry::propagation::{Extractor, Injector};
-use opentelemetry::trace::{SpanContext, TraceContextExt, TraceFlags};
+use opentelemetry::trace::{SpanContext, TraceContextExt, TraceFlags, TraceState};
 use std::str::FromStr;
 
 use crate::event::Event;
@@ -83,7 +83,7 @@ pub fn inject_into_headers(sc: &SpanContext, headers: &mut HeaderMap) {
         return;
     }
     headers.insert(TRACEPARENT_NAME, HeaderValue::from(traceparent(sc)));
-    let state = sc.trace_state().header();
+    let state = trace_state_text(sc);
     if !state.is_empty()
         && let Ok(v) = HeaderValue::from_str(&state)
     {
@@ -95,7 +95,7 @@ pub fn inject_into_headers(sc: &SpanContext, headers: &mut HeaderMap) {
 pub fn header_count(sc: &SpanContext) -> usize {
     if !sc.is_valid() {
         0
-    } else if sc.trace_state().header().is_empty() {
+    } else if trace_state_text(sc).is_empty() {
         1
     } else {
         2
@@ -120,12 +120,31 @@ fn traceparent(sc: &SpanContext) -> String {
     String::from_utf8(out.to_vec()).unwrap_or_default()
 }
 
+/// The `tracestate` text of `sc`: empty for the usual empty state, without building it.
+pub(super) fn trace_state_text(sc: &SpanContext) -> String {
+    if *sc.trace_state() == TraceState::NONE {
+        String::new()
+    } else {
+        sc.trace_state().header()
+    }
+}
+
+/// Each byte's two lowercase hex digits.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut pairs = [[0; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        pairs[i] = [HEX[i >> 4], HEX[i & 0x0f]];
+        i += 1;
+    }
+    pairs
+};
+
 /// Writes `bytes` as lowercase hex into `out`, which is twice as long.
 fn put_hex(out: &mut [u8], bytes: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = HEX[usize::from(b >> 4)];
-        pair[1] = HEX[usize::from(b & 0x0f)];
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(*b)]);
     }
 }
 

@@ -17,8 +17,8 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use opentelemetry::global;
 use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::{InstrumentationScope, global};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
@@ -35,6 +35,9 @@ use super::http_export::HttpSpanExporter;
 
 /// How long `shutdown` may spend flushing spans.
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The instrumentation scope of the bus's spans.
+const TRACER_NAME: &str = "bus";
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 /// The tracer of every span the bus builds; set once, by the one `init_with` that
@@ -233,14 +236,18 @@ pub fn init_with(settings: TelemetrySettings) -> Result<Telemetry, TelemetryErro
     if let Some(delay) = export.batch_delay {
         limits.delay = delay;
     }
+    let off = matches!(settings.sampler, Sampler::AlwaysOff)
+        || matches!(settings.sampler, Sampler::TraceIdRatioBased(r) if r <= 0.0);
+    let sampler = super::sampling::configure(settings.sampler, settings.head_sampling_ratio);
+    let mut direct = None;
     let builder = SdkTracerProvider::builder();
     let builder = match export.protocol {
         OtlpProtocol::HttpProtobuf => {
             let exporter = HttpSpanExporter::new(export.endpoint.as_deref())?;
-            builder.with_span_processor(
-                BatchEncoder::start(exporter, limits)
-                    .map_err(|e| TelemetryError::Exporter(e.to_string()))?,
-            )
+            let encoder = BatchEncoder::start(exporter, limits)
+                .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+            direct = Some(encoder.direct(InstrumentationScope::builder(TRACER_NAME).build()));
+            builder.with_span_processor(encoder)
         }
         OtlpProtocol::Grpc => {
             let batch = BatchConfigBuilder::default()
@@ -255,11 +262,8 @@ pub fn init_with(settings: TelemetrySettings) -> Result<Telemetry, TelemetryErro
             )
         }
     };
-    let off = matches!(settings.sampler, Sampler::AlwaysOff)
-        || matches!(settings.sampler, Sampler::TraceIdRatioBased(r) if r <= 0.0);
-    let sampler = super::sampling::configure(settings.sampler, settings.head_sampling_ratio);
     let provider = builder
-        .with_sampler(sampler)
+        .with_sampler(sampler.clone())
         .with_resource(
             Resource::builder()
                 .with_service_name(settings.service_name)
@@ -271,7 +275,10 @@ pub fn init_with(settings: TelemetrySettings) -> Result<Telemetry, TelemetryErro
         .try_init()
         .map_err(|_| TelemetryError::AlreadyInstalled)?;
     // The subscriber is installed once per process, so this is the first and only tracer.
-    let _ = TRACER.set(provider.tracer("bus"));
+    let _ = TRACER.set(provider.tracer(TRACER_NAME));
+    if let Some(direct) = direct {
+        super::publish_span::install(direct, sampler);
+    }
     global::set_tracer_provider(provider.clone());
     ENABLED.store(!off, Ordering::Relaxed);
     Ok(Telemetry {

@@ -15,12 +15,22 @@ use opentelemetry::trace::{
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::trace::Span as SdkSpan;
 
+use super::publish_span::{self, PublishSpan};
 use super::setup;
 
 /// The span of one hop; it ends when dropped. Boxed: an SDK span is ~280 bytes, and a
 /// `HopSpan` lives in every publish window slot and every delivery's task, traced or not.
 #[derive(Debug, Default)]
-pub struct HopSpan(Option<Box<SdkSpan>>);
+pub struct HopSpan(Recorder);
+
+#[derive(Debug, Default)]
+enum Recorder {
+    #[default]
+    None,
+    Sdk(Box<SdkSpan>),
+    /// A publish span recorded without the SDK (OTLP/HTTP export).
+    Publish(Box<PublishSpan>),
+}
 
 /// Attributes a span may add after it starts (PubAck, settle, error): reserved up front
 /// so that recording them does not grow the list.
@@ -29,7 +39,7 @@ const LATER_ATTRIBUTES: usize = 4;
 impl HopSpan {
     /// No span (telemetry off, or a flow that is not recorded).
     pub fn none() -> Self {
-        Self(None)
+        Self(Recorder::None)
     }
 
     /// The span of a hop whose parent is `parent()`, built by `start`, and the context the
@@ -41,11 +51,11 @@ impl HopSpan {
         start: impl FnOnce(&Context) -> HopSpan,
     ) -> (HopSpan, Option<Context>) {
         if !setup::is_enabled() {
-            return (Self(None), None);
+            return (Self::none(), None);
         }
         let parent = parent();
         if let Some(unsampled) = super::skip(&parent) {
-            return (Self(None), Some(unsampled));
+            return (Self::none(), Some(unsampled));
         }
         let span = start(&parent);
         let hop = span.context();
@@ -56,6 +66,12 @@ impl HopSpan {
     /// `messaging.message.body.size`: the conventions make it opt-in, and every attribute
     /// costs each exported span.
     pub fn publish(destination: &str, message_id: &str, parent: &Context) -> Self {
+        if !setup::is_enabled() || parent.is_telemetry_suppressed() {
+            return Self::none();
+        }
+        if let Some(span) = publish_span::start(destination, message_id, parent) {
+            return Self(Recorder::Publish(Box::new(span)));
+        }
         Self::start(
             name("publish", destination),
             SpanKind::Producer,
@@ -123,7 +139,7 @@ impl HopSpan {
         link_parent: bool,
     ) -> Self {
         let Some(tracer) = setup::tracer() else {
-            return Self(None);
+            return Self::none();
         };
         let attributes = attributes.into_iter();
         // One allocation, with room for what the span records later.
@@ -140,14 +156,20 @@ impl HopSpan {
                 parent_sc.clone(),
             )]);
         }
-        Self(Some(Box::new(builder.start_with_context(tracer, parent))))
+        Self(Recorder::Sdk(Box::new(
+            builder.start_with_context(tracer, parent),
+        )))
     }
 
     /// The span's context, to propagate and to parent what runs inside the hop: `None`
     /// without a span. Valid (with the sampled flag unset) when the SDK's sampler
     /// dropped it.
     pub fn span_context(&self) -> Option<&SpanContext> {
-        self.0.as_ref().map(|s| s.span_context())
+        match &self.0 {
+            Recorder::None => None,
+            Recorder::Sdk(s) => Some(s.span_context()),
+            Recorder::Publish(p) => Some(p.span_context()),
+        }
     }
 
     /// A context whose span is this one (local, not remote), for [`super::within_hop`].
@@ -164,11 +186,17 @@ impl HopSpan {
     }
 
     fn recording(&mut self) -> Option<&mut SdkSpan> {
-        self.0.as_deref_mut().filter(|s| s.is_recording())
+        match &mut self.0 {
+            Recorder::Sdk(s) => Some(s.as_mut()).filter(|s| s.is_recording()),
+            _ => None,
+        }
     }
 
     /// Adds what the PubAck said (`messaging.nats.duplicate` only when it was one).
     pub fn record_ack(&mut self, stream: &str, sequence: u64, duplicate: bool) {
+        if let Recorder::Publish(p) = &mut self.0 {
+            return p.record_ack(stream, sequence, duplicate);
+        }
         let Some(span) = self.recording() else {
             return;
         };
@@ -201,6 +229,9 @@ impl HopSpan {
 
     /// Marks the span failed, with a short error type.
     pub fn record_error(&mut self, error_type: &str) {
+        if let Recorder::Publish(p) = &mut self.0 {
+            return p.record_error(error_type);
+        }
         if let Some(span) = self.recording() {
             span.set_status(Status::error(""));
             span.set_attribute(KeyValue::new("error.type", error_type.to_owned()));
