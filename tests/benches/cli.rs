@@ -54,6 +54,11 @@ pub struct Args {
     /// Also write the markdown report to this file.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Tracing workload: run the sequence of telemetry modes this many times (each mode a
+    /// process of its own, modes alternating); the cost table takes the median of the
+    /// runs' costs, each against the same run's `none`.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=9))]
+    pub mode_runs: u32,
     /// Telemetry of this process (the tracing workload sets it for its child runs).
     #[arg(long, value_enum, default_value = "none")]
     pub telemetry: crate::tracing_cost::TelemetryMode,

@@ -97,71 +97,84 @@ pub async fn install(mode: TelemetryMode, endpoint: Option<String>) -> Result<In
     })
 }
 
-/// Runs the traced rows once per mode, each in a child `bus-bench`, and returns their
-/// reports as one markdown section.
+/// Runs the traced rows once per mode, each in a child `bus-bench`, `--mode-runs` times
+/// over, and returns their reports as one markdown section: the first run's tables, and
+/// the cost of each mode over every run.
 pub async fn run(args: &Args) -> Result<String> {
     let exe = std::env::current_exe().context("finding bus-bench itself")?;
     let dir = tempfile::tempdir()?;
     // Outside the measured processes, as a collector would be.
     let receiver = bus_tests::OtlpReceiver::start_counting().await?;
-    let mut out = String::from(
+    let mut out = format!(
         "\n## Tracing cost (workload 4)\n\nEach mode in its own process; compare each mode's \
          bus/raw ratios with those of `none`. Targets: always-on costs at most 10 % of \
-         throughput, sampler off at most 2 %.\n",
+         throughput, sampler off at most 2 %. Modes run {} time(s), alternating; the tables \
+         are the first run's.\n",
+        args.mode_runs
     );
-    let mut ratios = Vec::new();
-    for mode in [
-        TelemetryMode::None,
-        TelemetryMode::SamplerOff,
-        TelemetryMode::Ratio,
-        TelemetryMode::Always,
-    ] {
-        let report = dir.path().join(format!("{}.md", mode.flag()));
-        let mut cmd = tokio::process::Command::new(&exe);
-        cmd.args(["--cluster", &args.cluster.to_string()])
-            .args(["--telemetry", mode.flag()])
-            .args(["--workloads", "publish,e2e"])
-            .args(["--only", TRACED_ROWS])
-            .args(["--otlp-endpoint", &receiver.http_endpoint()])
-            .arg("--out")
-            .arg(&report)
-            .stdout(std::process::Stdio::null());
-        if args.quick {
-            cmd.arg("--quick");
+    let mut runs = Vec::new();
+    for run in 1..=args.mode_runs {
+        let mut ratios = Vec::new();
+        for mode in [
+            TelemetryMode::None,
+            TelemetryMode::SamplerOff,
+            TelemetryMode::Ratio,
+            TelemetryMode::Always,
+        ] {
+            let report = dir.path().join(format!("{}-{run}.md", mode.flag()));
+            let mut cmd = tokio::process::Command::new(&exe);
+            cmd.args(["--cluster", &args.cluster.to_string()])
+                .args(["--telemetry", mode.flag()])
+                .args(["--workloads", "publish,e2e"])
+                .args(["--only", TRACED_ROWS])
+                .args(["--otlp-endpoint", &receiver.http_endpoint()])
+                .arg("--out")
+                .arg(&report)
+                .stdout(std::process::Stdio::null());
+            if args.quick {
+                cmd.arg("--quick");
+            }
+            if let Some(r) = args.rounds {
+                cmd.args(["--rounds", &r.to_string()]);
+            }
+            eprintln!(
+                "bus-bench: tracing mode {} (run {run} of {})",
+                mode.flag(),
+                args.mode_runs
+            );
+            let before = receiver.span_count();
+            let status = cmd
+                .status()
+                .await
+                .context("running bus-bench for a tracing mode")?;
+            anyhow::ensure!(
+                status.success(),
+                "bus-bench --telemetry {} failed: {status}",
+                mode.flag()
+            );
+            let text = std::fs::read_to_string(&report)?;
+            if run == 1 {
+                out.push_str(&format!(
+                    "\n### Telemetry: {}\n\nSpans received by the collector: {}.\n\n",
+                    mode.flag(),
+                    receiver.span_count() - before
+                ));
+                // The child's result table, without its title and its targets (the cost
+                // table below is this workload's target).
+                let rows = text
+                    .lines()
+                    .skip_while(|l| !l.starts_with("| workload"))
+                    .take_while(|l| l.starts_with('|') && !l.starts_with("| target"));
+                for line in rows {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+            ratios.push((mode, ROWS.map(|row| throughput_ratio(&text, row))));
         }
-        if let Some(r) = args.rounds {
-            cmd.args(["--rounds", &r.to_string()]);
-        }
-        eprintln!("bus-bench: tracing mode {}", mode.flag());
-        let before = receiver.span_count();
-        let status = cmd
-            .status()
-            .await
-            .context("running bus-bench for a tracing mode")?;
-        anyhow::ensure!(
-            status.success(),
-            "bus-bench --telemetry {} failed: {status}",
-            mode.flag()
-        );
-        let text = std::fs::read_to_string(&report)?;
-        out.push_str(&format!(
-            "\n### Telemetry: {}\n\nSpans received by the collector: {}.\n\n",
-            mode.flag(),
-            receiver.span_count() - before
-        ));
-        // The child's result table, without its title and its targets (the cost table
-        // below is this workload's target).
-        let rows = text
-            .lines()
-            .skip_while(|l| !l.starts_with("| workload"))
-            .take_while(|l| l.starts_with('|') && !l.starts_with("| target"));
-        for line in rows {
-            out.push_str(line);
-            out.push('\n');
-        }
-        ratios.push((mode, ROWS.map(|row| throughput_ratio(&text, row))));
+        runs.push(ratios);
     }
-    out.push_str(&cost_table(&ratios));
+    out.push_str(&cost_table(&runs));
     Ok(out)
 }
 
@@ -175,28 +188,53 @@ fn throughput_ratio(report: &str, row: &str) -> Option<f64> {
     line[prefix.len()..].split('×').next()?.parse().ok()
 }
 
-/// Each mode's cost: one minus its bus/raw throughput ratio over that of `none`.
-fn cost_table(ratios: &[(TelemetryMode, [Option<f64>; 2])]) -> String {
-    let none = ratios
-        .iter()
-        .find(|(m, _)| *m == TelemetryMode::None)
-        .map(|(_, r)| *r)
-        .unwrap_or([None, None]);
+/// One run: each mode's throughput ratios for [`ROWS`].
+type Run = Vec<(TelemetryMode, [Option<f64>; 2])>;
+
+/// Each mode's cost: one minus its bus/raw throughput ratio over that of `none` in the
+/// same run; with several runs, the median cost and the runs' range, and the median ratio.
+fn cost_table(runs: &[Run]) -> String {
+    let ratio = |run: &Run, mode: TelemetryMode, row: usize| {
+        run.iter()
+            .find(|(m, _)| *m == mode)
+            .and_then(|(_, r)| r[row])
+    };
     let mut out = String::from(
         "\n### Cost of each mode\n\nOne minus the mode's bus/raw throughput ratio over that of \
-         `none` (targets: sampler off ≤ 2 %, always on ≤ 10 %).\n\n\
+         `none` in the same run; with several runs, the median cost (and the runs' range) \
+         and the median ratio (targets: sampler off ≤ 2 %, always on ≤ 10 %).\n\n\
          | telemetry | windowed publish bus/raw | cost | one at a time bus/raw | cost |\n\
          |---|--:|--:|--:|--:|\n",
     );
-    for (mode, r) in ratios {
+    let modes: Vec<TelemetryMode> = runs
+        .first()
+        .map(|r| r.iter().map(|(m, _)| *m).collect())
+        .unwrap_or_default();
+    for mode in modes {
         out.push_str(&format!("| {} |", mode.flag()));
-        for (ratio, base) in r.iter().zip(none) {
-            match (ratio, base) {
-                (Some(x), Some(b)) if *mode != TelemetryMode::None => {
-                    out.push_str(&format!(" {x:.2}× | {:.0} % |", (1.0 - x / b) * 100.0))
+        for row in 0..ROWS.len() {
+            let ratios: Vec<f64> = runs.iter().filter_map(|r| ratio(r, mode, row)).collect();
+            let costs: Vec<f64> = runs
+                .iter()
+                .filter_map(|r| {
+                    let x = ratio(r, mode, row)?;
+                    let base = ratio(r, TelemetryMode::None, row)?;
+                    Some((1.0 - x / base) * 100.0)
+                })
+                .collect();
+            match crate::stats::median(ratios) {
+                Some(x) => out.push_str(&format!(" {x:.2}× |")),
+                None => out.push_str(" — |"),
+            }
+            let (low, high) = costs
+                .iter()
+                .fold((f64::MAX, f64::MIN), |(l, h), c| (l.min(*c), h.max(*c)));
+            match crate::stats::median(costs.clone()) {
+                Some(c) if mode != TelemetryMode::None && costs.len() > 1 => {
+                    out.push_str(&format!(" {c:.0} % ({low:.0} to {high:.0}) |"))
                 }
-                (Some(x), _) => out.push_str(&format!(" {x:.2}× | — |")),
-                _ => out.push_str(" — | — |"),
+                Some(c) if mode != TelemetryMode::None => out.push_str(&format!(" {c:.0} % |")),
+                _ => out.push_str(" — |"),
             }
         }
         out.push('\n');
@@ -230,25 +268,41 @@ mod tests {
             )
         };
         let none = report("0.90", "1.00");
-        let always = report("0.81", "0.95");
         assert_eq!(throughput_ratio(&none, ROWS[0]), Some(0.90));
-        assert_eq!(throughput_ratio(&always, ROWS[1]), Some(0.95));
-        let table = cost_table(&[
-            (
-                TelemetryMode::None,
-                ROWS.map(|r| throughput_ratio(&none, r)),
-            ),
-            (
-                TelemetryMode::Always,
-                ROWS.map(|r| throughput_ratio(&always, r)),
-            ),
-        ]);
+        assert_eq!(
+            throughput_ratio(&report("0.81", "0.95"), ROWS[1]),
+            Some(0.95)
+        );
+        let run = |w: &str, s: &str| {
+            let always = report(w, s);
+            vec![
+                (
+                    TelemetryMode::None,
+                    ROWS.map(|r| throughput_ratio(&none, r)),
+                ),
+                (
+                    TelemetryMode::Always,
+                    ROWS.map(|r| throughput_ratio(&always, r)),
+                ),
+            ]
+        };
+        let table = cost_table(&[run("0.81", "0.95")]);
         assert!(
             table.contains("| none | 0.90× | — | 1.00× | — |"),
             "{table}"
         );
         assert!(
             table.contains("| always | 0.81× | 10 % | 0.95× | 5 % |"),
+            "{table}"
+        );
+        // Three runs: the median cost, and the range.
+        let table = cost_table(&[
+            run("0.81", "0.95"),
+            run("0.72", "0.90"),
+            run("0.855", "1.00"),
+        ]);
+        assert!(
+            table.contains("| always | 0.81× | 10 % (5 to 20) | 0.95× | 5 % (0 to 10) |"),
             "{table}"
         );
     }

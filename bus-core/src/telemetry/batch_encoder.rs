@@ -33,6 +33,9 @@ use super::otlp_wire::{self, EncodedResource};
 /// Most bytes of encoded spans that wait for export, whatever their count.
 pub(crate) const MAX_QUEUE_BYTES: usize = 16 * 1024 * 1024;
 
+/// About the encoded size of a publish span.
+const TYPICAL_SPAN_BYTES: usize = 400;
+
 /// When spans are posted and how many may wait.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct BatchLimits {
@@ -80,12 +83,16 @@ impl Pending {
         self.spans >= max_batch || !self.flushes.is_empty() || self.shutdown.is_some()
     }
 
-    fn add(&mut self, scope: &InstrumentationScope, entry: &[u8]) {
+    fn add(&mut self, scope: &InstrumentationScope, entry: &[u8], limits: &BatchLimits) {
         // Nearly always one scope (the bus's tracer): check the last one first.
         let i = match self.scopes.iter().rposition(|(s, _)| s == scope) {
             Some(i) => i,
             None => {
-                self.scopes.push((scope.clone(), Vec::new()));
+                // Room for a batch of typical spans, so that it does not grow by doubling
+                // (the buffers are kept from batch to batch).
+                let room = limits.max_batch.min(4096) * TYPICAL_SPAN_BYTES;
+                self.scopes
+                    .push((scope.clone(), Vec::with_capacity(room.min(MAX_QUEUE_BYTES))));
                 self.scopes.len() - 1
             }
         };
@@ -124,7 +131,7 @@ impl Shared {
                     p.dropped += 1;
                     return;
                 }
-                p.add(scope, entry);
+                p.add(scope, entry, &limits);
                 p.spans == limits.max_batch
             };
             if wake {

@@ -205,6 +205,21 @@ pub(super) fn put_str_attribute(out: &mut Vec<u8>, field: u32, key: &str, value:
     put_bytes(out, 1, value.as_bytes());
 }
 
+/// A `KeyValue` with an integer value as `field`, lengths computed.
+pub(super) fn put_int_attribute(out: &mut Vec<u8>, field: u32, key: &str, value: i64) {
+    // KeyValue { key = 1, value = 2: AnyValue { int_value = 3 } }.
+    let any = 1 + varint_len(value as u64);
+    let kv = 1 + varint_len(key.len() as u64) + key.len() + 1 + varint_len(any as u64) + any;
+    out.reserve(key_len(field) + varint_len(kv as u64) + kv);
+    put_key(out, field, LEN);
+    put_varint(out, kv as u64);
+    put_bytes(out, 1, key.as_bytes());
+    put_key(out, 2, LEN);
+    put_varint(out, any as u64);
+    put_key(out, 3, VARINT);
+    put_varint(out, value as u64);
+}
+
 /// Bytes of a key (field number and wire type).
 fn key_len(field: u32) -> usize {
     varint_len(u64::from(field) << 3)
@@ -498,6 +513,17 @@ mod tests {
                 expected.resize(expected.len() + len, 0xab);
                 assert_eq!(out, expected, "length {len}, room {room}");
             }
+        }
+    }
+
+    #[test]
+    fn an_int_attribute_is_written_as_the_general_key_value() {
+        for value in [0, 1, 300, -5, i64::MAX, i64::MIN] {
+            let mut general = Vec::new();
+            put_key_value(&mut general, 9, "seq", &Value::I64(value));
+            let mut direct = Vec::new();
+            put_int_attribute(&mut direct, 9, "seq", value);
+            assert_eq!(direct, general, "{value}");
         }
     }
 

@@ -22,8 +22,8 @@ use opentelemetry_sdk::trace::{
 
 use super::batch_encoder::Direct;
 use super::otlp_wire::{
-    LEN, flags, nanos, nested, put_bytes, put_fixed32, put_fixed64, put_key, put_key_value,
-    put_str_attribute, put_string, put_uint, put_varint,
+    LEN, flags, nanos, nested, put_bytes, put_fixed32, put_fixed64, put_int_attribute, put_key,
+    put_key_value, put_str_attribute, put_string, put_uint, put_varint,
 };
 use super::propagation::trace_state_text;
 
@@ -178,8 +178,8 @@ impl PublishSpan {
             put_str_attribute(out, 9, "messaging.message.id", message_id);
             if let Some(sequence) = self.sequence {
                 put_str_attribute(out, 9, "messaging.nats.stream", stream);
-                let sequence = Value::I64(i64::try_from(sequence).unwrap_or(i64::MAX));
-                put_key_value(out, 9, "messaging.nats.stream.sequence", &sequence);
+                let sequence = i64::try_from(sequence).unwrap_or(i64::MAX);
+                put_int_attribute(out, 9, "messaging.nats.stream.sequence", sequence);
                 if self.duplicate {
                     put_key_value(out, 9, "messaging.nats.duplicate", &Value::Bool(true));
                 }
@@ -190,12 +190,13 @@ impl PublishSpan {
             for kv in &self.extra {
                 put_key_value(out, 9, kv.key.as_str(), &kv.value);
             }
-            // Status: unset, or error without a message.
-            nested(out, 15, 1, |out| {
-                if self.error.is_some() {
-                    put_uint(out, 3, 2);
-                }
-            });
+            // Status: unset (empty), or error without a message (code 2).
+            put_key(out, 15, LEN);
+            if self.error.is_some() {
+                out.extend_from_slice(&[2, 3 << 3, 2]);
+            } else {
+                out.push(0);
+            }
             let remote = self.parent.is_some_and(|(_, remote)| remote);
             put_fixed32(out, 16, flags(&self.sc, remote));
         });
