@@ -331,7 +331,7 @@ mod tests {
 
     use opentelemetry::trace::{Span as _, Tracer as _, TracerProvider as _};
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-    use opentelemetry_sdk::trace::SdkTracerProvider;
+    use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
     use prost::Message;
 
     use super::*;
@@ -353,6 +353,13 @@ mod tests {
     }
 
     fn provider(limits: BatchLimits) -> (SdkTracerProvider, Receiver<ExportTraceServiceRequest>) {
+        sampled_by(limits, Sampler::AlwaysOn)
+    }
+
+    fn sampled_by(
+        limits: BatchLimits,
+        sampler: Sampler,
+    ) -> (SdkTracerProvider, Receiver<ExportTraceServiceRequest>) {
         let (tx, rx) = channel();
         let encoder = match BatchEncoder::start(Capture(Mutex::new(tx)), limits) {
             Ok(e) => e,
@@ -360,6 +367,7 @@ mod tests {
         };
         let provider = SdkTracerProvider::builder()
             .with_span_processor(encoder)
+            .with_sampler(sampler)
             .with_resource(Resource::builder().with_service_name("svc").build())
             .build();
         (provider, rx)
@@ -441,15 +449,7 @@ mod tests {
 
     #[test]
     fn given_unsampled_spans_should_post_nothing() {
-        let (tx, rx) = channel();
-        let encoder = match BatchEncoder::start(Capture(Mutex::new(tx)), SLOW) {
-            Ok(e) => e,
-            Err(e) => panic!("start: {e}"),
-        };
-        let provider = SdkTracerProvider::builder()
-            .with_span_processor(encoder)
-            .with_sampler(opentelemetry_sdk::trace::Sampler::AlwaysOff)
-            .build();
+        let (provider, rx) = sampled_by(SLOW, Sampler::AlwaysOff);
         provider.tracer("bus").start("dropped").end();
         assert!(provider.force_flush().is_ok());
         assert_eq!(rx.try_iter().count(), 0);

@@ -193,22 +193,24 @@ pub(super) fn put_key_value(out: &mut Vec<u8>, field: u32, key: &str, value: &Va
 /// A `KeyValue` with a string value as `field`, without making a `Value` of it; its
 /// lengths are computed, not measured (it runs several times per publish span).
 pub(super) fn put_str_attribute(out: &mut Vec<u8>, field: u32, key: &str, value: &str) {
-    // KeyValue { key = 1, value = 2: AnyValue { string_value = 1 } }.
+    // AnyValue { string_value = 1 }.
     let any = 1 + varint_len(value.len() as u64) + value.len();
-    let kv = 1 + varint_len(key.len() as u64) + key.len() + 1 + varint_len(any as u64) + any;
-    out.reserve(key_len(field) + varint_len(kv as u64) + kv);
-    put_key(out, field, LEN);
-    put_varint(out, kv as u64);
-    put_bytes(out, 1, key.as_bytes());
-    put_key(out, 2, LEN);
-    put_varint(out, any as u64);
+    put_attribute_head(out, field, key, any);
     put_bytes(out, 1, value.as_bytes());
 }
 
 /// A `KeyValue` with an integer value as `field`, lengths computed.
 pub(super) fn put_int_attribute(out: &mut Vec<u8>, field: u32, key: &str, value: i64) {
-    // KeyValue { key = 1, value = 2: AnyValue { int_value = 3 } }.
+    // AnyValue { int_value = 3 }.
     let any = 1 + varint_len(value as u64);
+    put_attribute_head(out, field, key, any);
+    put_key(out, 3, VARINT);
+    put_varint(out, value as u64);
+}
+
+/// `KeyValue { key = 1, value = 2 }` as `field` up to the `AnyValue`'s content, which is
+/// `any` bytes long and the caller writes next.
+fn put_attribute_head(out: &mut Vec<u8>, field: u32, key: &str, any: usize) {
     let kv = 1 + varint_len(key.len() as u64) + key.len() + 1 + varint_len(any as u64) + any;
     out.reserve(key_len(field) + varint_len(kv as u64) + kv);
     put_key(out, field, LEN);
@@ -216,8 +218,6 @@ pub(super) fn put_int_attribute(out: &mut Vec<u8>, field: u32, key: &str, value:
     put_bytes(out, 1, key.as_bytes());
     put_key(out, 2, LEN);
     put_varint(out, any as u64);
-    put_key(out, 3, VARINT);
-    put_varint(out, value as u64);
 }
 
 /// Bytes of a key (field number and wire type).
