@@ -289,20 +289,20 @@ impl Publisher {
 /// The event's headers and payload, with `trace` as its trace context if given (the
 /// event itself is not copied to change it).
 fn encode(event: &Event, trace: Option<&SpanContext>) -> Result<(HeaderMap, Bytes), PublishError> {
-    let encoded =
-        |e: &Event| binary_mode::encode(e).map_err(|err| PublishError::from_encode(&event.id, err));
+    let encoded = |e: &Event, more: usize| {
+        binary_mode::encode_with_room(e, more)
+            .map_err(|err| PublishError::from_encode(&event.id, err))
+    };
     let Some(sc) = trace else {
-        return encoded(event);
+        return encoded(event, 0);
     };
     if event.tracestate.is_some() && sc.trace_state().header().is_empty() {
         // The event's own `tracestate` must go, and headers cannot lose one: copy (rare).
         let mut copy = event.clone();
         telemetry::inject_into_event(sc, &mut copy);
-        return encoded(&copy);
+        return encoded(&copy, 0);
     }
-    let more = telemetry::header_count(sc);
-    let (mut headers, payload) = binary_mode::encode_with_room(event, more)
-        .map_err(|err| PublishError::from_encode(&event.id, err))?;
+    let (mut headers, payload) = encoded(event, telemetry::header_count(sc))?;
     telemetry::inject_into_headers(sc, &mut headers);
     Ok((headers, payload))
 }

@@ -202,21 +202,25 @@ impl BatchEncoder {
         }
     }
 
-    /// Asks the export thread for something and waits, bounded, for its answer.
-    fn ask(&self, ask: impl FnOnce(&mut Pending, SyncSender<Result<(), String>>)) -> OTelSdkResult {
+    /// Asks the export thread for something (`ask` registers the answer's sender, or
+    /// says no when the encoder is stopping) and waits for its answer, at most `wait`.
+    fn ask(
+        &self,
+        wait: Duration,
+        ask: impl FnOnce(&mut Pending, SyncSender<Result<(), String>>) -> bool,
+    ) -> OTelSdkResult {
         let (tx, rx) = sync_channel(1);
         {
             let mut p = self.shared.lock();
-            if p.stopped {
+            if p.stopped || !ask(&mut p, tx) {
                 return Err(OTelSdkError::AlreadyShutdown);
             }
-            ask(&mut p, tx);
         }
         self.shared.wake.notify_one();
-        match rx.recv_timeout(self.wait) {
+        match rx.recv_timeout(wait) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(OTelSdkError::InternalFailure(e)),
-            Err(_) => Err(OTelSdkError::Timeout(self.wait)),
+            Err(_) => Err(OTelSdkError::Timeout(wait)),
         }
     }
 }
@@ -234,24 +238,16 @@ impl SpanProcessor for BatchEncoder {
     }
 
     fn force_flush(&self) -> OTelSdkResult {
-        self.ask(|p, tx| p.flushes.push(tx))
+        self.ask(self.wait, |p, tx| {
+            p.flushes.push(tx);
+            true
+        })
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        let (tx, rx) = sync_channel(1);
-        {
-            let mut p = self.shared.lock();
-            if p.stopped || p.shutdown.is_some() {
-                return Err(OTelSdkError::AlreadyShutdown);
-            }
-            p.shutdown = Some(tx);
-        }
-        self.shared.wake.notify_one();
-        match rx.recv_timeout(timeout.min(self.wait)) {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(OTelSdkError::InternalFailure(e)),
-            Err(_) => Err(OTelSdkError::Timeout(timeout)),
-        }
+        self.ask(timeout.min(self.wait), |p, tx| {
+            p.shutdown.replace(tx).is_none()
+        })
     }
 
     fn set_resource(&mut self, resource: &Resource) {
@@ -302,11 +298,11 @@ fn export_loop(shared: &Shared, resource: &Mutex<EncodedResource>, sink: &impl S
         let mut result = Ok(());
         if batch.iter().any(|(_, entries)| !entries.is_empty()) {
             request.clear();
-            let resource = resource
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone();
-            otlp_wire::put_request(&mut request, &resource, &batch);
+            otlp_wire::put_request(
+                &mut request,
+                &resource.lock().unwrap_or_else(PoisonError::into_inner),
+                &batch,
+            );
             result = sink.send(std::mem::take(&mut request));
             if let Err(e) = &result {
                 tracing::warn!(error = %e, "span export failed; the batch is dropped");
