@@ -44,6 +44,8 @@ pub(crate) fn install(sink: Direct, sampler: Sampler) {
 
 /// `Span.kind` PRODUCER.
 const PRODUCER: u64 = 4;
+/// The operation, as the sampler is told it.
+const OPERATION: &str = "publish";
 /// The span name is this and the destination.
 const NAME_PREFIX: &str = "publish ";
 
@@ -97,7 +99,7 @@ pub(crate) fn start(destination: &str, message_id: &str, parent: &Context) -> Op
     let result = lean.sampler.should_sample(
         Some(parent),
         trace_id,
-        NAME_PREFIX.trim_end(),
+        OPERATION,
         &SpanKind::Producer,
         &[],
         &[],
