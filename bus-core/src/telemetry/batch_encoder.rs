@@ -87,10 +87,11 @@ impl Pending {
     }
 
     fn add(&mut self, scope: Scope<'_>, entry: &[u8], limits: &BatchLimits) {
+        // Nearly always one scope (the bus's tracer): check the last one first.
+        let find = |s| self.scopes.iter().rposition(|(x, _)| x == s);
         let i = match scope {
-            Scope::Direct(_) if self.direct_slot.is_some() => self.direct_slot,
-            // Nearly always one scope (the bus's tracer): check the last one first.
-            Scope::Direct(s) | Scope::Span(s) => self.scopes.iter().rposition(|(x, _)| x == s),
+            Scope::Direct(s) => self.direct_slot.or_else(|| find(s)),
+            Scope::Span(s) => find(s),
         };
         let i = match i {
             Some(i) => i,
