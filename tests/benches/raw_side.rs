@@ -8,12 +8,16 @@
 //! - Consume: one pull `messages()` stream per member, `max_messages_per_batch(N)` and N
 //!   handlers at once (`for_each_concurrent`); a handler parses the JSON data (no header
 //!   decoding: a raw client need not) and acks.
+//! - With `--telemetry always-raw-context`, each message also carries a fixed W3C
+//!   `traceparent` of the bus's length: the bytes a traced client sends, without tracing.
 
 use std::future::IntoFuture;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Result;
+use async_nats::HeaderName;
 use async_nats::jetstream::consumer::pull::{self, MessagesError};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, Message};
@@ -32,6 +36,17 @@ const MAX_ACKS_IN_FLIGHT: usize = 4096;
 /// bus-sdk `group/member.rs` `PULL_HEARTBEAT` and `PULL_EXPIRES`.
 const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
 const PULL_EXPIRES: Duration = Duration::from_secs(10);
+
+/// Whether raw messages carry [`TRACEPARENT_VALUE`] (set once, before any runs).
+static CARRY_CONTEXT: AtomicBool = AtomicBool::new(false);
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+/// A sampled W3C trace context, as long as the one the bus writes.
+const TRACEPARENT_VALUE: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+/// Makes raw messages carry a `traceparent` header (`--telemetry always-raw-context`).
+pub fn carry_context(on: bool) {
+    CARRY_CONTEXT.store(on, Ordering::Relaxed);
+}
 
 #[derive(Debug)]
 pub struct RawConn {
@@ -68,7 +83,10 @@ impl RawConn {
     }
 
     fn message(event: &bus_core::Event) -> Result<PublishMessage> {
-        let (headers, payload) = binary_mode::encode(event)?;
+        let (mut headers, payload) = binary_mode::encode(event)?;
+        if CARRY_CONTEXT.load(Ordering::Relaxed) {
+            headers.insert(TRACEPARENT, TRACEPARENT_VALUE);
+        }
         Ok(PublishMessage::build().payload(payload).headers(headers))
     }
 

@@ -6,7 +6,11 @@
 //!
 //! Modes: `none` (no telemetry installed), `sampler-off` (exporter installed, sampler
 //! `always_off`: no span is built), `ratio` (parent-based 10 % sampling), `always` (every
-//! span exported over OTLP/HTTP, the bus's default protocol). The receiver runs in the
+//! span exported over OTLP/HTTP, the bus's default protocol), and `always-raw-context`:
+//! `always`, with the raw side's messages carrying a `traceparent` header of the same
+//! length. Part of what `always` costs is carrying W3C context at all (55 more bytes per
+//! message for async-nats, the wire and the server to handle), which any traced client
+//! pays; this mode's cost is what the bus adds on top of that. The receiver runs in the
 //! parent process, as a collector would run outside the service, and only counts the spans
 //! (reading lengths, not decoding): it shares the machine's two cores with the measured
 //! process and the servers, and should take as little of them as a receiver can.
@@ -30,6 +34,8 @@ pub enum TelemetryMode {
     Ratio,
     /// Every span, exported to a local OTLP receiver.
     Always,
+    /// `always`, and the raw side's messages carry a `traceparent` header too.
+    AlwaysRawContext,
 }
 
 impl TelemetryMode {
@@ -39,6 +45,7 @@ impl TelemetryMode {
             TelemetryMode::SamplerOff => "sampler-off",
             TelemetryMode::Ratio => "ratio",
             TelemetryMode::Always => "always",
+            TelemetryMode::AlwaysRawContext => "always-raw-context",
         }
     }
 }
@@ -61,6 +68,7 @@ impl Installed {
 /// started here).
 pub async fn install(mode: TelemetryMode, endpoint: Option<String>) -> Result<Installed> {
     use bus_core::telemetry::{OtlpExport, OtlpProtocol, Sampler, TelemetrySettings, init_with};
+    crate::raw_side::carry_context(mode == TelemetryMode::AlwaysRawContext);
     if mode == TelemetryMode::None {
         return Ok(Installed {
             telemetry: None,
@@ -120,6 +128,7 @@ pub async fn run(args: &Args) -> Result<String> {
             TelemetryMode::SamplerOff,
             TelemetryMode::Ratio,
             TelemetryMode::Always,
+            TelemetryMode::AlwaysRawContext,
         ] {
             let report = dir.path().join(format!("{}-{run}.md", mode.flag()));
             let mut cmd = tokio::process::Command::new(&exe);
@@ -202,7 +211,9 @@ fn cost_table(runs: &[Run]) -> String {
     let mut out = String::from(
         "\n### Cost of each mode\n\nOne minus the mode's bus/raw throughput ratio over that of \
          `none` in the same run; with several runs, the median cost (and the runs' range) \
-         and the median ratio (targets: sampler off ≤ 2 %, always on ≤ 10 %).\n\n\
+         and the median ratio (targets: sampler off ≤ 2 %, always on ≤ 10 %). \
+         `always-raw-context`: the raw side carries a `traceparent` too, so its cost is the \
+         bus's part of `always`.\n\n\
          | telemetry | windowed publish bus/raw | cost | one at a time bus/raw | cost |\n\
          |---|--:|--:|--:|--:|\n",
     );
