@@ -10,8 +10,12 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
-use async_nats::jetstream::{self, context::DeleteStreamErrorKind};
-use bus_core::topology::DEFAULT_ENSURE_DEADLINE;
+use async_nats::jetstream::context::{
+    CreateStreamError, CreateStreamErrorKind, DeleteStreamErrorKind,
+};
+use async_nats::jetstream::{self};
+use bus_core::retry::backoff_delay;
+use bus_core::topology::{DEFAULT_ENSURE_DEADLINE, TopologyError};
 use bus_core::{BusConfig, EventType, Topology};
 use bus_sdk::EventPayload;
 use tokio::time::Instant;
@@ -22,6 +26,11 @@ use crate::payload::BenchEvent;
 pub const GROUP: &str = "bench";
 /// How long a fresh stream may take to get a leader.
 const LEADER_DEADLINE: Duration = Duration::from_secs(30);
+/// How long re-creating a stream just deleted may keep finding a replica's old store.
+const RECREATE_DEADLINE: Duration = Duration::from_secs(30);
+/// JetStream's "error creating store for stream": in a cluster, a stream re-created right
+/// after its deletion can land on a replica still removing the old store.
+const STORE_NOT_CREATED: u64 = 10_049;
 
 /// The servers under test and an admin connection to them.
 #[derive(Debug)]
@@ -89,10 +98,19 @@ impl Env {
                 Err(e) => return Err(e).with_context(|| format!("deleting stream {name}")),
             }
         }
-        Topology::from_config(&config)
-            .ensure(&self.admin, DEFAULT_ENSURE_DEADLINE)
-            .await
-            .context("creating the streams")?;
+        let topology = Topology::from_config(&config);
+        let start = Instant::now();
+        let mut attempt = 0;
+        loop {
+            match topology.ensure(&self.admin, DEFAULT_ENSURE_DEADLINE).await {
+                Ok(()) => break,
+                Err(e) if old_store_in_the_way(&e) && start.elapsed() < RECREATE_DEADLINE => {
+                    tokio::time::sleep(backoff_delay(attempt)).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e).context("creating the streams"),
+            }
+        }
         let start = Instant::now();
         loop {
             let mut stream = self.admin.get_stream(&config.streams.events_name).await?;
@@ -139,4 +157,17 @@ impl Env {
             ..Default::default()
         })
     }
+}
+
+/// Whether `e` is JetStream failing to create a stream's store ([`STORE_NOT_CREATED`]).
+fn old_store_in_the_way(e: &TopologyError) -> bool {
+    let TopologyError::Refused { source, .. } = e else {
+        return false;
+    };
+    source
+        .downcast_ref::<CreateStreamError>()
+        .is_some_and(|e| match e.kind() {
+            CreateStreamErrorKind::JetStream(j) => j.error_code().0 == STORE_NOT_CREATED,
+            _ => false,
+        })
 }
