@@ -176,6 +176,14 @@ pub fn markdown(plan: &Plan, rows: &[Row], notes: &[String]) -> String {
             plan.nodes
         )
     };
+    if rows.is_empty() {
+        // Only sections of their own (the tracing workload's): no empty table.
+        let _ = writeln!(out, "#### {topology}");
+        for note in notes {
+            let _ = writeln!(out, "\n{note}");
+        }
+        return out;
+    }
     let _ = writeln!(
         out,
         "#### {topology}{}\n\n{PAYLOAD_BYTES}-byte JSON data; median of {} interleaved rounds per side; \
@@ -223,4 +231,20 @@ pub fn markdown(plan: &Plan, rows: &[Row], notes: &[String]) -> String {
         let _ = writeln!(out, "\n{note}");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::Args;
+
+    #[test]
+    fn given_no_rows_should_print_no_table_only_the_notes() {
+        let plan = Plan::new(&Args::parse_from(["bus-bench", "--workloads", "tracing"]));
+        let out = markdown(&plan, &[], &["Run time 1 s.".to_owned()]);
+        assert!(!out.contains("| workload"), "{out}");
+        assert!(out.contains("Run time 1 s."), "{out}");
+    }
 }
