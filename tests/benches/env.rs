@@ -26,11 +26,9 @@ use crate::payload::BenchEvent;
 pub const GROUP: &str = "bench";
 /// How long a fresh stream may take to get a leader.
 const LEADER_DEADLINE: Duration = Duration::from_secs(30);
-/// How long re-creating a stream just deleted may keep finding a replica's old store.
+/// How long re-creating a stream just deleted may keep finding a replica's old store
+/// (then one more attempt, itself bounded by `DEFAULT_ENSURE_DEADLINE`).
 const RECREATE_DEADLINE: Duration = Duration::from_secs(30);
-/// JetStream's "error creating store for stream": in a cluster, a stream re-created right
-/// after its deletion can land on a replica still removing the old store.
-const STORE_NOT_CREATED: u64 = 10_049;
 
 /// The servers under test and an admin connection to them.
 #[derive(Debug)]
@@ -105,6 +103,7 @@ impl Env {
             match topology.ensure(&self.admin, DEFAULT_ENSURE_DEADLINE).await {
                 Ok(()) => break,
                 Err(e) if old_store_in_the_way(&e) && start.elapsed() < RECREATE_DEADLINE => {
+                    eprintln!("bus-bench: re-creating the streams: {e}; retrying");
                     tokio::time::sleep(backoff_delay(attempt)).await;
                     attempt += 1;
                 }
@@ -159,7 +158,10 @@ impl Env {
     }
 }
 
-/// Whether `e` is JetStream failing to create a stream's store ([`STORE_NOT_CREATED`]).
+/// Whether `e` is JetStream's "error creating store for stream" (the generic stream-create
+/// error, 10049, about the store): in a cluster, a stream re-created right after its
+/// deletion can land on a replica still removing the old store. The description is only
+/// in the error's text.
 fn old_store_in_the_way(e: &TopologyError) -> bool {
     let TopologyError::Refused { source, .. } = e else {
         return false;
@@ -167,7 +169,10 @@ fn old_store_in_the_way(e: &TopologyError) -> bool {
     source
         .downcast_ref::<CreateStreamError>()
         .is_some_and(|e| match e.kind() {
-            CreateStreamErrorKind::JetStream(j) => j.error_code().0 == STORE_NOT_CREATED,
+            CreateStreamErrorKind::JetStream(j) => {
+                j.error_code() == jetstream::ErrorCode::STREAM_CREATE
+                    && j.to_string().contains("creating store")
+            }
             _ => false,
         })
 }

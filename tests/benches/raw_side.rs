@@ -83,8 +83,10 @@ impl RawConn {
     }
 
     fn message(event: &bus_core::Event) -> Result<PublishMessage> {
-        let (mut headers, payload) = binary_mode::encode(event)?;
-        if CARRY_CONTEXT.load(Ordering::Relaxed) {
+        // Room for the header up front, as the bus makes it for its own.
+        let carry = CARRY_CONTEXT.load(Ordering::Relaxed);
+        let (mut headers, payload) = binary_mode::encode_with_room(event, usize::from(carry))?;
+        if carry {
             headers.insert(TRACEPARENT, TRACEPARENT_VALUE);
         }
         Ok(PublishMessage::build().payload(payload).headers(headers))

@@ -115,11 +115,12 @@ async fn given_three_members_when_one_is_killed_mid_run_should_still_handle_ever
         r?;
     }
     // Kill the busiest member once the budget is spent: its other handlers are waiting
-    // for budget with their events unacknowledged.
+    // for budget with their events unacknowledged. Every completion spends one permit, so
+    // `total` (not `distinct`, which a redelivery would hold back) reaches the budget.
     wait_until(
         "the pre-kill budget is spent",
         Duration::from_secs(30),
-        || recorder.distinct() as u64 == BEFORE_KILL,
+        || recorder.total() == BEFORE_KILL,
     )
     .await?;
     let before = recorder.per_member();
@@ -139,23 +140,13 @@ async fn given_three_members_when_one_is_killed_mid_run_should_still_handle_ever
     .await?;
     let handled: HashSet<String> = recorder.counts().into_keys().collect();
     assert_eq!(handled, ids);
+    // The victim stopped when killed: a handler it was polling as it died may still have
+    // recorded one event (one per handler slot at most); the rest was the survivors'.
     let per_member = recorder.per_member();
     let victim_total = per_member.get(&victim).copied().unwrap_or(0);
-    let survivors: u64 = per_member
-        .iter()
-        .filter(|(m, _)| **m != victim)
-        .map(|(_, n)| *n)
-        .sum();
-    // The busiest of three after 90 completions has at least 30 of them.
     assert!(
-        killed_after >= BEFORE_KILL / 3,
-        "the victim was working: {before:?}"
-    );
-    // The victim's count is read at the end: handlers it was polling when it died may
-    // still have recorded an event (never acked, so handled again by a survivor).
-    assert!(
-        victim_total <= killed_after + 8 && survivors >= EVENTS - killed_after,
-        "the survivors handled everything the victim did not: {per_member:?}"
+        victim_total <= killed_after + 8,
+        "the victim stopped handling: {per_member:?} (before the kill: {before:?})"
     );
     wait_group_idle(&bus, "workers", Duration::from_secs(30)).await?;
     for member in members.into_iter().flatten() {
