@@ -9,11 +9,11 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
+use async_nats::jetstream;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use async_nats::jetstream::context::{
     CreateStreamError, CreateStreamErrorKind, DeleteStreamErrorKind,
 };
-use async_nats::jetstream::{self};
 use bus_core::retry::backoff_delay;
 use bus_core::topology::{DEFAULT_ENSURE_DEADLINE, TopologyError};
 use bus_core::{BusConfig, EventType, Topology};
