@@ -157,7 +157,7 @@ fn check(name: &str, pattern: bool) -> Result<(), EventTypeError> {
     culprit(name, pattern)
 }
 
-/// Whether `name` (not empty) is a valid event type name, in one pass over its bytes:
+/// Whether `name` is a valid event type name, in one pass over its bytes:
 /// every event published and every delivery decoded checks its type, and splitting it
 /// into tokens cost ~750 instructions per check (BENCHMARKS.md, "Profile, sixth round").
 /// [`culprit`] says what is wrong with a name this refuses.

@@ -10,10 +10,11 @@
 //! `always`, with the raw side's messages carrying a `traceparent` header of the same
 //! length. Part of what `always` costs is carrying W3C context at all (a 55-byte value,
 //! 70 bytes on the wire per message, for async-nats, the kernel and the server to handle),
-//! which any traced client pays; this mode's cost is what the bus adds on top of that. The receiver runs in the
-//! parent process, as a collector would run outside the service, and only counts the spans
-//! (reading lengths, not decoding): it shares the machine's two cores with the measured
-//! process and the servers, and should take as little of them as a receiver can.
+//! which any traced client pays; this mode's cost is what the bus adds on top of that.
+//! The receiver runs in the parent process, as a collector would run outside the
+//! service, and only counts the spans (reading lengths, not decoding): it shares the
+//! machine's two cores with the measured process and the servers, and should take as
+//! little of them as a receiver can.
 
 use anyhow::{Context as _, Result};
 use clap::ValueEnum;

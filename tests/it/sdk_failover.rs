@@ -13,6 +13,9 @@ use bus_tests::NatsCluster;
 
 use crate::support::*;
 
+/// Handler slots of each [`CrashableMember`].
+const SLOTS: usize = 8;
+
 /// A member running on its own runtime, so that it can die like a crashed process:
 /// `kill` drops its tasks and its connection mid-handling, with nothing settled.
 struct CrashableMember {
@@ -46,7 +49,7 @@ impl CrashableMember {
                 let group = bus
                     .group("workers")
                     .ack_wait(Duration::from_secs(2))
-                    .concurrency(8)
+                    .concurrency(SLOTS)
                     .on(move |ev: Received<OrderCreated>| {
                         let recorder = recorder.clone();
                         let budget = budget.clone();
@@ -145,7 +148,7 @@ async fn given_three_members_when_one_is_killed_mid_run_should_still_handle_ever
     let per_member = recorder.per_member();
     let victim_total = per_member.get(&victim).copied().unwrap_or(0);
     assert!(
-        victim_total <= killed_after + 8,
+        victim_total <= killed_after + SLOTS as u64,
         "the victim stopped handling: {per_member:?} (before the kill: {before:?})"
     );
     wait_group_idle(&bus, "workers", Duration::from_secs(30)).await?;
