@@ -152,6 +152,11 @@ pub struct NatsConfig {
     /// unavailable (default [`DEFAULT_PUBLISH_DEADLINE`]).
     #[serde(with = "humantime_serde")]
     pub publish_deadline: Duration,
+    /// `nats.server_msg_trace`: let nats-server's own message tracing (an account's
+    /// `msg_trace` destination, servers 2.11 and later) see sampled events. Off by default:
+    /// sampled events then carry `Nats-Trace-Dest: trace disabled`, which spares the
+    /// server a header map per sampled message ([`crate::server_trace`]).
+    pub server_msg_trace: bool,
 }
 
 impl Default for NatsConfig {
@@ -168,6 +173,7 @@ impl Default for NatsConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             publish_deadline: DEFAULT_PUBLISH_DEADLINE,
+            server_msg_trace: false,
         }
     }
 }

@@ -26,6 +26,9 @@ pub const TRACEPARENT: &str = "traceparent";
 pub const TRACESTATE: &str = "tracestate";
 /// JetStream's de-duplication key; the bus sets it to the event id.
 pub const NATS_MSG_ID: &str = "Nats-Msg-Id";
+/// nats-server's message-trace destination; the bus writes it only to switch the
+/// server's tracing off for a sampled message ([`server_trace`](crate::server_trace)).
+pub const NATS_TRACE_DEST: &str = "Nats-Trace-Dest";
 
 /// `bus-dlq-reason`: why the group gave up on the event, on one line.
 ///

@@ -12,6 +12,7 @@ pub mod event_type;
 mod header_map;
 pub mod headers;
 pub mod retry;
+pub mod server_trace;
 pub mod structured;
 pub mod subjects;
 pub mod telemetry;

@@ -92,6 +92,7 @@ impl BusBuilder {
             js,
             subjects: self.config.subjects(),
             deadline: self.config.nats.publish_deadline,
+            server_msg_trace: self.config.nats.server_msg_trace,
         };
         let source = self.source.unwrap_or_else(default_source);
         Ok(Bus {

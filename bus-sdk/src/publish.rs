@@ -12,7 +12,7 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::publish::PublishAck;
 use bus_core::retry::{backoff_delay, is_transient_code};
 use bus_core::telemetry;
-use bus_core::{Event, Subjects, binary_mode};
+use bus_core::{Event, Subjects, binary_mode, server_trace};
 use bytes::Bytes;
 use futures::StreamExt;
 use opentelemetry::Context;
@@ -44,6 +44,8 @@ pub(crate) struct Publisher {
     pub(crate) js: jetstream::Context,
     pub(crate) subjects: Subjects,
     pub(crate) deadline: Duration,
+    /// `nats.server_msg_trace`: leave sampled messages unmarked ([`server_trace`]).
+    pub(crate) server_msg_trace: bool,
 }
 
 /// An event whose first attempt went to the connection, or why it could not.
@@ -57,12 +59,14 @@ struct Prepared<'a> {
     subject: String,
     first: (HeaderMap, Bytes),
     span: telemetry::HopSpan,
+    /// Whether a sampled message gets [`server_trace::mark`]ed.
+    mark_sampled: bool,
 }
 
 impl Prepared<'_> {
     /// Re-encodes for a retry: the same event and context give the same bytes and id.
     fn rebuild(&self) -> Result<(HeaderMap, Bytes), PublishError> {
-        encode(self.event, self.trace.as_ref())
+        encode(self.event, self.trace.as_ref(), self.mark_sampled)
     }
 
     fn receipt(
@@ -122,13 +126,15 @@ impl Publisher {
                 }
             });
         }
-        let first = encode(event, trace.as_ref())?;
+        let mark_sampled = !self.server_msg_trace;
+        let first = encode(event, trace.as_ref(), mark_sampled)?;
         Ok(Prepared {
             event,
             trace,
             subject,
             first,
             span,
+            mark_sampled,
         })
     }
 
@@ -218,14 +224,18 @@ impl Publisher {
 
     /// Publishes raw headers and payload until a PubAck arrives, an error that retrying
     /// cannot fix, or the deadline. `headers` must carry `Nats-Msg-Id` for retries to be
-    /// safe.
+    /// safe; a sampled `traceparent` among them gets [`server_trace::mark`]ed as an
+    /// event's would.
     pub(crate) async fn publish_raw(
         &self,
         subject: String,
-        headers: HeaderMap,
+        mut headers: HeaderMap,
         payload: Bytes,
         id: &str,
     ) -> Result<PublishAck, PublishError> {
+        if !self.server_msg_trace {
+            server_trace::mark_if_sampled(&mut headers);
+        }
         let first = (headers.clone(), payload.clone());
         let rebuild = || Ok((headers.clone(), payload.clone()));
         let start = tokio::time::Instant::now();
@@ -287,11 +297,29 @@ impl Publisher {
 }
 
 /// The event's headers and payload, with `trace` as its trace context if given (the
-/// event itself is not copied to change it).
-fn encode(event: &Event, trace: Option<&SpanContext>) -> Result<(HeaderMap, Bytes), PublishError> {
+/// event itself is not copied to change it), [`server_trace::mark`]ed if `mark_sampled`
+/// and the context they carry is sampled.
+fn encode(
+    event: &Event,
+    trace: Option<&SpanContext>,
+    mark_sampled: bool,
+) -> Result<(HeaderMap, Bytes), PublishError> {
+    // The context the message carries: `trace` when valid, else the event's own.
+    let sampled = match trace {
+        Some(sc) if sc.is_valid() => sc.is_sampled(),
+        _ => event
+            .traceparent
+            .as_deref()
+            .is_some_and(server_trace::is_sampled),
+    };
+    let mark = mark_sampled && sampled;
     let encoded = |e: &Event, more: usize| {
-        binary_mode::encode_with_room(e, more)
-            .map_err(|err| PublishError::from_encode(&event.id, err))
+        let (mut headers, payload) = binary_mode::encode_with_room(e, more + usize::from(mark))
+            .map_err(|err| PublishError::from_encode(&event.id, err))?;
+        if mark {
+            server_trace::mark(&mut headers);
+        }
+        Ok((headers, payload))
     };
     let Some(sc) = trace else {
         return encoded(event, 0);

@@ -43,7 +43,8 @@ const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// A sampled W3C trace context, as long as the one the bus writes.
 const TRACEPARENT_VALUE: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 
-/// Makes raw messages carry a `traceparent` header (`--telemetry always-raw-context`).
+/// Makes raw messages carry a `traceparent` header, and the `Nats-Trace-Dest` header the
+/// bus writes with a sampled one (`--telemetry always-raw-context`).
 pub fn carry_context(on: bool) {
     CARRY_CONTEXT.store(on, Ordering::Relaxed);
 }
@@ -85,9 +86,11 @@ impl RawConn {
     fn message(event: &bus_core::Event) -> Result<PublishMessage> {
         // Room for the header up front, as the bus makes it for its own.
         let carry = CARRY_CONTEXT.load(Ordering::Relaxed);
-        let (mut headers, payload) = binary_mode::encode_with_room(event, usize::from(carry))?;
+        let (mut headers, payload) = binary_mode::encode_with_room(event, 2 * usize::from(carry))?;
         if carry {
             headers.insert(TRACEPARENT, TRACEPARENT_VALUE);
+            // As the bus marks its sampled messages (`nats.server_msg_trace` off).
+            bus_core::server_trace::mark(&mut headers);
         }
         Ok(PublishMessage::build().payload(payload).headers(headers))
     }

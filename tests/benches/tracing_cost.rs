@@ -7,10 +7,11 @@
 //! Modes: `none` (no telemetry installed), `sampler-off` (exporter installed, sampler
 //! `always_off`: no span is built), `ratio` (parent-based 10 % sampling), `always` (every
 //! span exported over OTLP/HTTP, the bus's default protocol), and `always-raw-context`:
-//! `always`, with the raw side's messages carrying a `traceparent` header of the same
-//! length. Part of what `always` costs is carrying W3C context at all (a 55-byte value,
-//! 70 bytes on the wire per message, for async-nats, the kernel and the server to handle),
-//! which any traced client pays; this mode's cost is what the bus adds on top of that.
+//! `always`, with the raw side's messages carrying the headers a sampled bus message
+//! carries (a `traceparent` of the same length and `Nats-Trace-Dest: trace disabled`,
+//! `bus_core::server_trace`). Part of what `always` costs is carrying W3C context at all
+//! (about 100 bytes on the wire per message, for async-nats, the kernel and the server to
+//! handle), which any traced client pays; this mode's cost is what the bus adds on top.
 //! The receiver runs in the parent process, as a collector would run outside the
 //! service, and only counts the spans (reading lengths, not decoding): it shares the
 //! machine's two cores with the measured process and the servers, and should take as
@@ -35,7 +36,7 @@ pub enum TelemetryMode {
     Ratio,
     /// Every span, exported to a local OTLP receiver.
     Always,
-    /// `always`, and the raw side's messages carry a `traceparent` header too.
+    /// `always`, and the raw side's messages carry the same trace headers too.
     AlwaysRawContext,
 }
 

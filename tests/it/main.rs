@@ -13,5 +13,6 @@ mod sdk_failover;
 mod sdk_fetch;
 mod sdk_groups;
 mod sdk_interop;
+mod server_trace;
 mod support;
 mod traces;

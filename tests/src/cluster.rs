@@ -41,6 +41,7 @@ pub struct NatsClusterBuilder {
     nodes: usize,
     binary: Option<PathBuf>,
     ready_timeout: Duration,
+    extra_config: String,
 }
 
 impl Default for NatsClusterBuilder {
@@ -49,6 +50,7 @@ impl Default for NatsClusterBuilder {
             nodes: DEFAULT_NODES,
             binary: None,
             ready_timeout: DEFAULT_READY_TIMEOUT,
+            extra_config: String::new(),
         }
     }
 }
@@ -102,6 +104,22 @@ impl NatsClusterBuilder {
         self
     }
 
+    /// nats-server configuration text appended to every node's file as it is: accounts,
+    /// limits, anything the test needs beyond the listeners, JetStream and routes.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), bus_tests::HarnessError> {
+    /// let cluster = bus_tests::NatsCluster::builder()
+    ///     .extra_config("max_payload: 65536")
+    ///     .start()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn extra_config(mut self, text: impl Into<String>) -> Self {
+        self.extra_config = text.into();
+        self
+    }
+
     /// Reserves ports, writes configs, starts every node and returns once each answers
     /// `/healthz?js-enabled-only=true` with 200 and, for several nodes, a JetStream meta
     /// leader is known to all of them and sees every other node as a current peer.
@@ -145,6 +163,7 @@ impl NatsClusterBuilder {
                         .map(|(_, &p)| p)
                         .collect(),
                 }),
+                extra: self.extra_config.clone(),
             };
             nodes.push(NatsServer::prepare(binary.clone(), &node_dir, config)?);
         }

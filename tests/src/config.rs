@@ -16,6 +16,8 @@ pub(crate) struct NodeConfig {
     pub(crate) store_dir: PathBuf,
     /// `None` for a single JetStream node (no cluster block at all).
     pub(crate) cluster: Option<ClusterConfig>,
+    /// Text appended as it is (accounts and the like).
+    pub(crate) extra: String,
 }
 
 /// The cluster block of a node that is one of several.
@@ -60,6 +62,10 @@ impl NodeConfig {
                 routes = routes.join("\n"),
             ));
         }
+        if !self.extra.is_empty() {
+            text.push_str(&self.extra);
+            text.push('\n');
+        }
         text
     }
 }
@@ -89,6 +95,7 @@ mod tests {
                 route_port: 21003,
                 peer_route_ports: vec![21013, 21023],
             }),
+            extra: String::new(),
         };
         let text = config.render();
         assert!(text.contains("server_name: \"n1\"\n"), "{text}");
@@ -111,7 +118,21 @@ mod tests {
             monitor_port: 21002,
             store_dir: PathBuf::from("/tmp/n0/store"),
             cluster: None,
+            extra: String::new(),
         };
         assert!(!config.render().contains("cluster"));
+    }
+
+    #[test]
+    fn given_extra_text_when_rendered_should_end_with_it() {
+        let config = NodeConfig {
+            name: "n0".into(),
+            client_port: 21001,
+            monitor_port: 21002,
+            store_dir: PathBuf::from("/tmp/n0/store"),
+            cluster: None,
+            extra: "no_auth_user: a".into(),
+        };
+        assert!(config.render().ends_with("}\nno_auth_user: a\n"));
     }
 }
