@@ -57,8 +57,17 @@ pub struct Args {
     /// Tracing workload: run the sequence of telemetry modes this many times (each mode a
     /// process of its own, modes alternating); the cost table takes the median of the
     /// runs' costs, each against the same run's `none`.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=9))]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
     pub mode_runs: u32,
+    /// Tracing workload: the telemetry modes to run, comma-separated (`none` runs in any
+    /// case: every cost is against it); with `--only`, the traced rows to run.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_values = ["none", "sampler-off", "ratio", "always", "always-raw-context"]
+    )]
+    pub modes: Vec<crate::tracing_cost::TelemetryMode>,
     /// Telemetry of this process (the tracing workload sets it for its child runs).
     #[arg(long, value_enum, default_value = "none")]
     pub telemetry: crate::tracing_cost::TelemetryMode,

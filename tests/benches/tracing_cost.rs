@@ -122,22 +122,22 @@ pub async fn run(args: &Args) -> Result<String> {
          are the first run's.\n",
         args.mode_runs
     );
+    let modes = modes(&args.modes);
+    let rows = if args.only.is_empty() {
+        TRACED_ROWS.to_owned()
+    } else {
+        args.only.join(",")
+    };
     let mut runs = Vec::new();
     for run in 1..=args.mode_runs {
         let mut ratios = Vec::new();
-        for mode in [
-            TelemetryMode::None,
-            TelemetryMode::SamplerOff,
-            TelemetryMode::Ratio,
-            TelemetryMode::Always,
-            TelemetryMode::AlwaysRawContext,
-        ] {
+        for &mode in &modes {
             let report = dir.path().join(format!("{}-{run}.md", mode.flag()));
             let mut cmd = tokio::process::Command::new(&exe);
             cmd.args(["--cluster", &args.cluster.to_string()])
                 .args(["--telemetry", mode.flag()])
                 .args(["--workloads", "publish,e2e"])
-                .args(["--only", TRACED_ROWS])
+                .args(["--only", &rows])
                 .args(["--otlp-endpoint", &receiver.http_endpoint()])
                 .arg("--out")
                 .arg(&report)
@@ -187,6 +187,17 @@ pub async fn run(args: &Args) -> Result<String> {
     }
     out.push_str(&cost_table(&runs));
     Ok(out)
+}
+
+/// The modes to run, in the order given and each once: `none` first, whether given or not.
+fn modes(given: &[TelemetryMode]) -> Vec<TelemetryMode> {
+    let mut modes = vec![TelemetryMode::None];
+    for mode in given {
+        if !modes.contains(mode) {
+            modes.push(*mode);
+        }
+    }
+    modes
 }
 
 /// The throughput rows whose cost is summed up: windowed, then one at a time.
@@ -318,5 +329,16 @@ mod tests {
             table.contains("| always | 0.81× | 10 % (5 to 20) | 0.95× | 5 % (0 to 10) |"),
             "{table}"
         );
+    }
+
+    #[test]
+    fn none_runs_first_and_each_mode_once() {
+        use TelemetryMode::*;
+        assert_eq!(modes(&[Always]), [None, Always]);
+        assert_eq!(
+            modes(&[Always, None, SamplerOff, Always]),
+            [None, Always, SamplerOff]
+        );
+        assert_eq!(modes(&[]), [None]);
     }
 }
