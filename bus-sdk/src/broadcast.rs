@@ -10,11 +10,11 @@ use async_nats::jetstream::consumer::pull::OrderedConfig;
 use bus_core::retry::backoff_delay;
 use bus_core::{EventPattern, EventType, binary_mode, telemetry};
 use futures::StreamExt;
-use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::bus::Bus;
+use crate::delivery_info::DeliveryInfo;
 use crate::error::SubscribeError;
 use crate::handler::{ErasedHandler, HandlerError, HandlerMap, Outcome, erase, erase_raw};
 use crate::typed::{EventMeta, EventPayload, Received};
@@ -262,11 +262,8 @@ impl Subscription {
 
     /// Hands one message to its handler; returns its stream sequence.
     async fn deliver(&self, mut message: async_nats::jetstream::Message) -> Option<u64> {
-        let info = message.info().ok()?;
-        let seq = info.stream_sequence;
-        let published =
-            OffsetDateTime::from_unix_timestamp_nanos(info.published.unix_timestamp_nanos())
-                .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        let info = DeliveryInfo::of(&message).ok()?;
+        let (seq, published) = (info.stream_seq, info.published);
         // Moved into the handler's `EventMeta`, not copied.
         let headers = message.message.headers.take();
         let event = match binary_mode::decode(headers.as_ref(), message.payload.clone()) {

@@ -34,6 +34,7 @@ mod broadcast;
 mod bus;
 mod connect;
 mod dead_letter;
+mod delivery_info;
 mod error;
 mod group;
 mod handler;

@@ -195,3 +195,41 @@ async fn given_the_same_event_id_when_published_twice_should_store_it_once() -> 
     assert_eq!(stream_messages(&bus, "BUS_EVENTS").await?, 1);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_delivery_its_meta_should_say_what_jetstream_stored() -> anyhow::Result<()> {
+    let cluster = NatsCluster::start(1).await?;
+    let bus = bus_for(&cluster).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+    let _member = bus
+        .group("meta")
+        .on(move |ev: Received<OrderCreated>| {
+            let tx = tx.clone();
+            async move {
+                let m = &ev.meta;
+                tx.send((m.id().to_owned(), m.attempt, m.stream_seq, m.published))
+                    .await?;
+                Ok::<(), HandlerError>(())
+            }
+        })
+        .start()
+        .await?;
+    // Events of a type the group does not take first: the stream sequence of the order
+    // (4) is then not its consumer sequence (1), which the reply subject also carries.
+    for n in 0..3 {
+        bus.publish(&PaymentFailed { order_id: n }).await?;
+    }
+    let receipt = bus.publish(&order(3)).await?;
+    assert_eq!(receipt.seq, 4);
+    let stored = bus
+        .jetstream()
+        .get_stream(&receipt.stream)
+        .await?
+        .get_raw_message(receipt.seq)
+        .await?;
+    let meta = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("handler channel closed"))?;
+    assert_eq!(meta, (receipt.id.clone(), 1, receipt.seq, stored.time));
+    Ok(())
+}

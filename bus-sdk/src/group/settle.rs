@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use super::member::Shared;
 use crate::dead_letter::{self, Origin};
+use crate::delivery_info::DeliveryInfo;
 use crate::handler::{BoxFuture, HandlerError, Outcome};
 use crate::typed::EventMeta;
 
@@ -30,13 +31,12 @@ pub(crate) async fn handle(
     let group = &shared.options.name;
     // Shared by the handler's `EventMeta` and the dead-letter path: never copied.
     let headers = message.message.headers.take().map(Arc::new);
-    let (stream, stream_seq, attempt, published) = match message.info() {
+    let (stream, stream_seq, attempt, published) = match DeliveryInfo::of(&message) {
         Ok(i) => (
             i.stream.to_owned(),
-            i.stream_sequence,
+            i.stream_seq,
             u32::try_from(i.delivered).unwrap_or(u32::MAX),
-            OffsetDateTime::from_unix_timestamp_nanos(i.published.unix_timestamp_nanos())
-                .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+            i.published,
         ),
         Err(e) => {
             // Without its metadata a delivery cannot be settled; JetStream redelivers it.
