@@ -110,29 +110,26 @@ mod tests {
         assert!(!text.contains("nats-route://127.0.0.1:21003"), "{text}");
     }
 
-    #[test]
-    fn given_a_single_node_when_rendered_should_have_no_cluster_block() {
-        let config = NodeConfig {
+    /// A single node with `extra` appended.
+    fn single(extra: &str) -> NodeConfig {
+        NodeConfig {
             name: "n0".into(),
             client_port: 21001,
             monitor_port: 21002,
             store_dir: PathBuf::from("/tmp/n0/store"),
             cluster: None,
-            extra: String::new(),
-        };
-        assert!(!config.render().contains("cluster"));
+            extra: extra.into(),
+        }
+    }
+
+    #[test]
+    fn given_a_single_node_when_rendered_should_have_no_cluster_block() {
+        assert!(!single("").render().contains("cluster"));
     }
 
     #[test]
     fn given_extra_text_when_rendered_should_end_with_it() {
-        let config = NodeConfig {
-            name: "n0".into(),
-            client_port: 21001,
-            monitor_port: 21002,
-            store_dir: PathBuf::from("/tmp/n0/store"),
-            cluster: None,
-            extra: "no_auth_user: a".into(),
-        };
-        assert!(config.render().ends_with("}\nno_auth_user: a\n"));
+        let text = single("no_auth_user: a").render();
+        assert!(text.ends_with("}\nno_auth_user: a\n"), "{text}");
     }
 }
