@@ -87,7 +87,8 @@ pub(crate) fn parse(reply: &str) -> Option<DeliveryInfo<'_>> {
         .ok()?;
     Some(DeliveryInfo {
         stream: std::str::from_utf8(t[0]).ok()?,
-        delivered: number(t[2])?,
+        // `Message::info` reads it as an `i64`.
+        delivered: number(t[2]).filter(|d| i64::try_from(*d).is_ok())?,
         stream_seq: number(t[3])?,
         published,
     })
@@ -149,6 +150,7 @@ mod tests {
             "$JS.ACK.BUS_EVENTS.grp.3.42.17.99999999999999999999.5",
             "$JS.ACK.BUS_EVENTS.grp.3.+42.17.1763900000123456789.5",
             "$JS.ACK.BUS_EVENTS.grp.3.42.x.1763900000123456789.5",
+            "$JS.ACK.BUS_EVENTS.grp.9223372036854775808.42.17.1763900000123456789.5",
         ] {
             assert_eq!(parse(reply), None, "{reply}");
         }
