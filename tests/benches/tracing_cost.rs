@@ -225,7 +225,7 @@ fn cost_table(runs: &[Run]) -> String {
         "\n### Cost of each mode\n\nOne minus the mode's bus/raw throughput ratio over that of \
          `none` in the same run; with several runs, the median cost (and the runs' range) \
          and the median ratio (targets: sampler off ≤ 2 %, always on ≤ 10 %). \
-         `always-raw-context`: the raw side carries a `traceparent` too, so its cost is the \
+         `always-raw-context`: the raw side carries the same trace headers, so its cost is the \
          bus's part of `always`.\n\n\
          | telemetry | windowed publish bus/raw | cost | one at a time bus/raw | cost |\n\
          |---|--:|--:|--:|--:|\n",
