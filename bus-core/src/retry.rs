@@ -31,6 +31,10 @@ pub fn is_transient_code(code: ErrorCode) -> bool {
     code == ErrorCode::CLUSTER_NOT_AVAILABLE
         || code.0 == 10_009 // cluster not active
         || code.0 == 10_039 // JetStream not enabled for the account (still starting)
+        // No suitable peers for placement: a peer the stream needs is offline, as a node
+        // that is starting or restarting is for a moment (seen creating an R3 stream on a
+        // cluster that had just formed).
+        || code.0 == 10_005
         || code.0 == 503
 }
 
@@ -46,6 +50,17 @@ mod tests {
         for a in [6, 20, u32::MAX] {
             let d = backoff_delay(a);
             assert!(d <= RETRY_CAP && d >= RETRY_CAP * 3 / 4, "{a}: {d:?}");
+        }
+    }
+
+    #[test]
+    fn a_peer_offline_is_not_now_and_a_bad_request_is_no() {
+        for code in [10_005, 10_009, 10_039, 503] {
+            assert!(is_transient_code(ErrorCode(code)), "{code}");
+        }
+        // Stream name already in use with another configuration; stream not found.
+        for code in [10_058, 10_059] {
+            assert!(!is_transient_code(ErrorCode(code)), "{code}");
         }
     }
 }
