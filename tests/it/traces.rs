@@ -387,3 +387,61 @@ async fn given_a_service_span_in_the_current_context_a_publish_should_be_its_chi
     telemetry.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_the_sampler_always_off_events_should_carry_no_trace_context_and_no_span_be_exported()
+-> anyhow::Result<()> {
+    use bus_core::headers::{CE_ID, NATS_TRACE_DEST, TRACEPARENT, TRACESTATE};
+
+    let receiver = OtlpReceiver::start().await?;
+    let mut s = settings(receiver.http_endpoint());
+    s.sampler = Sampler::AlwaysOff;
+    let telemetry = telemetry::init_with(s)?;
+    let cluster = NatsCluster::start(1).await?;
+    let bus = bus_for(&cluster).await?;
+    // A flow of two hops: group A publishes from its handler (inside a hop), B records.
+    let publisher = bus.clone();
+    let group_a = bus
+        .group("billing")
+        .on(move |ev: Received<OrderCreated>| {
+            let publisher = publisher.clone();
+            async move {
+                publisher
+                    .publish(&PaymentFailed {
+                        order_id: ev.data.order_id,
+                    })
+                    .await?;
+                Ok::<(), HandlerError>(())
+            }
+        })
+        .start()
+        .await?;
+    let seen_b = Recorder::default();
+    let group_b = alerts_group(&bus, &seen_b).await?;
+    let first = bus.publish(&crate::support::order(1)).await?;
+    wait_until("the flow handled", Duration::from_secs(30), || {
+        seen_b.distinct() == 1
+    })
+    .await?;
+    group_a.shutdown().await;
+    group_b.shutdown().await;
+    telemetry.flush().await;
+
+    // Both events went out with the headers of a bus without telemetry: what a sampler
+    // that never samples costs on the wire is nothing.
+    let stream = bus.jetstream().get_stream(&first.stream).await?;
+    for seq in [first.seq, first.seq + 1] {
+        let headers = stream.get_raw_message(seq).await?.headers;
+        assert!(headers.get(CE_ID).is_some(), "message {seq} is an event");
+        for name in [TRACEPARENT, TRACESTATE, NATS_TRACE_DEST] {
+            assert!(
+                headers.get(name).is_none(),
+                "message {seq} carries {name}: {headers:?}"
+            );
+        }
+    }
+    let spans = receiver.spans();
+    assert!(spans.is_empty(), "no span exported, got {spans:#?}");
+    telemetry.shutdown().await;
+    Ok(())
+}
