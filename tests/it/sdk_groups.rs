@@ -233,3 +233,105 @@ async fn given_a_delivery_its_meta_should_say_what_jetstream_stored() -> anyhow:
     assert_eq!(meta, (receipt.id.clone(), 1, receipt.seq, stored.time));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_handlers_that_wait_a_member_should_run_as_many_at_once_as_its_concurrency()
+-> anyhow::Result<()> {
+    use std::sync::atomic::AtomicUsize;
+    const CONCURRENCY: usize = 4;
+    const EVENTS: u64 = 3 * CONCURRENCY as u64;
+    let cluster = NatsCluster::start(1).await?;
+    let bus = bus_for(&cluster).await?;
+    // Each handler waits until CONCURRENCY handlers are waiting: if the member ran fewer
+    // at once, none would ever finish.
+    let barrier = Arc::new(tokio::sync::Barrier::new(CONCURRENCY));
+    let running = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let recorder = Recorder::default();
+    let (b, r, m, rec) = (
+        barrier.clone(),
+        running.clone(),
+        most.clone(),
+        recorder.clone(),
+    );
+    let member = bus
+        .group("billing")
+        .concurrency(CONCURRENCY)
+        .on(move |ev: Received<OrderCreated>| {
+            let (barrier, running, most, rec) = (b.clone(), r.clone(), m.clone(), rec.clone());
+            async move {
+                most.fetch_max(running.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                barrier.wait().await;
+                running.fetch_sub(1, Ordering::SeqCst);
+                rec.record(0, ev.meta.id());
+                Ok::<(), HandlerError>(())
+            }
+        })
+        .start()
+        .await?;
+    for n in 0..EVENTS {
+        bus.publish(&order(n)).await?;
+    }
+    wait_until("every event handled", Duration::from_secs(30), || {
+        recorder.distinct() as u64 == EVENTS
+    })
+    .await?;
+    assert_eq!(
+        most.load(Ordering::SeqCst),
+        CONCURRENCY,
+        "never more at once"
+    );
+    assert!(member.shutdown().await);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_handler_that_panics_should_redeliver_its_event_and_keep_handling_the_others()
+-> anyhow::Result<()> {
+    const EVENTS: u64 = 20;
+    let cluster = NatsCluster::start(1).await?;
+    let bus = bus_for(&cluster).await?;
+    let recorder = Recorder::default();
+    let attempts = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (rec, seen) = (recorder.clone(), attempts.clone());
+    let member = bus
+        .group("billing")
+        .backoff([Duration::from_millis(50)])
+        .on(move |ev: Received<OrderCreated>| {
+            let (rec, seen) = (rec.clone(), seen.clone());
+            async move {
+                // Panics on the first attempt of every even order, before or after waiting.
+                if ev.data.order_id.is_multiple_of(2) && ev.meta.attempt == 1 {
+                    if ev.data.order_id.is_multiple_of(4) {
+                        tokio::task::yield_now().await;
+                    }
+                    panic!("handler bug for order {}", ev.data.order_id);
+                }
+                if let Ok(mut seen) = seen.lock() {
+                    seen.push((ev.data.order_id, ev.meta.attempt));
+                }
+                rec.record(0, ev.meta.id());
+                Ok::<(), HandlerError>(())
+            }
+        })
+        .start()
+        .await?;
+    for n in 0..EVENTS {
+        bus.publish(&order(n)).await?;
+    }
+    wait_until("every event handled", Duration::from_secs(30), || {
+        recorder.distinct() as u64 == EVENTS
+    })
+    .await?;
+    let mut seen = attempts.lock().map_err(|e| anyhow::anyhow!("{e}"))?.clone();
+    seen.sort();
+    let expected: Vec<(u64, u32)> = (0..EVENTS)
+        .map(|n| (n, if n.is_multiple_of(2) { 2 } else { 1 }))
+        .collect();
+    assert_eq!(
+        seen, expected,
+        "each panicked event handled on its second attempt"
+    );
+    assert!(member.shutdown().await);
+    Ok(())
+}

@@ -1,8 +1,11 @@
 //! One member's fetch loop: pull deliveries from the group's consumer, a bounded number
-//! ahead of its handler slots, run each in its own task, and recover the consumer after
-//! failures.
+//! ahead of its handler slots, run each (here until it first waits, then in a task of its
+//! own), and recover the consumer after failures.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +14,7 @@ use async_nats::jetstream::consumer::pull;
 use async_nats::jetstream::stream::{ConsumerError, ConsumerErrorKind};
 use async_nats::jetstream::{AckKind, Message};
 use bus_core::retry::{backoff_delay, is_transient_code};
+use futures::FutureExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -194,7 +198,10 @@ impl Fetch {
         permit: OwnedSemaphorePermit,
     ) {
         if let Some((message, acked)) = self.buffer.pop_front() {
-            tracker.spawn(settle::handle(shared.clone(), message, acked, permit));
+            start(
+                Box::pin(settle::handle(shared.clone(), message, acked, permit)),
+                tracker,
+            );
         }
     }
 
@@ -234,6 +241,26 @@ impl Fetch {
                 tracing::debug!(error = %e, "nak of a prefetched delivery failed");
             }
         }
+    }
+}
+
+/// Runs `handling` here as far as it goes without waiting, and on a task of its own from
+/// there. A handler that finishes at once (an in-memory update, a send on a channel) then
+/// costs no task: spawning one per delivery, scheduling it and waking another worker for
+/// it cost such handlers more than the rest of the delivery (BENCHMARKS.md, "Profile,
+/// eighth round"). A handler that waits (I/O, timers) runs in parallel with the others
+/// from its first wait on. The waker of the first poll is a no-op one: the task's own
+/// first poll registers its waker before anything can be woken.
+fn start(mut handling: Pin<Box<impl Future<Output = ()> + Send + 'static>>, tracker: &TaskTracker) {
+    // `handle` catches a handler's panics itself; one anywhere else would otherwise end
+    // this member's fetch loop, where on a task of its own it ends only that task. The
+    // delivery is left unsettled either way: JetStream redelivers it after the ack wait.
+    match std::panic::catch_unwind(AssertUnwindSafe(|| (&mut handling).now_or_never())) {
+        Ok(Some(())) => {}
+        Ok(None) => {
+            tracker.spawn(handling);
+        }
+        Err(_) => tracing::error!("settling a delivery panicked; it will be redelivered"),
     }
 }
 
