@@ -269,13 +269,7 @@ async fn given_handlers_that_wait_a_member_should_run_as_many_at_once_as_its_con
         })
         .start()
         .await?;
-    for n in 0..EVENTS {
-        bus.publish(&order(n)).await?;
-    }
-    wait_until("every event handled", Duration::from_secs(30), || {
-        recorder.distinct() as u64 == EVENTS
-    })
-    .await?;
+    publish_orders_until_handled(&bus, EVENTS, &recorder).await?;
     assert_eq!(
         most.load(Ordering::SeqCst),
         CONCURRENCY,
@@ -316,13 +310,7 @@ async fn given_a_handler_that_panics_should_redeliver_its_event_and_keep_handlin
         })
         .start()
         .await?;
-    for n in 0..EVENTS {
-        bus.publish(&order(n)).await?;
-    }
-    wait_until("every event handled", Duration::from_secs(30), || {
-        recorder.distinct() as u64 == EVENTS
-    })
-    .await?;
+    publish_orders_until_handled(&bus, EVENTS, &recorder).await?;
     let mut seen = attempts.lock().map_err(|e| anyhow::anyhow!("{e}"))?.clone();
     seen.sort();
     let expected: Vec<(u64, u32)> = (0..EVENTS)

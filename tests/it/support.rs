@@ -118,6 +118,21 @@ pub async fn wait_until(
     Ok(())
 }
 
+/// Publishes orders `0..n` and waits until `recorder` has seen each of them.
+pub async fn publish_orders_until_handled(
+    bus: &Bus,
+    n: u64,
+    recorder: &Recorder,
+) -> anyhow::Result<()> {
+    for i in 0..n {
+        bus.publish(&order(i)).await?;
+    }
+    wait_until("every event handled", Duration::from_secs(30), || {
+        recorder.distinct() as u64 == n
+    })
+    .await
+}
+
 /// Waits until the group's consumer has nothing pending and nothing unacknowledged.
 pub async fn wait_group_idle(bus: &Bus, group: &str, deadline: Duration) -> anyhow::Result<()> {
     let start = tokio::time::Instant::now();

@@ -30,6 +30,26 @@ fn settings(endpoint: String) -> TelemetrySettings {
     }
 }
 
+/// Group A of the flows: publishes a `PaymentFailed` for each `OrderCreated` it handles.
+async fn billing_group(bus: &bus_sdk::Bus) -> anyhow::Result<bus_sdk::Group> {
+    let publisher = bus.clone();
+    Ok(bus
+        .group("billing")
+        .on(move |ev: Received<OrderCreated>| {
+            let publisher = publisher.clone();
+            async move {
+                publisher
+                    .publish(&PaymentFailed {
+                        order_id: ev.data.order_id,
+                    })
+                    .await?;
+                Ok::<(), HandlerError>(())
+            }
+        })
+        .start()
+        .await?)
+}
+
 /// Group B of the flows: records each `PaymentFailed` it handles.
 async fn alerts_group(bus: &bus_sdk::Bus, seen: &Recorder) -> anyhow::Result<bus_sdk::Group> {
     let seen = seen.clone();
@@ -281,22 +301,7 @@ async fn given_a_ratio_sampler_each_flow_should_be_recorded_whole_or_not_at_all(
     let telemetry = telemetry::init_with(s)?;
     let cluster = NatsCluster::start(1).await?;
     let bus = bus_for(&cluster).await?;
-    let publisher = bus.clone();
-    let group_a = bus
-        .group("billing")
-        .on(move |ev: Received<OrderCreated>| {
-            let publisher = publisher.clone();
-            async move {
-                publisher
-                    .publish(&PaymentFailed {
-                        order_id: ev.data.order_id,
-                    })
-                    .await?;
-                Ok::<(), HandlerError>(())
-            }
-        })
-        .start()
-        .await?;
+    let group_a = billing_group(&bus).await?;
     let seen_b = Recorder::default();
     let group_b = alerts_group(&bus, &seen_b).await?;
     for n in 0..FLOWS {
@@ -400,22 +405,7 @@ async fn given_the_sampler_always_off_events_should_carry_no_trace_context_and_n
     let cluster = NatsCluster::start(1).await?;
     let bus = bus_for(&cluster).await?;
     // A flow of two hops: group A publishes from its handler (inside a hop), B records.
-    let publisher = bus.clone();
-    let group_a = bus
-        .group("billing")
-        .on(move |ev: Received<OrderCreated>| {
-            let publisher = publisher.clone();
-            async move {
-                publisher
-                    .publish(&PaymentFailed {
-                        order_id: ev.data.order_id,
-                    })
-                    .await?;
-                Ok::<(), HandlerError>(())
-            }
-        })
-        .start()
-        .await?;
+    let group_a = billing_group(&bus).await?;
     let seen_b = Recorder::default();
     let group_b = alerts_group(&bus, &seen_b).await?;
     let first = bus.publish(&crate::support::order(1)).await?;
