@@ -249,8 +249,8 @@ impl Fetch {
 /// costs no task: spawning one per delivery, scheduling it and waking another worker for
 /// it cost such handlers more than the rest of the delivery (BENCHMARKS.md, "Profile,
 /// eighth round"). A handler that waits (I/O, timers) runs in parallel with the others
-/// from its first wait on. The waker of the first poll is a no-op one: the task's own
-/// first poll registers its waker before anything can be woken.
+/// from its first wait on. The first poll's waker is a no-op one, and no wake-up is lost
+/// to it: the task is polled once in any case, and that poll sees whatever became ready.
 fn start(mut handling: Pin<Box<impl Future<Output = ()> + Send + 'static>>, tracker: &TaskTracker) {
     // `handle` catches a handler's panics itself; one anywhere else would otherwise end
     // this member's fetch loop, where on a task of its own it ends only that task. The
