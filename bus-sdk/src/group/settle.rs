@@ -173,7 +173,9 @@ async fn with_progress(progress: Progress<'_>, mut work: BoxFuture) -> Outcome {
     Box::pin(keep_alive(progress, work, started)).await
 }
 
-/// `with_progress` for a handler that did not finish on its first poll.
+/// `with_progress` for a handler that did not finish on its first poll. One timer serves
+/// both the next in-progress ack and the deadline, whichever is first: a timer entry is
+/// registered and cleared under the timer driver's lock, for every such delivery.
 async fn keep_alive(progress: Progress<'_>, mut work: BoxFuture, started: Instant) -> Outcome {
     let Progress {
         message,
@@ -182,19 +184,24 @@ async fn keep_alive(progress: Progress<'_>, mut work: BoxFuture, started: Instan
         timeout,
     } = progress;
     let period = ack_wait / 2;
-    let mut tick = tokio::time::interval_at(acked + period, period);
-    let deadline = tokio::time::sleep_until(started + timeout);
-    tokio::pin!(deadline);
+    let deadline = started + timeout;
+    let timer = tokio::time::sleep_until((acked + period).min(deadline));
+    tokio::pin!(timer);
     loop {
         tokio::select! {
             biased;
             outcome = &mut work => return outcome,
-            _ = &mut deadline => {
-                return Outcome::Failed(HandlerError::msg(format!(
-                    "handler did not finish within {timeout:?} (handler_timeout)"
-                )));
+            _ = &mut timer => {
+                let now = Instant::now();
+                if now >= deadline {
+                    return Outcome::Failed(HandlerError::msg(format!(
+                        "handler did not finish within {timeout:?} (handler_timeout)"
+                    )));
+                }
+                Box::pin(ack(message, AckKind::Progress)).await;
+                // JetStream's ack deadline starts again from this ack.
+                timer.as_mut().reset((now + period).min(deadline));
             }
-            _ = tick.tick() => Box::pin(ack(message, AckKind::Progress)).await,
         }
     }
 }
