@@ -51,16 +51,22 @@ pub(crate) struct Publisher {
 /// An event whose first attempt went to the connection, or why it could not.
 type Sent<'a> = Result<(Prepared<'a>, Result<PublishAckFuture, NatsPublishError>), PublishError>;
 
-/// One event made ready to send: its subject, encoded first attempt and span.
+/// One event made ready to send: what a retry re-encodes it from, and its span.
 struct Prepared<'a> {
     event: &'a Event,
     /// This hop's trace context, written over the event's own when telemetry is on.
     trace: Option<SpanContext>,
-    subject: String,
-    first: (HeaderMap, Bytes),
     span: telemetry::HopSpan,
     /// Whether a sampled message gets [`server_trace::mark`]ed.
     mark_sampled: bool,
+}
+
+/// The first attempt's subject, headers and payload, moved into the connection (a retry,
+/// rare, builds them again).
+struct FirstAttempt {
+    subject: String,
+    headers: HeaderMap,
+    payload: Bytes,
 }
 
 impl Prepared<'_> {
@@ -95,7 +101,7 @@ impl Prepared<'_> {
 impl Publisher {
     /// Starts the event's PRODUCER span (or marks it unsampled), injects the trace
     /// context and encodes the first attempt.
-    fn prepare<'a>(&self, event: &'a Event) -> Result<Prepared<'a>, PublishError> {
+    fn prepare<'a>(&self, event: &'a Event) -> Result<(Prepared<'a>, FirstAttempt), PublishError> {
         let subject = self.subjects.event(&event.event_type);
         let mut span = telemetry::HopSpan::none();
         let mut trace = None;
@@ -127,15 +133,19 @@ impl Publisher {
             });
         }
         let mark_sampled = !self.server_msg_trace;
-        let first = encode(event, trace.as_ref(), mark_sampled)?;
-        Ok(Prepared {
+        let (headers, payload) = encode(event, trace.as_ref(), mark_sampled)?;
+        let prepared = Prepared {
             event,
             trace,
-            subject,
-            first,
             span,
             mark_sampled,
-        })
+        };
+        let first = FirstAttempt {
+            subject,
+            headers,
+            payload,
+        };
+        Ok((prepared, first))
     }
 
     /// Publishes one event: the first attempt inline, retries (rare) boxed, so that the
@@ -179,13 +189,11 @@ impl Publisher {
 
     /// Prepares `event` and hands its first attempt to the connection (in call order).
     async fn send_first<'a>(&self, event: &'a Event) -> Sent<'a> {
-        let mut prepared = self.prepare(event)?;
-        let (headers, payload) = std::mem::take(&mut prepared.first);
-        let message = PublishMessage::build().payload(payload).headers(headers);
-        let sent = self
-            .js
-            .send_publish(prepared.subject.clone(), message)
-            .await;
+        let (prepared, first) = self.prepare(event)?;
+        let message = PublishMessage::build()
+            .payload(first.payload)
+            .headers(first.headers);
+        let sent = self.js.send_publish(first.subject, message).await;
         Ok((prepared, sent))
     }
 
@@ -208,14 +216,10 @@ impl Publisher {
                 Err(PublishError::new(classify(&e), id, e))
             }
             Err(e) => {
-                tracing::debug!(subject = %prepared.subject, event_id = %id, error = %e, "publish retry");
-                let retries = self.publish_with_retries(
-                    start,
-                    prepared.subject.clone(),
-                    None,
-                    || prepared.rebuild(),
-                    id,
-                );
+                let subject = self.subjects.event(&prepared.event.event_type);
+                tracing::debug!(%subject, event_id = %id, error = %e, "publish retry");
+                let retries =
+                    self.publish_with_retries(start, subject, None, || prepared.rebuild(), id);
                 Box::pin(retries).await
             }
         };
