@@ -237,26 +237,17 @@ pub fn decode(headers: Option<&HeaderMap>, payload: Bytes) -> Result<Event, Deco
     let mut traceparent = None;
     let mut tracestate = None;
     let mut extensions = std::collections::BTreeMap::new();
-    // Runs once per delivery: nothing is allocated for headers the envelope does not use,
-    // nor for names already in lowercase (the bus writes them so).
+    // Runs once per delivery: nothing is allocated for headers the envelope does not use.
     for (name, values) in headers.iter() {
         let Some(value) = values.first().map(HeaderValue::as_str) else {
             continue;
         };
-        let name: &str = name.as_ref();
-        let lower;
-        let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
-            lower = name.to_ascii_lowercase();
-            lower.as_str()
-        } else {
-            name
-        };
-        let slot = match name {
-            CE_ID => &mut id,
-            CE_SOURCE => &mut source,
-            CE_TYPE => &mut event_type,
-            CE_SPECVERSION => &mut specversion,
-            CE_TIME => {
+        let slot = match attribute_of(name.as_ref()) {
+            Attribute::Id => &mut id,
+            Attribute::Source => &mut source,
+            Attribute::Type => &mut event_type,
+            Attribute::SpecVersion => &mut specversion,
+            Attribute::Time => {
                 let t = OffsetDateTime::parse(value, &Rfc3339).map_err(|_| {
                     DecodeError::InvalidTime {
                         value: value.to_owned(),
@@ -265,18 +256,17 @@ pub fn decode(headers: Option<&HeaderMap>, payload: Bytes) -> Result<Event, Deco
                 time = Some(t);
                 continue;
             }
-            CE_SUBJECT => &mut subject,
-            CE_DATASCHEMA => &mut dataschema,
-            CE_PARTITIONKEY => &mut partitionkey,
-            CONTENT_TYPE => &mut datacontenttype,
-            TRACEPARENT => &mut traceparent,
-            TRACESTATE => &mut tracestate,
-            other => {
-                if let Some(ext) = other.strip_prefix(CE_PREFIX) {
-                    extensions.insert(ext.to_owned(), value.to_owned());
-                }
+            Attribute::Subject => &mut subject,
+            Attribute::DataSchema => &mut dataschema,
+            Attribute::PartitionKey => &mut partitionkey,
+            Attribute::ContentType => &mut datacontenttype,
+            Attribute::TraceParent => &mut traceparent,
+            Attribute::TraceState => &mut tracestate,
+            Attribute::Extension(ext) => {
+                extensions.insert(ext.to_ascii_lowercase(), value.to_owned());
                 continue;
             }
+            Attribute::None => continue,
         };
         *slot = Some(value);
     }
@@ -301,6 +291,61 @@ pub fn decode(headers: Option<&HeaderMap>, payload: Bytes) -> Result<Event, Deco
         extensions,
         data: payload,
     })
+}
+
+/// What a header carries in the envelope.
+enum Attribute<'a> {
+    Id,
+    Source,
+    Type,
+    SpecVersion,
+    Time,
+    Subject,
+    DataSchema,
+    PartitionKey,
+    ContentType,
+    TraceParent,
+    TraceState,
+    /// `ce-<name>`: an extension attribute, its name as the header spells it.
+    Extension(&'a str),
+    /// Not part of the envelope (`Nats-Msg-Id`, a service's own headers).
+    None,
+}
+
+/// The attribute header `name` carries, its name matched without regard to case (plain
+/// clients write `Ce-Id` as often as `ce-id`), without lowercasing it first: that cost
+/// an allocation per delivery for `Nats-Msg-Id`, which every bus message has.
+fn attribute_of(name: &str) -> Attribute<'_> {
+    const CE: [(&str, Attribute<'static>); 8] = [
+        (CE_ID, Attribute::Id),
+        (CE_SOURCE, Attribute::Source),
+        (CE_TYPE, Attribute::Type),
+        (CE_SPECVERSION, Attribute::SpecVersion),
+        (CE_TIME, Attribute::Time),
+        (CE_SUBJECT, Attribute::Subject),
+        (CE_DATASCHEMA, Attribute::DataSchema),
+        (CE_PARTITIONKEY, Attribute::PartitionKey),
+    ];
+    let prefix = CE_PREFIX.len();
+    if name.len() >= prefix && name.as_bytes()[..prefix].eq_ignore_ascii_case(CE_PREFIX.as_bytes())
+    {
+        for (header, attribute) in CE {
+            if name.eq_ignore_ascii_case(header) {
+                return attribute;
+            }
+        }
+        // The prefix is ASCII, so this is a character boundary.
+        return Attribute::Extension(name.get(prefix..).unwrap_or_default());
+    }
+    if name.eq_ignore_ascii_case(CONTENT_TYPE) {
+        Attribute::ContentType
+    } else if name.eq_ignore_ascii_case(TRACEPARENT) {
+        Attribute::TraceParent
+    } else if name.eq_ignore_ascii_case(TRACESTATE) {
+        Attribute::TraceState
+    } else {
+        Attribute::None
+    }
 }
 
 fn required<'a>(value: Option<&'a str>, attribute: &'static str) -> Result<&'a str, DecodeError> {
@@ -418,11 +463,33 @@ mod tests {
             ("ce-Type", "a.b"),
             ("ce-specversion", "1.0"),
             ("Content-Type", "text/plain"),
+            ("Ce-Time", "2026-11-23T23:44:44.5Z"),
+            (
+                "TraceParent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            ),
+            ("CE-Tenant", "acme"),
+            ("Nats-Msg-Id", "1"),
+            ("X-Other", "y"),
         ]);
         let e = decode(Some(&h), Bytes::from_static(b"hi"));
+        let time = OffsetDateTime::parse("2026-11-23T23:44:44.5Z", &Rfc3339).ok();
+        let extensions = [("tenant".to_owned(), "acme".to_owned())].into();
         assert_eq!(
-            e.map(|e| (e.id, e.datacontenttype)),
-            Ok(("1".into(), Some("text/plain".into())))
+            e.map(|e| (
+                e.id,
+                e.datacontenttype,
+                e.time,
+                e.traceparent.is_some(),
+                e.extensions
+            )),
+            Ok((
+                "1".into(),
+                Some("text/plain".into()),
+                time,
+                true,
+                extensions
+            ))
         );
     }
 
