@@ -1,6 +1,7 @@
 //! One delivery from start to settle: decode, dispatch to the handler while telling
 //! JetStream the work is in progress, then ack, nak with backoff, or dead-letter.
 
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +18,7 @@ use tokio::time::Instant;
 use super::member::Shared;
 use crate::dead_letter::{self, Origin};
 use crate::delivery_info::DeliveryInfo;
-use crate::handler::{BoxFuture, HandlerError, Outcome};
+use crate::handler::{HandlerError, Outcome};
 use crate::typed::EventMeta;
 
 /// Handles one delivery; `acked` is when JetStream last heard of it (its arrival, or the
@@ -145,7 +146,8 @@ async fn dispatch(shared: &Shared, delivery: Delivery<'_>) -> Outcome {
         acked: delivery.acked,
         timeout: shared.options.handler_timeout,
     };
-    with_progress(progress, Box::pin(running)).await
+    // The handler's future is boxed already; its panic guard needs no box of its own.
+    with_progress(progress, running).await
 }
 
 /// What `with_progress` needs to keep a delivery alive, and for how long.
@@ -164,7 +166,10 @@ struct Progress<'a> {
 /// the handling failed). A handler that finishes on its first poll (most do) never
 /// touches a timer: an interval's first tick waits for the timer wheel (about 1 ms),
 /// which once cost a millisecond per delivery (see BENCHMARKS.md, "Profile").
-async fn with_progress(progress: Progress<'_>, mut work: BoxFuture) -> Outcome {
+async fn with_progress<W>(progress: Progress<'_>, mut work: W) -> Outcome
+where
+    W: Future<Output = Outcome> + Unpin,
+{
     let started = Instant::now();
     if let Some(outcome) = (&mut work).now_or_never() {
         return outcome;
@@ -176,7 +181,10 @@ async fn with_progress(progress: Progress<'_>, mut work: BoxFuture) -> Outcome {
 /// `with_progress` for a handler that did not finish on its first poll. One timer serves
 /// both the next in-progress ack and the deadline, whichever is first: a timer entry is
 /// registered and cleared under the timer driver's lock, for every such delivery.
-async fn keep_alive(progress: Progress<'_>, mut work: BoxFuture, started: Instant) -> Outcome {
+async fn keep_alive<W>(progress: Progress<'_>, mut work: W, started: Instant) -> Outcome
+where
+    W: Future<Output = Outcome> + Unpin,
+{
     let Progress {
         message,
         ack_wait,
