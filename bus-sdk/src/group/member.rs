@@ -1,6 +1,6 @@
 //! One member's fetch loop: pull deliveries from the group's consumer, a bounded number
-//! ahead of its handler slots, run each (here until it first waits, then in a task of its
-//! own), and recover the consumer after failures.
+//! ahead of its handler slots, run each (here until it first waits, then on one of the
+//! member's runners), and recover the consumer after failures.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use super::GroupOptions;
 use super::puller::{PullError, Puller};
+use super::runners::{Job, Runners};
 use super::settle;
 use crate::bus::Bus;
 use crate::handler::HandlerMap;
@@ -86,6 +87,9 @@ pub(crate) async fn run(shared: Arc<Shared>, cancel: CancellationToken, tracker:
     // One set of slots for the member's life: handlers still running from before a
     // re-open keep theirs.
     let slots = Arc::new(Semaphore::new(shared.options.concurrency));
+    // Likewise the runners: what they run goes on through a re-open, and after this
+    // loop ends they finish it (the group's tracker waits for them).
+    let mut runners = Runners::start(shared.options.concurrency, &tracker);
     let mut failures = 0u32;
     'connect: while !cancel.is_cancelled() {
         let puller = match open(&shared).await {
@@ -101,7 +105,7 @@ pub(crate) async fn run(shared: Arc<Shared>, cancel: CancellationToken, tracker:
         };
         let mut fetch = Fetch::new(&shared, puller, slots.clone());
         let failed = loop {
-            fetch.start_buffered(&shared, &tracker);
+            fetch.start_buffered(&shared, &mut runners);
             if let Err(e) = fetch.top_up().await {
                 break e;
             }
@@ -113,7 +117,7 @@ pub(crate) async fn run(shared: Arc<Shared>, cancel: CancellationToken, tracker:
                     break 'connect;
                 }
                 p = fetch.slots.clone().acquire_owned(), if waiting => match p {
-                    Ok(permit) => fetch.start_one(&shared, &tracker, permit),
+                    Ok(permit) => fetch.start_one(&shared, &mut runners, permit),
                     Err(_) => break 'connect,
                 },
                 _ = fetch.progress.tick(), if waiting => fetch.keep_buffered_alive().await,
@@ -182,10 +186,10 @@ impl Fetch {
     }
 
     /// Starts buffered deliveries while handler slots are free.
-    fn start_buffered(&mut self, shared: &Arc<Shared>, tracker: &TaskTracker) {
+    fn start_buffered(&mut self, shared: &Arc<Shared>, runners: &mut Runners) {
         while !self.buffer.is_empty() {
             match self.slots.clone().try_acquire_owned() {
-                Ok(permit) => self.start_one(shared, tracker, permit),
+                Ok(permit) => self.start_one(shared, runners, permit),
                 Err(_) => break,
             }
         }
@@ -194,13 +198,13 @@ impl Fetch {
     fn start_one(
         &mut self,
         shared: &Arc<Shared>,
-        tracker: &TaskTracker,
+        runners: &mut Runners,
         permit: OwnedSemaphorePermit,
     ) {
         if let Some((message, acked)) = self.buffer.pop_front() {
             start(
                 Box::pin(settle::handle(shared.clone(), message, acked, permit)),
-                tracker,
+                runners,
             );
         }
     }
@@ -244,21 +248,23 @@ impl Fetch {
     }
 }
 
-/// Runs `handling` here as far as it goes without waiting, and on a task of its own from
-/// there. A handler that finishes at once (an in-memory update, a send on a channel) then
-/// costs no task: spawning one per delivery, scheduling it and waking another worker for
-/// it cost such handlers more than the rest of the delivery (BENCHMARKS.md, "Profile,
-/// eighth round"). A handler that waits (I/O, timers) runs in parallel with the others
-/// from its first wait on. The first poll's waker is a no-op one, and no wake-up is lost
-/// to it: the task is polled once in any case, and that poll sees whatever became ready.
-fn start(mut handling: Pin<Box<impl Future<Output = ()> + Send + 'static>>, tracker: &TaskTracker) {
+/// Runs `handling` here as far as it goes without waiting, and on one of the member's
+/// [`Runners`] from there. A handler that finishes at once (an in-memory update, a send
+/// on a channel) then costs no hand-over: spawning a task per delivery, scheduling it and
+/// waking another worker for it cost such handlers more than the rest of the delivery
+/// (BENCHMARKS.md, "Profile, eighth round"). A handler that waits (I/O, timers) runs
+/// concurrently with the others from its first wait on. The first poll's waker is a
+/// no-op one, and no wake-up is lost to it: a runner polls the delivery as soon as it
+/// takes it, and that poll sees whatever became ready.
+fn start(mut handling: Pin<Box<impl Future<Output = ()> + Send + 'static>>, runners: &mut Runners) {
     // `handle` catches a handler's panics itself; one anywhere else would otherwise end
-    // this member's fetch loop, where on a task of its own it ends only that task. The
+    // this member's fetch loop (a runner guards its deliveries the same way). The
     // delivery is left unsettled either way: JetStream redelivers it after the ack wait.
     match std::panic::catch_unwind(AssertUnwindSafe(|| (&mut handling).now_or_never())) {
         Ok(Some(())) => {}
         Ok(None) => {
-            tracker.spawn(handling);
+            let job: Job = handling;
+            runners.run(job);
         }
         Err(_) => tracing::error!("settling a delivery panicked; it will be redelivered"),
     }

@@ -6,6 +6,7 @@
 mod member;
 pub(crate) mod presence;
 mod puller;
+mod runners;
 mod settle;
 
 use std::future::Future;
