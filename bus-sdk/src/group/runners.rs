@@ -61,7 +61,7 @@ impl Runners {
         self.next = self.next.wrapping_add(1);
         if let Err(e) = self.queues[i].try_send(job) {
             // Cannot happen while the runners live (see the module's bound).
-            tracing::debug!("runner queue refused a delivery; running it on its own task");
+            tracing::warn!("runner queue refused a delivery; running it on its own task");
             self.tracker.spawn(e.into_inner());
         }
     }
