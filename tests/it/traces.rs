@@ -66,6 +66,17 @@ async fn alerts_group(bus: &bus_sdk::Bus, seen: &Recorder) -> anyhow::Result<bus
         .await?)
 }
 
+/// The flow of two hops: group A publishes from its handler (inside a hop), group B
+/// records what reaches it in the returned recorder.
+async fn two_hop_flow(
+    bus: &bus_sdk::Bus,
+) -> anyhow::Result<(bus_sdk::Group, bus_sdk::Group, Recorder)> {
+    let seen_b = Recorder::default();
+    let group_a = billing_group(bus).await?;
+    let group_b = alerts_group(bus, &seen_b).await?;
+    Ok((group_a, group_b, seen_b))
+}
+
 fn one<'a>(
     spans: &'a [ReceivedSpan],
     what: &str,
@@ -301,9 +312,7 @@ async fn given_a_ratio_sampler_each_flow_should_be_recorded_whole_or_not_at_all(
     let telemetry = telemetry::init_with(s)?;
     let cluster = NatsCluster::start(1).await?;
     let bus = bus_for(&cluster).await?;
-    let group_a = billing_group(&bus).await?;
-    let seen_b = Recorder::default();
-    let group_b = alerts_group(&bus, &seen_b).await?;
+    let (group_a, group_b, seen_b) = two_hop_flow(&bus).await?;
     for n in 0..FLOWS {
         bus.publish(&crate::support::order(n)).await?;
     }
@@ -404,10 +413,7 @@ async fn given_the_sampler_always_off_events_should_carry_no_trace_context_and_n
     let telemetry = telemetry::init_with(s)?;
     let cluster = NatsCluster::start(1).await?;
     let bus = bus_for(&cluster).await?;
-    // A flow of two hops: group A publishes from its handler (inside a hop), B records.
-    let group_a = billing_group(&bus).await?;
-    let seen_b = Recorder::default();
-    let group_b = alerts_group(&bus, &seen_b).await?;
+    let (group_a, group_b, seen_b) = two_hop_flow(&bus).await?;
     let first = bus.publish(&crate::support::order(1)).await?;
     wait_until("the flow handled", Duration::from_secs(30), || {
         seen_b.distinct() == 1
