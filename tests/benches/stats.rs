@@ -164,9 +164,30 @@ pub fn median(mut v: Vec<f64>) -> Option<f64> {
     })
 }
 
+/// Mean and its standard error (the sample standard deviation over the root of the
+/// count); `None` for fewer than two values.
+pub fn mean_and_error(v: &[f64]) -> Option<(f64, f64)> {
+    if v.len() < 2 {
+        return None;
+    }
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let variance = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    Some((mean, (variance / n).sqrt()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mean_and_its_standard_error() {
+        assert_eq!(mean_and_error(&[1.0]), None);
+        let (mean, error) = mean_and_error(&[5.0, 10.0, 0.0]).unwrap_or_default();
+        assert!((mean - 5.0).abs() < 1e-9, "{mean}");
+        // Sample standard deviation 5, over the root of 3.
+        assert!((error - 5.0 / 3f64.sqrt()).abs() < 1e-9, "{error}");
+    }
 
     #[test]
     fn median_of_odd_and_even_counts() {

@@ -214,7 +214,8 @@ fn throughput_ratio(report: &str, row: &str) -> Option<f64> {
 type Run = Vec<(TelemetryMode, [Option<f64>; 2])>;
 
 /// Each mode's cost: one minus its bus/raw throughput ratio over that of `none` in the
-/// same run; with several runs, the median cost and the runs' range, and the median ratio.
+/// same run; with several runs, the median cost, the runs' range, their mean cost and its
+/// standard error, and the median ratio.
 fn cost_table(runs: &[Run]) -> String {
     let ratio = |run: &Run, mode: TelemetryMode, row: usize| {
         run.iter()
@@ -223,8 +224,8 @@ fn cost_table(runs: &[Run]) -> String {
     };
     let mut out = String::from(
         "\n### Cost of each mode\n\nOne minus the mode's bus/raw throughput ratio over that of \
-         `none` in the same run; with several runs, the median cost (and the runs' range) \
-         and the median ratio (targets: sampler off ≤ 2 %, always on ≤ 10 %). \
+         `none` in the same run; with several runs, the median cost (and the runs' range; \
+         their mean cost ± its standard error) and the median ratio (targets: sampler off ≤ 2 %, always on ≤ 10 %). \
          `always-raw-context`: the raw side carries the same trace headers, so its cost is the \
          bus's part of `always`.\n\n\
          | telemetry | windowed publish bus/raw | cost | one at a time bus/raw | cost |\n\
@@ -253,11 +254,14 @@ fn cost_table(runs: &[Run]) -> String {
             let (low, high) = costs
                 .iter()
                 .fold((f64::MAX, f64::MIN), |(l, h), c| (l.min(*c), h.max(*c)));
-            match crate::stats::median(costs.clone()) {
-                Some(c) if mode != TelemetryMode::None && costs.len() > 1 => {
-                    out.push_str(&format!(" {c:.0} % ({low:.0} to {high:.0}) |"))
+            let spread = crate::stats::mean_and_error(&costs);
+            match (crate::stats::median(costs.clone()), spread) {
+                (Some(c), Some((mean, error))) if mode != TelemetryMode::None => out.push_str(
+                    &format!(" {c:.0} % ({low:.0} to {high:.0}; mean {mean:.1} ± {error:.1}) |"),
+                ),
+                (Some(c), None) if mode != TelemetryMode::None => {
+                    out.push_str(&format!(" {c:.0} % |"))
                 }
-                Some(c) if mode != TelemetryMode::None => out.push_str(&format!(" {c:.0} % |")),
                 _ => out.push_str(" — |"),
             }
         }
@@ -319,14 +323,16 @@ mod tests {
             table.contains("| always | 0.81× | 10 % | 0.95× | 5 % |"),
             "{table}"
         );
-        // Three runs: the median cost, and the range.
+        // Three runs: the median cost, the range, the mean and its standard error.
         let table = cost_table(&[
             run("0.81", "0.95"),
             run("0.72", "0.90"),
             run("0.855", "1.00"),
         ]);
         assert!(
-            table.contains("| always | 0.81× | 10 % (5 to 20) | 0.95× | 5 % (0 to 10) |"),
+            table.contains(
+                "| always | 0.81× | 10 % (5 to 20; mean 11.7 ± 4.4) | 0.95× | 5 % (0 to 10; mean 5.0 ± 2.9) |"
+            ),
             "{table}"
         );
     }
