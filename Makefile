@@ -12,3 +12,6 @@ test: ## every test, against real nats-server processes
 
 ci: ## what CI runs: format, lints, deploy validation, every test
 	bash .ci/run
+
+bench: ## the bus against raw async-nats, R1 (BENCHMARKS.md; scripts/bench.sh --help)
+	scripts/bench.sh

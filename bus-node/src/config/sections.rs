@@ -119,7 +119,7 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// Events in one batch request.
     pub max_batch: usize,
-    /// Connections served at once; more wait in the listen backlog.
+    /// Requests served at once; more get `503` at once (never a queue).
     pub max_connections: usize,
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,

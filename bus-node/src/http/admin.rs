@@ -3,6 +3,8 @@
 use std::sync::Arc;
 
 use axum::Json;
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use bus_sdk::Bus;
@@ -10,6 +12,7 @@ use bus_sdk::admin::{AdminError, MAX_DEAD_LETTER_PAGE};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::body::read_bounded;
 use super::problem::Problem;
 use crate::app::App;
 
@@ -64,9 +67,16 @@ pub struct DlqQuery {
 pub async fn list_dead_letters(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    Query(q): Query<DlqQuery>,
+    query: Result<Query<DlqQuery>, QueryRejection>,
 ) -> Result<Json<Value>, Problem> {
+    // The key first: a caller without one learns nothing about the query's shape.
     let bus = admin_bus(&app, &headers)?;
+    let Query(q) = query.map_err(|e| {
+        Problem::bad_request(
+            "invalid-query",
+            format!("expected group, after and limit: {}", e.body_text()),
+        )
+    })?;
     let limit = q
         .limit
         .unwrap_or(DEFAULT_DLQ_PAGE)
@@ -114,9 +124,10 @@ pub struct RedriveRequest {
 pub async fn redrive(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: Body,
 ) -> Result<(StatusCode, Json<Value>), Problem> {
     let bus = admin_bus(&app, &headers)?;
+    let body = read_bounded(&headers, body, app.config.http.max_body_bytes).await?;
     let req: RedriveRequest = serde_json::from_slice(&body).map_err(|e| {
         Problem::bad_request(
             "malformed-json",

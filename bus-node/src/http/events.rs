@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_nats::header::{HeaderName as NatsName, HeaderValue as NatsValue};
-use axum::body::{Body, to_bytes};
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -16,6 +16,7 @@ use bus_sdk::{PublishError, PublishErrorKind, PublishReceipt};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
+use super::body::read_bounded;
 use super::problem::Problem;
 use crate::app::App;
 use crate::metrics::OutcomeLabels;
@@ -35,22 +36,8 @@ pub async fn post_events(
     body: Body,
 ) -> Result<Response, Problem> {
     let principal = app.auth.authenticate(&headers)?;
-    let limit = app.config.http.max_body_bytes;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large(limit));
-    }
     let mode = mode(&headers)?;
-    let bytes = to_bytes(body, limit).await.map_err(|e| {
-        if is_length_error(&e) {
-            too_large(limit)
-        } else {
-            Problem::bad_request("unreadable-body", format!("cannot read the body: {e}"))
-        }
-    })?;
+    let bytes = read_bounded(&headers, body, app.config.http.max_body_bytes).await?;
     let events = match mode {
         Mode::Structured => vec![structured::from_json(parse_json(&bytes)?).map_err(invalid)?],
         Mode::Batch => {
@@ -211,23 +198,4 @@ fn publish_problem(e: &PublishError) -> Problem {
         }
         _ => Problem::bad_request("invalid-event", e.to_string()),
     }
-}
-
-fn too_large(limit: usize) -> Problem {
-    Problem::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "too-large",
-        format!("the body is over {limit} bytes (http.max_body_bytes)"),
-    )
-}
-
-fn is_length_error(e: &axum::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(s) = source {
-        if s.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        source = s.source();
-    }
-    false
 }

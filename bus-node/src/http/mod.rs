@@ -2,6 +2,7 @@
 //! served at once, a deadline per request, metrics).
 
 pub mod admin;
+pub mod body;
 pub mod events;
 pub mod health;
 pub mod problem;
@@ -30,6 +31,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .method_not_allowed_fallback(method_not_allowed)
         .route_layer(middleware::from_fn_with_state(app.clone(), guard))
         .fallback(not_found)
         .with_state(app)
@@ -37,6 +39,15 @@ pub fn router(app: Arc<App>) -> Router {
 
 async fn not_found() -> Problem {
     Problem::new(StatusCode::NOT_FOUND, "not-found", "no such endpoint")
+}
+
+/// A route that exists, asked with another method (axum adds `Allow`).
+async fn method_not_allowed() -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "this endpoint does not take that method (see Allow)",
+    )
 }
 
 /// Bounds concurrent requests (overflow: `503` at once, never a queue), applies the
