@@ -139,7 +139,10 @@ impl EventBuilder {
     }
 }
 
-/// A new unique, time-ordered event id (a UUIDv7).
+/// A new unique, time-ordered event id (a UUIDv7). Its random bits come from `rand`'s
+/// thread-local generator (uuid's `fast-rng` feature), seeded from the OS: without it,
+/// each id was a `getrandom` system call, ~0.5 µs per published event
+/// (BENCHMARKS.md, "Profile, tenth round").
 pub fn new_event_id() -> String {
     // Encoded into a stack buffer, not through `Display`: one per published event.
     let mut buf = uuid::Uuid::encode_buffer();
