@@ -1,5 +1,7 @@
 //! Prometheus metrics. Names follow the Prometheus conventions (`_total` counters,
-//! `_seconds` histograms); label values are bounded (routes are templates, not paths).
+//! `_seconds` histograms); label values are bounded: routes are templates, not paths, and
+//! methods are the standard ones or `_OTHER` (any method a client makes up would be a new
+//! series otherwise, before any API key is checked).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -10,7 +12,7 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    pub method: String,
+    pub method: &'static str,
     pub route: String,
     pub status: u16,
 }

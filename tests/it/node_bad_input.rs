@@ -338,6 +338,22 @@ async fn given_bad_inputs_should_answer_each_with_its_status_and_problem_json_an
         .send()
         .await?;
     assert_eq!(r.status(), 200);
+
+    // A made-up method is refused and counted as `_OTHER`: it adds no series of its own.
+    let made_up = reqwest::Method::from_bytes(b"XYZ123")?;
+    let r = client
+        .request(made_up, format!("{}/v1/events", node.url()))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 405);
+    let metrics = client
+        .get(format!("{}/metrics", node.url()))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(!metrics.contains("XYZ123"), "{metrics}");
+    assert!(metrics.contains("method=\"_OTHER\""), "{metrics}");
     Ok(())
 }
 

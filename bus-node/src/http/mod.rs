@@ -41,6 +41,28 @@ async fn not_found() -> Problem {
     Problem::new(StatusCode::NOT_FOUND, "not-found", "no such endpoint")
 }
 
+/// The request's method as metrics and spans record it: one of the standard methods, or
+/// `_OTHER` (the OpenTelemetry HTTP conventions' value), so that made-up methods cannot
+/// grow the label set.
+fn known_method(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    const KNOWN: [(Method, &str); 9] = [
+        (Method::GET, "GET"),
+        (Method::POST, "POST"),
+        (Method::PUT, "PUT"),
+        (Method::DELETE, "DELETE"),
+        (Method::PATCH, "PATCH"),
+        (Method::HEAD, "HEAD"),
+        (Method::OPTIONS, "OPTIONS"),
+        (Method::CONNECT, "CONNECT"),
+        (Method::TRACE, "TRACE"),
+    ];
+    KNOWN
+        .iter()
+        .find(|(m, _)| m == method)
+        .map_or("_OTHER", |(_, name)| name)
+}
+
 /// A route that exists, asked with another method (axum adds `Allow`).
 async fn method_not_allowed() -> Problem {
     Problem::new(
@@ -58,14 +80,14 @@ async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Res
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
-    let method = request.method().to_string();
+    let method = known_method(request.method());
     let (mut span, hop) = telemetry::HopSpan::for_hop(
         || {
             let headers = request.headers();
             let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
             telemetry::extract_with(header("traceparent"), header("tracestate"))
         },
-        |caller| telemetry::HopSpan::server(&method, &route, caller),
+        |caller| telemetry::HopSpan::server(method, &route, caller),
     );
     let start = Instant::now();
     let response = match app.request_slots.try_acquire() {
@@ -109,4 +131,24 @@ async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Res
         .get_or_create(&RouteLabels { route })
         .observe(start.elapsed().as_secs_f64());
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::Method;
+
+    use super::known_method;
+
+    #[test]
+    fn a_made_up_method_is_recorded_as_other() {
+        assert_eq!(known_method(&Method::GET), "GET");
+        assert_eq!(known_method(&Method::PATCH), "PATCH");
+        for made_up in ["XYZ123", "get", "PROPFIND"] {
+            let m = Method::from_bytes(made_up.as_bytes());
+            assert!(m.is_ok(), "{made_up}");
+            if let Ok(m) = m {
+                assert_eq!(known_method(&m), "_OTHER", "{made_up}");
+            }
+        }
+    }
 }
