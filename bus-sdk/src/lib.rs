@@ -48,6 +48,7 @@ pub use error::{ConnectError, PublishError, PublishErrorKind, SubscribeError};
 pub use group::{
     DEFAULT_ACK_WAIT, DEFAULT_BACKOFF, DEFAULT_CONCURRENCY, DEFAULT_HANDLER_TIMEOUT,
     DEFAULT_MAX_ACK_PENDING, DEFAULT_MAX_DELIVER, DEFAULT_SHUTDOWN_GRACE, Group, GroupBuilder,
+    MAX_CONCURRENCY, MAX_HANDLER_TIMEOUT, MAX_MAX_ACK_PENDING,
 };
 pub use handler::HandlerError;
 pub use publish::{DEFAULT_PUBLISH_WINDOW, PublishReceipt};

@@ -249,6 +249,10 @@ mod tests {
             &[("BUS__HTTP__MAX_BODY_BYTES", "0")],
             Some("http.max_body_bytes"),
         );
+        check(
+            &[("BUS__HTTP__MAX_CONNECTIONS", "18446744073709551615")],
+            Some("http.max_connections"),
+        );
         check(&[("BUS__AUTH__ENABLED", "true")], Some("auth.api_keys"));
         check(
             &[("BUS__AUTH__API_KEYS", "[{\"name\": \"a\"}]")],

@@ -14,6 +14,8 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 /// bodies are held in memory.
 pub const MAX_MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Largest `http.max_connections` accepted (each is a permit of one semaphore).
+pub const MAX_MAX_CONNECTIONS: usize = 1_000_000;
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
 pub const DEFAULT_MAX_BATCH: usize = 1000;
@@ -156,7 +158,12 @@ impl HttpConfig {
             ));
         }
         positive("http.max_batch", self.max_batch)?;
-        positive("http.max_connections", self.max_connections)?;
+        if !(1..=MAX_MAX_CONNECTIONS).contains(&self.max_connections) {
+            return Err(ConfigError::new(
+                "http.max_connections",
+                format!("must be 1 to {MAX_MAX_CONNECTIONS}"),
+            ));
+        }
         nonzero("http.request_timeout", self.request_timeout)?;
         nonzero("http.shutdown_grace", self.shutdown_grace)
     }

@@ -46,6 +46,14 @@ pub const START_DEADLINE: Duration = Duration::from_secs(30);
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// How long one handling may run before it is abandoned and counted as a failure.
 pub const DEFAULT_HANDLER_TIMEOUT: Duration = Duration::from_secs(300);
+/// Largest `concurrency` a member accepts (each handler slot is a permit and a queue
+/// place; far more than one process can run usefully).
+pub const MAX_CONCURRENCY: usize = 65_536;
+/// Largest `max_ack_pending` a group accepts (JetStream takes it as a signed number; a
+/// larger `usize` would wrap to "unlimited").
+pub const MAX_MAX_ACK_PENDING: usize = 10_000_000;
+/// Longest `handler_timeout` a member accepts: a day.
+pub const MAX_HANDLER_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// Settings of a group member; see [`GroupBuilder`].
 #[derive(Debug, Clone)]
@@ -62,6 +70,20 @@ pub(crate) struct GroupOptions {
 }
 
 impl GroupOptions {
+    fn with_defaults(name: String) -> Self {
+        Self {
+            name,
+            concurrency: DEFAULT_CONCURRENCY,
+            max_deliver: DEFAULT_MAX_DELIVER,
+            ack_wait: DEFAULT_ACK_WAIT,
+            max_ack_pending: DEFAULT_MAX_ACK_PENDING,
+            backoff: DEFAULT_BACKOFF.to_vec(),
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            handler_timeout: DEFAULT_HANDLER_TIMEOUT,
+            deliver_new_only: false,
+        }
+    }
+
     /// Redelivery delay after the `attempt`-th failure.
     pub(crate) fn backoff_after(&self, attempt: u32) -> Duration {
         let i = (attempt.max(1) as usize - 1).min(self.backoff.len().saturating_sub(1));
@@ -111,17 +133,7 @@ impl GroupBuilder {
     pub(crate) fn new(bus: Bus, name: String) -> Self {
         Self {
             bus,
-            options: GroupOptions {
-                name,
-                concurrency: DEFAULT_CONCURRENCY,
-                max_deliver: DEFAULT_MAX_DELIVER,
-                ack_wait: DEFAULT_ACK_WAIT,
-                max_ack_pending: DEFAULT_MAX_ACK_PENDING,
-                backoff: DEFAULT_BACKOFF.to_vec(),
-                shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
-                handler_timeout: DEFAULT_HANDLER_TIMEOUT,
-                deliver_new_only: false,
-            },
+            options: GroupOptions::with_defaults(name),
             handlers: Vec::new(),
         }
     }
@@ -141,7 +153,8 @@ impl GroupBuilder {
     /// Handlers running at once in this member (default [`DEFAULT_CONCURRENCY`]). The
     /// member also fetches up to `n` deliveries ahead, so that a freed slot starts the next
     /// at once; those wait for a slot with in-progress acks, so their ack deadline does not
-    /// pass, and are handed back (nak) if the member shuts down first.
+    /// pass, and are handed back (nak) if the member shuts down first. At most
+    /// [`MAX_CONCURRENCY`].
     pub fn concurrency(mut self, n: usize) -> Self {
         self.options.concurrency = n;
         self
@@ -159,7 +172,8 @@ impl GroupBuilder {
         self
     }
 
-    /// Bound on unacknowledged deliveries across the group (default [`DEFAULT_MAX_ACK_PENDING`]).
+    /// Bound on unacknowledged deliveries across the group (default
+    /// [`DEFAULT_MAX_ACK_PENDING`]; at least `concurrency`, at most [`MAX_MAX_ACK_PENDING`]).
     pub fn max_ack_pending(mut self, n: usize) -> Self {
         self.options.max_ack_pending = n;
         self
@@ -181,7 +195,8 @@ impl GroupBuilder {
     /// still running then is dropped (cancelled at its current `.await`) and the delivery
     /// counts as failed: redelivered after the backoff, or dead-lettered after
     /// `max_deliver` attempts. Without it, a hung handler would hold its slot for ever,
-    /// its in-progress acks keeping the event from every other member.
+    /// its in-progress acks keeping the event from every other member. At most
+    /// [`MAX_HANDLER_TIMEOUT`].
     pub fn handler_timeout(mut self, d: Duration) -> Self {
         self.options.handler_timeout = d;
         self
@@ -196,26 +211,7 @@ impl GroupBuilder {
 
     /// Creates or updates the group's consumer and starts this member.
     pub async fn start(self) -> Result<Group, SubscribeError> {
-        let o = &self.options;
-        check_name(&o.name)?;
-        if o.concurrency == 0 {
-            return Err(invalid("concurrency", "must be at least 1"));
-        }
-        if o.max_deliver == 0 {
-            return Err(invalid("max_deliver", "must be at least 1"));
-        }
-        if o.ack_wait < Duration::from_secs(1) {
-            return Err(invalid("ack_wait", "must be at least 1s"));
-        }
-        if o.handler_timeout.is_zero() {
-            return Err(invalid("handler_timeout", "must be above 0"));
-        }
-        if o.backoff.is_empty() {
-            return Err(invalid("backoff", "give at least one delay"));
-        }
-        if o.max_ack_pending < o.concurrency {
-            return Err(invalid("max_ack_pending", "must be at least concurrency"));
-        }
+        validate(&self.options)?;
         if self.handlers.is_empty() {
             return Err(SubscribeError::NoHandlers);
         }
@@ -257,6 +253,39 @@ impl GroupBuilder {
             tracker,
         })
     }
+}
+
+/// Refuses options a member cannot run with, naming the option.
+fn validate(o: &GroupOptions) -> Result<(), SubscribeError> {
+    check_name(&o.name)?;
+    if !(1..=MAX_CONCURRENCY).contains(&o.concurrency) {
+        return Err(invalid(
+            "concurrency",
+            &format!("must be 1 to {MAX_CONCURRENCY}"),
+        ));
+    }
+    if o.max_deliver == 0 {
+        return Err(invalid("max_deliver", "must be at least 1"));
+    }
+    if o.ack_wait < Duration::from_secs(1) {
+        return Err(invalid("ack_wait", "must be at least 1s"));
+    }
+    if o.handler_timeout.is_zero() || o.handler_timeout > MAX_HANDLER_TIMEOUT {
+        return Err(invalid(
+            "handler_timeout",
+            "must be above 0 and at most a day",
+        ));
+    }
+    if o.backoff.is_empty() {
+        return Err(invalid("backoff", "give at least one delay"));
+    }
+    if o.max_ack_pending < o.concurrency || o.max_ack_pending > MAX_MAX_ACK_PENDING {
+        return Err(invalid(
+            "max_ack_pending",
+            &format!("must be at least concurrency and at most {MAX_MAX_ACK_PENDING}"),
+        ));
+    }
+    Ok(())
 }
 
 fn invalid(option: &'static str, reason: &str) -> SubscribeError {
@@ -341,5 +370,66 @@ impl Group {
 impl Drop for Group {
     fn drop(&mut self) {
         self.cancel.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(change: impl FnOnce(&mut GroupOptions)) -> Option<&'static str> {
+        let mut o = GroupOptions::with_defaults("billing".into());
+        change(&mut o);
+        match validate(&o) {
+            Err(SubscribeError::InvalidOption { option, .. }) => Some(option),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn given_the_defaults_should_accept_them() {
+        assert_eq!(refused(|_| {}), None);
+    }
+
+    #[test]
+    fn given_a_value_out_of_range_should_refuse_it_naming_the_option() {
+        assert_eq!(refused(|o| o.concurrency = 0), Some("concurrency"));
+        assert_eq!(
+            refused(|o| o.concurrency = MAX_CONCURRENCY + 1),
+            Some("concurrency")
+        );
+        assert_eq!(
+            refused(|o| o.handler_timeout = Duration::ZERO),
+            Some("handler_timeout")
+        );
+        assert_eq!(
+            refused(|o| o.handler_timeout = Duration::MAX),
+            Some("handler_timeout")
+        );
+        assert_eq!(
+            refused(|o| o.max_ack_pending = usize::MAX),
+            Some("max_ack_pending")
+        );
+        assert_eq!(
+            refused(|o| {
+                o.concurrency = 64;
+                o.max_ack_pending = 63;
+            }),
+            Some("max_ack_pending")
+        );
+        assert_eq!(refused(|o| o.max_deliver = 0), Some("max_deliver"));
+        assert_eq!(refused(|o| o.backoff.clear()), Some("backoff"));
+    }
+
+    #[test]
+    fn given_the_largest_accepted_values_should_accept_them() {
+        assert_eq!(
+            refused(|o| {
+                o.concurrency = MAX_CONCURRENCY;
+                o.max_ack_pending = MAX_MAX_ACK_PENDING;
+                o.handler_timeout = MAX_HANDLER_TIMEOUT;
+            }),
+            None
+        );
     }
 }
