@@ -235,6 +235,9 @@ impl Bus {
 
 /// Most members a [`PresenceTracker`] remembers; past it the stalest is forgotten.
 pub const MAX_TRACKED_MEMBERS: usize = 10_000;
+/// Largest announcement a tracker reads; larger ones are ignored (anyone who can publish
+/// on the presence subjects could otherwise park megabytes per entry).
+pub const MAX_ANNOUNCEMENT_BYTES: usize = 1024;
 /// A member not heard from for this long is no longer listed.
 pub const MEMBER_STALE_AFTER: Duration = Duration::from_secs(3 * PRESENCE_INTERVAL.as_secs());
 
@@ -297,6 +300,9 @@ impl Bus {
         let map = seen.clone();
         let task = tokio::spawn(async move {
             while let Some(message) = sub.next().await {
+                if message.payload.len() > MAX_ANNOUNCEMENT_BYTES {
+                    continue;
+                }
                 let Ok(a) = serde_json::from_slice::<Announcement>(&message.payload) else {
                     continue;
                 };
