@@ -22,7 +22,15 @@ use crate::group::presence::{self, Announcement, PRESENCE_INTERVAL};
 
 /// Most dead letters one listing returns.
 pub const MAX_DEAD_LETTER_PAGE: usize = 1000;
-/// Most dead letters one redrive call looks at.
+/// A listing looks at most at this many messages per dead letter it may return: messages
+/// on the dead-letter subjects that are not dead letters (anything a client published
+/// there) are skipped, and a run of them ends the page early instead of the whole stream
+/// being read in one call.
+pub const DEAD_LETTER_SCAN_PER_LETTER: usize = 4;
+/// A listing stops once the payloads it holds pass this many bytes (at least one letter
+/// is always returned, so paging moves on).
+pub const MAX_DEAD_LETTER_PAGE_BYTES: usize = 16 * 1024 * 1024;
+/// Most dead-letter messages one redrive call looks at.
 pub const MAX_REDRIVE_SCAN: usize = 10_000;
 
 /// An admin operation failed.
@@ -71,6 +79,18 @@ pub struct GroupInfo {
     pub waiting: u64,
 }
 
+/// One page of a dead-letter listing.
+#[derive(Debug, Clone, Default)]
+pub struct DeadLetterPage {
+    /// The dead letters, in dead-letter stream order.
+    pub letters: Vec<StoredDeadLetter>,
+    /// The last dead-letter sequence the listing looked at: the `after` of the next page.
+    /// `None` when nothing came after `after`: the listing is complete.
+    pub next_after: Option<u64>,
+    /// Messages looked at, dead letters or not.
+    pub examined: usize,
+}
+
 /// One dead letter with its place in the dead-letter stream.
 #[derive(Debug, Clone)]
 pub struct StoredDeadLetter {
@@ -113,13 +133,16 @@ impl Bus {
     }
 
     /// Dead letters after dead-letter sequence `after` (0: from the start), of one group or
-    /// of all, at most `limit` (capped at [`MAX_DEAD_LETTER_PAGE`]).
+    /// of all: at most `limit` (capped at [`MAX_DEAD_LETTER_PAGE`]), looking at most at
+    /// [`DEAD_LETTER_SCAN_PER_LETTER`] messages per letter and stopping once the payloads
+    /// pass [`MAX_DEAD_LETTER_PAGE_BYTES`]. Page on with [`DeadLetterPage::next_after`]
+    /// until it is `None`; a page may be short, or empty, before the end.
     pub async fn dead_letters(
         &self,
         group: Option<&str>,
         after: u64,
         limit: usize,
-    ) -> Result<Vec<StoredDeadLetter>, AdminError> {
+    ) -> Result<DeadLetterPage, AdminError> {
         let subject = match group {
             Some(g) => {
                 check_name(g).map_err(|_| AdminError::InvalidGroup(g.to_owned()))?;
@@ -132,9 +155,14 @@ impl Bus {
             .get_stream(&self.config().streams.dlq_name)
             .await
             .map_err(js_err)?;
-        let mut out = Vec::new();
+        let limit = limit.clamp(1, MAX_DEAD_LETTER_PAGE);
+        let mut page = DeadLetterPage::default();
+        let mut bytes = 0;
         let mut next = after.saturating_add(1);
-        while out.len() < limit.min(MAX_DEAD_LETTER_PAGE) {
+        while page.letters.len() < limit
+            && page.examined < limit * DEAD_LETTER_SCAN_PER_LETTER
+            && bytes < MAX_DEAD_LETTER_PAGE_BYTES
+        {
             let message = match stream
                 .direct_get_next_for_subject(subject.as_str(), Some(next))
                 .await
@@ -143,15 +171,18 @@ impl Bus {
                 Err(e) if e.kind() == DirectGetErrorKind::NotFound => break,
                 Err(e) => return Err(js_err(e)),
             };
-            next = message.sequence + 1;
+            next = message.sequence.saturating_add(1);
+            page.examined += 1;
+            page.next_after = Some(message.sequence);
             if let Some(letter) = DeadLetter::parse(&message.headers, message.payload.clone()) {
-                out.push(StoredDeadLetter {
+                bytes += letter.payload.len();
+                page.letters.push(StoredDeadLetter {
                     seq: message.sequence,
                     letter,
                 });
             }
         }
-        Ok(out)
+        Ok(page)
     }
 
     /// Sends dead letter `seq` back to the group that gave up on it (and to no other
@@ -214,10 +245,10 @@ impl Bus {
             let page = self
                 .dead_letters(Some(group), after, MAX_DEAD_LETTER_PAGE)
                 .await?;
-            let Some(last) = page.last() else { break };
-            after = last.seq;
-            scanned += page.len();
-            for letter in &page {
+            let Some(next) = page.next_after else { break };
+            after = next;
+            scanned += page.examined;
+            for letter in &page.letters {
                 let wanted = match (ids, &letter.letter.event_id) {
                     (None, _) => true,
                     (Some(ids), Some(id)) => ids.contains(id),

@@ -238,9 +238,14 @@ async fn given_dead_letters_when_redriven_should_be_handled_again_by_their_group
     let second = bus.publish_event(&traced).await?;
     let listed = dead_letters(&bus, "fragile", 2).await?;
     assert_eq!(listed.len(), 2);
-    let stored = bus.dead_letters(Some("fragile"), 0, 10).await?;
+    let stored = bus.dead_letters(Some("fragile"), 0, 10).await?.letters;
     assert_eq!(stored.len(), 2);
-    assert!(bus.dead_letters(Some("bystander"), 0, 10).await?.is_empty());
+    assert!(
+        bus.dead_letters(Some("bystander"), 0, 10)
+            .await?
+            .letters
+            .is_empty()
+    );
     wait_until("bystander saw both", Duration::from_secs(10), || {
         bystander.distinct() == 2
     })
@@ -275,7 +280,7 @@ async fn given_dead_letters_when_redriven_should_be_handled_again_by_their_group
     })
     .await?;
     assert_eq!(handled.counts().get(&second.id), Some(&1));
-    let left = bus.dead_letters(Some("fragile"), 0, 10).await?;
+    let left = bus.dead_letters(Some("fragile"), 0, 10).await?.letters;
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].letter.event_id.as_deref(), Some(first.id.as_str()));
 
@@ -284,7 +289,12 @@ async fn given_dead_letters_when_redriven_should_be_handled_again_by_their_group
         handled.distinct() == 2
     })
     .await?;
-    assert!(bus.dead_letters(Some("fragile"), 0, 10).await?.is_empty());
+    assert!(
+        bus.dead_letters(Some("fragile"), 0, 10)
+            .await?
+            .letters
+            .is_empty()
+    );
     // The other group did not get the redriven copies.
     wait_group_idle(&bus, "bystander", Duration::from_secs(5)).await?;
     assert_eq!(bystander.total(), 2);
@@ -366,5 +376,62 @@ async fn given_a_zero_handler_timeout_start_should_refuse_it_naming_the_option()
         ),
         "{err}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_messages_that_are_not_dead_letters_the_listing_should_skip_them_page_by_page()
+-> anyhow::Result<()> {
+    let cluster = NatsCluster::start(1).await?;
+    let bus = bus_for(&cluster).await?;
+    let subject = bus.subjects().dead_letter("junky");
+    let js = bus.jetstream();
+    for i in 0..10 {
+        js.publish(subject.clone(), format!("junk {i}").into())
+            .await?
+            .await?;
+    }
+    let mut headers = async_nats::HeaderMap::new();
+    for (name, value) in [
+        ("bus-dlq-group", "junky"),
+        ("bus-dlq-reason", "failed 1 times; last error: test"),
+        ("bus-dlq-attempts", "1"),
+        ("bus-dlq-stream", "BUS_EVENTS"),
+        ("bus-dlq-stream-seq", "7"),
+        ("bus-dlq-subject", "bus.evt.shop.order.created"),
+        ("ce-id", "e-1"),
+    ] {
+        headers.insert(name, value);
+    }
+    js.publish_with_headers(subject, headers, "{}".into())
+        .await?
+        .await?;
+
+    // Two letters per page: at most eight messages looked at, all junk here.
+    let first = bus.dead_letters(Some("junky"), 0, 2).await?;
+    assert!(first.letters.is_empty());
+    assert_eq!(
+        first.examined,
+        2 * bus_sdk::admin::DEAD_LETTER_SCAN_PER_LETTER
+    );
+    let after = first
+        .next_after
+        .ok_or_else(|| anyhow::anyhow!("a short page must say where to go on"))?;
+    let second = bus.dead_letters(Some("junky"), after, 2).await?;
+    let ids: Vec<Option<&str>> = second
+        .letters
+        .iter()
+        .map(|l| l.letter.event_id.as_deref())
+        .collect();
+    assert_eq!(ids, [Some("e-1")]);
+    assert_eq!(
+        second.examined, 3,
+        "two more junk messages, then the letter"
+    );
+    let last = bus
+        .dead_letters(Some("junky"), second.next_after.unwrap_or(u64::MAX), 2)
+        .await?;
+    assert!(last.letters.is_empty());
+    assert_eq!(last.next_after, None, "the end of the listing");
     Ok(())
 }

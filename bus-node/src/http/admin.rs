@@ -81,12 +81,13 @@ pub async fn list_dead_letters(
         .limit
         .unwrap_or(DEFAULT_DLQ_PAGE)
         .clamp(1, MAX_DEAD_LETTER_PAGE);
-    let letters = bus
+    let page = bus
         .dead_letters(q.group.as_deref(), q.after, limit)
         .await
         .map_err(admin_problem)?;
-    let next_after = letters.last().map(|l| l.seq);
-    let items: Vec<Value> = letters
+    let next_after = page.next_after;
+    let items: Vec<Value> = page
+        .letters
         .iter()
         .map(|l| {
             let h = |k: &str| {
