@@ -12,6 +12,7 @@ use crate::connect;
 use crate::error::{ConnectError, PublishError, PublishErrorKind};
 use crate::group::GroupBuilder;
 use crate::publish::{DEFAULT_PUBLISH_WINDOW, PublishReceipt, Publisher};
+use crate::send_deadline;
 use crate::typed::EventPayload;
 
 /// A connection to the bus. Clone it freely: clones share the connection.
@@ -216,7 +217,7 @@ impl Bus {
     /// Flushes what is buffered and closes the connection for every clone. Shut groups
     /// and subscriptions down first so that their acks go out.
     pub async fn close(&self) {
-        if let Err(e) = self.inner.client.drain().await {
+        if let Err(e) = send_deadline::within(self.inner.client.drain()).await {
             tracing::warn!(error = %e, "draining the NATS connection failed");
         }
     }

@@ -39,6 +39,7 @@ mod error;
 mod group;
 mod handler;
 mod publish;
+mod send_deadline;
 mod typed;
 
 pub use broadcast::{Broadcast, BroadcastBuilder, StartAt};

@@ -26,6 +26,7 @@ use super::runners::{Job, Runners};
 use super::settle;
 use crate::bus::Bus;
 use crate::handler::HandlerMap;
+use crate::send_deadline;
 
 /// How often the server proves a waiting pull is alive; two missed and the pulls are
 /// asked for again.
@@ -226,7 +227,7 @@ impl Fetch {
         let now = Instant::now();
         for (message, since) in self.buffer.iter_mut() {
             if now.duration_since(*since) >= self.ack_wait / 4 {
-                if let Err(e) = message.ack_with(AckKind::Progress).await {
+                if let Err(e) = send_deadline::within(message.ack_with(AckKind::Progress)).await {
                     tracing::debug!(error = %e, "in-progress ack of a waiting delivery failed");
                 }
                 *since = now;
@@ -241,7 +242,7 @@ impl Fetch {
         let arrived = self.puller.drain_arrived();
         let waiting = self.buffer.drain(..).map(|(m, _)| m);
         for message in waiting.chain(arrived) {
-            if let Err(e) = message.ack_with(AckKind::Nak(None)).await {
+            if let Err(e) = send_deadline::within(message.ack_with(AckKind::Nak(None))).await {
                 tracing::debug!(error = %e, "nak of a prefetched delivery failed");
             }
         }

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::Bus;
+use crate::send_deadline;
 
 /// How often a member announces itself.
 pub const PRESENCE_INTERVAL: Duration = Duration::from_secs(5);
@@ -54,7 +55,8 @@ pub(crate) async fn announce(bus: Bus, group: String, member: String, cancel: Ca
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {
-                if let Err(e) = bus.client().publish(subject.clone(), payload.clone().into()).await {
+                let send = bus.client().publish(subject.clone(), payload.clone().into());
+                if let Err(e) = send_deadline::within(send).await {
                     tracing::debug!(error = %e, "presence announcement failed");
                 }
             }

@@ -15,6 +15,8 @@ use futures::StreamExt;
 use serde::Serialize;
 use tokio::time::Instant;
 
+use crate::send_deadline;
+
 /// Why a pull stream has to be opened again.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum PullError {
@@ -25,9 +27,9 @@ pub(crate) enum PullError {
     /// The consumer was deleted under us.
     #[error("the consumer was deleted")]
     ConsumerDeleted,
-    /// Sending a pull request failed.
+    /// Sending a pull request failed, or did not go out within the send deadline.
     #[error("sending a pull request failed: {0}")]
-    Request(#[from] async_nats::PublishError),
+    Request(String),
     /// The subscription for deliveries could not be made.
     #[error("subscribing for deliveries failed: {0}")]
     Subscribe(#[from] async_nats::SubscribeError),
@@ -112,13 +114,12 @@ impl Puller {
         }
         // Counted before it is sent: no delivery of it can arrive before the count.
         self.outstanding += n;
-        if let Err(e) = self
-            .client
-            .publish_with_reply(self.subject.clone(), self.inbox.clone(), body.into())
-            .await
-        {
+        let send =
+            self.client
+                .publish_with_reply(self.subject.clone(), self.inbox.clone(), body.into());
+        if let Err(e) = send_deadline::within(send).await {
             self.outstanding -= n;
-            return Err(e.into());
+            return Err(PullError::Request(e));
         }
         Ok(())
     }
@@ -207,7 +208,7 @@ impl Puller {
 
     /// Stops taking deliveries: the server drops pulls whose inbox has no interest.
     pub(crate) async fn close(&mut self) {
-        if let Err(e) = self.subscriber.unsubscribe().await {
+        if let Err(e) = send_deadline::within(self.subscriber.unsubscribe()).await {
             tracing::debug!(error = %e, "unsubscribing the pull inbox failed");
         }
     }

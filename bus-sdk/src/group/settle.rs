@@ -19,6 +19,7 @@ use super::member::Shared;
 use crate::dead_letter::{self, Origin};
 use crate::delivery_info::DeliveryInfo;
 use crate::handler::{HandlerError, Outcome};
+use crate::send_deadline;
 use crate::typed::EventMeta;
 
 /// Handles one delivery; `acked` is when JetStream last heard of it (its arrival, or the
@@ -248,7 +249,7 @@ async fn dead_letter(shared: &Shared, letter: &Letter<'_>, origin: &Origin<'_>, 
 }
 
 async fn ack(message: &Message, kind: AckKind) {
-    if let Err(e) = message.ack_with(kind).await {
+    if let Err(e) = send_deadline::within(message.ack_with(kind)).await {
         tracing::warn!(error = %e, ?kind, "settling a delivery failed; it will be redelivered");
     }
 }
