@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 use crate::bus::Bus;
 use crate::delivery_info::DeliveryInfo;
 use crate::error::SubscribeError;
+use crate::group::{DEFAULT_HANDLER_TIMEOUT, MAX_HANDLER_TIMEOUT};
 use crate::handler::{ErasedHandler, HandlerError, HandlerMap, Outcome, erase, erase_raw};
 use crate::typed::{EventMeta, EventPayload, Received};
 
@@ -52,12 +53,14 @@ pub struct BroadcastBuilder {
     handlers: Vec<(&'static str, ErasedHandler)>,
     raw: Vec<(EventPattern, ErasedHandler)>,
     start_at: StartAt,
+    handler_timeout: Duration,
 }
 
 impl std::fmt::Debug for BroadcastBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BroadcastBuilder")
             .field("start_at", &self.start_at)
+            .field("handler_timeout", &self.handler_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -69,6 +72,7 @@ impl BroadcastBuilder {
             handlers: Vec::new(),
             raw: Vec::new(),
             start_at: StartAt::New,
+            handler_timeout: DEFAULT_HANDLER_TIMEOUT,
         }
     }
 
@@ -110,6 +114,16 @@ impl BroadcastBuilder {
         self
     }
 
+    /// How long one handling may run (default [`DEFAULT_HANDLER_TIMEOUT`], at most
+    /// [`MAX_HANDLER_TIMEOUT`]). Events are handled one at a time, in order: a handler
+    /// still running then is dropped (cancelled at its current `.await`), the event is
+    /// skipped with a warning, as after a handler error, and the next one is handled.
+    /// Without it, a hung handler would stop the subscription for good.
+    pub fn handler_timeout(mut self, d: Duration) -> Self {
+        self.handler_timeout = d;
+        self
+    }
+
     /// Where to start (default [`StartAt::New`]).
     pub fn start_at(mut self, start_at: StartAt) -> Self {
         self.start_at = start_at;
@@ -121,6 +135,12 @@ impl BroadcastBuilder {
     pub async fn start(self) -> Result<Broadcast, SubscribeError> {
         if self.handlers.is_empty() && self.raw.is_empty() {
             return Err(SubscribeError::NoHandlers);
+        }
+        if self.handler_timeout.is_zero() || self.handler_timeout > MAX_HANDLER_TIMEOUT {
+            return Err(SubscribeError::InvalidOption {
+                option: "handler_timeout",
+                reason: "must be above 0 and at most a day".to_owned(),
+            });
         }
         let mut handlers = HandlerMap::new();
         // Several patterns may overlap, which JetStream refuses as filters: then take
@@ -173,6 +193,7 @@ impl BroadcastBuilder {
             handlers,
             raw: self.raw,
             filters,
+            handler_timeout: self.handler_timeout,
         };
         // Open once here so that the caller learns of a refusal, and so that events
         // published after `start` returns are seen.
@@ -193,6 +214,7 @@ struct Subscription {
     handlers: HandlerMap,
     raw: Vec<(EventPattern, ErasedHandler)>,
     filters: Vec<String>,
+    handler_timeout: Duration,
 }
 
 type Ordered = async_nats::jetstream::consumer::pull::Ordered;
@@ -303,9 +325,21 @@ impl Subscription {
             },
         );
         let work = handler(meta);
-        let outcome = match hop {
-            Some(cx) => telemetry::within_hop(cx, work).await,
-            None => work.await,
+        let run = async {
+            match hop {
+                Some(cx) => telemetry::within_hop(cx, work).await,
+                None => work.await,
+            }
+        };
+        let Ok(outcome) = tokio::time::timeout(self.handler_timeout, run).await else {
+            span.record_error("timeout");
+            drop(span);
+            tracing::warn!(
+                seq,
+                timeout = ?self.handler_timeout,
+                "broadcast handler did not finish in time; the event is skipped"
+            );
+            return Some(seq);
         };
         match &outcome {
             Outcome::Handled => {}

@@ -99,3 +99,57 @@ async fn given_overlapping_patterns_and_a_backlog_should_start_and_deliver_each_
     sub.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_hung_handler_should_skip_its_event_after_the_timeout_and_handle_the_next()
+-> anyhow::Result<()> {
+    let cluster = NatsCluster::start(1).await?;
+    let bus = bus_for(&cluster).await?;
+    let rec = Recorder::default();
+    let r = rec.clone();
+    let sub = bus
+        .broadcast()
+        .handler_timeout(Duration::from_millis(300))
+        .on(move |ev: Received<OrderCreated>| {
+            let r = r.clone();
+            async move {
+                if ev.data.order_id == 1 {
+                    // Never finishes.
+                    std::future::pending::<()>().await;
+                }
+                r.record(0, ev.meta.id());
+                Ok::<(), HandlerError>(())
+            }
+        })
+        .start()
+        .await?;
+    bus.publish(&order(1)).await?;
+    bus.publish(&order(2)).await?;
+    wait_until(
+        "the event after the hung one handled",
+        Duration::from_secs(10),
+        || rec.distinct() == 1,
+    )
+    .await?;
+    assert_eq!(rec.total(), 1, "only the second event finished");
+    sub.shutdown().await;
+
+    // A zero timeout is refused, naming the option.
+    let refused = bus
+        .broadcast()
+        .handler_timeout(Duration::ZERO)
+        .on(|_ev: Received<OrderCreated>| async { Ok::<(), HandlerError>(()) })
+        .start()
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(bus_sdk::SubscribeError::InvalidOption {
+                option: "handler_timeout",
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    Ok(())
+}
