@@ -27,8 +27,8 @@ pub const MAX_DEAD_LETTER_PAGE: usize = 1000;
 /// there) are skipped, and a run of them ends the page early instead of the whole stream
 /// being read in one call.
 pub const DEAD_LETTER_SCAN_PER_LETTER: usize = 4;
-/// A listing stops once the payloads it holds pass this many bytes (at least one letter
-/// is always returned, so paging moves on).
+/// A listing stops once the payloads it holds pass this many bytes (the letter that
+/// passes it is kept, so this bound alone never leaves a page empty).
 pub const MAX_DEAD_LETTER_PAGE_BYTES: usize = 16 * 1024 * 1024;
 /// Most dead-letter messages one redrive call looks at.
 pub const MAX_REDRIVE_SCAN: usize = 10_000;
