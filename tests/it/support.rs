@@ -136,26 +136,35 @@ pub async fn publish_orders_until_handled(
 /// Waits until the group's consumer has nothing pending and nothing unacknowledged.
 pub async fn wait_group_idle(bus: &Bus, group: &str, deadline: Duration) -> anyhow::Result<()> {
     let start = tokio::time::Instant::now();
-    let stream = bus.config().streams.events_name.clone();
     loop {
-        let info = bus.jetstream().get_stream(&stream).await?;
-        let mut consumer: async_nats::jetstream::consumer::PullConsumer = info
-            .get_consumer(group)
-            .await
-            .map_err(|e| anyhow::anyhow!(e))?;
-        let ci = consumer.info().await?;
-        if ci.num_pending == 0 && ci.num_ack_pending == 0 {
-            return Ok(());
-        }
+        // A JetStream info request can time out on a 3-node cluster under load (an
+        // election, a slow replica): that is "not known yet", not "not idle".
+        let state = match consumer_counts(bus, group).await {
+            Ok((0, 0)) => return Ok(()),
+            Ok((pending, ack_pending)) => {
+                format!("pending {pending}, ack pending {ack_pending}")
+            }
+            Err(e) => format!("consumer info not readable: {e}"),
+        };
         if start.elapsed() > deadline {
-            anyhow::bail!(
-                "group {group} not idle after {deadline:?}: pending {}, ack pending {}",
-                ci.num_pending,
-                ci.num_ack_pending
-            );
+            anyhow::bail!("group {group} not idle after {deadline:?}: {state}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// (pending, ack pending) of `group`'s consumer.
+async fn consumer_counts(bus: &Bus, group: &str) -> anyhow::Result<(u64, usize)> {
+    let info = bus
+        .jetstream()
+        .get_stream(&bus.config().streams.events_name)
+        .await?;
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = info
+        .get_consumer(group)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let ci = consumer.info().await?;
+    Ok((ci.num_pending, ci.num_ack_pending))
 }
 
 /// Number of messages in a stream.
