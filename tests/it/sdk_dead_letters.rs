@@ -130,17 +130,15 @@ async fn given_undecodable_events_should_dead_letter_them_at_once() -> anyhow::R
         ("content-type", "application/json"),
         ("Nats-Msg-Id", "bad-data"),
     ]);
-    js.publish_with_headers(
+    plain_publish(
+        &js,
         "bus.evt.shop.order.created",
-        h,
+        Some(h),
         "{\"order_id\": \"x\"}".into(),
     )
-    .await?
     .await?;
     // 2. No CloudEvents headers at all.
-    js.publish("bus.evt.shop.order.created", "hello".into())
-        .await?
-        .await?;
+    plain_publish(&js, "bus.evt.shop.order.created", None, "hello".into()).await?;
     // 3. A good one, which must still be handled.
     bus.publish(&order(3)).await?;
 

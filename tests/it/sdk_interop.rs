@@ -40,12 +40,12 @@ async fn given_a_plain_client_publishing_ce_headers_should_be_handled_by_the_sdk
             "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
         ),
     ]);
-    js.publish_with_headers(
+    plain_publish(
+        &js,
         "bus.evt.shop.order.created",
-        h,
+        Some(h),
         r#"{"order_id": 9, "customer": "c9"}"#.into(),
     )
-    .await?
     .await?;
     let (data, event) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
         .await?

@@ -133,6 +133,38 @@ pub async fn publish_orders_until_handled(
     .await
 }
 
+/// Publishes with a plain JetStream client, again while the server it reached answers
+/// "no stream found" (nothing stored): right after a stream is made on a 3-node cluster,
+/// that server may not route its subjects yet. The SDK's publisher does the same.
+pub async fn plain_publish(
+    js: &async_nats::jetstream::Context,
+    subject: &str,
+    headers: Option<async_nats::HeaderMap>,
+    payload: bytes::Bytes,
+) -> anyhow::Result<()> {
+    use async_nats::jetstream::context::PublishErrorKind;
+    let started = tokio::time::Instant::now();
+    loop {
+        let sent = match headers.clone() {
+            Some(h) => {
+                js.publish_with_headers(subject.to_owned(), h, payload.clone())
+                    .await?
+            }
+            None => js.publish(subject.to_owned(), payload.clone()).await?,
+        };
+        match sent.await {
+            Ok(_) => return Ok(()),
+            Err(e)
+                if e.kind() == PublishErrorKind::StreamNotFound
+                    && started.elapsed() < Duration::from_secs(10) =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Waits until the group's consumer has nothing pending and nothing unacknowledged.
 pub async fn wait_group_idle(bus: &Bus, group: &str, deadline: Duration) -> anyhow::Result<()> {
     let start = tokio::time::Instant::now();
