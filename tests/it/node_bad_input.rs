@@ -336,12 +336,7 @@ async fn given_bad_inputs_should_answer_each_with_its_status_and_problem_json_an
         .send()
         .await?;
     assert_eq!(r.status(), 405);
-    let metrics = client
-        .get(format!("{}/metrics", node.url()))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = metrics_text(&client, &node).await?;
     assert!(!metrics.contains("XYZ123"), "{metrics}");
     assert!(metrics.contains("method=\"_OTHER\""), "{metrics}");
     Ok(())

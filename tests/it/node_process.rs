@@ -296,12 +296,7 @@ async fn given_dead_letters_the_admin_api_should_list_groups_and_dead_letters_an
     let after: Value = client.get(&dlq_url).send().await?.json().await?;
     assert_eq!(after["dead_letters"].as_array().map(Vec::len), Some(0));
 
-    let metrics = client
-        .get(format!("{}/metrics", node.url()))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = metrics_text(&client, &node).await?;
     assert!(metrics.contains("bus_http_requests_total{"), "{metrics}");
     assert!(
         metrics.contains("bus_group_pending_events{group=\"billing\"}"),

@@ -53,3 +53,13 @@ pub async fn post_event(
         .send()
         .await
 }
+
+/// The node's `/metrics` text.
+pub async fn metrics_text(client: &reqwest::Client, node: &BusNode) -> anyhow::Result<String> {
+    Ok(client
+        .get(format!("{}/metrics", node.url()))
+        .send()
+        .await?
+        .text()
+        .await?)
+}

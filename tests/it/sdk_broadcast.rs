@@ -106,21 +106,10 @@ async fn given_a_hung_handler_should_skip_its_event_after_the_timeout_and_handle
     let cluster = NatsCluster::start(1).await?;
     let bus = bus_for(&cluster).await?;
     let rec = Recorder::default();
-    let r = rec.clone();
     let sub = bus
         .broadcast()
         .handler_timeout(Duration::from_millis(300))
-        .on(move |ev: Received<OrderCreated>| {
-            let r = r.clone();
-            async move {
-                if ev.data.order_id == 1 {
-                    // Never finishes.
-                    std::future::pending::<()>().await;
-                }
-                r.record(0, ev.meta.id());
-                Ok::<(), HandlerError>(())
-            }
-        })
+        .on(hangs_on_order_1(rec.clone()))
         .start()
         .await?;
     bus.publish(&order(1)).await?;

@@ -307,7 +307,6 @@ async fn given_a_hung_handler_should_abandon_it_after_the_timeout_free_its_slot_
     let cluster = NatsCluster::start(1).await?;
     let bus = bus_for(&cluster).await?;
     let handled = Recorder::default();
-    let rec = handled.clone();
     // One slot: the second event can only be handled once the hung handling lets go.
     let member = bus
         .group("patient")
@@ -315,17 +314,7 @@ async fn given_a_hung_handler_should_abandon_it_after_the_timeout_free_its_slot_
         .max_deliver(2)
         .backoff([Duration::from_millis(50)])
         .handler_timeout(Duration::from_millis(300))
-        .on(move |ev: Received<OrderCreated>| {
-            let rec = rec.clone();
-            async move {
-                if ev.data.order_id == 1 {
-                    // Never finishes.
-                    std::future::pending::<()>().await;
-                }
-                rec.record(0, ev.meta.id());
-                Ok::<(), HandlerError>(())
-            }
-        })
+        .on(hangs_on_order_1(handled.clone()))
         .start()
         .await?;
     let hung = bus.publish(&order(1)).await?;

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bus_core::BusConfig;
-use bus_sdk::{Bus, EventPayload};
+use bus_sdk::{Bus, EventPayload, HandlerError, Received};
 use bus_tests::NatsCluster;
 use serde::{Deserialize, Serialize};
 
@@ -241,4 +241,24 @@ pub fn nats_headers(pairs: &[(&str, &str)]) -> async_nats::HeaderMap {
         h.insert(*k, *v);
     }
     h
+}
+
+/// A handler that records each order it finishes and never finishes order 1 (for the
+/// handler timeout tests).
+pub fn hangs_on_order_1(
+    rec: Recorder,
+) -> impl Fn(Received<OrderCreated>) -> futures::future::BoxFuture<'static, Result<(), HandlerError>>
++ Send
++ Sync
++ 'static {
+    move |ev: Received<OrderCreated>| {
+        let rec = rec.clone();
+        Box::pin(async move {
+            if ev.data.order_id == 1 {
+                std::future::pending::<()>().await;
+            }
+            rec.record(0, ev.meta.id());
+            Ok(())
+        })
+    }
 }
