@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 use crate::bus::Bus;
 use crate::delivery_info::DeliveryInfo;
 use crate::error::SubscribeError;
-use crate::group::{DEFAULT_HANDLER_TIMEOUT, MAX_HANDLER_TIMEOUT};
+use crate::group::{DEFAULT_HANDLER_TIMEOUT, check_handler_timeout};
 use crate::handler::{ErasedHandler, HandlerError, HandlerMap, Outcome, erase, erase_raw};
 use crate::typed::{EventMeta, EventPayload, Received};
 
@@ -115,10 +115,11 @@ impl BroadcastBuilder {
     }
 
     /// How long one handling may run (default [`DEFAULT_HANDLER_TIMEOUT`], at most
-    /// [`MAX_HANDLER_TIMEOUT`]). Events are handled one at a time, in order: a handler
-    /// still running then is dropped (cancelled at its current `.await`), the event is
-    /// skipped with a warning, as after a handler error, and the next one is handled.
-    /// Without it, a hung handler would stop the subscription for good.
+    /// [`MAX_HANDLER_TIMEOUT`](crate::MAX_HANDLER_TIMEOUT)). Events are handled one at a
+    /// time, in order: a handler still running then is dropped (cancelled at its current
+    /// `.await`), the event is skipped with a warning, as after a handler error, and the
+    /// next one is handled. Without it, a hung handler would stop the subscription for
+    /// good.
     pub fn handler_timeout(mut self, d: Duration) -> Self {
         self.handler_timeout = d;
         self
@@ -136,12 +137,7 @@ impl BroadcastBuilder {
         if self.handlers.is_empty() && self.raw.is_empty() {
             return Err(SubscribeError::NoHandlers);
         }
-        if self.handler_timeout.is_zero() || self.handler_timeout > MAX_HANDLER_TIMEOUT {
-            return Err(SubscribeError::InvalidOption {
-                option: "handler_timeout",
-                reason: "must be above 0 and at most a day".to_owned(),
-            });
-        }
+        check_handler_timeout(self.handler_timeout)?;
         let mut handlers = HandlerMap::new();
         // Several patterns may overlap, which JetStream refuses as filters: then take
         // every event and let the dispatch below pick.

@@ -270,12 +270,7 @@ fn validate(o: &GroupOptions) -> Result<(), SubscribeError> {
     if o.ack_wait < Duration::from_secs(1) {
         return Err(invalid("ack_wait", "must be at least 1s"));
     }
-    if o.handler_timeout.is_zero() || o.handler_timeout > MAX_HANDLER_TIMEOUT {
-        return Err(invalid(
-            "handler_timeout",
-            "must be above 0 and at most a day",
-        ));
-    }
+    check_handler_timeout(o.handler_timeout)?;
     if o.backoff.is_empty() {
         return Err(invalid("backoff", "give at least one delay"));
     }
@@ -283,6 +278,18 @@ fn validate(o: &GroupOptions) -> Result<(), SubscribeError> {
         return Err(invalid(
             "max_ack_pending",
             &format!("must be at least concurrency and at most {MAX_MAX_ACK_PENDING}"),
+        ));
+    }
+    Ok(())
+}
+
+/// A handler timeout is above 0 and at most [`MAX_HANDLER_TIMEOUT`] (groups and
+/// broadcast subscriptions alike).
+pub(crate) fn check_handler_timeout(d: Duration) -> Result<(), SubscribeError> {
+    if d.is_zero() || d > MAX_HANDLER_TIMEOUT {
+        return Err(invalid(
+            "handler_timeout",
+            "must be above 0 and at most a day",
         ));
     }
     Ok(())
