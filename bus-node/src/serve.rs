@@ -39,11 +39,13 @@ pub async fn run(config: NodeConfig, extras: Extras) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     let connector = tokio::spawn(connect(app.clone(), cancel.clone(), extras.log_events));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, http::router(app.clone()))
-        .with_graceful_shutdown(async move {
-            let _ = stop_rx.await;
-        })
-        .into_future();
+    let limits = http::server::ConnectionLimits {
+        max_open: app.config.http.max_open_connections,
+        header_read_timeout: app.config.http.header_read_timeout,
+    };
+    let server = http::server::serve(listener, http::router(app.clone()), limits, async move {
+        let _ = stop_rx.await;
+    });
     let mut server = tokio::spawn(server);
     let died = async move {
         match extras.died {
@@ -56,7 +58,7 @@ pub async fn run(config: NodeConfig, extras: Extras) -> anyhow::Result<()> {
         _ = shutdown_signal() => tracing::info!("shutting down"),
         reason = died => failure = Some(reason),
         result = &mut server => {
-            result.context("the HTTP server task failed")?.context("the HTTP server failed")?;
+            result.context("the HTTP server task failed")?;
             return Ok(());
         }
     }

@@ -4,6 +4,7 @@
 mod deploy_manifests;
 mod harness_selftest;
 mod node_bad_input;
+mod node_connections;
 mod node_ingress;
 mod node_process;
 mod node_support;

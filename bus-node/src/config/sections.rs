@@ -14,6 +14,10 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 /// bodies are held in memory.
 pub const MAX_MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Connections open at once, idle or not; past it new ones wait in the listen backlog.
+pub const DEFAULT_MAX_OPEN_CONNECTIONS: usize = 4096;
+/// How long a client may take to send a request's headers.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest `http.max_connections` accepted (each is a permit of one semaphore).
 pub const MAX_MAX_CONNECTIONS: usize = 1_000_000;
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -123,6 +127,13 @@ pub struct HttpConfig {
     pub max_batch: usize,
     /// Requests served at once; more get `503` at once (never a queue).
     pub max_connections: usize,
+    /// Connections open at once, idle or not; more wait in the listen backlog until one
+    /// closes.
+    pub max_open_connections: usize,
+    /// How long a client may take to send a request's headers; then the connection is
+    /// closed (slow or idle clients cannot hold connections for ever).
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
     /// How long shutdown waits for requests in flight.
@@ -137,6 +148,8 @@ impl Default for HttpConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_batch: DEFAULT_MAX_BATCH,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_open_connections: DEFAULT_MAX_OPEN_CONNECTIONS,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         }
@@ -164,6 +177,13 @@ impl HttpConfig {
                 format!("must be 1 to {MAX_MAX_CONNECTIONS}"),
             ));
         }
+        if !(1..=MAX_MAX_CONNECTIONS).contains(&self.max_open_connections) {
+            return Err(ConfigError::new(
+                "http.max_open_connections",
+                format!("must be 1 to {MAX_MAX_CONNECTIONS}"),
+            ));
+        }
+        nonzero("http.header_read_timeout", self.header_read_timeout)?;
         nonzero("http.request_timeout", self.request_timeout)?;
         nonzero("http.shutdown_grace", self.shutdown_grace)
     }

@@ -6,6 +6,7 @@ pub mod body;
 pub mod events;
 pub mod health;
 pub mod problem;
+pub mod server;
 
 use std::sync::Arc;
 use std::time::Instant;

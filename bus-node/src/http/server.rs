@@ -1,0 +1,95 @@
+//! The accept loop: axum's `serve` without the two gaps that matter for a node open to
+//! third parties. Connections open at once are bounded (`http.max_open_connections`;
+//! past it, new ones are not accepted until one closes and wait in the kernel's listen
+//! backlog), and a request's headers must arrive within `http.header_read_timeout`
+//! (hyper's timeout, which axum's `serve` leaves off), so slow or idle clients cannot hold
+//! connections for ever. Requests themselves are bounded by the router's guard.
+//!
+//! HTTP/1.1 only, as before (axum is built without HTTP/2). On stop, the listener closes,
+//! idle connections close, and those with a request in flight close after its response;
+//! the caller bounds that wait with the shutdown grace.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Bounds on the connections a node holds.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Connections open at once, idle or not.
+    pub max_open: usize,
+    /// How long a client may take to send a request's headers.
+    pub header_read_timeout: Duration,
+}
+
+/// Serves `router` on `listener` until `stop` resolves, then lets open connections
+/// finish (see the module docs); returns once they have.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: ConnectionLimits,
+    stop: impl Future<Output = ()>,
+) {
+    let permits = Arc::new(Semaphore::new(limits.max_open));
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let closing = CancellationToken::new();
+    let connections = TaskTracker::new();
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let permit = tokio::select! {
+            () = &mut stop => break,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break, // never closed
+            },
+        };
+        let stream = tokio::select! {
+            () = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: let some close, then go on.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let service = TowerToHyperService::new(router.clone());
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let closing = closing.clone();
+        connections.spawn(async move {
+            let mut connection = std::pin::pin!(connection);
+            let ended = tokio::select! {
+                ended = connection.as_mut() => ended,
+                () = closing.cancelled() => {
+                    // Finish the request in flight, if any, then close.
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = ended {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    closing.cancel();
+    connections.close();
+    connections.wait().await;
+}

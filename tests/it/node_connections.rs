@@ -1,0 +1,72 @@
+//! The node's connections: a client that does not finish its headers is cut off, and the
+//! connections open at once are bounded (past it, new ones wait until one closes).
+
+use std::time::Duration;
+
+use bus_tests::NatsCluster;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::node_support::*;
+
+/// `host:port` of a node's `http://host:port` URL.
+fn addr(url: &str) -> String {
+    url.trim_start_matches("http://").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_client_that_never_finishes_its_headers_the_node_should_close_the_connection()
+-> anyhow::Result<()> {
+    let cluster = NatsCluster::start(1).await?;
+    let mut env = node_env(&cluster);
+    env.push(("BUS__AUTH__ENABLED".into(), "false".into()));
+    env.push(("BUS__HTTP__HEADER_READ_TIMEOUT".into(), "300ms".into()));
+    let node = start("slow-headers", &env).await?;
+    let mut slow = TcpStream::connect(addr(&node.url())).await?;
+    slow.write_all(b"POST /v1/events HTTP/1.1\r\nHost: x\r\n")
+        .await?;
+    // The node answers (408, or nothing) and closes: reading reaches the end.
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut answer)).await;
+    assert!(
+        read.is_ok(),
+        "the connection was still open after 10 s: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    // The node still serves others.
+    let r = http()?
+        .get(format!("{}/healthz", node.url()))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_the_open_connection_bound_is_reached_a_new_one_should_wait_until_one_closes()
+-> anyhow::Result<()> {
+    let cluster = NatsCluster::start(1).await?;
+    let mut env = node_env(&cluster);
+    env.push(("BUS__AUTH__ENABLED".into(), "false".into()));
+    env.push(("BUS__HTTP__MAX_OPEN_CONNECTIONS".into(), "2".into()));
+    let node = start("two-connections", &env).await?;
+    let first = TcpStream::connect(addr(&node.url())).await?;
+    let _second = TcpStream::connect(addr(&node.url())).await?;
+    // A third client gets no answer while the two stay open...
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()?;
+    let waiting = client.get(format!("{}/healthz", node.url())).send().await;
+    assert!(
+        waiting.as_ref().is_err_and(reqwest::Error::is_timeout),
+        "answered past the bound: {waiting:?}"
+    );
+    // ...and one as soon as one of them closes.
+    drop(first);
+    let r = http()?
+        .get(format!("{}/healthz", node.url()))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    Ok(())
+}
