@@ -3,11 +3,27 @@
 
 use std::time::Duration;
 
-use bus_tests::NatsCluster;
+use bus_tests::{BusNode, NatsCluster};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::node_support::*;
+
+/// An open node on a fresh single server, with one more setting.
+async fn node_with(name: &str, key: &str, value: &str) -> anyhow::Result<(NatsCluster, BusNode)> {
+    let cluster = NatsCluster::start(1).await?;
+    let mut env = node_env(&cluster);
+    env.push(("BUS__AUTH__ENABLED".into(), "false".into()));
+    env.push((key.into(), value.into()));
+    let node = start(name, &env).await?;
+    Ok((cluster, node))
+}
+
+/// The status `/healthz` answers, through a fresh connection.
+async fn healthz(node: &BusNode) -> anyhow::Result<u16> {
+    let url = format!("{}/healthz", node.url());
+    Ok(http()?.get(url).send().await?.status().as_u16())
+}
 
 /// `host:port` of a node's `http://host:port` URL.
 fn addr(url: &str) -> String {
@@ -17,11 +33,8 @@ fn addr(url: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn given_a_client_that_never_finishes_its_headers_the_node_should_close_the_connection()
 -> anyhow::Result<()> {
-    let cluster = NatsCluster::start(1).await?;
-    let mut env = node_env(&cluster);
-    env.push(("BUS__AUTH__ENABLED".into(), "false".into()));
-    env.push(("BUS__HTTP__HEADER_READ_TIMEOUT".into(), "300ms".into()));
-    let node = start("slow-headers", &env).await?;
+    let (_cluster, node) =
+        node_with("slow-headers", "BUS__HTTP__HEADER_READ_TIMEOUT", "300ms").await?;
     let mut slow = TcpStream::connect(addr(&node.url())).await?;
     slow.write_all(b"POST /v1/events HTTP/1.1\r\nHost: x\r\n")
         .await?;
@@ -34,22 +47,15 @@ async fn given_a_client_that_never_finishes_its_headers_the_node_should_close_th
         String::from_utf8_lossy(&answer)
     );
     // The node still serves others.
-    let r = http()?
-        .get(format!("{}/healthz", node.url()))
-        .send()
-        .await?;
-    assert_eq!(r.status(), 200);
+    assert_eq!(healthz(&node).await?, 200);
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn given_the_open_connection_bound_is_reached_a_new_one_should_wait_until_one_closes()
 -> anyhow::Result<()> {
-    let cluster = NatsCluster::start(1).await?;
-    let mut env = node_env(&cluster);
-    env.push(("BUS__AUTH__ENABLED".into(), "false".into()));
-    env.push(("BUS__HTTP__MAX_OPEN_CONNECTIONS".into(), "2".into()));
-    let node = start("two-connections", &env).await?;
+    let (_cluster, node) =
+        node_with("two-connections", "BUS__HTTP__MAX_OPEN_CONNECTIONS", "2").await?;
     let first = TcpStream::connect(addr(&node.url())).await?;
     let _second = TcpStream::connect(addr(&node.url())).await?;
     // A third client gets no answer while the two stay open...
@@ -63,10 +69,6 @@ async fn given_the_open_connection_bound_is_reached_a_new_one_should_wait_until_
     );
     // ...and one as soon as one of them closes.
     drop(first);
-    let r = http()?
-        .get(format!("{}/healthz", node.url()))
-        .send()
-        .await?;
-    assert_eq!(r.status(), 200);
+    assert_eq!(healthz(&node).await?, 200);
     Ok(())
 }
