@@ -4,6 +4,7 @@
 //! that gave up on them (default `bus.redrive`; stored in the events stream).
 
 use crate::event_type::{EventPattern, EventType};
+use crate::group_name::GroupName;
 
 /// Default `subjects.prefix`: where events live.
 pub const DEFAULT_EVENT_PREFIX: &str = "bus.evt";
@@ -62,12 +63,12 @@ impl Subjects {
     }
 
     /// Where a dead letter of `group` is sent back to be handled by that group alone.
-    pub fn redrive(&self, group: &str, event_type: &EventType) -> String {
+    pub fn redrive(&self, group: &GroupName, event_type: &EventType) -> String {
         format!("{}.{}.{}", self.redrive, group, event_type)
     }
 
     /// Everything redriven to `group`: part of that group's consumer filter.
-    pub fn redrive_filter(&self, group: &str) -> String {
+    pub fn redrive_filter(&self, group: &GroupName) -> String {
         format!("{}.{}.>", self.redrive, group)
     }
 
@@ -77,7 +78,7 @@ impl Subjects {
     }
 
     /// Dead letters of one group.
-    pub fn dead_letter(&self, group: &str) -> String {
+    pub fn dead_letter(&self, group: &GroupName) -> String {
         format!("{}.{}", self.dlq, group)
     }
 
@@ -114,11 +115,17 @@ mod tests {
         );
         assert_eq!(s.event_type_of("bus.evtx.a"), None);
         assert_eq!(s.event_type_of("other.a"), None);
-        assert_eq!(s.dead_letter("billing"), "bus.dlq.billing");
+        let billing = GroupName::new("billing").ok();
+        let dlq = billing.as_ref().map(|g| s.dead_letter(g));
+        assert_eq!(dlq.as_deref(), Some("bus.dlq.billing"));
         assert_eq!(s.all_events(), "bus.evt.>");
         let t = EventType::new("a.b").ok();
-        let t = t.as_ref().map(|t| s.redrive("billing", t));
+        let t = t
+            .as_ref()
+            .zip(billing.as_ref())
+            .map(|(t, g)| s.redrive(g, t));
         assert_eq!(t.as_deref(), Some("bus.redrive.billing.a.b"));
-        assert_eq!(s.redrive_filter("billing"), "bus.redrive.billing.>");
+        let filter = billing.as_ref().map(|g| s.redrive_filter(g));
+        assert_eq!(filter.as_deref(), Some("bus.redrive.billing.>"));
     }
 }

@@ -1,13 +1,15 @@
-//! The JetStream streams the bus needs: events and dead letters. `ensure` creates them
-//! or brings them to the configured shape; it is idempotent, and several processes may
-//! run it at the same time (the losers of a create race read and compare instead).
+//! The JetStream streams the bus needs: events, dead letters, and the hand-off bucket
+//! (a key-value bucket where group members note the events they handed back for lack of
+//! a handler). `ensure` creates them or brings them to the configured shape; it is
+//! idempotent, and several processes may run it at the same time (the losers of a create
+//! race read and compare instead).
 
 use std::time::Duration;
 
 use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::context::{CreateStreamErrorKind, GetStreamErrorKind};
 use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType};
-use async_nats::jetstream::{self};
+use async_nats::jetstream::{self, kv};
 
 use crate::retry::{backoff_delay, is_transient_code};
 
@@ -15,6 +17,14 @@ use crate::config::BusConfig;
 
 /// How long `ensure` keeps trying through elections and timeouts.
 pub const DEFAULT_ENSURE_DEADLINE: Duration = Duration::from_secs(30);
+/// How long a hand-off record is kept (it matters only while its event is handed from
+/// member to member).
+pub const HANDOFF_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// The hand-off bucket of the events stream `events_name`: `<events_name>_HANDOFFS`.
+pub fn handoff_bucket(events_name: &str) -> String {
+    format!("{events_name}_HANDOFFS")
+}
 
 /// Why the streams could not be put in place.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +74,8 @@ pub struct Topology {
     pub events: Config,
     /// The dead-letter stream.
     pub dead_letters: Config,
+    /// The hand-off bucket (see [`handoff_bucket`]).
+    pub handoffs: kv::Config,
 }
 
 impl Topology {
@@ -96,9 +108,19 @@ impl Topology {
             duplicate_window: s.duplicate_window,
             ..events.clone()
         };
+        let handoffs = kv::Config {
+            bucket: handoff_bucket(&s.events_name),
+            description: "bus group hand-offs: events handed back for lack of a handler".into(),
+            history: 1,
+            max_age: HANDOFF_MAX_AGE,
+            storage: StorageType::File,
+            num_replicas: s.replicas,
+            ..Default::default()
+        };
         Self {
             events,
             dead_letters,
+            handoffs,
         }
     }
 
@@ -109,7 +131,63 @@ impl Topology {
         deadline: Duration,
     ) -> Result<(), TopologyError> {
         ensure_stream(js, &self.events, deadline).await?;
-        ensure_stream(js, &self.dead_letters, deadline).await
+        ensure_stream(js, &self.dead_letters, deadline).await?;
+        ensure_bucket(js, &self.handoffs, deadline).await
+    }
+}
+
+/// Creates the bucket, or updates it when its replicas or age limit differ, retrying
+/// until `deadline`.
+async fn ensure_bucket(
+    js: &jetstream::Context,
+    wanted: &kv::Config,
+    deadline: Duration,
+) -> Result<(), TopologyError> {
+    let stream = format!("KV_{}", wanted.bucket);
+    let start = tokio::time::Instant::now();
+    let mut attempt = 0u32;
+    loop {
+        let current = match js.get_stream(&stream).await {
+            Ok(s) => Some(s.cached_info().config.clone()),
+            Err(e) => match e.kind() {
+                GetStreamErrorKind::JetStream(err)
+                    if err.error_code() == ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    None
+                }
+                _ => {
+                    if start.elapsed() >= deadline {
+                        return Err(TopologyError::Unavailable {
+                            stream,
+                            waited: start.elapsed(),
+                            last: e.to_string(),
+                        });
+                    }
+                    tokio::time::sleep(backoff_delay(attempt)).await;
+                    attempt += 1;
+                    continue;
+                }
+            },
+        };
+        if current
+            .is_some_and(|c| c.num_replicas == wanted.num_replicas && c.max_age == wanted.max_age)
+        {
+            return Ok(());
+        }
+        match js.create_or_update_key_value(wanted.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(e) if start.elapsed() < deadline => {
+                tracing::debug!(bucket = %wanted.bucket, error = %e, "hand-off bucket not in place yet; retrying");
+                tokio::time::sleep(backoff_delay(attempt)).await;
+                attempt += 1;
+            }
+            Err(e) => {
+                return Err(TopologyError::Refused {
+                    stream,
+                    source: e.into(),
+                });
+            }
+        }
     }
 }
 

@@ -3,7 +3,6 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bus_sdk::Bus;
-use bus_sdk::admin::PresenceTracker;
 use tokio::sync::{OnceCell, Semaphore};
 
 use crate::auth::Auth;
@@ -18,7 +17,6 @@ pub struct App {
     /// Requests served at once (`http.max_connections`); past it, `503` at once.
     pub request_slots: Semaphore,
     bus: OnceCell<Bus>,
-    presence: OnceCell<PresenceTracker>,
     draining: AtomicBool,
 }
 
@@ -29,7 +27,6 @@ impl App {
             metrics: Metrics::new(),
             request_slots: Semaphore::new(config.http.max_connections),
             bus: OnceCell::new(),
-            presence: OnceCell::new(),
             draining: AtomicBool::new(false),
             config,
         }
@@ -44,15 +41,6 @@ impl App {
         if self.bus.set(bus).is_err() {
             tracing::warn!("bus connected twice; keeping the first");
         }
-    }
-
-    /// Group members heard from, once connected.
-    pub fn presence(&self) -> Option<&PresenceTracker> {
-        self.presence.get()
-    }
-
-    pub fn set_presence(&self, tracker: PresenceTracker) {
-        let _ = self.presence.set(tracker);
     }
 
     pub fn start_draining(&self) {

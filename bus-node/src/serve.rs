@@ -95,10 +95,6 @@ async fn connect(app: Arc<App>, cancel: CancellationToken, log_events: bool) {
         match bus {
             Ok(bus) => {
                 tracing::info!(servers = ?app.config.nats.servers, "NATS connected, streams in place");
-                match bus.track_presence().await {
-                    Ok(t) => app.set_presence(t),
-                    Err(e) => tracing::warn!(error = %e, "cannot track group members"),
-                }
                 if log_events {
                     spawn_event_log(&bus, cancel.clone()).await;
                 }

@@ -8,16 +8,19 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::consumer::pull::OrderedConfig;
 use bus_core::retry::backoff_delay;
-use bus_core::{EventPattern, EventType, binary_mode, telemetry};
+use bus_core::{EventPattern, GroupName, telemetry};
 use futures::StreamExt;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::bus::Bus;
-use crate::delivery_info::DeliveryInfo;
 use crate::error::SubscribeError;
-use crate::group::{DEFAULT_HANDLER_TIMEOUT, check_handler_timeout};
-use crate::handler::{ErasedHandler, HandlerError, HandlerMap, Outcome, erase, erase_raw};
+use crate::handler::HandlerError;
+use crate::subscription::{
+    self, DEFAULT_HANDLER_TIMEOUT, Delivery, Handlers, Outcome, Policy, Registration,
+    check_handler_timeout,
+};
 use crate::typed::{EventMeta, EventPayload, Received};
 
 /// Where a broadcast subscription starts.
@@ -48,29 +51,19 @@ pub enum StartAt {
 /// sub.shutdown().await;
 /// # Ok(()) }
 /// ```
+#[derive(Debug)]
 pub struct BroadcastBuilder {
     bus: Bus,
-    handlers: Vec<(&'static str, ErasedHandler)>,
-    raw: Vec<(EventPattern, ErasedHandler)>,
+    handlers: Registration,
     start_at: StartAt,
     handler_timeout: Duration,
-}
-
-impl std::fmt::Debug for BroadcastBuilder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BroadcastBuilder")
-            .field("start_at", &self.start_at)
-            .field("handler_timeout", &self.handler_timeout)
-            .finish_non_exhaustive()
-    }
 }
 
 impl BroadcastBuilder {
     pub(crate) fn new(bus: Bus) -> Self {
         Self {
             bus,
-            handlers: Vec::new(),
-            raw: Vec::new(),
+            handlers: Registration::default(),
             start_at: StartAt::New,
             handler_timeout: DEFAULT_HANDLER_TIMEOUT,
         }
@@ -83,7 +76,7 @@ impl BroadcastBuilder {
         F: Fn(Received<T>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
     {
-        self.handlers.push((T::EVENT_TYPE, erase(handler)));
+        self.handlers.on(handler);
         self
     }
 
@@ -110,7 +103,7 @@ impl BroadcastBuilder {
         F: Fn(EventMeta) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
     {
-        self.raw.push((pattern, erase_raw(handler)));
+        self.handlers.on_any(pattern, handler);
         self
     }
 
@@ -134,32 +127,9 @@ impl BroadcastBuilder {
     /// Creates the subscription's consumer and starts handling events. Fails when no
     /// handler is registered, two handle one type, or JetStream refuses the consumer.
     pub async fn start(self) -> Result<Broadcast, SubscribeError> {
-        if self.handlers.is_empty() && self.raw.is_empty() {
-            return Err(SubscribeError::NoHandlers);
-        }
         check_handler_timeout(self.handler_timeout)?;
-        let mut handlers = HandlerMap::new();
-        // Several patterns may overlap, which JetStream refuses as filters: then take
-        // every event and let the dispatch below pick.
-        let mut filters: Vec<String> = match self.raw.len() {
-            0 => Vec::new(),
-            1 => self
-                .raw
-                .iter()
-                .map(|(p, _)| self.bus.subjects().pattern(p))
-                .collect(),
-            _ => vec![self.bus.subjects().all_events()],
-        };
-        for (name, handler) in self.handlers {
-            let t = EventType::new(name)?;
-            // JetStream refuses overlapping filters: a pattern already covering it is enough.
-            if self.raw.len() < 2 && !self.raw.iter().any(|(p, _)| p.matches(&t)) {
-                filters.push(self.bus.subjects().event(&t));
-            }
-            if handlers.insert(name.to_owned(), handler).is_some() {
-                return Err(SubscribeError::DuplicateHandler(name.to_owned()));
-            }
-        }
+        let handlers = self.handlers.build()?;
+        let filters = handlers.filters(self.bus.subjects());
         let deliver_policy = match self.start_at {
             // Pinned to a sequence now, so a reopen before the first event loses nothing.
             StartAt::New => {
@@ -182,12 +152,9 @@ impl BroadcastBuilder {
             StartAt::All => DeliverPolicy::All,
             StartAt::Sequence(start_sequence) => DeliverPolicy::ByStartSequence { start_sequence },
         };
-        filters.sort();
-        filters.dedup();
         let sub = Subscription {
             bus: self.bus,
             handlers,
-            raw: self.raw,
             filters,
             handler_timeout: self.handler_timeout,
         };
@@ -207,8 +174,7 @@ impl BroadcastBuilder {
 
 struct Subscription {
     bus: Bus,
-    handlers: HandlerMap,
-    raw: Vec<(EventPattern, ErasedHandler)>,
+    handlers: Handlers,
     filters: Vec<String>,
     handler_timeout: Duration,
 }
@@ -279,78 +245,50 @@ impl Subscription {
     }
 
     /// Hands one message to its handler; returns its stream sequence.
-    async fn deliver(&self, mut message: async_nats::jetstream::Message) -> Option<u64> {
-        let info = DeliveryInfo::of(&message).ok()?;
-        let (seq, published) = (info.stream_seq, info.published);
-        // Moved into the handler's `EventMeta`, not copied.
-        let headers = message.message.headers.take();
-        let event = match binary_mode::decode(headers.as_ref(), message.payload.clone()) {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::warn!(seq, error = %e, "broadcast skipped a message that is not a bus event");
-                return Some(seq);
-            }
-        };
-        let handler = self.handlers.get(event.event_type.as_str()).or_else(|| {
-            self.raw
-                .iter()
-                .find(|(p, _)| p.matches(&event.event_type))
-                .map(|(_, h)| h)
-        });
-        let Some(handler) = handler else {
-            return Some(seq);
-        };
-        let meta = EventMeta {
-            event,
-            attempt: 1,
-            stream_seq: seq,
-            published,
-            headers: std::sync::Arc::new(headers.unwrap_or_default()),
-            group: None,
-        };
-        let (mut span, hop) = telemetry::HopSpan::for_hop(
-            || telemetry::context_from_event(&meta.event),
-            |producer| {
-                telemetry::HopSpan::process(
-                    message.subject.as_str(),
-                    None,
-                    &meta.event.id,
-                    1,
-                    producer,
-                )
-            },
-        );
-        let work = handler(meta);
-        let run = async {
-            match hop {
-                Some(cx) => telemetry::within_hop(cx, work).await,
-                None => work.await,
-            }
-        };
-        let Ok(outcome) = tokio::time::timeout(self.handler_timeout, run).await else {
-            span.record_error("timeout");
-            drop(span);
-            tracing::warn!(
-                seq,
-                timeout = ?self.handler_timeout,
-                "broadcast handler did not finish in time; the event is skipped"
-            );
-            return Some(seq);
-        };
-        match &outcome {
-            Outcome::Handled => {}
-            Outcome::Failed(_) => span.record_error("handler_error"),
-            Outcome::Undecodable(_) => span.record_error("undecodable"),
-        }
-        drop(span);
+    async fn deliver(&self, message: async_nats::jetstream::Message) -> Option<u64> {
+        let delivery = Delivery::read(message, Instant::now()).ok()?;
+        let seq = delivery.stream_seq;
+        subscription::handle(self, delivery).await;
+        Some(seq)
+    }
+}
+
+/// A broadcast subscription acknowledges nothing: whatever the outcome, it moves on.
+impl Policy for Subscription {
+    fn group(&self) -> Option<&GroupName> {
+        None
+    }
+
+    fn handlers(&self) -> &Handlers {
+        &self.handlers
+    }
+
+    fn handler_timeout(&self) -> Duration {
+        self.handler_timeout
+    }
+
+    fn progress_every(&self) -> Option<Duration> {
+        None
+    }
+
+    async fn before_dispatch(&self, _delivery: &mut Delivery) -> Option<Outcome> {
+        None
+    }
+
+    async fn settle(&self, delivery: Delivery, outcome: Outcome, _span: &mut telemetry::HopSpan) {
+        let seq = delivery.stream_seq;
         match outcome {
-            Outcome::Handled => {}
-            Outcome::Failed(e) => tracing::warn!(seq, error = %e, "broadcast handler failed"),
+            Outcome::Handled | Outcome::NoHandler(_) => {}
+            Outcome::TimedOut(timeout) => tracing::warn!(
+                seq,
+                ?timeout,
+                "broadcast handler did not finish in time; the event is skipped"
+            ),
             Outcome::Undecodable(reason) => {
                 tracing::warn!(seq, %reason, "broadcast skipped an event")
             }
+            failed => tracing::warn!(seq, error = %failed, "broadcast handler failed"),
         }
-        Some(seq)
     }
 }
 

@@ -1,6 +1,6 @@
 //! Error kinds of the SDK. Tests and callers match on kinds, not on message text.
 
-use bus_core::{ConfigError, EncodeError, EventTypeError, TopologyError};
+use bus_core::{ConfigError, EncodeError, EventTypeError, GroupNameError, TopologyError};
 
 /// `Bus::connect` failed.
 #[derive(Debug, thiserror::Error)]
@@ -83,9 +83,9 @@ pub enum SubscribeError {
     /// A handler's payload type has an invalid `EVENT_TYPE`.
     #[error("invalid event type: {0}")]
     InvalidEventType(#[from] EventTypeError),
-    /// The group name is not 1 to 64 ASCII letters, digits, `-` and `_`; holds the name.
-    #[error("invalid group name {0:?}: use letters, digits, '-' and '_'")]
-    InvalidGroupName(String),
+    /// The group name is not 1 to 64 ASCII letters, digits, `-` and `_`.
+    #[error("invalid group name: {0}")]
+    InvalidGroupName(#[from] GroupNameError),
     /// `start` was called without a handler.
     #[error("a group needs at least one handler")]
     NoHandlers,
@@ -100,6 +100,10 @@ pub enum SubscribeError {
         /// What it must be.
         reason: String,
     },
+    /// The member could not join the group's members in the NATS Services API (the
+    /// connection did not answer in time); holds why.
+    #[error("cannot announce the member: {0}")]
+    Presence(String),
     /// JetStream refused to create the consumer, or did not answer in time; holds its
     /// message.
     #[error("JetStream refused the consumer: {0}")]

@@ -1,11 +1,12 @@
-//! Handlers, type-erased so that one group can dispatch several event types.
+//! Handlers and their errors; handlers are type-erased so that one subscription can
+//! dispatch several event types.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use crate::subscription::Outcome;
 use crate::typed::{EventMeta, EventPayload, Received};
 
 /// A handler's failure. Any error converts into one with `?` and is retried with
@@ -63,22 +64,10 @@ impl fmt::Display for HandlerError {
     }
 }
 
-/// How one delivery ended, before it is settled with JetStream.
-#[derive(Debug)]
-pub(crate) enum Outcome {
-    Handled,
-    Failed(HandlerError),
-    /// Not a usable event (envelope or data unreadable, no handler): dead-letter at once.
-    Undecodable(String),
-}
-
 pub(crate) type BoxFuture = Pin<Box<dyn Future<Output = Outcome> + Send>>;
 
 /// A handler with its payload type erased.
 pub(crate) type ErasedHandler = Arc<dyn Fn(EventMeta) -> BoxFuture + Send + Sync>;
-
-/// Handlers of one group or subscription, by event type.
-pub(crate) type HandlerMap = HashMap<String, ErasedHandler>;
 
 pub(crate) fn erase<T, F, Fut>(handler: F) -> ErasedHandler
 where

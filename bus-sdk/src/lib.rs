@@ -4,8 +4,7 @@
 //! letters.
 //!
 //! ```no_run
-//! use bus_sdk::{Bus, EventPayload, Received, HandlerError};
-//! use bus_core::BusConfig;
+//! use bus_sdk::{Bus, BusConfig, EventPayload, Received, HandlerError};
 //! use serde::{Deserialize, Serialize};
 //!
 //! #[derive(Serialize, Deserialize)]
@@ -33,13 +32,14 @@ pub mod admin;
 mod broadcast;
 mod bus;
 mod connect;
-mod dead_letter;
-mod delivery_info;
+pub mod dead_letter;
 mod error;
 mod group;
 mod handler;
+pub mod presence;
 mod publish;
 mod send_deadline;
+mod subscription;
 mod typed;
 
 pub use broadcast::{Broadcast, BroadcastBuilder, StartAt};
@@ -47,12 +47,22 @@ pub use bus::{Bus, BusBuilder};
 pub use dead_letter::DeadLetter;
 pub use error::{ConnectError, PublishError, PublishErrorKind, SubscribeError};
 pub use group::{
-    DEFAULT_ACK_WAIT, DEFAULT_BACKOFF, DEFAULT_CONCURRENCY, DEFAULT_HANDLER_TIMEOUT,
-    DEFAULT_MAX_ACK_PENDING, DEFAULT_MAX_DELIVER, DEFAULT_SHUTDOWN_GRACE, Group, GroupBuilder,
-    MAX_CONCURRENCY, MAX_HANDLER_TIMEOUT, MAX_MAX_ACK_PENDING,
+    DEFAULT_ACK_WAIT, DEFAULT_BACKOFF, DEFAULT_CONCURRENCY, DEFAULT_MAX_ACK_PENDING,
+    DEFAULT_MAX_DELIVER, DEFAULT_NO_HANDLER_GRACE, DEFAULT_SHUTDOWN_GRACE, Group, GroupBuilder,
+    MAX_CONCURRENCY, MAX_MAX_ACK_PENDING, MAX_NO_HANDLER_GRACE, NO_HANDLER_DELAY,
 };
 pub use handler::HandlerError;
+pub use presence::Member;
 pub use publish::{DEFAULT_PUBLISH_WINDOW, PublishReceipt};
+pub use subscription::{DEFAULT_HANDLER_TIMEOUT, MAX_HANDLER_TIMEOUT};
 pub use typed::{EventMeta, EventPayload, Received};
 
+// What the API exposes, so that a service needs this one crate and its versions cannot
+// drift from the SDK's.
+pub use async_nats;
 pub use bus_core;
+pub use bus_core::{
+    BusConfig, Event, EventBuilder, EventPattern, EventType, EventTypeError, GroupName,
+    GroupNameError,
+};
+pub use opentelemetry;

@@ -25,6 +25,7 @@ pub const DEFAULT_PUBLISH_WINDOW: usize = 256;
 
 /// Proof that JetStream stored an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PublishReceipt {
     /// The event's id.
     pub id: String,
@@ -156,7 +157,7 @@ impl Publisher {
     ) -> Result<PublishReceipt, PublishError> {
         let start = tokio::time::Instant::now();
         let sent = self.send_first(event).await;
-        self.settle(start, sent).await
+        self.await_pub_ack(start, sent).await
     }
 
     /// Publishes `events` with at most `window` awaiting their PubAck; results come back
@@ -179,7 +180,7 @@ impl Publisher {
             }
             let start = tokio::time::Instant::now();
             let sent = self.send_first(event).await;
-            in_flight.push_back(self.settle(start, sent));
+            in_flight.push_back(self.await_pub_ack(start, sent));
         }
         while let Some(result) = in_flight.next().await {
             results.push(result);
@@ -199,7 +200,7 @@ impl Publisher {
 
     /// Waits for the PubAck of a sent event; if it does not come, retries (rare, boxed so
     /// that the futures of a window stay small) until `start` + the deadline.
-    async fn settle(
+    async fn await_pub_ack(
         &self,
         start: tokio::time::Instant,
         sent: Sent<'_>,

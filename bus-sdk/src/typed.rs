@@ -31,6 +31,7 @@ pub trait EventPayload: Serialize + DeserializeOwned + Send + Sync + 'static {
 
 /// Everything about a delivery except the data.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct EventMeta {
     /// The event envelope; `event.data` holds the raw bytes.
     pub event: Event,
@@ -47,6 +48,27 @@ pub struct EventMeta {
 }
 
 impl EventMeta {
+    /// The metadata of a first delivery of `event`, stored now, outside any group: for
+    /// calling a handler in a unit test.
+    ///
+    /// ```
+    /// use bus_sdk::{EventMeta, EventType, Event};
+    /// let event = Event::builder(EventType::new("shop.order.created")?, "/tests").build();
+    /// let meta = EventMeta::new(event);
+    /// assert_eq!(meta.attempt, 1);
+    /// # Ok::<(), bus_sdk::EventTypeError>(())
+    /// ```
+    pub fn new(event: Event) -> Self {
+        Self {
+            event,
+            attempt: 1,
+            stream_seq: 0,
+            published: OffsetDateTime::now_utc(),
+            headers: Arc::default(),
+            group: None,
+        }
+    }
+
     /// The event's id.
     pub fn id(&self) -> &str {
         &self.event.id
@@ -54,10 +76,27 @@ impl EventMeta {
 }
 
 /// A decoded event handed to a handler.
+///
+/// ```
+/// # use bus_sdk::{EventMeta, EventType, Event, Received};
+/// // A handler's input in a unit test:
+/// let event = Event::builder(EventType::new("shop.order.created")?, "/tests").build();
+/// let received = Received::new(42_u64, EventMeta::new(event));
+/// assert_eq!(received.data, 42);
+/// # Ok::<(), bus_sdk::EventTypeError>(())
+/// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Received<T> {
     /// The payload, deserialized from the event's JSON data.
     pub data: T,
     /// Everything else about the delivery.
     pub meta: EventMeta,
+}
+
+impl<T> Received<T> {
+    /// A received event of `data` with `meta`.
+    pub fn new(data: T, meta: EventMeta) -> Self {
+        Self { data, meta }
+    }
 }

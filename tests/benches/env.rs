@@ -138,11 +138,12 @@ impl Env {
     }
 
     /// The consumer the bus creates for group [`GROUP`] handling [`BenchEvent`] with
-    /// default options (bus-sdk `group/mod.rs`, `consumer_config`): same filters, acks,
+    /// default options (bus-sdk `group/consumer.rs`, `config`): same filters, acks,
     /// deadlines and limits, so that the server does the same work for both sides.
     pub fn consumer_config(&self) -> Result<pull::Config> {
         let subjects = self.config().subjects();
-        let mut filters = vec![self.subject()?, subjects.redrive_filter(GROUP)];
+        let group = bus_core::GroupName::new(GROUP)?;
+        let mut filters = vec![self.subject()?, subjects.redrive_filter(&group)];
         filters.sort();
         Ok(pull::Config {
             durable_name: Some(GROUP.to_owned()),

@@ -14,6 +14,8 @@ mod sdk_failover;
 mod sdk_fetch;
 mod sdk_groups;
 mod sdk_interop;
+mod sdk_presence;
+mod sdk_rolling_deploy;
 mod server_trace;
 mod support;
 mod traces;

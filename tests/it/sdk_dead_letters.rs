@@ -8,13 +8,18 @@ use bus_tests::NatsCluster;
 
 use crate::support::*;
 
+/// A group name the test knows to be valid.
+fn group_name(name: &str) -> bus_core::GroupName {
+    bus_core::GroupName::new(name).unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// Reads the dead letters of `group`, waiting until `n` are there.
 async fn dead_letters(
     bus: &bus_sdk::Bus,
     group: &str,
     n: usize,
 ) -> anyhow::Result<Vec<DeadLetter>> {
-    let subject = bus.subjects().dead_letter(group);
+    let subject = bus.subjects().dead_letter(&group_name(group));
     let start = Instant::now();
     loop {
         // On a cluster that has just started, the stream's info request can time out while
@@ -80,7 +85,7 @@ async fn given_a_failing_handler_should_retry_with_backoff_then_dead_letter_with
     let letters = dead_letters(&bus, "payments", 1).await?;
     assert_eq!(letters.len(), 1);
     let letter = &letters[0];
-    assert_eq!(letter.group, "payments");
+    assert_eq!(letter.group.as_str(), "payments");
     assert_eq!(letter.attempts, 3);
     assert_eq!(letter.stream_seq, receipt.seq);
     assert_eq!(letter.event_id.as_deref(), Some(receipt.id.as_str()));
@@ -236,10 +241,13 @@ async fn given_dead_letters_when_redriven_should_be_handled_again_by_their_group
     let second = bus.publish_event(&traced).await?;
     let listed = dead_letters(&bus, "fragile", 2).await?;
     assert_eq!(listed.len(), 2);
-    let stored = bus.dead_letters(Some("fragile"), 0, 10).await?.letters;
+    let stored = bus
+        .dead_letters(Some(&group_name("fragile")), 0, 10)
+        .await?
+        .letters;
     assert_eq!(stored.len(), 2);
     assert!(
-        bus.dead_letters(Some("bystander"), 0, 10)
+        bus.dead_letters(Some(&group_name("bystander")), 0, 10)
             .await?
             .letters
             .is_empty()
@@ -263,7 +271,11 @@ async fn given_dead_letters_when_redriven_should_be_handled_again_by_their_group
         letter.letter.headers.get("tracestate").map(|v| v.as_str()),
         Some("vendor=1")
     );
-    assert_eq!(bus.redrive_group("fragile", Some(&only_second)).await?, 1);
+    assert_eq!(
+        bus.redrive_group(&group_name("fragile"), Some(&only_second))
+            .await?,
+        1
+    );
     let stream = bus.jetstream().get_stream("BUS_EVENTS").await?;
     let redriven = stream
         .get_last_raw_message_by_subject("bus.redrive.fragile.shop.order.created")
@@ -278,17 +290,20 @@ async fn given_dead_letters_when_redriven_should_be_handled_again_by_their_group
     })
     .await?;
     assert_eq!(handled.counts().get(&second.id), Some(&1));
-    let left = bus.dead_letters(Some("fragile"), 0, 10).await?.letters;
+    let left = bus
+        .dead_letters(Some(&group_name("fragile")), 0, 10)
+        .await?
+        .letters;
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].letter.event_id.as_deref(), Some(first.id.as_str()));
 
-    assert_eq!(bus.redrive_group("fragile", None).await?, 1);
+    assert_eq!(bus.redrive_group(&group_name("fragile"), None).await?, 1);
     wait_until("both handled", Duration::from_secs(10), || {
         handled.distinct() == 2
     })
     .await?;
     assert!(
-        bus.dead_letters(Some("fragile"), 0, 10)
+        bus.dead_letters(Some(&group_name("fragile")), 0, 10)
             .await?
             .letters
             .is_empty()
@@ -371,7 +386,7 @@ async fn given_messages_that_are_not_dead_letters_the_listing_should_skip_them_p
 -> anyhow::Result<()> {
     let cluster = NatsCluster::start(1).await?;
     let bus = bus_for(&cluster).await?;
-    let subject = bus.subjects().dead_letter("junky");
+    let subject = bus.subjects().dead_letter(&group_name("junky"));
     let js = bus.jetstream();
     for i in 0..10 {
         js.publish(subject.clone(), format!("junk {i}").into())
@@ -395,16 +410,18 @@ async fn given_messages_that_are_not_dead_letters_the_listing_should_skip_them_p
         .await?;
 
     // Two letters per page: at most eight messages looked at, all junk here.
-    let first = bus.dead_letters(Some("junky"), 0, 2).await?;
+    let first = bus.dead_letters(Some(&group_name("junky")), 0, 2).await?;
     assert!(first.letters.is_empty());
     assert_eq!(
         first.examined,
-        2 * bus_sdk::admin::DEAD_LETTER_SCAN_PER_LETTER
+        2 * bus_sdk::dead_letter::DEAD_LETTER_SCAN_PER_LETTER
     );
     let after = first
         .next_after
         .ok_or_else(|| anyhow::anyhow!("a short page must say where to go on"))?;
-    let second = bus.dead_letters(Some("junky"), after, 2).await?;
+    let second = bus
+        .dead_letters(Some(&group_name("junky")), after, 2)
+        .await?;
     let ids: Vec<Option<&str>> = second
         .letters
         .iter()
@@ -416,7 +433,11 @@ async fn given_messages_that_are_not_dead_letters_the_listing_should_skip_them_p
         "two more junk messages, then the letter"
     );
     let last = bus
-        .dead_letters(Some("junky"), second.next_after.unwrap_or(u64::MAX), 2)
+        .dead_letters(
+            Some(&group_name("junky")),
+            second.next_after.unwrap_or(u64::MAX),
+            2,
+        )
         .await?;
     assert!(last.letters.is_empty());
     assert_eq!(last.next_after, None, "the end of the listing");

@@ -323,33 +323,3 @@ async fn given_a_handler_that_panics_should_redeliver_its_event_and_keep_handlin
     assert!(member.shutdown().await);
     Ok(())
 }
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn given_an_oversized_presence_announcement_the_tracker_should_ignore_it()
--> anyhow::Result<()> {
-    let cluster = NatsCluster::start(1).await?;
-    let bus = bus_for(&cluster).await?;
-    let tracker = bus.track_presence().await?;
-    let subject = format!("_BUS_PRESENCE.{}.billing", bus.config().streams.events_name);
-    let announce = |member: &str, host: String| {
-        serde_json::json!({"member": member, "group": "billing", "host": host, "pid": 1})
-            .to_string()
-    };
-    let big = announce("big", "h".repeat(bus_sdk::admin::MAX_ANNOUNCEMENT_BYTES));
-    let small = announce("small", "host-1".into());
-    // In this order on one connection: once the second is seen, the first was read.
-    bus.client().publish(subject.clone(), big.into()).await?;
-    bus.client().publish(subject, small.into()).await?;
-    bus.client().flush().await?;
-    wait_until("the small announcement", Duration::from_secs(10), || {
-        !tracker.members("billing").is_empty()
-    })
-    .await?;
-    let members: Vec<String> = tracker
-        .members("billing")
-        .into_iter()
-        .map(|m| m.member)
-        .collect();
-    assert_eq!(members, ["small"]);
-    Ok(())
-}

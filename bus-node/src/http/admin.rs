@@ -7,8 +7,10 @@ use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
+use bus_core::GroupName;
 use bus_sdk::Bus;
-use bus_sdk::admin::{AdminError, MAX_DEAD_LETTER_PAGE};
+use bus_sdk::admin::AdminError;
+use bus_sdk::dead_letter::MAX_DEAD_LETTER_PAGE;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -27,10 +29,12 @@ fn admin_bus<'a>(app: &'a App, headers: &HeaderMap) -> Result<&'a Bus, Problem> 
 }
 
 fn admin_problem(e: AdminError) -> Problem {
-    match e {
-        AdminError::InvalidGroup(_) => Problem::bad_request("invalid-group", e.to_string()),
-        other => Problem::unavailable(other.to_string(), 1),
-    }
+    Problem::unavailable(e.to_string(), 1)
+}
+
+/// A group name from a request: 400 `invalid-group` naming what is wrong.
+fn group_name(name: String) -> Result<GroupName, Problem> {
+    GroupName::new(name).map_err(|e| Problem::bad_request("invalid-group", e.to_string()))
 }
 
 pub async fn list_groups(
@@ -39,15 +43,22 @@ pub async fn list_groups(
 ) -> Result<Json<Value>, Problem> {
     let bus = admin_bus(&app, &headers)?;
     let groups = bus.groups().await.map_err(admin_problem)?;
+    // One Services API query for every group's members; a group whose members cannot be
+    // asked is still listed, without them.
+    let members = match bus.members(None).await {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot ask for group members");
+            Vec::new()
+        }
+    };
     let groups: Vec<Value> = groups
         .into_iter()
         .map(|g| {
-            let members = app
-                .presence()
-                .map(|p| p.members(&g.name))
-                .unwrap_or_default();
+            let of_group: Vec<&bus_sdk::Member> =
+                members.iter().filter(|m| m.group == g.name).collect();
             let mut v = serde_json::to_value(&g).unwrap_or(Value::Null);
-            v["members"] = serde_json::to_value(members).unwrap_or(Value::Null);
+            v["members"] = serde_json::to_value(of_group).unwrap_or(Value::Null);
             v
         })
         .collect();
@@ -81,8 +92,9 @@ pub async fn list_dead_letters(
         .limit
         .unwrap_or(DEFAULT_DLQ_PAGE)
         .clamp(1, MAX_DEAD_LETTER_PAGE);
+    let group = q.group.map(group_name).transpose()?;
     let page = bus
-        .dead_letters(q.group.as_deref(), q.after, limit)
+        .dead_letters(group.as_ref(), q.after, limit)
         .await
         .map_err(admin_problem)?;
     let next_after = page.next_after;
@@ -145,12 +157,13 @@ pub async fn redrive(
             ));
         }
     };
+    let group = group_name(req.group)?;
     let n = bus
-        .redrive_group(&req.group, ids.as_deref())
+        .redrive_group(&group, ids.as_deref())
         .await
         .map_err(admin_problem)?;
     Ok((
         StatusCode::OK,
-        Json(json!({ "group": req.group, "redriven": n })),
+        Json(json!({ "group": group, "redriven": n })),
     ))
 }

@@ -9,24 +9,21 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::Consumer;
-use async_nats::jetstream::consumer::pull;
-use async_nats::jetstream::stream::{ConsumerError, ConsumerErrorKind};
 use async_nats::jetstream::{AckKind, Message};
-use bus_core::retry::{backoff_delay, is_transient_code};
+use bus_core::GroupName;
+use bus_core::retry::backoff_delay;
 use futures::FutureExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::GroupOptions;
 use super::puller::{PullError, Puller};
 use super::runners::{Job, Runners};
-use super::settle;
+use super::{GroupOptions, consumer, settle};
 use crate::bus::Bus;
-use crate::handler::HandlerMap;
 use crate::send_deadline;
+use crate::subscription::Handlers;
 
 /// How often the server proves a waiting pull is alive; two missed and the pulls are
 /// asked for again.
@@ -36,55 +33,20 @@ const PULL_EXPIRES: Duration = Duration::from_secs(10);
 /// The JetStream API subject prefix (no domain).
 const JS_API_PREFIX: &str = "$JS.API";
 
+/// What every part of a member reads.
 pub(crate) struct Shared {
     pub bus: Bus,
+    pub name: GroupName,
     pub options: GroupOptions,
-    pub handlers: HandlerMap,
-    pub consumer_config: pull::Config,
-}
-
-/// Creates the durable consumer or updates it to this member's configuration.
-pub(crate) async fn ensure_consumer(
-    shared: &Shared,
-) -> Result<Consumer<pull::Config>, ConsumerError> {
-    let stream = &shared.bus.config().streams.events_name;
-    shared
-        .bus
-        .jetstream()
-        .create_consumer_on_stream(shared.consumer_config.clone(), stream)
-        .await
-}
-
-/// [`ensure_consumer`], retrying timeouts and elections until `deadline`.
-pub(crate) async fn ensure_consumer_patiently(
-    shared: &Shared,
-    deadline: Duration,
-) -> Result<Consumer<pull::Config>, ConsumerError> {
-    let start = tokio::time::Instant::now();
-    let mut attempt = 0u32;
-    loop {
-        match ensure_consumer(shared).await {
-            Ok(c) => return Ok(c),
-            Err(e) if is_transient(&e) && start.elapsed() < deadline => {
-                tracing::debug!(group = %shared.options.name, error = %e, "consumer not in place yet; retrying");
-                tokio::time::sleep(backoff_delay(attempt)).await;
-                attempt += 1;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-fn is_transient(e: &ConsumerError) -> bool {
-    match e.kind() {
-        ConsumerErrorKind::TimedOut | ConsumerErrorKind::Request => true,
-        ConsumerErrorKind::JetStream(err) => is_transient_code(err.error_code()),
-        _ => false,
-    }
+    pub handlers: Handlers,
+    /// This member's subject filters (the consumer's may be wider).
+    pub filters: Vec<String>,
+    /// The hand-off bucket (`None`: not there, and the bus may not create it).
+    pub handoffs: Option<async_nats::jetstream::kv::Store>,
 }
 
 pub(crate) async fn run(shared: Arc<Shared>, cancel: CancellationToken, tracker: TaskTracker) {
-    let group = shared.options.name.clone();
+    let group = shared.name.clone();
     // One set of slots for the member's life: handlers still running from before a
     // re-open keep theirs.
     let slots = Arc::new(Semaphore::new(shared.options.concurrency));
@@ -281,7 +243,7 @@ async fn back_off(cancel: &CancellationToken, failures: u32) -> bool {
 
 async fn open(shared: &Shared) -> Result<Puller, async_nats::Error> {
     // Re-creating on every (re)open also brings back a consumer deleted while we were away.
-    let consumer = ensure_consumer(shared).await?;
+    let consumer = consumer::ensure(shared).await?;
     let info = consumer.cached_info();
     let puller = Puller::open(
         shared.bus.jetstream(),

@@ -3,8 +3,9 @@
 //! goes to one member at a time; unacknowledged events go to another member after the
 //! ack deadline; failures are retried with backoff and end as dead letters.
 
+mod consumer;
+mod handoff;
 mod member;
-pub(crate) mod presence;
 mod puller;
 mod runners;
 mod settle;
@@ -13,14 +14,15 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
-use bus_core::EventType;
+use bus_core::{GroupName, GroupNameError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::bus::Bus;
 use crate::error::SubscribeError;
-use crate::handler::{HandlerError, HandlerMap, erase};
+use crate::handler::HandlerError;
+use crate::presence;
+use crate::subscription::{DEFAULT_HANDLER_TIMEOUT, Registration, check_handler_timeout};
 use crate::typed::{EventPayload, Received};
 
 /// Handlers running at once in one member.
@@ -40,25 +42,26 @@ pub const DEFAULT_BACKOFF: [Duration; 4] = [
     Duration::from_secs(30),
     Duration::from_secs(120),
 ];
+/// How long an event of a type no member of the group has a handler for is handed from
+/// member to member before it is dead-lettered (see [`GroupBuilder::no_handler_grace`]).
+pub const DEFAULT_NO_HANDLER_GRACE: Duration = Duration::from_secs(300);
+/// Longest `no_handler_grace` a member accepts: a day.
+pub const MAX_NO_HANDLER_GRACE: Duration = Duration::from_secs(24 * 3600);
+pub use handoff::NO_HANDLER_DELAY;
 /// How long `start` keeps trying to put the consumer in place through elections.
 pub const START_DEADLINE: Duration = Duration::from_secs(30);
 /// How long `Group::shutdown` waits for running handlers.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
-/// How long one handling may run before it is abandoned and counted as a failure.
-pub const DEFAULT_HANDLER_TIMEOUT: Duration = Duration::from_secs(300);
 /// Largest `concurrency` a member accepts (each handler slot is a permit and a queue
 /// place; far more than one process can run usefully).
 pub const MAX_CONCURRENCY: usize = 65_536;
 /// Largest `max_ack_pending` a group accepts (JetStream takes it as a signed number; a
 /// larger `usize` would wrap to "unlimited").
 pub const MAX_MAX_ACK_PENDING: usize = 10_000_000;
-/// Longest `handler_timeout` a member accepts: a day.
-pub const MAX_HANDLER_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// Settings of a group member; see [`GroupBuilder`].
 #[derive(Debug, Clone)]
 pub(crate) struct GroupOptions {
-    pub name: String,
     pub concurrency: usize,
     pub max_deliver: u32,
     pub ack_wait: Duration,
@@ -67,12 +70,12 @@ pub(crate) struct GroupOptions {
     pub shutdown_grace: Duration,
     pub handler_timeout: Duration,
     pub deliver_new_only: bool,
+    pub no_handler_grace: Duration,
 }
 
 impl GroupOptions {
-    fn with_defaults(name: String) -> Self {
+    fn with_defaults() -> Self {
         Self {
-            name,
             concurrency: DEFAULT_CONCURRENCY,
             max_deliver: DEFAULT_MAX_DELIVER,
             ack_wait: DEFAULT_ACK_WAIT,
@@ -81,6 +84,7 @@ impl GroupOptions {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             handler_timeout: DEFAULT_HANDLER_TIMEOUT,
             deliver_new_only: false,
+            no_handler_grace: DEFAULT_NO_HANDLER_GRACE,
         }
     }
 
@@ -111,42 +115,35 @@ impl GroupOptions {
 /// member.shutdown().await;
 /// # Ok(()) }
 /// ```
+#[derive(Debug)]
 pub struct GroupBuilder {
     bus: Bus,
+    name: Result<GroupName, GroupNameError>,
     options: GroupOptions,
-    handlers: Vec<(&'static str, crate::handler::ErasedHandler)>,
-}
-
-impl std::fmt::Debug for GroupBuilder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GroupBuilder")
-            .field("options", &self.options)
-            .field(
-                "types",
-                &self.handlers.iter().map(|h| h.0).collect::<Vec<_>>(),
-            )
-            .finish()
-    }
+    handlers: Registration,
 }
 
 impl GroupBuilder {
     pub(crate) fn new(bus: Bus, name: String) -> Self {
         Self {
             bus,
-            options: GroupOptions::with_defaults(name),
-            handlers: Vec::new(),
+            name: GroupName::new(name),
+            options: GroupOptions::with_defaults(),
+            handlers: Registration::default(),
         }
     }
 
-    /// Handles events of type `T`. Every member of a group should register the same types:
-    /// they share one consumer whose filter is the last started member's.
+    /// Handles events of type `T`. Members of one group may register different types
+    /// (during a rolling deploy, say): the group's consumer takes the union of every
+    /// member's types, and an event reaching a member without its handler is handed back
+    /// for one that has it (see "Rolling deploys" in the README).
     pub fn on<T, F, Fut>(mut self, handler: F) -> Self
     where
         T: EventPayload,
         F: Fn(Received<T>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
     {
-        self.handlers.push((T::EVENT_TYPE, erase(handler)));
+        self.handlers.on(handler);
         self
     }
 
@@ -191,14 +188,26 @@ impl GroupBuilder {
         self
     }
 
-    /// How long one handling may run (default [`DEFAULT_HANDLER_TIMEOUT`]). A handler
+    /// How long one handling may run (default
+    /// [`DEFAULT_HANDLER_TIMEOUT`](crate::DEFAULT_HANDLER_TIMEOUT)). A handler
     /// still running then is dropped (cancelled at its current `.await`) and the delivery
     /// counts as failed: redelivered after the backoff, or dead-lettered after
     /// `max_deliver` attempts. Without it, a hung handler would hold its slot for ever,
     /// its in-progress acks keeping the event from every other member. At most
-    /// [`MAX_HANDLER_TIMEOUT`].
+    /// [`MAX_HANDLER_TIMEOUT`](crate::MAX_HANDLER_TIMEOUT).
     pub fn handler_timeout(mut self, d: Duration) -> Self {
         self.options.handler_timeout = d;
+        self
+    }
+
+    /// How long an event whose type no member has a handler for is handed back to the
+    /// group (every [`NO_HANDLER_DELAY`]) before it is dead-lettered as "no handler"
+    /// (default [`DEFAULT_NO_HANDLER_GRACE`]; 1 s to a day). Members of one group may
+    /// handle different types during a rolling deploy: an event reaching a member without
+    /// its handler is handed back for one that has it, and hand-backs do not count as
+    /// attempts. Handed-back events count against `max_ack_pending` while they wait.
+    pub fn no_handler_grace(mut self, d: Duration) -> Self {
+        self.options.no_handler_grace = d;
         self
     }
 
@@ -209,55 +218,45 @@ impl GroupBuilder {
         self
     }
 
-    /// Creates or updates the group's consumer and starts this member.
+    /// Creates the group's consumer, or widens its filter to take this member's event
+    /// types too, and starts this member.
     pub async fn start(self) -> Result<Group, SubscribeError> {
+        let name = self.name?;
         validate(&self.options)?;
-        if self.handlers.is_empty() {
-            return Err(SubscribeError::NoHandlers);
-        }
-        let mut handlers = HandlerMap::new();
-        let mut filters = Vec::new();
-        for (name, handler) in self.handlers {
-            let t = EventType::new(name)?;
-            filters.push(self.bus.subjects().event(&t));
-            if handlers.insert(name.to_owned(), handler).is_some() {
-                return Err(SubscribeError::DuplicateHandler(name.to_owned()));
-            }
-        }
-        // Dead letters redriven to this group come back on its own subject.
-        filters.push(self.bus.subjects().redrive_filter(&self.options.name));
-        let consumer_config = consumer_config(&self.options, filters);
+        let handlers = self.handlers.build()?;
+        let filters = consumer::filters(&self.bus, &name, &handlers);
+        let handoffs = handoff::bucket(&self.bus).await;
         let shared = Arc::new(member::Shared {
             bus: self.bus,
+            name,
             options: self.options,
             handlers,
-            consumer_config,
+            filters,
+            handoffs,
         });
-        // Create it now so that a refused configuration is reported to the caller.
-        member::ensure_consumer_patiently(&shared, START_DEADLINE)
+        // Now, so that a refused configuration is reported to the caller.
+        consumer::ensure_patiently(&shared, START_DEADLINE)
             .await
             .map_err(|e| SubscribeError::Consumer(e.to_string()))?;
+        let presence = presence::announce(&shared.bus, &shared.name, shared.handlers.types())
+            .await
+            .map_err(SubscribeError::Presence)?;
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
         tracker.spawn(member::run(shared.clone(), cancel.clone(), tracker.clone()));
-        tracker.spawn(presence::announce(
-            shared.bus.clone(),
-            shared.options.name.clone(),
-            uuid::Uuid::now_v7().to_string(),
-            cancel.clone(),
-        ));
+        tracker.spawn(consumer::keep_widened(shared.clone(), cancel.clone()));
         Ok(Group {
-            name: shared.options.name.clone(),
+            name: shared.name.clone(),
             grace: shared.options.shutdown_grace,
             cancel,
             tracker,
+            presence: Some(presence),
         })
     }
 }
 
 /// Refuses options a member cannot run with, naming the option.
 fn validate(o: &GroupOptions) -> Result<(), SubscribeError> {
-    check_name(&o.name)?;
     if !(1..=MAX_CONCURRENCY).contains(&o.concurrency) {
         return Err(invalid(
             "concurrency",
@@ -271,6 +270,9 @@ fn validate(o: &GroupOptions) -> Result<(), SubscribeError> {
         return Err(invalid("ack_wait", "must be at least 1s"));
     }
     check_handler_timeout(o.handler_timeout)?;
+    if o.no_handler_grace < Duration::from_secs(1) || o.no_handler_grace > MAX_NO_HANDLER_GRACE {
+        return Err(invalid("no_handler_grace", "must be 1s to a day"));
+    }
     if o.backoff.is_empty() {
         return Err(invalid("backoff", "give at least one delay"));
     }
@@ -283,18 +285,6 @@ fn validate(o: &GroupOptions) -> Result<(), SubscribeError> {
     Ok(())
 }
 
-/// A handler timeout is above 0 and at most [`MAX_HANDLER_TIMEOUT`] (groups and
-/// broadcast subscriptions alike).
-pub(crate) fn check_handler_timeout(d: Duration) -> Result<(), SubscribeError> {
-    if d.is_zero() || d > MAX_HANDLER_TIMEOUT {
-        return Err(invalid(
-            "handler_timeout",
-            "must be above 0 and at most a day",
-        ));
-    }
-    Ok(())
-}
-
 fn invalid(option: &'static str, reason: &str) -> SubscribeError {
     SubscribeError::InvalidOption {
         option,
@@ -302,66 +292,31 @@ fn invalid(option: &'static str, reason: &str) -> SubscribeError {
     }
 }
 
-pub(crate) fn check_name(name: &str) -> Result<(), SubscribeError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    if ok {
-        Ok(())
-    } else {
-        Err(SubscribeError::InvalidGroupName(name.to_owned()))
-    }
-}
-
-fn consumer_config(o: &GroupOptions, mut filters: Vec<String>) -> pull::Config {
-    filters.sort();
-    let (filter_subject, filter_subjects) = if filters.len() == 1 {
-        (filters.remove(0), Vec::new())
-    } else {
-        (String::new(), filters)
-    };
-    pull::Config {
-        durable_name: Some(o.name.clone()),
-        description: Some(format!("bus consumer group {}", o.name)),
-        ack_policy: AckPolicy::Explicit,
-        ack_wait: o.ack_wait,
-        // Unlimited on the server: the member dead-letters after `max_deliver` itself, so an
-        // event whose last attempt died with its member is still dead-lettered, not dropped.
-        max_deliver: -1,
-        max_ack_pending: o.max_ack_pending as i64,
-        deliver_policy: if o.deliver_new_only {
-            DeliverPolicy::New
-        } else {
-            DeliverPolicy::All
-        },
-        filter_subject,
-        filter_subjects,
-        ..Default::default()
-    }
-}
-
 /// A running group member. Dropping it stops fetching at once; [`Group::shutdown`] also
 /// waits for running handlers to settle.
 #[derive(Debug)]
 pub struct Group {
-    name: String,
+    name: GroupName,
     grace: Duration,
     cancel: CancellationToken,
     tracker: TaskTracker,
+    presence: Option<presence::Presence>,
 }
 
 impl Group {
     /// The group's name.
-    pub fn name(&self) -> &str {
+    pub fn name(&self) -> &GroupName {
         &self.name
     }
 
     /// Stops fetching, hands undelivered prefetched events back, and waits up to the
     /// shutdown grace for running handlers to finish and settle. Returns whether all did;
     /// the events of those that did not are redelivered after the ack deadline.
-    pub async fn shutdown(self) -> bool {
+    pub async fn shutdown(mut self) -> bool {
+        // Gone from the group's members first: no one counts on it any more.
+        if let Some(presence) = self.presence.take() {
+            presence.stop().await;
+        }
         self.cancel.cancel();
         self.tracker.close();
         let done = tokio::time::timeout(self.grace, self.tracker.wait())
@@ -383,9 +338,10 @@ impl Drop for Group {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::subscription::MAX_HANDLER_TIMEOUT;
 
     fn refused(change: impl FnOnce(&mut GroupOptions)) -> Option<&'static str> {
-        let mut o = GroupOptions::with_defaults("billing".into());
+        let mut o = GroupOptions::with_defaults();
         change(&mut o);
         match validate(&o) {
             Err(SubscribeError::InvalidOption { option, .. }) => Some(option),

@@ -1,9 +1,18 @@
 //! Dead letters: events a group gave up on, kept in the dead-letter stream with their
 //! payload and headers as received plus `bus-dlq-*` headers (reason, group, attempts,
-//! where the event was stored).
+//! where the event was stored). Stored here and read back here; listed and redriven in
+//! [`listing`].
+
+pub mod listing;
+
+pub use listing::{
+    DEAD_LETTER_SCAN_PER_LETTER, DeadLetterPage, MAX_DEAD_LETTER_PAGE, MAX_DEAD_LETTER_PAGE_BYTES,
+    MAX_REDRIVE_SCAN, StoredDeadLetter,
+};
 
 use async_nats::HeaderMap;
 use async_nats::header::HeaderValue;
+use bus_core::GroupName;
 use bus_core::headers::*;
 use bytes::Bytes;
 use std::str::FromStr;
@@ -15,9 +24,10 @@ use crate::publish::Publisher;
 
 /// A dead letter as read back from the dead-letter stream.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct DeadLetter {
     /// The consumer group that gave up on the event.
-    pub group: String,
+    pub group: GroupName,
     /// Why it gave up: the handler's error, why the event could not be decoded, or that
     /// deliveries were never settled.
     pub reason: String,
@@ -42,7 +52,7 @@ impl DeadLetter {
     pub fn parse(headers: &HeaderMap, payload: Bytes) -> Option<Self> {
         let get = |name: &str| get_ignore_case(headers, name).map(str::to_owned);
         Some(Self {
-            group: get(DLQ_GROUP)?,
+            group: GroupName::new(get(DLQ_GROUP)?).ok()?,
             reason: get(DLQ_REASON)?,
             attempts: get(DLQ_ATTEMPTS)?.parse().ok()?,
             stream: get(DLQ_STREAM)?,
@@ -57,7 +67,7 @@ impl DeadLetter {
 
 /// Where a delivery came from, for the dead letter's headers.
 pub(crate) struct Origin<'a> {
-    pub group: &'a str,
+    pub group: &'a GroupName,
     pub stream: &'a str,
     pub stream_seq: u64,
     pub subject: &'a str,
@@ -84,7 +94,7 @@ pub(crate) async fn store(
     let fields = [
         (NATS_MSG_ID, dedup_id.clone()),
         (DLQ_REASON, sanitize(reason)),
-        (DLQ_GROUP, origin.group.to_owned()),
+        (DLQ_GROUP, origin.group.to_string()),
         (DLQ_ATTEMPTS, origin.attempts.to_string()),
         (DLQ_STREAM, origin.stream.to_owned()),
         (DLQ_STREAM_SEQ, origin.stream_seq.to_string()),
