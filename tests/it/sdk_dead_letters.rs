@@ -401,24 +401,63 @@ async fn given_messages_that_are_not_dead_letters_the_listing_should_skip_them_p
         first.examined,
         2 * bus_sdk::admin::DEAD_LETTER_SCAN_PER_LETTER
     );
-    let after = first
-        .next_after
-        .ok_or_else(|| anyhow::anyhow!("a short page must say where to go on"))?;
-    let second = bus.dead_letters(Some("junky"), after, 2).await?;
-    let ids: Vec<Option<&str>> = second
+    assert_eq!(
+        first.next_after,
+        Some(8),
+        "a short page must say where to go on"
+    );
+    let second = bus.dead_letters(Some("junky"), 8, 2).await?;
+    let ids: Vec<(u64, Option<&str>)> = second
         .letters
         .iter()
-        .map(|l| l.letter.event_id.as_deref())
+        .map(|l| (l.seq, l.letter.event_id.as_deref()))
         .collect();
-    assert_eq!(ids, [Some("e-1")]);
+    assert_eq!(ids, [(11, Some("e-1"))]);
     assert_eq!(
         second.examined, 3,
         "two more junk messages, then the letter"
     );
-    let last = bus
-        .dead_letters(Some("junky"), second.next_after.unwrap_or(u64::MAX), 2)
-        .await?;
-    assert!(last.letters.is_empty());
+    // The letter was the last message: the page says so, and the page after it is empty
+    // and ends the listing.
+    assert_eq!(
+        second.next_after,
+        Some(11),
+        "the second page ends at the letter"
+    );
+    let last = bus.dead_letters(Some("junky"), 11, 2).await?;
+    assert!(last.letters.is_empty(), "{:?}", last.letters);
+    assert_eq!(last.examined, 0);
     assert_eq!(last.next_after, None, "the end of the listing");
+
+    // Paging from the start as a client would, until `next_after` is `None`: the listing
+    // ends, after three pages, having shown exactly the one letter.
+    let mut after = 0;
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        pages += 1;
+        anyhow::ensure!(
+            pages <= 10,
+            "the listing did not end: {seen:?}, after {after}"
+        );
+        let page = bus.dead_letters(Some("junky"), after, 2).await?;
+        seen.extend(
+            page.letters
+                .iter()
+                .map(|l| (l.seq, l.letter.event_id.clone())),
+        );
+        match page.next_after {
+            Some(next) => {
+                anyhow::ensure!(next > after, "page after {after} went back to {next}");
+                after = next;
+            }
+            None => break,
+        }
+    }
+    assert_eq!(seen, [(11, Some("e-1".to_owned()))]);
+    assert_eq!(
+        pages, 3,
+        "8 junk messages, then 2 and the letter, then the end"
+    );
     Ok(())
 }
