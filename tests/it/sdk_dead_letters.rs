@@ -8,45 +8,69 @@ use bus_tests::NatsCluster;
 
 use crate::support::*;
 
-/// Reads the dead letters of `group`, waiting until `n` are there.
+/// Reads the dead letters of `group`, waiting until at least `n` are there; an error
+/// naming what was there if they are not within 30 s.
 async fn dead_letters(
     bus: &bus_sdk::Bus,
     group: &str,
     n: usize,
 ) -> anyhow::Result<Vec<DeadLetter>> {
+    use async_nats::jetstream::stream::RawMessageErrorKind;
+    const DEADLINE: Duration = Duration::from_secs(30);
     let subject = bus.subjects().dead_letter(group);
     let start = Instant::now();
     loop {
-        // On a cluster that has just started, the stream's info request can time out while
-        // its leader is elected: ask again until the deadline, as for the messages.
-        let stream = match bus
-            .jetstream()
-            .get_stream(&bus.config().streams.dlq_name)
-            .await
-        {
-            Ok(s) => s,
-            Err(e) if start.elapsed() < Duration::from_secs(30) => {
-                eprintln!("dead-letter stream not readable yet: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
+        // On a cluster that has just started, a JetStream request can time out while the
+        // stream's leader is elected: that is "not read yet", not "no dead letters".
+        let scanned: anyhow::Result<Vec<_>> = async {
+            let stream = bus
+                .jetstream()
+                .get_stream(&bus.config().streams.dlq_name)
+                .await?;
+            let mut messages = Vec::new();
+            let mut seq = 1;
+            loop {
+                let m = match stream.get_first_raw_message_by_subject(&subject, seq).await {
+                    Ok(m) => m,
+                    Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => break,
+                    Err(e) => return Err(e.into()),
+                };
+                seq = m.sequence + 1;
+                messages.push(m);
             }
-            Err(e) => return Err(e.into()),
-        };
-        let mut letters = Vec::new();
-        let mut seq = 1;
-        while let Ok(m) = stream.get_raw_message(seq).await {
-            seq += 1;
-            if m.subject.as_str() != subject {
-                continue;
-            }
-            let headers = m.headers.clone();
-            let letter = DeadLetter::parse(&headers, m.payload.clone()).ok_or_else(|| {
-                anyhow::anyhow!("message {} lacks dead-letter headers", m.sequence)
-            })?;
-            letters.push(letter);
+            Ok(messages)
         }
-        if letters.len() >= n || start.elapsed() > Duration::from_secs(30) {
-            return Ok(letters);
+        .await;
+        // A message there that is not a dead letter is wrong at once, not "not yet".
+        let scanned = match scanned {
+            Ok(messages) => Ok(messages
+                .into_iter()
+                .map(|m| {
+                    DeadLetter::parse(&m.headers, m.payload.clone()).ok_or_else(|| {
+                        anyhow::anyhow!("message {} lacks dead-letter headers", m.sequence)
+                    })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?),
+            Err(e) => Err(e),
+        };
+        let seen = match scanned {
+            Ok(letters) if letters.len() >= n => return Ok(letters),
+            Ok(letters) => {
+                let brief: Vec<_> = letters
+                    .iter()
+                    .map(|l| (l.event_id.as_deref(), l.attempts, l.reason.as_str()))
+                    .collect();
+                format!(
+                    "{} dead letters (id, attempts, reason): {brief:?}",
+                    letters.len()
+                )
+            }
+            Err(e) => format!("dead letters not readable: {e:#}"),
+        };
+        if start.elapsed() > DEADLINE {
+            anyhow::bail!(
+                "{n} dead letters of {group} wanted within {DEADLINE:?}; last seen {seen}"
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
