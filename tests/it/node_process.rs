@@ -389,18 +389,32 @@ async fn given_dead_letters_the_admin_api_should_list_groups_and_dead_letters_an
     let receipt = bus.publish(&order(1)).await?;
     let client = http()?;
     let dlq_url = format!("{}/v1/dlq?group=billing", node.url());
-    let mut listed = Value::Null;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while tokio::time::Instant::now() < deadline {
-        listed = client.get(&dlq_url).send().await?.json().await?;
-        if listed["dead_letters"]
-            .as_array()
-            .is_some_and(|a| !a.is_empty())
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let listed = poll_until(
+        "the dead letter to be listed",
+        Duration::from_secs(20),
+        || {
+            let (client, url) = (client.clone(), dlq_url.clone());
+            async move {
+                let listed = match client.get(&url).send().await {
+                    Ok(r) => r.json::<Value>().await,
+                    Err(e) => Err(e),
+                };
+                Ok(match listed {
+                    Ok(l) if l["dead_letters"].as_array().is_some_and(|a| !a.is_empty()) => {
+                        Probe::Ready(l)
+                    }
+                    Ok(l) => Probe::NotYet(l.to_string()),
+                    Err(e) => Probe::NotYet(e.to_string()),
+                })
+            }
+        },
+    )
+    .await?;
+    assert_eq!(
+        listed["dead_letters"].as_array().map(Vec::len),
+        Some(1),
+        "{listed}"
+    );
     let letter = &listed["dead_letters"][0];
     assert_eq!(letter["event_id"], receipt.id.as_str(), "{listed}");
     assert_eq!(letter["group"], "billing");
