@@ -1,6 +1,8 @@
 //! Every kind of bad input gets its status and a problem+json body, and nothing is
 //! stored; no input hurts the node.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bus_tests::NatsCluster;
@@ -253,20 +255,60 @@ async fn given_bad_inputs_should_answer_each_with_its_status_and_problem_json_an
         "{body}"
     );
 
-    // A 50 MiB body (no Content-Length) is refused without reading it all.
-    let chunk = bytes::Bytes::from(vec![b'x'; 1024 * 1024]);
-    let stream =
-        futures::stream::iter((0..50).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
-    let r = client
-        .post(format!("{}/v1/events", node.url()))
-        .header("content-type", "application/cloudevents+json")
-        .header("authorization", format!("Bearer {PUBLISHER}"))
-        .body(reqwest::Body::wrap_stream(stream))
-        .send()
-        .await;
-    if let Ok(r) = r {
-        assert_eq!(r.status(), 413);
-    } // the node may also close the connection mid-upload; both are a refusal
+    // A 50 MiB body (no Content-Length) is refused without reading it all. The node
+    // answers 413 once the body passes the bound and closes the connection; the reset of
+    // the upload still under way can reach the client before the answer does. So each
+    // upload ends in the 413 or in a failed upload, and either way the node must be up,
+    // have answered exactly that request with 413, stored nothing, and not have taken
+    // the whole body (a crashed or hung node, or one reading everything, fails here).
+    // Sent again (a bounded number of times) while the client does not get to read the
+    // answer, as `send_until_answered` does for bodies that can be resent.
+    let refused_413 = r#"bus_http_requests_total{method="POST",route="/v1/events",status="413"}"#;
+    let stored_before = stream_messages(&bus, "BUS_EVENTS").await?;
+    let mut cut_off = Vec::new();
+    for attempt in 1..=5 {
+        let refused_before = counter(&metrics_text(&client, &node).await?, refused_413)?;
+        let (sent, pulled) = upload_50_mib(&client, &node.url()).await;
+        assert_eq!(
+            client
+                .get(format!("{}/healthz", node.url()))
+                .send()
+                .await?
+                .status(),
+            200,
+            "the node is up after 50 MiB upload {attempt}"
+        );
+        assert_eq!(
+            counter(&metrics_text(&client, &node).await?, refused_413)?,
+            refused_before + 1,
+            "the node answered 50 MiB upload {attempt} with 413 (the client saw {sent:?})"
+        );
+        assert_eq!(
+            stream_messages(&bus, "BUS_EVENTS").await?,
+            stored_before,
+            "50 MiB upload {attempt} stored something"
+        );
+        assert!(
+            pulled < UPLOAD_CHUNKS,
+            "the whole of 50 MiB upload {attempt} was taken ({pulled} MiB of {UPLOAD_CHUNKS})"
+        );
+        match sent {
+            Ok(r) => {
+                assert_eq!(r.status(), 413, "50 MiB upload {attempt}");
+                assert_eq!(
+                    r.headers()
+                        .get("content-type")
+                        .and_then(|v| v.to_str().ok()),
+                    Some("application/problem+json")
+                );
+                break;
+            }
+            Err(e) => cut_off.push(e.to_string()),
+        }
+    }
+    if !cut_off.is_empty() {
+        eprintln!("50 MiB uploads cut off before their 413 was read: {cut_off:?}");
+    }
 
     // A redrive body over http.max_body_bytes (1 MiB here; axum's own bound is 2 MiB) is
     // refused for its size, not read and parsed.
@@ -360,6 +402,46 @@ async fn send_until_answered(
         }
     }
     Err(last.map_or_else(|| anyhow::anyhow!("never sent"), anyhow::Error::from))
+}
+
+/// 1 MiB chunks in [`upload_50_mib`].
+const UPLOAD_CHUNKS: usize = 50;
+
+/// POSTs 50 MiB of `x` to `/v1/events` in 1 MiB chunks, with no Content-Length; gives
+/// what the client got and how many chunks the upload took from its stream.
+async fn upload_50_mib(
+    client: &reqwest::Client,
+    base: &str,
+) -> (reqwest::Result<reqwest::Response>, usize) {
+    let pulled = Arc::new(AtomicUsize::new(0));
+    let chunk = bytes::Bytes::from(vec![b'x'; 1024 * 1024]);
+    let stream = futures::stream::iter((0..UPLOAD_CHUNKS).map({
+        let pulled = pulled.clone();
+        move |_| {
+            pulled.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, std::io::Error>(chunk.clone())
+        }
+    }));
+    let sent = client
+        .post(format!("{base}/v1/events"))
+        .header("content-type", "application/cloudevents+json")
+        .header("authorization", format!("Bearer {PUBLISHER}"))
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await;
+    (sent, pulled.load(Ordering::SeqCst))
+}
+
+/// The value of one series (`name{labels}`, as the node writes it) in a metrics text; 0
+/// when it is not there yet.
+fn counter(metrics: &str, series: &str) -> anyhow::Result<u64> {
+    match metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+    {
+        Some(value) => Ok(value.trim().parse()?),
+        None => Ok(0),
+    }
 }
 
 async fn post_with(

@@ -7,11 +7,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bus_sdk::{HandlerError, Received};
-use bus_tests::{BusNode, NatsCluster, node_binary};
+use bus_tests::{BusNode, NatsCluster, Probe, node_binary, poll_until};
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::node_support::*;
-use crate::support::{OrderCreated, Recorder, bus_for, order, wait_until};
+use crate::support::{OrderCreated, Recorder, bus_for, order, stream_messages, wait_until};
 
 fn bus_node(env: &[(&str, &str)], args: &[&str]) -> anyhow::Result<std::process::Output> {
     let mut cmd = Command::new(node_binary()?);
@@ -174,36 +176,189 @@ async fn given_dev_mode_should_run_its_own_nats_show_a_posted_event_and_stop_cle
     Ok(())
 }
 
+/// A POST of one structured event whose body is held back: the head goes out with
+/// `Expect: 100-continue`, and the node's `100 Continue` shows that it has read the head
+/// and its handler is reading the body, so the request is in flight until `finish`.
+struct HeldRequest {
+    id: String,
+    stream: TcpStream,
+    body: Vec<u8>,
+}
+
+impl HeldRequest {
+    async fn open(addr: &str, id: &str) -> anyhow::Result<Self> {
+        let body = ce(id, "shop.a", json!({"held": id}))
+            .to_string()
+            .into_bytes();
+        let mut stream = TcpStream::connect(addr).await?;
+        let head = format!(
+            "POST /v1/events HTTP/1.1\r\nHost: {addr}\r\n\
+             Content-Type: application/cloudevents+json\r\n\
+             Content-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await?;
+        let interim = tokio::time::timeout(Duration::from_secs(10), read_head(&mut stream))
+            .await
+            .map_err(|_| anyhow::anyhow!("{id}: no 100 Continue within 10 s"))??;
+        anyhow::ensure!(
+            interim.head.starts_with("HTTP/1.1 100 ") && interim.rest.is_empty(),
+            "{id}: wanted 100 Continue, got {interim:?}"
+        );
+        Ok(Self {
+            id: id.to_owned(),
+            stream,
+            body,
+        })
+    }
+
+    /// Sends the body and reads the whole answer: its status and JSON body. An error if
+    /// the connection ends (or is reset) before the answer is whole: a cut-off request.
+    async fn finish(mut self) -> anyhow::Result<(u16, Value)> {
+        let id = self.id.clone();
+        let exchange = async {
+            self.stream.write_all(&self.body).await?;
+            let answer = read_head(&mut self.stream).await?;
+            let status: u16 = answer
+                .head
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| anyhow::anyhow!("no status in {:?}", answer.head))?;
+            let length: usize = answer
+                .head
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse().ok())?
+                })
+                .ok_or_else(|| anyhow::anyhow!("no Content-Length in {:?}", answer.head))?;
+            let mut body = answer.rest;
+            while body.len() < length {
+                let mut buf = [0u8; 4096];
+                let n = self.stream.read(&mut buf).await?;
+                anyhow::ensure!(n > 0, "the connection ended inside the answer's body");
+                body.extend_from_slice(&buf[..n]);
+            }
+            anyhow::Ok((status, serde_json::from_slice(&body[..length])?))
+        };
+        tokio::time::timeout(Duration::from_secs(10), exchange)
+            .await
+            .map_err(|_| anyhow::anyhow!("{id}: no answer within 10 s"))?
+            .map_err(|e| e.context(format!("{id} was cut off")))
+    }
+}
+
+/// An HTTP/1.1 message head, and what came after it in the same reads.
+#[derive(Debug)]
+struct Head {
+    head: String,
+    rest: Vec<u8>,
+}
+
+async fn read_head(stream: &mut TcpStream) -> anyhow::Result<Head> {
+    let mut got = Vec::new();
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Ok(Head {
+                head: String::from_utf8_lossy(&got[..end]).into_owned(),
+                rest: got[end + 4..].to_vec(),
+            });
+        }
+        let mut buf = [0u8; 1024];
+        let n = stream.read(&mut buf).await?;
+        anyhow::ensure!(
+            n > 0,
+            "the connection ended before a whole head: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn given_sigterm_during_requests_should_fail_readiness_finish_them_and_exit_0()
 -> anyhow::Result<()> {
+    const HELD: usize = 3;
+    const GRACE: Duration = Duration::from_secs(10);
     let cluster = NatsCluster::start(1).await?;
-    let mut node = open_node(&cluster, "draining").await?;
-    let client = http()?;
-    let base = node.url();
-    // Keep requests flowing while the node is told to stop.
-    let poster = tokio::spawn({
-        let client = client.clone();
-        async move {
-            let mut statuses = Vec::new();
-            for i in 0..200 {
-                match post_event(&client, &base, &ce(&format!("d-{i}"), "shop.a", json!(i))).await {
-                    Ok(r) => statuses.push(r.status().as_u16()),
-                    Err(_) => break, // the listener closed
-                }
+    let mut env = node_env(&cluster);
+    env.push(("BUS__AUTH__ENABLED".into(), "false".into()));
+    env.push(("BUS__HTTP__SHUTDOWN_GRACE".into(), "10s".into()));
+    let mut node = start("draining", &env).await?;
+    let addr = node.url().trim_start_matches("http://").to_owned();
+    // Requests in flight when the signal comes: each handler is reading its body.
+    let mut held = Vec::new();
+    for i in 0..HELD {
+        held.push(HeldRequest::open(&addr, &format!("held-{i}")).await?);
+    }
+
+    node.terminate()?;
+    let signalled = tokio::time::Instant::now();
+    // Readiness goes: `/readyz` stops answering 200. The node closes its listener as it
+    // starts draining, so a probe is refused, or answered 503 if it got in before.
+    let probes = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    let readyz = format!("{}/readyz", node.url());
+    let not_ready = poll_until(
+        "readiness to fail after SIGTERM",
+        // Well within the grace, after which the node would close anyway.
+        GRACE / 2,
+        || {
+            let (probes, readyz) = (probes.clone(), readyz.clone());
+            async move {
+                Ok(match probes.get(&readyz).send().await {
+                    Ok(r) if r.status() == 200 => Probe::NotYet("200".into()),
+                    Ok(r) => Probe::Ready(format!("answered {}", r.status())),
+                    Err(e) => Probe::Ready(format!("refused ({e})")),
+                })
             }
-            statuses
-        }
-    });
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let status = node.stop().await?;
-    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", node.log());
-    let statuses = poster.await?;
-    assert!(!statuses.is_empty());
+        },
+    )
+    .await?;
+    eprintln!("after SIGTERM, /readyz: {not_ready}");
+    // Draining: the requests in flight finish, each stored (202, with its PubAck).
+    let mut acks = Vec::new();
+    for request in held {
+        let id = request.id.clone();
+        let (status, ack) = request.finish().await?;
+        assert_eq!(
+            status, 202,
+            "{id}, finished after readiness {not_ready}: {ack}"
+        );
+        assert_eq!(ack["id"], id.as_str(), "{ack}");
+        assert_eq!(ack["stream"], "BUS_EVENTS", "{ack}");
+        assert_eq!(ack["duplicate"], false, "{ack}");
+        let seq = ack["seq"]
+            .as_u64()
+            .ok_or_else(|| anyhow::anyhow!("no seq: {ack}"))?;
+        acks.push((id, seq));
+    }
+    // Then the process ends by itself, with 0, within the grace.
+    let status = node.wait_exit(GRACE).await?;
+    let took = signalled.elapsed();
+    assert_eq!(status.code(), Some(0), "{status}: {}", node.log());
+    assert!(took < GRACE, "exited {took:?} after SIGTERM");
+    let log = node.log();
+    assert!(log.contains("shutting down"), "{log}");
     assert!(
-        statuses.iter().all(|s| *s == 202),
-        "every answered request completed: {statuses:?}"
+        !log.contains("cutting them off"),
+        "requests were cut off: {log}"
     );
+    // What the answers said was stored is there.
+    let bus = bus_for(&cluster).await?;
+    assert_eq!(stream_messages(&bus, "BUS_EVENTS").await?, HELD as u64);
+    let stream = bus.jetstream().get_stream("BUS_EVENTS").await?;
+    for (id, seq) in acks {
+        let m = stream.get_raw_message(seq).await?;
+        assert_eq!(
+            m.headers.get("ce-id").map(|v| v.as_str()),
+            Some(id.as_str())
+        );
+    }
     Ok(())
 }
 
@@ -234,18 +389,32 @@ async fn given_dead_letters_the_admin_api_should_list_groups_and_dead_letters_an
     let receipt = bus.publish(&order(1)).await?;
     let client = http()?;
     let dlq_url = format!("{}/v1/dlq?group=billing", node.url());
-    let mut listed = Value::Null;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while tokio::time::Instant::now() < deadline {
-        listed = client.get(&dlq_url).send().await?.json().await?;
-        if listed["dead_letters"]
-            .as_array()
-            .is_some_and(|a| !a.is_empty())
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let listed = poll_until(
+        "the dead letter to be listed",
+        Duration::from_secs(20),
+        || {
+            let (client, url) = (client.clone(), dlq_url.clone());
+            async move {
+                let listed = match client.get(&url).send().await {
+                    Ok(r) => r.json::<Value>().await,
+                    Err(e) => Err(e),
+                };
+                Ok(match listed {
+                    Ok(l) if l["dead_letters"].as_array().is_some_and(|a| !a.is_empty()) => {
+                        Probe::Ready(l)
+                    }
+                    Ok(l) => Probe::NotYet(l.to_string()),
+                    Err(e) => Probe::NotYet(e.to_string()),
+                })
+            }
+        },
+    )
+    .await?;
+    assert_eq!(
+        listed["dead_letters"].as_array().map(Vec::len),
+        Some(1),
+        "{listed}"
+    );
     let letter = &listed["dead_letters"][0];
     assert_eq!(letter["event_id"], receipt.id.as_str(), "{listed}");
     assert_eq!(letter["group"], "billing");

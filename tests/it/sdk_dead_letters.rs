@@ -13,45 +13,69 @@ fn group_name(name: &str) -> bus_core::GroupName {
     bus_core::GroupName::new(name).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Reads the dead letters of `group`, waiting until `n` are there.
+/// Reads the dead letters of `group`, waiting until at least `n` are there; an error
+/// naming what was there if they are not within 30 s.
 async fn dead_letters(
     bus: &bus_sdk::Bus,
     group: &str,
     n: usize,
 ) -> anyhow::Result<Vec<DeadLetter>> {
+    use async_nats::jetstream::stream::RawMessageErrorKind;
+    const DEADLINE: Duration = Duration::from_secs(30);
     let subject = bus.subjects().dead_letter(&group_name(group));
     let start = Instant::now();
     loop {
-        // On a cluster that has just started, the stream's info request can time out while
-        // its leader is elected: ask again until the deadline, as for the messages.
-        let stream = match bus
-            .jetstream()
-            .get_stream(&bus.config().streams.dlq_name)
-            .await
-        {
-            Ok(s) => s,
-            Err(e) if start.elapsed() < Duration::from_secs(30) => {
-                eprintln!("dead-letter stream not readable yet: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
+        // On a cluster that has just started, a JetStream request can time out while the
+        // stream's leader is elected: that is "not read yet", not "no dead letters".
+        let scanned: anyhow::Result<Vec<_>> = async {
+            let stream = bus
+                .jetstream()
+                .get_stream(&bus.config().streams.dlq_name)
+                .await?;
+            let mut messages = Vec::new();
+            let mut seq = 1;
+            loop {
+                let m = match stream.get_first_raw_message_by_subject(&subject, seq).await {
+                    Ok(m) => m,
+                    Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => break,
+                    Err(e) => return Err(e.into()),
+                };
+                seq = m.sequence + 1;
+                messages.push(m);
             }
-            Err(e) => return Err(e.into()),
-        };
-        let mut letters = Vec::new();
-        let mut seq = 1;
-        while let Ok(m) = stream.get_raw_message(seq).await {
-            seq += 1;
-            if m.subject.as_str() != subject {
-                continue;
-            }
-            let headers = m.headers.clone();
-            let letter = DeadLetter::parse(&headers, m.payload.clone()).ok_or_else(|| {
-                anyhow::anyhow!("message {} lacks dead-letter headers", m.sequence)
-            })?;
-            letters.push(letter);
+            Ok(messages)
         }
-        if letters.len() >= n || start.elapsed() > Duration::from_secs(30) {
-            return Ok(letters);
+        .await;
+        // A message there that is not a dead letter is wrong at once, not "not yet".
+        let scanned = match scanned {
+            Ok(messages) => Ok(messages
+                .into_iter()
+                .map(|m| {
+                    DeadLetter::parse(&m.headers, m.payload.clone()).ok_or_else(|| {
+                        anyhow::anyhow!("message {} lacks dead-letter headers", m.sequence)
+                    })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?),
+            Err(e) => Err(e),
+        };
+        let seen = match scanned {
+            Ok(letters) if letters.len() >= n => return Ok(letters),
+            Ok(letters) => {
+                let brief: Vec<_> = letters
+                    .iter()
+                    .map(|l| (l.event_id.as_deref(), l.attempts, l.reason.as_str()))
+                    .collect();
+                format!(
+                    "{} dead letters (id, attempts, reason): {brief:?}",
+                    letters.len()
+                )
+            }
+            Err(e) => format!("dead letters not readable: {e:#}"),
+        };
+        if start.elapsed() > DEADLINE {
+            anyhow::bail!(
+                "{n} dead letters of {group} wanted within {DEADLINE:?}; last seen {seen}"
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -416,30 +440,65 @@ async fn given_messages_that_are_not_dead_letters_the_listing_should_skip_them_p
         first.examined,
         2 * bus_sdk::dead_letter::DEAD_LETTER_SCAN_PER_LETTER
     );
-    let after = first
-        .next_after
-        .ok_or_else(|| anyhow::anyhow!("a short page must say where to go on"))?;
-    let second = bus
-        .dead_letters(Some(&group_name("junky")), after, 2)
-        .await?;
-    let ids: Vec<Option<&str>> = second
+    assert_eq!(
+        first.next_after,
+        Some(8),
+        "a short page must say where to go on"
+    );
+    let second = bus.dead_letters(Some(&group_name("junky")), 8, 2).await?;
+    let ids: Vec<(u64, Option<&str>)> = second
         .letters
         .iter()
-        .map(|l| l.letter.event_id.as_deref())
+        .map(|l| (l.seq, l.letter.event_id.as_deref()))
         .collect();
-    assert_eq!(ids, [Some("e-1")]);
+    assert_eq!(ids, [(11, Some("e-1"))]);
     assert_eq!(
         second.examined, 3,
         "two more junk messages, then the letter"
     );
-    let last = bus
-        .dead_letters(
-            Some(&group_name("junky")),
-            second.next_after.unwrap_or(u64::MAX),
-            2,
-        )
-        .await?;
-    assert!(last.letters.is_empty());
+    // The letter was the last message: the page says so, and the page after it is empty
+    // and ends the listing.
+    assert_eq!(
+        second.next_after,
+        Some(11),
+        "the second page ends at the letter"
+    );
+    let last = bus.dead_letters(Some(&group_name("junky")), 11, 2).await?;
+    assert!(last.letters.is_empty(), "{:?}", last.letters);
+    assert_eq!(last.examined, 0);
     assert_eq!(last.next_after, None, "the end of the listing");
+
+    // Paging from the start as a client would, until `next_after` is `None`: the listing
+    // ends, after three pages, having shown exactly the one letter.
+    let mut after = 0;
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        pages += 1;
+        anyhow::ensure!(
+            pages <= 10,
+            "the listing did not end: {seen:?}, after {after}"
+        );
+        let page = bus
+            .dead_letters(Some(&group_name("junky")), after, 2)
+            .await?;
+        seen.extend(
+            page.letters
+                .iter()
+                .map(|l| (l.seq, l.letter.event_id.clone())),
+        );
+        match page.next_after {
+            Some(next) => {
+                anyhow::ensure!(next > after, "page after {after} went back to {next}");
+                after = next;
+            }
+            None => break,
+        }
+    }
+    assert_eq!(seen, [(11, Some("e-1".to_owned()))]);
+    assert_eq!(
+        pages, 3,
+        "8 junk messages, then 2 and the letter, then the end"
+    );
     Ok(())
 }

@@ -64,7 +64,13 @@ async fn given_a_plain_client_publishing_ce_headers_should_be_handled_by_the_sdk
         event.traceparent.as_deref(),
         Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
     );
-    assert!(event.time.is_some());
+    // The time the plain client gave, to the nanosecond.
+    assert_eq!(
+        event.time.map(std::time::SystemTime::from),
+        rfc3339("2026-11-23T10:00:00Z"),
+        "{:?}",
+        event.time
+    );
     member.shutdown().await;
     Ok(())
 }
@@ -73,7 +79,9 @@ async fn given_a_plain_client_publishing_ce_headers_should_be_handled_by_the_sdk
 async fn given_an_sdk_publish_should_be_readable_by_a_plain_client() -> anyhow::Result<()> {
     let cluster = NatsCluster::start(3).await?;
     let bus = bus_for(&cluster).await?;
+    let before = std::time::SystemTime::now();
     let event = bus.event(&order(5))?.subject("order/5").build();
+    let after = std::time::SystemTime::now();
     let receipt = bus.publish_event(&event).await?;
 
     // Read back with plain async-nats by its stream sequence (a message get: no consumer,
@@ -92,7 +100,20 @@ async fn given_an_sdk_publish_should_be_readable_by_a_plain_client() -> anyhow::
     assert_eq!(get("ce-specversion").as_deref(), Some("1.0"));
     assert_eq!(get("ce-subject").as_deref(), Some("order/5"));
     assert_eq!(get("content-type").as_deref(), Some("application/json"));
-    assert!(get("ce-time").is_some());
+    // ce-time is RFC 3339 and says when the event was made: the event's own time, which
+    // the builder took between `before` and `after`.
+    let time = get("ce-time").ok_or_else(|| anyhow::anyhow!("no ce-time header"))?;
+    let stored =
+        rfc3339(&time).ok_or_else(|| anyhow::anyhow!("ce-time {time:?} is not RFC 3339"))?;
+    assert_eq!(
+        Some(stored),
+        event.time.map(std::time::SystemTime::from),
+        "ce-time {time:?}"
+    );
+    assert!(
+        before <= stored && stored <= after,
+        "ce-time {time:?} is not between {before:?} and {after:?}"
+    );
     let data: OrderCreated = serde_json::from_slice(&message.payload)?;
     assert_eq!(data, order(5));
     Ok(())

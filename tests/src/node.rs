@@ -1,6 +1,7 @@
 //! `bus-node` processes for tests: started against a harness cluster on a reserved port,
-//! ready when `/readyz` answers 200, killable (SIGKILL) and stoppable (SIGTERM), with
-//! their logs printed when a test fails.
+//! ready when `/readyz` answers 200, killable (SIGKILL) and stoppable (SIGTERM, waited for
+//! by `stop` or watched: `terminate`, then `wait_exit`), with their logs printed when a
+//! test fails.
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -15,7 +16,7 @@ use tokio::time::Instant;
 use crate::cluster::DUMP_LOGS_ENV;
 use crate::error::HarnessError;
 use crate::health::http_get;
-use crate::poll::{Probe, poll_until};
+use crate::poll::{POLL_INTERVAL, Probe, poll_until};
 use crate::ports::{ReservedPort, reserve};
 
 /// Environment variable naming the `bus-node` binary (default: next to the test binary).
@@ -209,30 +210,74 @@ impl BusNode {
 
     /// SIGTERM, then SIGKILL after [`NODE_STOP_GRACE`]; returns the exit status.
     pub async fn stop(&mut self) -> Result<Option<ExitStatus>, HarnessError> {
-        let Some(mut child) = self.child.take() else {
+        if self.child.is_none() {
             return Ok(None);
+        }
+        self.terminate()?;
+        match self.wait_exit(NODE_STOP_GRACE).await {
+            Ok(status) => Ok(Some(status)),
+            Err(HarnessError::Timeout { .. }) => {
+                let Some(mut child) = self.child.take() else {
+                    return Ok(None);
+                };
+                let _ = child.kill();
+                let status = child
+                    .wait()
+                    .map_err(|e| HarnessError::io("reaping the node", e))?;
+                Ok(Some(status))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends SIGTERM and returns at once: the node drains while the test watches. Pair
+    /// with [`BusNode::wait_exit`].
+    pub fn terminate(&mut self) -> Result<(), HarnessError> {
+        let Some(child) = self.child.as_ref() else {
+            return Err(HarnessError::Exited {
+                node: self.name.clone(),
+                status: "not running".into(),
+                log_tail: tail(&self.log(), 40),
+            });
         };
         let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
         kill(pid, Signal::SIGTERM).map_err(|source| HarnessError::Signal {
             node: self.name.clone(),
             signal: "SIGTERM",
             source,
-        })?;
+        })
+    }
+
+    /// Waits up to `deadline` for the process to exit by itself and returns its status;
+    /// [`HarnessError::Timeout`] if it is still running then (it is left running: `stop`
+    /// or drop ends it).
+    pub async fn wait_exit(&mut self, deadline: Duration) -> Result<ExitStatus, HarnessError> {
         let started = Instant::now();
-        while started.elapsed() < NODE_STOP_GRACE {
+        loop {
+            let Some(child) = self.child.as_mut() else {
+                return Err(HarnessError::Exited {
+                    node: self.name.clone(),
+                    status: "already reaped".into(),
+                    log_tail: tail(&self.log(), 40),
+                });
+            };
             if let Some(status) = child
                 .try_wait()
                 .map_err(|e| HarnessError::io("waiting for the node", e))?
             {
-                return Ok(Some(status));
+                self.child = None;
+                return Ok(status);
             }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+            let waited = started.elapsed();
+            if waited >= deadline {
+                return Err(HarnessError::Timeout {
+                    what: format!("{} to exit", self.name),
+                    waited,
+                    last_seen: tail(&self.log(), 20),
+                });
+            }
+            tokio::time::sleep(POLL_INTERVAL.min(deadline - waited)).await;
         }
-        let _ = child.kill();
-        let status = child
-            .wait()
-            .map_err(|e| HarnessError::io("reaping the node", e))?;
-        Ok(Some(status))
     }
 
     /// Starts the node again with the same settings and port.
