@@ -12,6 +12,7 @@ pub mod event_type;
 mod header_map;
 pub mod headers;
 pub mod retry;
+pub mod secret_file;
 pub mod server_trace;
 pub mod structured;
 pub mod subjects;
@@ -19,7 +20,9 @@ pub mod telemetry;
 pub mod topology;
 
 pub use binary_mode::{DecodeError, EncodeError};
-pub use config::{BusConfig, ConfigError, NatsConfig, Secret, StreamsConfig, SubjectsConfig};
+pub use config::{
+    BusConfig, ConfigError, NatsConfig, NatsCredentials, Secret, StreamsConfig, SubjectsConfig,
+};
 pub use event::{Event, EventBuilder, SPEC_VERSION};
 pub use event_type::{EventPattern, EventType, EventTypeError};
 pub use subjects::Subjects;
