@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::secret_file::{at_most_one, read_text_file, value_or_file};
 use crate::subjects::{DEFAULT_DLQ_PREFIX, DEFAULT_EVENT_PREFIX, DEFAULT_REDRIVE_PREFIX, Subjects};
 
 /// The NATS server of `nats.servers` when none is configured: a local one.
@@ -132,12 +133,20 @@ pub struct NatsConfig {
     pub credentials_file: Option<PathBuf>,
     /// NKey seed (`SU...`).
     pub nkey: Option<Secret>,
+    /// `nats.nkey_file`: a file holding `nats.nkey` ([`crate::secret_file`]).
+    pub nkey_file: Option<PathBuf>,
     /// `nats.user`: user name; set together with `nats.password`.
     pub user: Option<String>,
+    /// `nats.user_file`: a file holding `nats.user`.
+    pub user_file: Option<PathBuf>,
     /// `nats.password`: the password of `nats.user`.
     pub password: Option<Secret>,
+    /// `nats.password_file`: a file holding `nats.password`.
+    pub password_file: Option<PathBuf>,
     /// `nats.token`: an authentication token.
     pub token: Option<Secret>,
+    /// `nats.token_file`: a file holding `nats.token`.
+    pub token_file: Option<PathBuf>,
     /// `nats.tls.*`: TLS to the servers.
     pub tls: TlsConfig,
     /// `nats.connect_timeout`: how long one connection attempt may take (default
@@ -166,9 +175,13 @@ impl Default for NatsConfig {
             name: None,
             credentials_file: None,
             nkey: None,
+            nkey_file: None,
             user: None,
+            user_file: None,
             password: None,
+            password_file: None,
             token: None,
+            token_file: None,
             tls: TlsConfig::default(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
@@ -176,6 +189,20 @@ impl Default for NatsConfig {
             server_msg_trace: false,
         }
     }
+}
+
+/// The NATS credentials of a [`NatsConfig`], each given as a value or read from its
+/// `_file` key ([`NatsConfig::credentials`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NatsCredentials {
+    /// `nats.nkey` or the content of `nats.nkey_file`.
+    pub nkey: Option<Secret>,
+    /// `nats.user` or the content of `nats.user_file`.
+    pub user: Option<String>,
+    /// `nats.password` or the content of `nats.password_file`.
+    pub password: Option<Secret>,
+    /// `nats.token` or the content of `nats.token_file`.
+    pub token: Option<Secret>,
 }
 
 impl NatsConfig {
@@ -201,16 +228,17 @@ impl NatsConfig {
                 format!("{} is not a readable file", path.display()),
             ));
         }
-        match (&self.user, &self.password) {
+        let creds = self.credentials()?;
+        match (&creds.user, &creds.password) {
             (Some(_), None) => return Err(ConfigError::new("nats.password", "set with nats.user")),
             (None, Some(_)) => return Err(ConfigError::new("nats.user", "set with nats.password")),
             _ => {}
         }
         let methods = [
             self.credentials_file.is_some(),
-            self.nkey.is_some(),
-            self.user.is_some(),
-            self.token.is_some(),
+            creds.nkey.is_some(),
+            creds.user.is_some(),
+            creds.token.is_some(),
         ];
         if methods.iter().filter(|m| **m).count() > 1 {
             return Err(ConfigError::new(
@@ -229,6 +257,43 @@ impl NatsConfig {
             }
         }
         Ok(())
+    }
+
+    /// The nkey, user, password and token, each from its key or read from its `_file`
+    /// key's file (the rules of [`crate::secret_file`]: not both, a file that is missing
+    /// or empty is an error naming the `_file` key and the path).
+    pub fn credentials(&self) -> Result<NatsCredentials, ConfigError> {
+        at_most_one(
+            "nats.user",
+            self.user.is_some(),
+            "nats.user_file",
+            self.user_file.is_some(),
+        )?;
+        let user = match &self.user_file {
+            Some(path) => Some(read_text_file("nats.user_file", path)?),
+            None => self.user.clone(),
+        };
+        Ok(NatsCredentials {
+            nkey: value_or_file(
+                "nats.nkey",
+                self.nkey.as_ref(),
+                "nats.nkey_file",
+                self.nkey_file.as_deref(),
+            )?,
+            user,
+            password: value_or_file(
+                "nats.password",
+                self.password.as_ref(),
+                "nats.password_file",
+                self.password_file.as_deref(),
+            )?,
+            token: value_or_file(
+                "nats.token",
+                self.token.as_ref(),
+                "nats.token_file",
+                self.token_file.as_deref(),
+            )?,
+        })
     }
 }
 
@@ -510,6 +575,100 @@ mod tests {
         check(
             |c| c.subjects.dlq_prefix = "bus.evt.dlq".into(),
             Some("subjects.dlq_prefix"),
+        );
+    }
+
+    /// A directory with a `password` file ("pw" and a line break) and an empty file.
+    fn secret_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        for (name, content) in [("password", "pw\n"), ("user", "bus\n"), ("empty", "")] {
+            std::fs::write(dir.path().join(name), content).unwrap_or_else(|e| panic!("{e}"));
+        }
+        dir
+    }
+
+    #[test]
+    fn each_secret_file_key_follows_the_file_rules() {
+        let dir = secret_dir();
+        let file = |name: &str| Some(dir.path().join(name));
+        type Set = fn(&mut NatsConfig, Option<PathBuf>);
+        let file_keys: [(&str, &str, Set, Set); 4] = [
+            (
+                "nats.password_file",
+                "nats.password",
+                |n, p| {
+                    n.user = Some("u".into());
+                    n.password_file = p;
+                },
+                |n, _| n.password = Some(Secret::new("v")),
+            ),
+            (
+                "nats.user_file",
+                "nats.user",
+                |n, p| {
+                    n.password = Some(Secret::new("v"));
+                    n.user_file = p;
+                },
+                |n, _| n.user = Some("v".into()),
+            ),
+            (
+                "nats.token_file",
+                "nats.token",
+                |n, p| n.token_file = p,
+                |n, _| n.token = Some(Secret::new("v")),
+            ),
+            (
+                "nats.nkey_file",
+                "nats.nkey",
+                |n, p| n.nkey_file = p,
+                |n, _| n.nkey = Some(Secret::new("v")),
+            ),
+        ];
+        for (file_key, value_key, set_file, set_value) in file_keys {
+            // A readable file is accepted.
+            check(|c| set_file(&mut c.nats, file("password")), None);
+            // Missing and empty files name the file key and the path.
+            for name in ["missing", "empty"] {
+                let mut c = BusConfig::default();
+                set_file(&mut c.nats, file(name));
+                let e = c.validate().err();
+                let e = e.unwrap_or_else(|| panic!("{file_key}: {name} accepted"));
+                assert_eq!(e.key, file_key, "{e}");
+                assert!(e.reason.contains(name), "{e}");
+            }
+            // The value and its file together: an error naming both.
+            let mut c = BusConfig::default();
+            set_file(&mut c.nats, file("password"));
+            set_value(&mut c.nats, None);
+            let e = c.validate().err();
+            let e = e.unwrap_or_else(|| panic!("{file_key} with {value_key} accepted"));
+            assert_eq!(e.key, file_key, "{e}");
+            assert!(e.reason.contains(value_key), "{e}");
+        }
+    }
+
+    #[test]
+    fn credentials_come_from_the_files_without_their_line_break() {
+        let dir = secret_dir();
+        let mut n = NatsConfig {
+            user_file: Some(dir.path().join("user")),
+            password_file: Some(dir.path().join("password")),
+            ..NatsConfig::default()
+        };
+        let creds = n.credentials().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(creds.user.as_deref(), Some("bus"));
+        assert_eq!(creds.password.as_ref().map(Secret::expose), Some("pw"));
+        // A file method counts as that method: a token besides user/password is refused.
+        n.token = Some(Secret::new("t"));
+        assert_eq!(
+            n.validate().map_err(|e| e.key).err().as_deref(),
+            Some("nats")
+        );
+        // The files' paths print; their content is never part of the configuration.
+        let shown = serde_json::to_string(&n).unwrap_or_default();
+        assert!(
+            shown.contains("password_file") && !shown.contains("\"pw\""),
+            "{shown}"
         );
     }
 

@@ -13,6 +13,7 @@ pub mod group_name;
 mod header_map;
 pub mod headers;
 pub mod retry;
+pub mod secret_file;
 pub mod server_trace;
 pub mod structured;
 pub mod subjects;
@@ -20,7 +21,9 @@ pub mod telemetry;
 pub mod topology;
 
 pub use binary_mode::{DecodeError, EncodeError};
-pub use config::{BusConfig, ConfigError, NatsConfig, Secret, StreamsConfig, SubjectsConfig};
+pub use config::{
+    BusConfig, ConfigError, NatsConfig, NatsCredentials, Secret, StreamsConfig, SubjectsConfig,
+};
 pub use event::{Event, EventBuilder, SPEC_VERSION};
 pub use event_type::{EventPattern, EventType, EventTypeError};
 pub use group_name::{GroupName, GroupNameError};

@@ -31,13 +31,15 @@ pub(crate) async fn connect(config: &NatsConfig) -> Result<async_nats::Client, C
             .await
             .map_err(ConnectError::Credentials)?;
     }
-    if let Some(seed) = &config.nkey {
+    // The values, or the `*_file` keys' files, read now: at start-up, not at reconnects.
+    let creds = config.credentials()?;
+    if let Some(seed) = &creds.nkey {
         options = options.nkey(seed.expose().to_owned());
     }
-    if let (Some(user), Some(password)) = (&config.user, &config.password) {
-        options = options.user_and_password(user.clone(), password.expose().to_owned());
+    if let (Some(user), Some(password)) = (creds.user, &creds.password) {
+        options = options.user_and_password(user, password.expose().to_owned());
     }
-    if let Some(token) = &config.token {
+    if let Some(token) = &creds.token {
         options = options.token(token.expose().to_owned());
     }
     let tls = &config.tls;

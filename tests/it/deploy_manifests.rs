@@ -1,7 +1,8 @@
 //! The Kubernetes deployment in `deploy/`: both overlays pass schema, security and lint
 //! checks (`scripts/validate-deploy.sh`), a broken copy does not, and the `bus.toml` that
 //! the bus-node ConfigMap carries is accepted by `bus-node check-config` together with the
-//! environment that the rendered Deployment gives the container.
+//! environment that the rendered Deployment gives the container and the Secrets it
+//! mounts as files.
 //!
 //! Needs `kubectl` (or `kustomize`) on PATH, and PyPI on the first run (the script
 //! installs its pinned tools into `.tools/deploy-venv`). The last test needs the bus-node
@@ -12,6 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use anyhow::{Context, Result, bail, ensure};
+
+use flat_yaml::Flat;
+
+mod flat_yaml;
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -76,6 +81,13 @@ const BREAKS: &[Break] = &[
         to: "readOnlyRootFilesystem: false",
         caught_by: "checkov",
     },
+    // A secret back in bus-node's environment: checkov's CKV_K8S_35 is no longer skipped.
+    Break {
+        file: "base/bus-node/deployment.yaml",
+        from: "            - name: OTEL_SERVICE_NAME\n",
+        to: "            - name: BUS__NATS__PASSWORD\n              valueFrom:\n                secretKeyRef:\n                  name: bus-nats-auth\n                  key: password\n            - name: OTEL_SERVICE_NAME\n",
+        caught_by: "checkov",
+    },
 ];
 
 #[test]
@@ -138,6 +150,8 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
 // --- bus.toml from the rendered ConfigMap, checked by bus-node ----------------------
 
 const POD_NAME: &str = "bus-node-6d4cf56db6-x7k2q";
+const POD: &str = "spec.template.spec";
+const CONTAINER: &str = "spec.template.spec.containers[0]";
 
 #[test]
 fn given_the_configmap_toml_when_checked_by_bus_node_should_be_accepted() -> Result<()> {
@@ -159,18 +173,39 @@ fn given_the_configmap_toml_when_checked_by_bus_node_should_be_accepted() -> Res
 
         let deployment = find_doc(&docs, "Deployment", "bus-node")
             .with_context(|| format!("{overlay}: no bus-node Deployment"))?;
+        let pod = Flat::parse(deployment)?;
         ensure!(
-            deployment.contains(&format!("name: {config_map_name}"))
-                && deployment.contains("mountPath: /etc/bus")
-                && deployment.contains("- /etc/bus/bus.toml"),
+            runs_with_config(&pod, config_map_name),
             "{overlay}: the Deployment does not run with {config_map_name} at /etc/bus/bus.toml"
         );
-        let env = container_env(deployment, overlay)?;
+        let env = container_env(&pod, overlay)?;
         let bus_env: Vec<&EnvVar> = env.iter().filter(|e| e.name.starts_with("BUS__")).collect();
 
+        // The mounted Secrets, written where the kubelet would put them, under `root`;
+        // bus.toml's paths into the mounts are moved there too.
         let tmp = tempfile::tempdir()?;
+        let root = tmp.path().join("root");
+        let files = secret_files(&pod, overlay)?;
+        let mut toml_here = toml.clone();
+        for f in &files {
+            let here = root.join(f.path.trim_start_matches('/'));
+            if let Some(dir) = here.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::write(&here, &f.content)?;
+            toml_here = toml_here.replace(
+                &format!("\"{}\"", f.path),
+                &format!("\"{}\"", here.display()),
+            );
+        }
+        for (key, path) in file_keys(&toml) {
+            ensure!(
+                files.iter().any(|f| f.path == path),
+                "{overlay}: bus.toml's {key} names {path}, which no mounted Secret provides"
+            );
+        }
         let file = tmp.path().join("bus.toml");
-        std::fs::write(&file, &toml)?;
+        std::fs::write(&file, &toml_here)?;
         let mut cmd = Command::new(&bin);
         cmd.arg("check-config").arg("--config").arg(&file);
         for (k, _) in std::env::vars() {
@@ -186,30 +221,44 @@ fn given_the_configmap_toml_when_checked_by_bus_node_should_be_accepted() -> Res
             .with_context(|| format!("cannot run {}", bin.display()))?;
         ensure!(
             out.status.success(),
-            "{overlay}: bus-node check-config refused the deployed configuration with env {:?}:\n{}",
+            "{overlay}: bus-node check-config refused the deployed configuration with env {:?} \
+             and the files {:?}:\n{}",
             bus_env.iter().map(|e| &e.name).collect::<Vec<_>>(),
+            files.iter().map(|f| &f.path).collect::<Vec<_>>(),
             describe(&out)
         );
 
-        // It printed the effective configuration: the file's values, the environment's...
+        // It printed the effective configuration: the file's values, the environment's,
+        // the API keys read from their file (by name)...
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let mut expected = vec!["0.0.0.0:8080", "nats-0.nats-headless", POD_NAME];
+        let mut expected = vec![
+            "0.0.0.0:8080".to_owned(),
+            "nats-0.nats-headless".to_owned(),
+            POD_NAME.to_owned(),
+            "api_keys_file".to_owned(),
+            "password_file".to_owned(),
+        ];
         expected.extend(
             bus_env
                 .iter()
-                .filter(|e| !e.from_secret && !e.value.contains(','))
-                .map(|e| e.value.as_str()),
+                .filter(|e| !e.value.contains(','))
+                .map(|e| e.value.clone()),
+        );
+        expected.extend(
+            api_key_names(&files)?
+                .iter()
+                .map(|n| format!("name = {n:?}")),
         );
         for want in expected {
             ensure!(
-                stdout.contains(want),
+                stdout.contains(&want),
                 "{overlay}: check-config's output lacks {want:?}:\n{}",
                 describe(&out)
             );
         }
         // ...and no secret.
-        for secret in secret_strings(&bus_env)? {
+        for secret in secret_strings(&files)? {
             ensure!(
                 !stdout.contains(&secret) && !stderr.contains(&secret),
                 "{overlay}: check-config printed a secret ({} characters)",
@@ -300,13 +349,28 @@ fn block_scalar(doc: &str, key: &str) -> Option<String> {
     Some(text)
 }
 
-/// One `env` entry of the container.
-#[derive(Debug, Default)]
-struct EnvEntry {
-    name: String,
-    value: Option<String>,
-    field_path: Option<String>,
-    secret: Option<(String, String)>,
+/// The container runs `--config /etc/bus/bus.toml` with the ConfigMap mounted at /etc/bus.
+fn runs_with_config(pod: &Flat, config_map: &str) -> bool {
+    let args = (0..pod.len(&format!("{CONTAINER}.args")))
+        .filter_map(|i| pod.get(&format!("{CONTAINER}.args[{i}]")))
+        .collect::<Vec<_>>();
+    let volume = (0..pod.len(&format!("{POD}.volumes")))
+        .find(|i| pod.get(&format!("{POD}.volumes[{i}].configMap.name")) == Some(config_map))
+        .and_then(|i| pod.get(&format!("{POD}.volumes[{i}].name")));
+    args.windows(2)
+        .any(|w| w == ["--config", "/etc/bus/bus.toml"])
+        && volume.is_some_and(|v| mount_path(pod, v).is_some_and(|(path, _)| path == "/etc/bus"))
+}
+
+/// Where the container mounts `volume`, and whether read-only.
+fn mount_path<'a>(pod: &'a Flat, volume: &str) -> Option<(&'a str, bool)> {
+    let m = format!("{CONTAINER}.volumeMounts");
+    (0..pod.len(&m))
+        .find(|i| pod.get(&format!("{m}[{i}].name")) == Some(volume))
+        .and_then(|i| {
+            let path = pod.get(&format!("{m}[{i}].mountPath"))?;
+            Some((path, pod.get(&format!("{m}[{i}].readOnly")) == Some("true")))
+        })
 }
 
 /// A variable of the container's environment, resolved.
@@ -314,35 +378,38 @@ struct EnvEntry {
 struct EnvVar {
     name: String,
     value: String,
-    from_secret: bool,
 }
 
 /// The container's environment as the kubelet would set it: literal values with
-/// `$(VAR)` references expanded, downward-API fields for a made-up pod, and Secret
-/// values from the dev overlay's placeholder files (dev) or placeholders (prod, whose
-/// Secrets the operator creates).
-fn container_env(deployment: &str, overlay: &str) -> Result<Vec<EnvVar>> {
+/// `$(VAR)` references expanded and downward-API fields for a made-up pod. A secret in
+/// the environment is an error: bus-node reads its secrets from mounted files.
+fn container_env(pod: &Flat, overlay: &str) -> Result<Vec<EnvVar>> {
     let mut resolved: Vec<EnvVar> = Vec::new();
-    for e in parse_env(deployment)? {
-        let value = if let Some(v) = &e.value {
+    let env = format!("{CONTAINER}.env");
+    for i in 0..pod.len(&env) {
+        let field = |f: &str| pod.get(&format!("{env}[{i}].{f}"));
+        let name = field("name")
+            .context("an env entry without a name")?
+            .to_owned();
+        let value = if let Some(v) = field("value") {
             expand(v, &resolved)
-        } else if let Some(path) = &e.field_path {
-            match path.as_str() {
+        } else if let Some(path) = field("valueFrom.fieldRef.fieldPath") {
+            match path {
                 "metadata.name" => POD_NAME.to_owned(),
                 "metadata.namespace" => format!("bus-{overlay}"),
-                other => bail!("{}: unexpected fieldRef {other}", e.name),
+                other => bail!("{name}: unexpected fieldRef {other}"),
             }
-        } else if let Some((secret, key)) = &e.secret {
-            secret_value(overlay, secret, key)?
+        } else if let Some(secret) = field("valueFrom.secretKeyRef.name") {
+            bail!(
+                "{overlay}: {name} takes Secret {secret} through the environment; bus-node \
+                 reads its secrets from mounted files (the *_file keys)"
+            );
         } else {
-            bail!("{}: an env entry with neither value nor valueFrom", e.name);
+            bail!("{name}: an env entry with neither value nor a known valueFrom");
         };
-        resolved.push(EnvVar {
-            from_secret: e.secret.is_some(),
-            name: e.name,
-            value,
-        });
+        resolved.push(EnvVar { name, value });
     }
+    ensure!(!resolved.is_empty(), "the Deployment's env is empty");
     Ok(resolved)
 }
 
@@ -354,22 +421,94 @@ fn expand(value: &str, earlier: &[EnvVar]) -> String {
     out
 }
 
+/// A file of a mounted Secret, as the kubelet writes it.
+#[derive(Debug)]
+struct SecretFile {
+    /// Its path in the container.
+    path: String,
+    /// The Secret's key it holds.
+    key: String,
+    content: String,
+}
+
+/// Every file of the Secret volumes the container mounts (read-only, with their keys
+/// listed as `items`), with the overlay's values.
+fn secret_files(pod: &Flat, overlay: &str) -> Result<Vec<SecretFile>> {
+    let mut files = Vec::new();
+    let volumes = format!("{POD}.volumes");
+    for i in 0..pod.len(&volumes) {
+        let v = format!("{volumes}[{i}]");
+        let Some(secret) = pod.get(&format!("{v}.secret.secretName")) else {
+            continue;
+        };
+        let name = pod.get(&format!("{v}.name")).unwrap_or_default();
+        let (mount, read_only) = mount_path(pod, name)
+            .with_context(|| format!("{overlay}: Secret volume {name} is not mounted"))?;
+        ensure!(
+            read_only,
+            "{overlay}: Secret volume {name} is mounted writable"
+        );
+        let items = format!("{v}.secret.items");
+        ensure!(
+            pod.len(&items) > 0,
+            "{overlay}: Secret volume {name} lists no items: list the keys it mounts"
+        );
+        for j in 0..pod.len(&items) {
+            let key = pod.get(&format!("{items}[{j}].key")).unwrap_or_default();
+            let path = pod.get(&format!("{items}[{j}].path")).unwrap_or_default();
+            files.push(SecretFile {
+                path: format!("{mount}/{path}"),
+                key: key.to_owned(),
+                content: secret_value(overlay, secret, key)?,
+            });
+        }
+    }
+    ensure!(
+        !files.is_empty(),
+        "{overlay}: the Deployment mounts no Secret"
+    );
+    Ok(files)
+}
+
+/// The `*_file` keys of a bus.toml and the paths they name.
+fn file_keys(toml: &str) -> Vec<(String, String)> {
+    toml.lines()
+        .filter_map(|l| l.split_once(" = "))
+        .filter(|(k, _)| k.trim().ends_with("_file"))
+        .map(|(k, v)| (k.trim().to_owned(), flat_yaml::unquote(v)))
+        .collect()
+}
+
+/// The API keys in the mounted key files.
+fn api_keys(files: &[SecretFile]) -> Result<Vec<serde_json::Value>> {
+    let mut keys = Vec::new();
+    for f in files.iter().filter(|f| f.key == "api-keys.json") {
+        let list: Vec<serde_json::Value> =
+            serde_json::from_str(&f.content).context("api-keys.json is not a JSON list")?;
+        keys.extend(list);
+    }
+    Ok(keys)
+}
+
+fn api_key_names(files: &[SecretFile]) -> Result<Vec<String>> {
+    let names: Vec<String> = api_keys(files)?
+        .iter()
+        .filter_map(|k| k.get("name").and_then(|n| n.as_str()).map(str::to_owned))
+        .collect();
+    ensure!(!names.is_empty(), "the Deployment mounts no API key");
+    Ok(names)
+}
+
 /// The values that must never be printed: the NATS password and every API key.
-fn secret_strings(env: &[&EnvVar]) -> Result<Vec<String>> {
-    let mut secrets = Vec::new();
-    for e in env {
-        match e.name.as_str() {
-            "BUS__NATS__PASSWORD" | "BUS__NATS__TOKEN" => secrets.push(e.value.clone()),
-            "BUS__AUTH__API_KEYS" => {
-                let keys: Vec<serde_json::Value> = serde_json::from_str(&e.value)
-                    .context("BUS__AUTH__API_KEYS is not a JSON list")?;
-                for k in keys {
-                    if let Some(key) = k.get("key").and_then(|v| v.as_str()) {
-                        secrets.push(key.to_owned());
-                    }
-                }
-            }
-            _ => {}
+fn secret_strings(files: &[SecretFile]) -> Result<Vec<String>> {
+    let mut secrets: Vec<String> = files
+        .iter()
+        .filter(|f| ["password", "token", "nkey"].contains(&f.key.as_str()))
+        .map(|f| f.content.trim_end().to_owned())
+        .collect();
+    for k in api_keys(files)? {
+        if let Some(key) = k.get("key").and_then(|v| v.as_str()) {
+            secrets.push(key.to_owned());
         }
     }
     ensure!(
@@ -379,77 +518,14 @@ fn secret_strings(env: &[&EnvVar]) -> Result<Vec<String>> {
     Ok(secrets)
 }
 
-/// The first `env:` list of the document (the bus-node container's), as kustomize
-/// renders it: `- name: X` items at the key's indentation, their fields two deeper.
-fn parse_env(doc: &str) -> Result<Vec<EnvEntry>> {
-    let mut lines = doc.lines().skip_while(|l| l.trim() != "env:");
-    let header = lines.next().context("the Deployment has no env")?;
-    let indent = header.len() - header.trim_start().len();
-    let item_prefix = format!("{}- ", " ".repeat(indent));
-    let mut entries: Vec<EnvEntry> = Vec::new();
-    let mut secret_name: Option<String> = None;
-    let mut secret_key: Option<String> = None;
-    for line in lines {
-        let depth = line.len() - line.trim_start().len();
-        if let Some(rest) = line.strip_prefix(&item_prefix) {
-            let name = rest
-                .strip_prefix("name: ")
-                .with_context(|| format!("unexpected env line {line:?}"))?;
-            entries.push(EnvEntry {
-                name: unquote(name),
-                ..EnvEntry::default()
-            });
-            continue;
-        }
-        if depth <= indent {
-            break;
-        }
-        let entry = entries
-            .last_mut()
-            .with_context(|| format!("unexpected env line {line:?}"))?;
-        let field = line.trim_start();
-        if depth == indent + 2 {
-            if let Some(v) = field.strip_prefix("value: ") {
-                entry.value = Some(unquote(v));
-            }
-        } else if let Some(p) = field.strip_prefix("fieldPath: ") {
-            entry.field_path = Some(unquote(p));
-        } else if let Some(n) = field.strip_prefix("name: ") {
-            secret_name = Some(unquote(n));
-        } else if let Some(k) = field.strip_prefix("key: ") {
-            secret_key = Some(unquote(k));
-        }
-        if let (Some(n), Some(k)) = (&secret_name, &secret_key) {
-            entry.secret = Some((n.clone(), k.clone()));
-            secret_name = None;
-            secret_key = None;
-        }
-    }
-    ensure!(!entries.is_empty(), "the Deployment's env is empty");
-    Ok(entries)
-}
-
-fn unquote(s: &str) -> String {
-    let s = s.trim();
-    if let Some(inner) = s.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
-        inner.replace("\\\"", "\"").replace("\\\\", "\\")
-    } else if let Some(inner) = s.strip_prefix('\'').and_then(|r| r.strip_suffix('\'')) {
-        inner.replace("''", "'")
-    } else {
-        s.to_owned()
-    }
-}
-
-/// A Secret's value as the overlay provides it. `secret` may carry kustomize's hash
-/// suffix (dev's generated Secrets).
+/// A Secret's value as the overlay provides it, byte for byte as the kubelet writes its
+/// file. `secret` may carry kustomize's hash suffix (dev's generated Secrets).
 fn secret_value(overlay: &str, secret: &str, key: &str) -> Result<String> {
     let base = |name: &str| secret == name || secret.starts_with(&format!("{name}-"));
     if overlay == "dev" {
         let dir = deploy_dir().join("overlays/dev/secrets");
         if base("bus-api-keys") && key == "api-keys.json" {
-            return Ok(std::fs::read_to_string(dir.join("api-keys.json"))?
-                .trim()
-                .to_owned());
+            return Ok(std::fs::read_to_string(dir.join("api-keys.json"))?);
         }
         if base("bus-nats-auth") {
             let env = std::fs::read_to_string(dir.join("nats-auth.env"))?;
@@ -460,9 +536,17 @@ fn secret_value(overlay: &str, secret: &str, key: &str) -> Result<String> {
             }
         }
     } else {
+        // As deploy/README.md creates them: the keys file from a heredoc (so with a
+        // final line break), the user and password from literals.
         match (secret, key) {
             ("bus-api-keys", "api-keys.json") => {
-                return Ok(r#"[{"name":"shop","key":"placeholder-shop-key-0123456789","publish":["shop.>"],"admin":false},{"name":"ops","key":"placeholder-ops-key-0123456789","admin":true}]"#.to_owned());
+                return Ok(concat!(
+                    r#"[{"name":"shop","key":"placeholder-shop-key-0123456789","publish":["shop.>"]},"#,
+                    "\n",
+                    r#" {"name":"ops","key":"placeholder-ops-key-0123456789","admin":true}]"#,
+                    "\n"
+                )
+                .to_owned());
             }
             ("bus-nats-auth", "user") => return Ok("bus".to_owned()),
             ("bus-nats-auth", "password") => return Ok("placeholderPassword0123".to_owned()),

@@ -7,6 +7,7 @@ mod node_bad_input;
 mod node_connections;
 mod node_ingress;
 mod node_process;
+mod node_secret_files;
 mod node_support;
 mod sdk_broadcast;
 mod sdk_dead_letters;

@@ -1,42 +1,18 @@
 //! The node as a process: configuration errors, `dev`, `check-config`, shutdown, admin.
 
 use std::net::TcpListener;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bus_sdk::{HandlerError, Received};
-use bus_tests::{BusNode, NatsCluster, Probe, node_binary, poll_until};
+use bus_tests::{BusNode, NatsCluster, Probe, poll_until};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::node_support::*;
 use crate::support::{OrderCreated, Recorder, bus_for, order, stream_messages, wait_until};
-
-fn bus_node(env: &[(&str, &str)], args: &[&str]) -> anyhow::Result<std::process::Output> {
-    let mut cmd = Command::new(node_binary()?);
-    cmd.args(args);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("BUS__") {
-            cmd.env_remove(k);
-        }
-    }
-    Ok(cmd.envs(env.iter().copied()).output()?)
-}
-
-/// `bus-node serve` with `env` exits 64 and names `named` on stderr.
-fn assert_refused(env: &[(&str, &str)], named: &str) -> anyhow::Result<()> {
-    let out = bus_node(env, &["serve"])?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(64), "{env:?}: {stderr}");
-    assert!(
-        stderr.contains(named),
-        "{env:?} should name {named}: {stderr}"
-    );
-    Ok(())
-}
 
 #[test]
 fn given_bad_config_should_exit_64_naming_the_key_before_binding_any_port() -> anyhow::Result<()> {

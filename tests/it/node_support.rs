@@ -1,8 +1,9 @@
 //! Helpers for the node suites: nodes on a cluster, and an HTTP client.
 
+use std::process::Command;
 use std::time::Duration;
 
-use bus_tests::{BusNode, NatsCluster};
+use bus_tests::{BusNode, NatsCluster, node_binary};
 use serde_json::{Value, json};
 
 /// The settings every test node gets for `cluster`.
@@ -62,4 +63,28 @@ pub async fn metrics_text(client: &reqwest::Client, node: &BusNode) -> anyhow::R
         .await?
         .text()
         .await?)
+}
+
+/// `bus-node` with `args` and only the `BUS__*` settings of `env`, run to its exit.
+pub fn bus_node(env: &[(&str, &str)], args: &[&str]) -> anyhow::Result<std::process::Output> {
+    let mut cmd = Command::new(node_binary()?);
+    cmd.args(args);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("BUS__") {
+            cmd.env_remove(k);
+        }
+    }
+    Ok(cmd.envs(env.iter().copied()).output()?)
+}
+
+/// `bus-node serve` with `env` exits 64 and names `named` on stderr.
+pub fn assert_refused(env: &[(&str, &str)], named: &str) -> anyhow::Result<()> {
+    let out = bus_node(env, &["serve"])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{env:?}: {stderr}");
+    assert!(
+        stderr.contains(named),
+        "{env:?} should name {named}: {stderr}"
+    );
+    Ok(())
 }

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use bus_core::config::ConfigError;
 use config::{Config, Environment, File, FileFormat};
 
-use super::sections::{ApiKeyConfig, NodeConfig};
+use super::api_keys_file;
+use super::sections::NodeConfig;
 
 /// Prefix of the environment variables (`BUS__NATS__SERVERS`).
 pub const ENV_PREFIX: &str = "BUS";
@@ -96,13 +97,11 @@ pub fn load(
     reject_unknown_keys(&merged)?;
     let mut config: NodeConfig = merged.try_deserialize().map_err(|e| map_error(e, file))?;
     if let Some(json) = api_keys_json {
-        config.auth.api_keys = serde_json::from_str::<Vec<ApiKeyConfig>>(&json).map_err(|e| {
-            ConfigError::new(
-                "auth.api_keys",
-                format!("{API_KEYS_ENV} is not a JSON list of keys: {e}"),
-            )
+        config.auth.api_keys = api_keys_file::parse_json(&json).map_err(|reason| {
+            ConfigError::new("auth.api_keys", format!("{API_KEYS_ENV} {reason}"))
         })?;
     }
+    api_keys_file::read_into(&mut config.auth)?;
     config.validate()?;
     Ok(config)
 }

@@ -2,6 +2,9 @@
 //! variables (`BUS__HTTP__LISTEN` is `http.listen`). Loading refuses unknown keys and
 //! wrong types, and `validate` checks every value, naming the key, before anything binds.
 
+mod api_keys_file;
+#[cfg(test)]
+mod file_key_tests;
 mod load;
 mod sections;
 

@@ -1,9 +1,11 @@
 //! The sections of the node's configuration, with their defaults.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bus_core::config::{ConfigError, NatsConfig, Secret, StreamsConfig, SubjectsConfig};
+use bus_core::secret_file::read_secret_file;
 use bus_core::{BusConfig, EventPattern};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -195,6 +197,9 @@ impl HttpConfig {
 pub struct AuthConfig {
     pub enabled: bool,
     pub api_keys: Vec<ApiKeyConfig>,
+    /// A file (a mounted Secret) holding the keys instead of `api_keys`, read at start-up
+    /// into `api_keys` (`super::api_keys_file`).
+    pub api_keys_file: Option<PathBuf>,
 }
 
 impl Default for AuthConfig {
@@ -202,6 +207,7 @@ impl Default for AuthConfig {
         Self {
             enabled: true,
             api_keys: Vec::new(),
+            api_keys_file: None,
         }
     }
 }
@@ -214,40 +220,42 @@ impl AuthConfig {
                 "auth.enabled is true but no key is configured",
             ));
         }
-        for (i, k) in self.api_keys.iter().enumerate() {
-            let key = |field: &str| format!("auth.api_keys[{i}].{field}");
-            if k.name.is_empty() {
-                return Err(ConfigError::new(key("name"), "must not be empty"));
-            }
-            if k.key.expose().len() < 16 {
-                return Err(ConfigError::new(
-                    key("key"),
-                    "must be at least 16 characters",
-                ));
-            }
-            for (j, p) in k.publish.iter().enumerate() {
-                EventPattern::new(p.as_str()).map_err(|e| {
-                    ConfigError::new(format!("{}[{j}]", key("publish")), e.to_string())
-                })?;
-            }
-            if k.rate_per_second == 0 {
-                return Err(ConfigError::new(
-                    key("rate_per_second"),
-                    "must be at least 1",
-                ));
-            }
-            if k.burst < k.rate_per_second.min(1) {
-                return Err(ConfigError::new(key("burst"), "must be at least 1"));
-            }
-            let dup = self.api_keys[..i]
-                .iter()
-                .any(|o| o.key == k.key || o.name == k.name);
-            if dup {
-                return Err(ConfigError::new(key("key"), "name and key must be unique"));
-            }
-        }
-        Ok(())
+        validate_api_keys("auth.api_keys", &self.api_keys)
     }
+}
+
+/// Checks each key of `keys`, found at `at` (`auth.api_keys`); errors name `at[i].field`.
+pub fn validate_api_keys(at: &str, keys: &[ApiKeyConfig]) -> Result<(), ConfigError> {
+    for (i, k) in keys.iter().enumerate() {
+        let key = |field: &str| format!("{at}[{i}].{field}");
+        if k.name.is_empty() {
+            return Err(ConfigError::new(key("name"), "must not be empty"));
+        }
+        if k.key.expose().len() < 16 {
+            return Err(ConfigError::new(
+                key("key"),
+                "must be at least 16 characters",
+            ));
+        }
+        for (j, p) in k.publish.iter().enumerate() {
+            EventPattern::new(p.as_str())
+                .map_err(|e| ConfigError::new(format!("{}[{j}]", key("publish")), e.to_string()))?;
+        }
+        if k.rate_per_second == 0 {
+            return Err(ConfigError::new(
+                key("rate_per_second"),
+                "must be at least 1",
+            ));
+        }
+        if k.burst < k.rate_per_second.min(1) {
+            return Err(ConfigError::new(key("burst"), "must be at least 1"));
+        }
+        let dup = keys[..i].iter().any(|o| o.key == k.key || o.name == k.name);
+        if dup {
+            return Err(ConfigError::new(key("key"), "name and key must be unique"));
+        }
+    }
+    Ok(())
 }
 
 /// One API key: who may publish which types, and use the admin endpoints.
@@ -286,6 +294,9 @@ pub struct WebhooksConfig {
     pub timeout: Duration,
     /// Networks deliveries may reach despite the SSRF guard.
     pub allowed_networks: Vec<IpNet>,
+    /// A file (a mounted Secret) holding the key that encrypts webhook secrets at rest;
+    /// read and checked at start-up like every `*_file` key.
+    pub secret_key_file: Option<PathBuf>,
 }
 
 impl Default for WebhooksConfig {
@@ -295,6 +306,7 @@ impl Default for WebhooksConfig {
             retry_schedule: vec![s(5), s(300), s(1800), s(7200), s(18000), s(36000), s(36000)],
             timeout: DEFAULT_WEBHOOK_TIMEOUT,
             allowed_networks: Vec::new(),
+            secret_key_file: None,
         }
     }
 }
@@ -306,6 +318,9 @@ impl WebhooksConfig {
                 "webhooks.retry_schedule",
                 "must not be empty",
             ));
+        }
+        if let Some(path) = &self.secret_key_file {
+            read_secret_file("webhooks.secret_key_file", path)?;
         }
         nonzero("webhooks.timeout", self.timeout)
     }
