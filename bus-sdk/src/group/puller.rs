@@ -30,9 +30,10 @@ pub(crate) enum PullError {
     /// Sending a pull request failed, or did not go out within the send deadline.
     #[error("sending a pull request failed: {0}")]
     Request(String),
-    /// The subscription for deliveries could not be made.
+    /// The subscription for deliveries could not be made, or not within the send
+    /// deadline.
     #[error("subscribing for deliveries failed: {0}")]
-    Subscribe(#[from] async_nats::SubscribeError),
+    Subscribe(String),
     /// The subscription ended (the client is closed).
     #[error("the delivery subscription ended")]
     Closed,
@@ -78,7 +79,9 @@ impl Puller {
     ) -> Result<Self, PullError> {
         let client = context.client();
         let inbox = client.new_inbox();
-        let subscriber = client.subscribe(inbox.clone()).await?;
+        let subscriber = crate::send_deadline::within(client.subscribe(inbox.clone()))
+            .await
+            .map_err(PullError::Subscribe)?;
         Ok(Self {
             client,
             context: context.clone(),
