@@ -141,7 +141,8 @@ const POD_NAME: &str = "bus-node-6d4cf56db6-x7k2q";
 
 #[test]
 fn given_the_configmap_toml_when_checked_by_bus_node_should_be_accepted() -> Result<()> {
-    let bin = bus_node_bin()?;
+    // Beside this test binary in cargo's target directory, or $BUS_NODE_BIN.
+    let bin = bus_tests::node_binary()?;
     let source = std::fs::read_to_string(deploy_dir().join("base/bus-node/bus.toml"))?;
     for overlay in ["dev", "prod"] {
         let rendered = kustomize(overlay)?;
@@ -218,20 +219,6 @@ fn given_the_configmap_toml_when_checked_by_bus_node_should_be_accepted() -> Res
         }
     }
     Ok(())
-}
-
-fn bus_node_bin() -> Result<PathBuf> {
-    let bin = match std::env::var_os("BUS_NODE_BIN") {
-        Some(p) => PathBuf::from(p),
-        None => repo_root().join("target/debug/bus-node"),
-    };
-    if !bin.is_file() {
-        bail!(
-            "no bus-node binary at {}: run `cargo build -p bus-node` (or set BUS_NODE_BIN)",
-            bin.display()
-        );
-    }
-    Ok(bin)
 }
 
 fn kustomize(overlay: &str) -> Result<String> {
