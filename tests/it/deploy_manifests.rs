@@ -3,6 +3,7 @@
 //! the bus-node ConfigMap carries is accepted by `bus-node check-config` together with the
 //! environment that the rendered Deployment gives the container.
 //!
+//! A test target of its own (it needs tools the other suites do not).
 //! Needs `kubectl` (or `kustomize`) on PATH, and PyPI on the first run (the script
 //! installs its pinned tools into `.tools/deploy-venv`). The last test needs the bus-node
 //! binary: `cargo build -p bus-node`, or `BUS_NODE_BIN=/path/to/bus-node`.

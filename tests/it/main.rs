@@ -1,7 +1,6 @@
 //! The integration suites: one test binary built from modules, each running real
 //! `nats-server` processes (and `bus-node` processes) through the harness in `tests/src`.
 
-mod deploy_manifests;
 mod harness_selftest;
 mod node_bad_input;
 mod node_connections;
@@ -16,4 +15,3 @@ mod sdk_groups;
 mod sdk_interop;
 mod server_trace;
 mod support;
-mod traces;
