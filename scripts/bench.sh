@@ -18,8 +18,8 @@ cd "$(dirname "$0")/.."
 NATS_SERVER_BIN=$(scripts/ensure-nats-server.sh)
 export NATS_SERVER_BIN
 
-cargo build --release -p bus-tests --bin bus-bench >&2
-bin="${CARGO_TARGET_DIR:-target}/release/bus-bench"
+cargo build --release -p bus-bench >&2
+bin="$(scripts/target-dir.sh)/release/bus-bench"
 
 for arg in "$@"; do
   case "$arg" in

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 NATS=$(scripts/ensure-nats-server.sh)
 echo "demo: building the example services..."
 cargo build -q -p bus-sdk --examples
-bin=target/debug/examples
+bin="$(scripts/target-dir.sh)/debug/examples"
 
 dir=$(mktemp -d)
 pids=()

@@ -8,10 +8,11 @@ cd "$(dirname "$0")/.."
 NATS_SERVER_BIN=$(scripts/ensure-nats-server.sh)
 export NATS_SERVER_BIN
 cargo build -q -p bus-node
+bin="$(scripts/target-dir.sh)/debug/bus-node"
 listen=${BUS__HTTP__LISTEN:-127.0.0.1:8080}
 export BUS__HTTP__LISTEN=$listen
 
-target/debug/bus-node dev &
+"$bin" dev &
 node=$!
 trap 'kill -TERM $node 2>/dev/null || true; wait $node 2>/dev/null || true' EXIT INT TERM
 

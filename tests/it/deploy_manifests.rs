@@ -4,6 +4,7 @@
 //! environment that the rendered Deployment gives the container and the Secrets it
 //! mounts as files.
 //!
+//! A test target of its own (it needs tools the other suites do not).
 //! Needs `kubectl` (or `kustomize`) on PATH, and PyPI on the first run (the script
 //! installs its pinned tools into `.tools/deploy-venv`). The last test needs the bus-node
 //! binary: `cargo build -p bus-node`, or `BUS_NODE_BIN=/path/to/bus-node`.
@@ -16,6 +17,7 @@ use anyhow::{Context, Result, bail, ensure};
 
 use flat_yaml::Flat;
 
+#[path = "deploy_manifests/flat_yaml.rs"]
 mod flat_yaml;
 
 fn repo_root() -> PathBuf {
@@ -155,7 +157,8 @@ const CONTAINER: &str = "spec.template.spec.containers[0]";
 
 #[test]
 fn given_the_configmap_toml_when_checked_by_bus_node_should_be_accepted() -> Result<()> {
-    let bin = bus_node_bin()?;
+    // Beside this test binary in cargo's target directory, or $BUS_NODE_BIN.
+    let bin = bus_tests::node_binary()?;
     let source = std::fs::read_to_string(deploy_dir().join("base/bus-node/bus.toml"))?;
     for overlay in ["dev", "prod"] {
         let rendered = kustomize(overlay)?;
@@ -267,20 +270,6 @@ fn given_the_configmap_toml_when_checked_by_bus_node_should_be_accepted() -> Res
         }
     }
     Ok(())
-}
-
-fn bus_node_bin() -> Result<PathBuf> {
-    let bin = match std::env::var_os("BUS_NODE_BIN") {
-        Some(p) => PathBuf::from(p),
-        None => repo_root().join("target/debug/bus-node"),
-    };
-    if !bin.is_file() {
-        bail!(
-            "no bus-node binary at {}: run `cargo build -p bus-node` (or set BUS_NODE_BIN)",
-            bin.display()
-        );
-    }
-    Ok(bin)
 }
 
 fn kustomize(overlay: &str) -> Result<String> {

@@ -1,7 +1,6 @@
 //! The integration suites: one test binary built from modules, each running real
 //! `nats-server` processes (and `bus-node` processes) through the harness in `tests/src`.
 
-mod deploy_manifests;
 mod harness_selftest;
 mod node_bad_input;
 mod node_connections;
@@ -19,4 +18,3 @@ mod sdk_presence;
 mod sdk_rolling_deploy;
 mod server_trace;
 mod support;
-mod traces;

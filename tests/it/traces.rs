@@ -2,8 +2,9 @@
 //! once, handles it again and publishes → group B handles that. The node exports over
 //! OTLP/gRPC, this process over OTLP/HTTP, both into the harness's receiver.
 //!
-//! Each test installs this process's global telemetry, so each needs its own process
-//! (cargo-nextest runs tests that way).
+//! A test target of its own: each test installs the process's global telemetry, so each
+//! runs in a process of its own (`bus_tests::own_process`: cargo-nextest runs a process
+//! per test; under plain `cargo test` the test runs itself again in a child process).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -16,6 +17,14 @@ use serde_json::json;
 
 use crate::node_support::*;
 use crate::support::{OrderCreated, PaymentFailed, Recorder, bus_for, wait_until};
+
+// The `it` suites' helpers; these tests use a part of them.
+#[allow(dead_code)]
+#[path = "node_support.rs"]
+mod node_support;
+#[allow(dead_code)]
+#[path = "support.rs"]
+mod support;
 
 fn settings(endpoint: String) -> TelemetrySettings {
     TelemetrySettings {
@@ -92,6 +101,11 @@ fn one<'a>(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn given_an_http_event_handled_by_two_groups_should_record_one_trace_with_the_hop_chain()
 -> anyhow::Result<()> {
+    if !bus_tests::own_process(
+        "given_an_http_event_handled_by_two_groups_should_record_one_trace_with_the_hop_chain",
+    ) {
+        return Ok(());
+    }
     let receiver = OtlpReceiver::start().await?;
     let telemetry = telemetry::init_with(settings(receiver.http_endpoint()))?;
     let cluster = NatsCluster::start(1).await?;
@@ -260,6 +274,11 @@ async fn given_an_http_event_handled_by_two_groups_should_record_one_trace_with_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn given_the_collector_is_down_the_bus_should_keep_working_and_stop_promptly()
 -> anyhow::Result<()> {
+    if !bus_tests::own_process(
+        "given_the_collector_is_down_the_bus_should_keep_working_and_stop_promptly",
+    ) {
+        return Ok(());
+    }
     // A port nobody listens on.
     let dead = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -304,6 +323,11 @@ async fn given_the_collector_is_down_the_bus_should_keep_working_and_stop_prompt
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn given_a_ratio_sampler_each_flow_should_be_recorded_whole_or_not_at_all()
 -> anyhow::Result<()> {
+    if !bus_tests::own_process(
+        "given_a_ratio_sampler_each_flow_should_be_recorded_whole_or_not_at_all",
+    ) {
+        return Ok(());
+    }
     const FLOWS: u64 = 40;
     let receiver = OtlpReceiver::start().await?;
     let mut s = settings(receiver.http_endpoint());
@@ -362,6 +386,11 @@ async fn given_a_ratio_sampler_each_flow_should_be_recorded_whole_or_not_at_all(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn given_a_service_span_in_the_current_context_a_publish_should_be_its_child()
 -> anyhow::Result<()> {
+    if !bus_tests::own_process(
+        "given_a_service_span_in_the_current_context_a_publish_should_be_its_child",
+    ) {
+        return Ok(());
+    }
     use opentelemetry::context::FutureExt as _;
     use opentelemetry::trace::{Span as _, TraceContextExt as _, Tracer as _};
 
@@ -405,6 +434,11 @@ async fn given_a_service_span_in_the_current_context_a_publish_should_be_its_chi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn given_the_sampler_always_off_events_should_carry_no_trace_context_and_no_span_be_exported()
 -> anyhow::Result<()> {
+    if !bus_tests::own_process(
+        "given_the_sampler_always_off_events_should_carry_no_trace_context_and_no_span_be_exported",
+    ) {
+        return Ok(());
+    }
     use bus_core::headers::{CE_ID, NATS_TRACE_DEST, TRACEPARENT, TRACESTATE};
 
     let receiver = OtlpReceiver::start().await?;

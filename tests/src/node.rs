@@ -4,7 +4,7 @@
 //! test fails.
 
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
@@ -26,8 +26,12 @@ pub const NODE_READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long `stop` waits after SIGTERM before SIGKILL.
 pub const NODE_STOP_GRACE: Duration = Duration::from_secs(30);
 
-/// The `bus-node` executable: `$BUS_NODE_BIN`, else `target/<profile>/bus-node` beside
-/// the running test binary (`target/<profile>/deps/it-…`).
+/// The `bus-node` executable: `$BUS_NODE_BIN`, else `bus-node` in the cargo profile
+/// directory of the running executable: `<target>/<profile>/bus-node` for a test binary
+/// (`<target>/<profile>/deps/it-…`) or a binary beside it (`<target>/<profile>/bus-bench`).
+/// `<target>` is wherever cargo built this executable (`CARGO_TARGET_DIR`,
+/// `build.target-dir`, `--target <triple>`), so `cargo build -p bus-node` with the same
+/// settings puts the node where this finds it.
 pub fn node_binary() -> Result<PathBuf, HarnessError> {
     let mut tried = Vec::new();
     if let Some(p) = std::env::var_os(NODE_BINARY_ENV) {
@@ -37,10 +41,16 @@ pub fn node_binary() -> Result<PathBuf, HarnessError> {
         }
         tried.push(p);
     }
-    if let Ok(exe) = std::env::current_exe()
-        && let Some(profile_dir) = exe.parent().and_then(|deps| deps.parent())
+    if let Some(profile_dir) = std::env::current_exe()
+        .ok()
+        .as_deref()
+        .and_then(Path::parent)
+        .map(|dir| match dir.file_name() {
+            Some(name) if name == "deps" => dir.parent().unwrap_or(dir),
+            _ => dir,
+        })
     {
-        let p = profile_dir.join("bus-node");
+        let p = profile_dir.join(format!("bus-node{}", std::env::consts::EXE_SUFFIX));
         if p.is_file() {
             return Ok(p);
         }
