@@ -84,7 +84,24 @@ impl Serialize for Secret {
     }
 }
 
-/// Everything a bus client needs: `nats`, `streams` and `subjects`.
+/// Everything a bus client needs: `nats`, `streams` and `subjects`. Every key has a
+/// default, so a file names only what differs; unknown keys are refused.
+///
+/// ```
+/// use bus_core::BusConfig;
+/// let config: BusConfig = serde_json::from_str(
+///     r#"{
+///         "nats": {
+///             "servers": ["nats://nats-1:4222", "nats://nats-2:4222"],
+///             "publish_deadline": "10s"
+///         },
+///         "streams": { "replicas": 3 }
+///     }"#,
+/// )?;
+/// config.validate()?;
+/// assert_eq!(config.streams.events_name, bus_core::config::DEFAULT_EVENTS_STREAM);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BusConfig {
@@ -98,6 +115,12 @@ pub struct BusConfig {
 
 impl BusConfig {
     /// A configuration with defaults that talks to `servers`.
+    ///
+    /// ```
+    /// let servers = ["nats://nats-1:4222", "nats://nats-2:4222"];
+    /// let config = bus_core::BusConfig::with_servers(servers);
+    /// assert_eq!(config.nats.servers.len(), 2);
+    /// ```
     pub fn with_servers<S: Into<String>>(servers: impl IntoIterator<Item = S>) -> Self {
         let mut c = Self::default();
         c.nats.servers = servers.into_iter().map(Into::into).collect();
@@ -105,6 +128,12 @@ impl BusConfig {
     }
 
     /// Checks every section; the error names the first wrong key.
+    ///
+    /// ```
+    /// let mut config = bus_core::BusConfig::default();
+    /// config.streams.replicas = 2;
+    /// assert_eq!(config.validate().unwrap_err().key, "streams.replicas");
+    /// ```
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.nats.validate()?;
         self.streams.validate()?;
@@ -112,6 +141,15 @@ impl BusConfig {
     }
 
     /// The subjects of the configured prefixes.
+    ///
+    /// ```
+    /// # use bus_core::{BusConfig, EventType};
+    /// let mut config = BusConfig::default();
+    /// config.subjects.prefix = "shop.evt".to_owned();
+    /// let subject = config.subjects().event(&EventType::new("order.created")?);
+    /// assert_eq!(subject, "shop.evt.order.created");
+    /// # Ok::<(), bus_core::EventTypeError>(())
+    /// ```
     pub fn subjects(&self) -> Subjects {
         Subjects::new(
             &self.subjects.prefix,

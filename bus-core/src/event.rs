@@ -11,7 +11,8 @@ use crate::event_type::EventType;
 pub const SPEC_VERSION: &str = "1.0";
 
 /// One CloudEvents 1.0 event. `data` holds the payload bytes as they travel on NATS;
-/// `datacontenttype` says how to read them (JSON when absent).
+/// `datacontenttype` says how to read them (JSON when absent). Built with
+/// [`Event::builder`] (example there).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
     /// Unique id of the event; also JetStream's de-duplication key (`Nats-Msg-Id`).
@@ -70,6 +71,19 @@ impl Event {
 }
 
 /// Builds an [`Event`]; see [`Event::builder`].
+///
+/// ```
+/// use bus_core::{Event, EventType};
+/// let event = Event::builder(EventType::new("shop.order.created")?, "/shop")
+///     .id("order-42-created")
+///     .subject("order/42")
+///     .partition_key("customer-7")
+///     .extension("tenant", "acme")
+///     .data("text/plain", "order 42")
+///     .build();
+/// assert_eq!(event.partitionkey.as_deref(), Some("customer-7"));
+/// # Ok::<(), bus_core::EventTypeError>(())
+/// ```
 #[derive(Debug)]
 pub struct EventBuilder {
     event: Event,

@@ -10,6 +10,15 @@ use std::fmt;
 pub const MAX_EVENT_TYPE_LEN: usize = 200;
 
 /// Why a name or pattern was refused; `position` is the byte offset of the culprit.
+///
+/// ```
+/// use bus_core::{EventType, EventTypeError};
+/// let err = EventType::new("shop.Order").unwrap_err();
+/// assert!(matches!(
+///     err,
+///     EventTypeError::InvalidCharacter { character: 'O', position: 5, .. }
+/// ));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum EventTypeError {
@@ -62,7 +71,7 @@ pub enum EventTypeError {
     },
 }
 
-/// A validated event type name.
+/// A validated event type name; see [`EventType::new`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EventType(String);
 
@@ -100,12 +109,22 @@ impl AsRef<str> for EventType {
 
 /// A subscription pattern: an event type whose tokens may be `*` (one token) and whose
 /// last token may be `>` (one or more tokens), as in NATS.
+///
+/// ```
+/// use bus_core::{EventPattern, EventType};
+/// let created = EventPattern::new("shop.*.created")?;
+/// assert!(created.matches(&EventType::new("shop.order.created")?));
+/// let line_created = EventType::new("shop.order.line.created")?;
+/// assert!(!created.matches(&line_created));
+/// assert!(EventPattern::new("shop.>")?.matches(&line_created));
+/// # Ok::<(), bus_core::EventTypeError>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct EventPattern(String);
 
 impl EventPattern {
     /// Validates `pattern`: an event type name whose tokens may also be `*`, and whose last
-    /// token may be `>`.
+    /// token may be `>` (example on [`EventPattern`]).
     pub fn new(pattern: impl Into<String>) -> Result<Self, EventTypeError> {
         let pattern = pattern.into();
         check(&pattern, true)?;
@@ -117,7 +136,7 @@ impl EventPattern {
         &self.0
     }
 
-    /// Whether `event_type` matches this pattern.
+    /// Whether `event_type` matches this pattern (example on [`EventPattern`]).
     pub fn matches(&self, event_type: &EventType) -> bool {
         let mut names = event_type.as_str().split('.');
         for token in self.0.split('.') {

@@ -9,6 +9,15 @@ use std::fmt;
 pub const MAX_GROUP_NAME_LEN: usize = 64;
 
 /// Why a group name was refused.
+///
+/// ```
+/// use bus_core::{GroupName, GroupNameError};
+/// let err = GroupName::new("billing.eu").unwrap_err();
+/// assert!(matches!(
+///     err,
+///     GroupNameError::InvalidCharacter { character: '.', position: 7, .. }
+/// ));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum GroupNameError {

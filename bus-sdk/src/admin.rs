@@ -1,13 +1,14 @@
-//! Operating the bus: consumer groups and their backlog. Used by `bus-node`'s admin
-//! endpoints and available to services; dead letters are in [`crate::dead_letter`],
-//! members in [`crate::presence`].
+//! Operating the bus: consumer groups and their backlog ([`Bus::groups`], example
+//! there). Used by `bus-node`'s admin endpoints and available to services; dead letters
+//! are in [`crate::dead_letter`], members in [`crate::presence`].
 
 use futures::TryStreamExt;
 
 use crate::bus::Bus;
 use crate::error::PublishError;
 
-/// An admin operation failed.
+/// An admin operation failed: [`Bus::groups`], [`Bus::members`], [`Bus::dead_letters`],
+/// [`Bus::redrive`] (whose example matches on it), [`Bus::redrive_group`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AdminError {
@@ -33,7 +34,7 @@ pub(crate) fn js_err(e: impl std::fmt::Display) -> AdminError {
     AdminError::JetStream(e.to_string())
 }
 
-/// A consumer group as JetStream sees it.
+/// A consumer group as JetStream sees it, from [`Bus::groups`] (example there).
 #[derive(Debug, Clone, serde::Serialize)]
 #[non_exhaustive]
 pub struct GroupInfo {
@@ -52,7 +53,15 @@ pub struct GroupInfo {
 }
 
 impl Bus {
-    /// Every consumer group on the events stream, with its backlog.
+    /// Every consumer group on the events stream, with its backlog, sorted by name.
+    ///
+    /// ```no_run
+    /// # async fn f(bus: bus_sdk::Bus) -> Result<(), bus_sdk::admin::AdminError> {
+    /// for g in bus.groups().await? {
+    ///     println!("{}: {} pending, {} in flight", g.name, g.pending, g.in_flight);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn groups(&self) -> Result<Vec<GroupInfo>, AdminError> {
         let stream = self
             .jetstream()

@@ -23,7 +23,7 @@ use crate::subscription::{
 };
 use crate::typed::{EventMeta, EventPayload, Received};
 
-/// Where a broadcast subscription starts.
+/// Where a broadcast subscription starts; see [`BroadcastBuilder::start_at`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum StartAt {
@@ -69,7 +69,8 @@ impl BroadcastBuilder {
         }
     }
 
-    /// Handles events of type `T`.
+    /// Handles events of type `T` (example on [`BroadcastBuilder`]). One subscription
+    /// may handle several types, one handler each.
     pub fn on<T, F, Fut>(mut self, handler: F) -> Self
     where
         T: EventPayload,
@@ -113,19 +114,51 @@ impl BroadcastBuilder {
     /// `.await`), the event is skipped with a warning, as after a handler error, and the
     /// next one is handled. Without it, a hung handler would stop the subscription for
     /// good.
+    ///
+    /// ```no_run
+    /// # use bus_sdk::{Bus, EventPayload, Received, HandlerError};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct PriceChanged;
+    /// # impl EventPayload for PriceChanged { const EVENT_TYPE: &'static str = "shop.price.changed"; }
+    /// # async fn refresh(_: Received<PriceChanged>) -> Result<(), HandlerError> { Ok(()) }
+    /// # async fn f(bus: Bus) -> Result<(), bus_sdk::SubscribeError> {
+    /// use std::time::Duration;
+    /// let sub = bus
+    ///     .broadcast()
+    ///     .on(refresh)
+    ///     .handler_timeout(Duration::from_secs(5))
+    ///     .start()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn handler_timeout(mut self, d: Duration) -> Self {
         self.handler_timeout = d;
         self
     }
 
     /// Where to start (default [`StartAt::New`]).
+    ///
+    /// ```no_run
+    /// # use bus_sdk::{Bus, EventPayload, Received, HandlerError, StartAt};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct PriceChanged;
+    /// # impl EventPayload for PriceChanged { const EVENT_TYPE: &'static str = "shop.price.changed"; }
+    /// # async fn f(bus: Bus, last_seen: u64) -> Result<(), bus_sdk::SubscribeError> {
+    /// // Resume a cache after the last event it applied (`meta.stream_seq`).
+    /// let sub = bus
+    ///     .broadcast()
+    ///     .on(|_ev: Received<PriceChanged>| async { Ok::<(), HandlerError>(()) })
+    ///     .start_at(StartAt::Sequence(last_seen + 1))
+    ///     .start()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn start_at(mut self, start_at: StartAt) -> Self {
         self.start_at = start_at;
         self
     }
 
     /// Creates the subscription's consumer and starts handling events. Fails when no
-    /// handler is registered, two handle one type, or JetStream refuses the consumer.
+    /// handler is registered, two handle one type, or JetStream refuses the consumer
+    /// (example on [`BroadcastBuilder`]).
     pub async fn start(self) -> Result<Broadcast, SubscribeError> {
         check_handler_timeout(self.handler_timeout)?;
         let handlers = self.handlers.build()?;
@@ -292,7 +325,8 @@ impl Policy for Subscription {
     }
 }
 
-/// A running broadcast subscription. Dropping it stops it.
+/// A running broadcast subscription, from [`BroadcastBuilder::start`] (example on
+/// [`BroadcastBuilder`]). Dropping it stops it.
 #[derive(Debug)]
 pub struct Broadcast {
     cancel: CancellationToken,
@@ -303,7 +337,8 @@ pub struct Broadcast {
 pub const BROADCAST_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 impl Broadcast {
-    /// Stops the subscription and waits for a running handler to return.
+    /// Stops the subscription and waits for a running handler to return, as at the end
+    /// of [`BroadcastBuilder`]'s example.
     pub async fn shutdown(self) {
         self.cancel.cancel();
         let _ = tokio::time::timeout(BROADCAST_SHUTDOWN_GRACE, self.tracker.wait()).await;

@@ -16,6 +16,30 @@ use crate::send_deadline;
 use crate::typed::EventPayload;
 
 /// A connection to the bus. Clone it freely: clones share the connection.
+///
+/// ```no_run
+/// # use bus_sdk::{Bus, BusConfig, EventPayload, HandlerError, Received};
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct OrderCreated { order_id: u64 }
+/// # impl EventPayload for OrderCreated { const EVENT_TYPE: &'static str = "shop.order.created"; }
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct InvoiceIssued { order_id: u64 }
+/// # impl EventPayload for InvoiceIssued { const EVENT_TYPE: &'static str = "shop.invoice.issued"; }
+/// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+/// let bus = Bus::connect(BusConfig::with_servers(["nats://127.0.0.1:4222"])).await?;
+/// // A handler that publishes, on the same connection.
+/// let publisher = bus.clone();
+/// let member = bus
+///     .group("billing")
+///     .on(move |ev: Received<OrderCreated>| {
+///         let bus = publisher.clone();
+///         async move {
+///             bus.publish(&InvoiceIssued { order_id: ev.data.order_id }).await?;
+///             Ok::<(), HandlerError>(())
+///         }
+///     })
+///     .start()
+///     .await?;
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct Bus {
     inner: Arc<Inner>,
@@ -30,7 +54,8 @@ struct Inner {
     publisher: Publisher,
 }
 
-/// Options for [`Bus`] beyond the shared [`BusConfig`].
+/// Options for [`Bus`] beyond the shared [`BusConfig`], from [`Bus::builder`]; each
+/// option has an example.
 #[derive(Debug)]
 pub struct BusBuilder {
     config: BusConfig,
@@ -79,7 +104,8 @@ impl BusBuilder {
         self
     }
 
-    /// Validates the configuration, connects, and puts the streams in place.
+    /// Validates the configuration, connects, and puts the streams in place unless
+    /// [`BusBuilder::ensure_topology`] is off. Every option's example ends with it.
     pub async fn connect(self) -> Result<Bus, ConnectError> {
         self.config.validate()?;
         let client = connect::connect(&self.config.nats).await?;
@@ -118,11 +144,30 @@ fn default_source() -> String {
 
 impl Bus {
     /// Connects with default options; see [`Bus::builder`].
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), bus_sdk::ConnectError> {
+    /// use bus_sdk::{Bus, BusConfig};
+    /// let servers = ["nats://nats-1:4222", "nats://nats-2:4222"];
+    /// let bus = Bus::connect(BusConfig::with_servers(servers)).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn connect(config: BusConfig) -> Result<Self, ConnectError> {
         Self::builder(config).connect().await
     }
 
     /// Options beyond `config`; [`BusBuilder::connect`] connects.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), bus_sdk::ConnectError> {
+    /// use bus_sdk::{Bus, BusConfig};
+    /// let bus = Bus::builder(BusConfig::default())
+    ///     .source("/billing")
+    ///     .ensure_topology(false)
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn builder(config: BusConfig) -> BusBuilder {
         BusBuilder {
             config,
@@ -133,6 +178,16 @@ impl Bus {
     }
 
     /// Publishes a typed event; returns once JetStream has stored it.
+    ///
+    /// ```no_run
+    /// # use bus_sdk::{Bus, EventPayload};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct OrderCreated { order_id: u64 }
+    /// # impl EventPayload for OrderCreated { const EVENT_TYPE: &'static str = "shop.order.created"; }
+    /// # async fn f(bus: Bus) -> Result<(), bus_sdk::PublishError> {
+    /// let receipt = bus.publish(&OrderCreated { order_id: 42 }).await?;
+    /// println!("{} stored in {} as #{}", receipt.id, receipt.stream, receipt.seq);
+    /// # Ok(()) }
+    /// ```
     pub async fn publish<T: EventPayload>(
         &self,
         payload: &T,
@@ -163,13 +218,30 @@ impl Bus {
         Ok(builder)
     }
 
-    /// Publishes an event as it is; returns once JetStream has stored it.
+    /// Publishes an event as it is; returns once JetStream has stored it. Build it with
+    /// [`Bus::event`] (example there) or [`Event::builder`].
     pub async fn publish_event(&self, event: &Event) -> Result<PublishReceipt, PublishError> {
         self.inner.publisher.publish_event(event).await
     }
 
-    /// Publishes many events with a bounded window of PubAcks in flight; one result per
-    /// event, in order.
+    /// Publishes many events with a bounded window of PubAcks in flight
+    /// ([`BusBuilder::publish_window`]); one result per event, in order.
+    ///
+    /// ```no_run
+    /// # use bus_sdk::{Bus, EventPayload};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct OrderCreated { order_id: u64 }
+    /// # impl EventPayload for OrderCreated { const EVENT_TYPE: &'static str = "shop.order.created"; }
+    /// # async fn f(bus: Bus) -> Result<(), bus_sdk::PublishError> {
+    /// let events = (1..=100)
+    ///     .map(|order_id| Ok(bus.event(&OrderCreated { order_id })?.build()))
+    ///     .collect::<Result<Vec<_>, bus_sdk::PublishError>>()?;
+    /// for (event, result) in events.iter().zip(bus.publish_batch(&events).await) {
+    ///     if let Err(e) = result {
+    ///         eprintln!("{} not stored: {e}", event.id);
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn publish_batch(
         &self,
         events: &[Event],
@@ -180,32 +252,63 @@ impl Bus {
             .await
     }
 
-    /// A consumer group named `name`: members with the same name share the events.
+    /// A consumer group named `name`: members with the same name share the events. See
+    /// [`GroupBuilder`] for an example; a name that is not a valid
+    /// [`GroupName`](bus_core::GroupName) fails at [`GroupBuilder::start`].
     pub fn group(&self, name: impl Into<String>) -> GroupBuilder {
         GroupBuilder::new(self.clone(), name.into())
     }
 
-    /// A broadcast subscription: every instance gets every matching event.
+    /// A broadcast subscription: every instance gets every matching event. See
+    /// [`BroadcastBuilder`] for an example.
     pub fn broadcast(&self) -> BroadcastBuilder {
         BroadcastBuilder::new(self.clone())
     }
 
     /// The configuration this bus was connected with.
+    ///
+    /// ```no_run
+    /// # fn f(bus: bus_sdk::Bus) {
+    /// let streams = &bus.config().streams;
+    /// println!("events in {}, dead letters in {}", streams.events_name, streams.dlq_name);
+    /// # }
+    /// ```
     pub fn config(&self) -> &BusConfig {
         &self.inner.config
     }
 
     /// The subjects of the configured prefixes.
+    ///
+    /// ```no_run
+    /// # fn f(bus: bus_sdk::Bus) -> Result<(), bus_sdk::EventTypeError> {
+    /// let subject = bus.subjects().event(&bus_sdk::EventType::new("shop.order.created")?);
+    /// assert_eq!(subject, format!("{}.shop.order.created", bus.config().subjects.prefix));
+    /// # Ok(()) }
+    /// ```
     pub fn subjects(&self) -> &Subjects {
         &self.inner.publisher.subjects
     }
 
     /// The NATS connection, for core NATS requests.
+    ///
+    /// ```no_run
+    /// # async fn f(bus: bus_sdk::Bus) -> Result<(), bus_sdk::async_nats::Error> {
+    /// let reply = bus.client().request("pricing.quote", "sku-1".into()).await?;
+    /// # Ok(()) }
+    /// ```
     pub fn client(&self) -> &async_nats::Client {
         &self.inner.client
     }
 
     /// The JetStream context on this connection.
+    ///
+    /// ```no_run
+    /// # async fn f(bus: bus_sdk::Bus) -> Result<(), bus_sdk::async_nats::Error> {
+    /// let name = &bus.config().streams.events_name;
+    /// let mut events = bus.jetstream().get_stream(name).await?;
+    /// println!("{} events stored", events.info().await?.state.messages);
+    /// # Ok(()) }
+    /// ```
     pub fn jetstream(&self) -> &jetstream::Context {
         &self.inner.publisher.js
     }
@@ -216,6 +319,14 @@ impl Bus {
 
     /// Flushes what is buffered and closes the connection for every clone. Shut groups
     /// and subscriptions down first so that their acks go out.
+    ///
+    /// ```no_run
+    /// # async fn f(bus: bus_sdk::Bus, billing: bus_sdk::Group, prices: bus_sdk::Broadcast) {
+    /// billing.shutdown().await;
+    /// prices.shutdown().await;
+    /// bus.close().await;
+    /// # }
+    /// ```
     pub async fn close(&self) {
         if let Err(e) = send_deadline::within(self.inner.client.drain()).await {
             tracing::warn!(error = %e, "draining the NATS connection failed");

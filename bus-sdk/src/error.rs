@@ -2,7 +2,19 @@
 
 use bus_core::{ConfigError, EncodeError, EventTypeError, GroupNameError, TopologyError};
 
-/// `Bus::connect` failed.
+/// [`Bus::connect`](crate::Bus::connect) failed.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use bus_sdk::{Bus, BusConfig, ConnectError};
+/// let mut config = BusConfig::default();
+/// config.streams.replicas = 2;
+/// // Checked before anything is sent; the error names the key.
+/// let Err(ConnectError::Config(e)) = Bus::connect(config).await else { panic!() };
+/// assert_eq!(e.key, "streams.replicas");
+/// # }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConnectError {
@@ -20,7 +32,7 @@ pub enum ConnectError {
     Topology(#[from] TopologyError),
 }
 
-/// What went wrong with a publish.
+/// What went wrong with a publish: [`PublishError::kind`] (example on [`PublishError`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum PublishErrorKind {
@@ -40,6 +52,23 @@ pub enum PublishErrorKind {
 }
 
 /// A publish failed; see [`PublishError::kind`].
+///
+/// ```no_run
+/// # use bus_sdk::{Bus, EventPayload, PublishError, PublishErrorKind, PublishReceipt};
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct OrderCreated { order_id: u64 }
+/// # impl EventPayload for OrderCreated { const EVENT_TYPE: &'static str = "shop.order.created"; }
+/// # async fn f(bus: Bus, order: OrderCreated) -> Result<PublishReceipt, PublishError> {
+/// let event = bus.event(&order)?.id(format!("order-{}-created", order.order_id)).build();
+/// match bus.publish_event(&event).await {
+///     // Stored or not: publishing the same id again stores it at most once.
+///     Err(e) if e.kind() == PublishErrorKind::Unavailable => {
+///         eprintln!("{} not confirmed, publishing again", e.event_id());
+///         bus.publish_event(&event).await
+///     }
+///     result => result,
+/// }
+/// # }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[error("publish {event_id}: {kind:?}: {detail}")]
 pub struct PublishError {
@@ -57,12 +86,14 @@ impl PublishError {
         }
     }
 
-    /// What went wrong; match on this rather than on the message.
+    /// What went wrong; match on this rather than on the message (example on
+    /// [`PublishError`]).
     pub fn kind(&self) -> PublishErrorKind {
         self.kind
     }
 
-    /// The id of the event that was being published ("" if it had none yet).
+    /// The id of the event that was being published ("" if it had none yet; example on
+    /// [`PublishError`]).
     pub fn event_id(&self) -> &str {
         &self.event_id
     }
@@ -77,6 +108,23 @@ impl PublishError {
 }
 
 /// Starting a group or a broadcast subscription failed.
+///
+/// ```no_run
+/// # use bus_sdk::{Bus, EventPayload, Group, Received, HandlerError, SubscribeError};
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct OrderCreated;
+/// # impl EventPayload for OrderCreated { const EVENT_TYPE: &'static str = "shop.order.created"; }
+/// # async fn bill(_: Received<OrderCreated>) -> Result<(), HandlerError> { Ok(()) }
+/// # async fn f(bus: Bus, concurrency: usize) -> Result<Group, String> {
+/// // `concurrency` from the service's settings:
+/// match bus.group("billing").on(bill).concurrency(concurrency).start().await {
+///     Ok(member) => Ok(member),
+///     Err(SubscribeError::InvalidOption { option, reason }) => {
+///         Err(format!("billing: setting {option} {reason}"))
+///     }
+///     Err(e) => Err(format!("billing: {e}")),
+/// }
+/// # }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SubscribeError {

@@ -11,6 +11,20 @@ use crate::typed::{EventMeta, EventPayload, Received};
 
 /// A handler's failure. Any error converts into one with `?` and is retried with
 /// backoff; [`HandlerError::permanent`] sends the event to the dead letters at once.
+///
+/// ```
+/// use bus_sdk::{EventPayload, HandlerError, Received};
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct OrderCreated { order_id: u64, amount_cents: i64 }
+/// # impl EventPayload for OrderCreated { const EVENT_TYPE: &'static str = "shop.order.created"; }
+/// # async fn charge(_order_id: u64, _cents: i64) -> std::io::Result<()> { Ok(()) }
+/// async fn bill(ev: Received<OrderCreated>) -> Result<(), HandlerError> {
+///     if ev.data.amount_cents < 0 {
+///         return Err(HandlerError::permanent("negative amount")); // a dead letter now
+///     }
+///     charge(ev.data.order_id, ev.data.amount_cents).await?; // an io::Error: retried
+///     Ok(())
+/// }
+/// ```
 pub struct HandlerError {
     source: Box<dyn std::error::Error + Send + Sync>,
     permanent: bool,
@@ -18,6 +32,12 @@ pub struct HandlerError {
 
 impl HandlerError {
     /// A failure that retrying cannot fix: the event is dead-lettered without retries.
+    ///
+    /// ```
+    /// # use bus_sdk::HandlerError;
+    /// let err = HandlerError::permanent(format!("unknown currency {:?}", "XYZ"));
+    /// assert!(err.is_permanent());
+    /// ```
     pub fn permanent(err: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
         Self {
             source: err.into(),
@@ -26,6 +46,13 @@ impl HandlerError {
     }
 
     /// A failure worth retrying, from a message.
+    ///
+    /// ```
+    /// # use bus_sdk::HandlerError;
+    /// let err = HandlerError::msg("stock service busy");
+    /// assert!(!err.is_permanent());
+    /// assert_eq!(err.to_string(), "stock service busy");
+    /// ```
     pub fn msg(msg: impl Into<String>) -> Self {
         Self {
             source: msg.into().into(),
@@ -34,6 +61,12 @@ impl HandlerError {
     }
 
     /// Whether the event goes to the dead letters at once instead of being retried.
+    ///
+    /// ```
+    /// # use bus_sdk::HandlerError;
+    /// let err: HandlerError = std::io::Error::other("connection reset").into();
+    /// assert!(!err.is_permanent()); // errors converted with `?` are retried
+    /// ```
     pub fn is_permanent(&self) -> bool {
         self.permanent
     }

@@ -27,6 +27,33 @@
 //! bus.close().await;
 //! # Ok(()) }
 //! ```
+//!
+//! # Where to start
+//!
+//! - [`Bus`]: the connection. [`Bus::connect`] with a [`BusConfig`] (or
+//!   [`Bus::builder`] for the options of [`BusBuilder`]); publish with [`Bus::publish`],
+//!   [`Bus::publish_batch`], or [`Bus::event`] and [`Bus::publish_event`] to set the id.
+//! - [`EventPayload`]: a serde type that travels as one event type; handlers receive it
+//!   as [`Received`], with the delivery's [`EventMeta`].
+//! - [`GroupBuilder`], from [`Bus::group`]: a consumer group, whose members share the
+//!   events and retry them; [`Group`] is a running member.
+//! - [`BroadcastBuilder`], from [`Bus::broadcast`]: every instance gets every event;
+//!   [`Broadcast`] is a running subscription.
+//! - [`HandlerError`]: what a handler returns on failure, retried or
+//!   [permanent](HandlerError::permanent).
+//! - [`dead_letter`]: what a group gave up on; [`Bus::dead_letters`] lists,
+//!   [`Bus::redrive`] sends back.
+//! - [`Bus::members`] ([`presence`]): the live members of a group;
+//!   [`Bus::groups`] ([`admin`]): every group and its backlog.
+//! - Errors: [`ConnectError`], [`PublishError`] (match on its [`PublishErrorKind`]),
+//!   [`SubscribeError`], [`admin::AdminError`].
+//! - Unit tests of handlers need no server: build their input with [`EventMeta::new`]
+//!   and [`Received::new`].
+//! - The crates the API exposes are re-exported, so a service needs only this one:
+//!   [`async_nats`] ([`Bus::client`], [`Bus::jetstream`]), [`bus_core`] (configuration,
+//!   the event envelope, names, subjects; [`bus_core::telemetry::init`] starts tracing)
+//!   and [`opentelemetry`] (a publish outside a handler is a child of
+//!   [`opentelemetry::Context::current`]).
 
 pub mod admin;
 mod broadcast;

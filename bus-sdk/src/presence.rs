@@ -18,30 +18,39 @@ use crate::admin::AdminError;
 use crate::bus::Bus;
 use crate::send_deadline::{self, SEND_DEADLINE};
 
-/// Prefix of a group's service name: members of `billing` are instances of `bus-billing`.
+/// Prefix of a group's service name: members of `billing` are instances of `bus-billing`
+/// ([`service_name`]).
 pub const SERVICE_PREFIX: &str = "bus-";
-/// Metadata key: the group.
+/// Metadata key: the group ([`Member::group`]; see [`Bus::members`]).
 pub const META_GROUP: &str = "bus.group";
-/// Metadata key: the events stream the group consumes.
+/// Metadata key: the events stream the group consumes; [`Bus::members`] lists only the
+/// members of its own.
 pub const META_STREAM: &str = "bus.stream";
-/// Metadata key: the event types the member handles, comma-separated.
+/// Metadata key: the event types the member handles, comma-separated ([`Member::types`]).
 pub const META_TYPES: &str = "bus.types";
-/// Metadata key: the member's host name.
+/// Metadata key: the member's host name ([`Member::host`]).
 pub const META_HOST: &str = "host";
-/// Metadata key: the member's process id.
+/// Metadata key: the member's process id ([`Member::pid`]).
 pub const META_PID: &str = "pid";
 
 /// How long [`Bus::members`] waits for answers at most.
 pub const MEMBERS_WAIT: Duration = Duration::from_secs(1);
 /// [`Bus::members`] stops once no new answer came for this long after the last one.
 pub const MEMBERS_QUIET: Duration = Duration::from_millis(200);
-/// Most members one [`Bus::members`] call returns.
+/// Most members one [`Bus::members`] call returns (example there).
 pub const MAX_MEMBERS: usize = 10_000;
 /// Largest answer read; larger ones are skipped (anyone who can answer on `$SRV.INFO`
-/// could otherwise make a listing hold megabytes per entry).
+/// could otherwise make a listing hold megabytes per entry). See [`Bus::members`].
 pub const MAX_INFO_BYTES: usize = 64 * 1024;
 
 /// The service name of a group's members.
+///
+/// ```
+/// use bus_sdk::{GroupName, presence::service_name};
+/// // `nats micro info bus-billing` lists billing's members.
+/// assert_eq!(service_name(&GroupName::new("billing")?), "bus-billing");
+/// # Ok::<(), bus_sdk::GroupNameError>(())
+/// ```
 pub fn service_name(group: &GroupName) -> String {
     format!("{SERVICE_PREFIX}{group}")
 }
@@ -101,7 +110,8 @@ pub(crate) async fn announce(
     }
 }
 
-/// A live member of a consumer group, as it answered `$SRV.INFO`.
+/// A live member of a consumer group, as it answered `$SRV.INFO`; from [`Bus::members`]
+/// (example there).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct Member {

@@ -20,10 +20,13 @@ use opentelemetry::trace::{SpanContext, TraceContextExt};
 
 use crate::error::{PublishError, PublishErrorKind};
 
-/// Events of one `publish_batch` call awaiting their PubAck at once.
+/// Events of one `publish_batch` call awaiting their PubAck at once
+/// ([`BusBuilder::publish_window`](crate::BusBuilder::publish_window)).
 pub const DEFAULT_PUBLISH_WINDOW: usize = 256;
 
-/// Proof that JetStream stored an event.
+/// Proof that JetStream stored an event, from [`Bus::publish`](crate::Bus::publish)
+/// (example there), [`Bus::publish_event`](crate::Bus::publish_event) and
+/// [`Bus::publish_batch`](crate::Bus::publish_batch).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PublishReceipt {

@@ -20,16 +20,20 @@ use time::OffsetDateTime;
 /// }
 /// ```
 pub trait EventPayload: Serialize + DeserializeOwned + Send + Sync + 'static {
-    /// The lowercase dotted event type name (`shop.order.created`).
+    /// The lowercase dotted event type name (`shop.order.created`), a valid
+    /// [`EventType`](bus_core::EventType) (example on [`EventPayload`]).
     const EVENT_TYPE: &'static str;
 
-    /// The ordering key (`partitionkey`), if events of this type are ordered per key.
+    /// The ordering key (`partitionkey`), if events of this type are ordered per key
+    /// (example on [`EventPayload`]).
     fn partition_key(&self) -> Option<String> {
         None
     }
 }
 
-/// Everything about a delivery except the data.
+/// Everything about a delivery except the data: [`Received::meta`] in a typed handler,
+/// the whole input of a [`BroadcastBuilder::on_any`](crate::BroadcastBuilder::on_any)
+/// handler (example there). [`EventMeta::new`] makes one for a unit test.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct EventMeta {
@@ -70,6 +74,15 @@ impl EventMeta {
     }
 
     /// The event's id.
+    ///
+    /// ```
+    /// # use bus_sdk::{EventMeta, EventType, Event};
+    /// let event = Event::builder(EventType::new("shop.order.created")?, "/tests")
+    ///     .id("order-42-created")
+    ///     .build();
+    /// assert_eq!(EventMeta::new(event).id(), "order-42-created");
+    /// # Ok::<(), bus_sdk::EventTypeError>(())
+    /// ```
     pub fn id(&self) -> &str {
         &self.event.id
     }
@@ -95,7 +108,8 @@ pub struct Received<T> {
 }
 
 impl<T> Received<T> {
-    /// A received event of `data` with `meta`.
+    /// A received event of `data` with `meta`, for calling a handler in a unit test
+    /// (example on [`Received`]).
     pub fn new(data: T, meta: EventMeta) -> Self {
         Self { data, meta }
     }

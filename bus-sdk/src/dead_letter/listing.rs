@@ -1,5 +1,6 @@
-//! Reading dead letters back (bounded pages with a cursor) and sending them back to the
-//! group that gave up on them.
+//! Reading dead letters back (bounded pages with a cursor, [`Bus::dead_letters`]) and
+//! sending them back to the group that gave up on them ([`Bus::redrive`],
+//! [`Bus::redrive_group`]); each has an example.
 
 use std::str::FromStr;
 
@@ -14,20 +15,22 @@ use super::DeadLetter;
 use crate::admin::{AdminError, js_err};
 use crate::bus::Bus;
 
-/// Most dead letters one listing returns.
+/// Most dead letters one listing returns (the `limit` of
+/// [`Bus::dead_letters`], example there).
 pub const MAX_DEAD_LETTER_PAGE: usize = 1000;
 /// A listing looks at most at this many messages per dead letter it may return: messages
 /// on the dead-letter subjects that are not dead letters (anything a client published
 /// there) are skipped, and a run of them ends the page early instead of the whole stream
-/// being read in one call.
+/// being read in one call. See [`Bus::dead_letters`].
 pub const DEAD_LETTER_SCAN_PER_LETTER: usize = 4;
 /// A listing stops once the payloads it holds pass this many bytes (the letter that
-/// passes it is kept, so this bound alone never leaves a page empty).
+/// passes it is kept, so this bound alone never leaves a page empty). See
+/// [`Bus::dead_letters`].
 pub const MAX_DEAD_LETTER_PAGE_BYTES: usize = 16 * 1024 * 1024;
-/// Most dead-letter messages one redrive call looks at.
+/// Most dead-letter messages one [`Bus::redrive_group`] call looks at.
 pub const MAX_REDRIVE_SCAN: usize = 10_000;
 
-/// One page of a dead-letter listing.
+/// One page of a dead-letter listing, from [`Bus::dead_letters`] (example there).
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct DeadLetterPage {
@@ -40,7 +43,8 @@ pub struct DeadLetterPage {
     pub examined: usize,
 }
 
-/// One dead letter with its place in the dead-letter stream.
+/// One dead letter with its place in the dead-letter stream; see [`Bus::dead_letters`]
+/// and [`Bus::redrive`] for examples.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct StoredDeadLetter {
@@ -57,6 +61,24 @@ impl Bus {
     /// [`DEAD_LETTER_SCAN_PER_LETTER`] messages per letter and stopping once the payloads
     /// pass [`MAX_DEAD_LETTER_PAGE_BYTES`]. Page on with [`DeadLetterPage::next_after`]
     /// until it is `None`; a page may be short, or empty, before the end.
+    ///
+    /// ```no_run
+    /// # async fn f(bus: bus_sdk::Bus) -> Result<(), Box<dyn std::error::Error>> {
+    /// let billing = bus_sdk::GroupName::new("billing")?;
+    /// let mut after = 0;
+    /// loop {
+    ///     let page = bus.dead_letters(Some(&billing), after, 100).await?;
+    ///     for stored in &page.letters {
+    ///         let letter = &stored.letter;
+    ///         println!("#{} {:?}: {}", stored.seq, letter.event_id, letter.reason);
+    ///     }
+    ///     match page.next_after {
+    ///         Some(next) => after = next,
+    ///         None => break,
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn dead_letters(
         &self,
         group: Option<&GroupName>,
@@ -105,6 +127,19 @@ impl Bus {
     /// Sends dead letter `seq` back to the group that gave up on it (and to no other
     /// group), then removes it from the dead letters. Safe to repeat: the redriven event
     /// is stored once.
+    ///
+    /// ```no_run
+    /// # use bus_sdk::{Bus, admin::AdminError, dead_letter::DeadLetterPage};
+    /// # async fn f(bus: Bus, page: DeadLetterPage) -> Result<(), AdminError> {
+    /// for stored in page.letters.iter().filter(|s| s.letter.reason.contains("timed out")) {
+    ///     match bus.redrive(stored).await {
+    ///         Ok(()) => {}
+    ///         Err(AdminError::NotRedrivable { seq, reason }) => eprintln!("#{seq}: {reason}"),
+    ///         Err(e) => return Err(e),
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn redrive(&self, letter: &StoredDeadLetter) -> Result<(), AdminError> {
         let not = |reason: &str| AdminError::NotRedrivable {
             seq: letter.seq,
@@ -149,7 +184,16 @@ impl Bus {
     }
 
     /// Redrives the dead letters of `group` whose event id is in `ids` (all of them when
-    /// `ids` is `None`); returns how many were redriven.
+    /// `ids` is `None`); returns how many were redriven. One call looks at about
+    /// [`MAX_REDRIVE_SCAN`] dead-letter messages.
+    ///
+    /// ```no_run
+    /// # async fn f(bus: bus_sdk::Bus) -> Result<(), Box<dyn std::error::Error>> {
+    /// let billing = bus_sdk::GroupName::new("billing")?;
+    /// let ids = ["order-42-created".to_owned()];
+    /// let redriven = bus.redrive_group(&billing, Some(ids.as_slice())).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn redrive_group(
         &self,
         group: &GroupName,

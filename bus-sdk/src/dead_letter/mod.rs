@@ -2,6 +2,18 @@
 //! payload and headers as received plus `bus-dlq-*` headers (reason, group, attempts,
 //! where the event was stored). Stored here and read back here; listed and redriven in
 //! [`listing`].
+//!
+//! ```no_run
+//! # async fn f(bus: bus_sdk::Bus) -> Result<(), Box<dyn std::error::Error>> {
+//! // The handler is fixed: see what billing gave up on, then send all of it back.
+//! let billing = bus_sdk::GroupName::new("billing")?;
+//! let page = bus.dead_letters(Some(&billing), 0, 10).await?;
+//! for stored in &page.letters {
+//!     println!("#{}: {}", stored.seq, stored.letter.reason);
+//! }
+//! let redriven = bus.redrive_group(&billing, None).await?;
+//! # Ok(()) }
+//! ```
 
 pub mod listing;
 
@@ -22,7 +34,8 @@ use time::format_description::well_known::Rfc3339;
 use crate::error::PublishError;
 use crate::publish::Publisher;
 
-/// A dead letter as read back from the dead-letter stream.
+/// A dead letter as read back from the dead-letter stream, listed by
+/// [`Bus::dead_letters`](crate::Bus::dead_letters) (example there).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct DeadLetter {
@@ -49,6 +62,29 @@ pub struct DeadLetter {
 
 impl DeadLetter {
     /// Reads a message of the dead-letter stream; `None` if it lacks the dead-letter headers.
+    ///
+    /// ```
+    /// use bus_sdk::DeadLetter;
+    /// use bus_sdk::async_nats::HeaderMap;
+    /// use bus_sdk::bus_core::headers::*;
+    /// let mut headers = HeaderMap::new();
+    /// for (name, value) in [
+    ///     (CE_ID, "order-42-created"),
+    ///     (DLQ_GROUP, "billing"),
+    ///     (DLQ_REASON, "card declined"),
+    ///     (DLQ_ATTEMPTS, "5"),
+    ///     (DLQ_STREAM, "BUS_EVENTS"),
+    ///     (DLQ_STREAM_SEQ, "17"),
+    ///     (DLQ_SUBJECT, "bus.evt.shop.order.created"),
+    /// ] {
+    ///     headers.insert(name, value);
+    /// }
+    /// let letter = DeadLetter::parse(&headers, r#"{"order_id":42}"#.into()).ok_or("no")?;
+    /// assert_eq!((letter.group.as_str(), letter.attempts), ("billing", 5));
+    /// assert_eq!(letter.event_id.as_deref(), Some("order-42-created"));
+    /// assert!(DeadLetter::parse(&HeaderMap::new(), letter.payload).is_none());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn parse(headers: &HeaderMap, payload: Bytes) -> Option<Self> {
         let get = |name: &str| get_ignore_case(headers, name).map(str::to_owned);
         Some(Self {

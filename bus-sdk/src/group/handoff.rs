@@ -20,7 +20,8 @@ use time::OffsetDateTime;
 
 use crate::bus::Bus;
 
-/// How long a handed-back event waits before JetStream offers it to the group again.
+/// How long a handed-back event waits before JetStream offers it to the group again
+/// (see [`GroupBuilder::no_handler_grace`](crate::GroupBuilder::no_handler_grace)).
 pub const NO_HANDLER_DELAY: Duration = Duration::from_secs(1);
 
 /// The hand-off bucket, if it is there (the bus creates it on connect unless told not to

@@ -25,17 +25,19 @@ use crate::presence;
 use crate::subscription::{DEFAULT_HANDLER_TIMEOUT, Registration, check_handler_timeout};
 use crate::typed::{EventPayload, Received};
 
-/// Handlers running at once in one member.
+/// Handlers running at once in one member ([`GroupBuilder::concurrency`]).
 pub const DEFAULT_CONCURRENCY: usize = 16;
-/// Deliveries of one event before it becomes a dead letter.
+/// Deliveries of one event before it becomes a dead letter ([`GroupBuilder::max_deliver`]).
 pub const DEFAULT_MAX_DELIVER: u32 = 5;
 /// Time a member has to settle a delivery before it goes to another member. Running
-/// handlers extend it automatically.
+/// handlers extend it automatically ([`GroupBuilder::ack_wait`]).
 pub const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(30);
 /// Deliveries awaiting an ack across all members of a group; JetStream stops delivering
-/// when it is reached, so the group's in-flight window is bounded.
+/// when it is reached, so the group's in-flight window is bounded
+/// ([`GroupBuilder::max_ack_pending`]).
 pub const DEFAULT_MAX_ACK_PENDING: usize = 1024;
-/// Delays before redelivery after the 1st, 2nd, ... failure; the last repeats.
+/// Delays before redelivery after the 1st, 2nd, ... failure; the last repeats
+/// ([`GroupBuilder::backoff`]).
 pub const DEFAULT_BACKOFF: [Duration; 4] = [
     Duration::from_secs(1),
     Duration::from_secs(5),
@@ -45,18 +47,19 @@ pub const DEFAULT_BACKOFF: [Duration; 4] = [
 /// How long an event of a type no member of the group has a handler for is handed from
 /// member to member before it is dead-lettered (see [`GroupBuilder::no_handler_grace`]).
 pub const DEFAULT_NO_HANDLER_GRACE: Duration = Duration::from_secs(300);
-/// Longest `no_handler_grace` a member accepts: a day.
+/// Longest [`no_handler_grace`](GroupBuilder::no_handler_grace) a member accepts: a day.
 pub const MAX_NO_HANDLER_GRACE: Duration = Duration::from_secs(24 * 3600);
 pub use handoff::NO_HANDLER_DELAY;
 /// How long `start` keeps trying to put the consumer in place through elections.
 pub const START_DEADLINE: Duration = Duration::from_secs(30);
-/// How long `Group::shutdown` waits for running handlers.
+/// How long [`Group::shutdown`] waits for running handlers
+/// ([`GroupBuilder::shutdown_grace`]).
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
-/// Largest `concurrency` a member accepts (each handler slot is a permit and a queue
-/// place; far more than one process can run usefully).
+/// Largest [`concurrency`](GroupBuilder::concurrency) a member accepts (each handler slot
+/// is a permit and a queue place; far more than one process can run usefully).
 pub const MAX_CONCURRENCY: usize = 65_536;
-/// Largest `max_ack_pending` a group accepts (JetStream takes it as a signed number; a
-/// larger `usize` would wrap to "unlimited").
+/// Largest [`max_ack_pending`](GroupBuilder::max_ack_pending) a group accepts (JetStream
+/// takes it as a signed number; a larger `usize` would wrap to "unlimited").
 pub const MAX_MAX_ACK_PENDING: usize = 10_000_000;
 
 /// Settings of a group member; see [`GroupBuilder`].
@@ -137,6 +140,19 @@ impl GroupBuilder {
     /// (during a rolling deploy, say): the group's consumer takes the union of every
     /// member's types, and an event reaching a member without its handler is handed back
     /// for one that has it (see "Rolling deploys" in the README).
+    ///
+    /// ```no_run
+    /// # use bus_sdk::{Bus, EventPayload, Received, HandlerError};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct OrderCreated;
+    /// # impl EventPayload for OrderCreated { const EVENT_TYPE: &'static str = "shop.order.created"; }
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct OrderRefunded;
+    /// # impl EventPayload for OrderRefunded { const EVENT_TYPE: &'static str = "shop.order.refunded"; }
+    /// # async fn f(bus: Bus) -> Result<(), bus_sdk::SubscribeError> {
+    /// async fn bill(_: Received<OrderCreated>) -> Result<(), HandlerError> { Ok(()) }
+    /// async fn refund(_: Received<OrderRefunded>) -> Result<(), HandlerError> { Ok(()) }
+    /// let member = bus.group("billing").on(bill).on(refund).start().await?;
+    /// # Ok(()) }
+    /// ```
     pub fn on<T, F, Fut>(mut self, handler: F) -> Self
     where
         T: EventPayload,
@@ -152,18 +168,57 @@ impl GroupBuilder {
     /// at once; those wait for a slot with in-progress acks, so their ack deadline does not
     /// pass, and are handed back (nak) if the member shuts down first. At most
     /// [`MAX_CONCURRENCY`].
+    ///
+    /// ```no_run
+    /// # use bus_sdk::{Bus, EventPayload, Received, HandlerError};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct OrderCreated;
+    /// # impl EventPayload for OrderCreated { const EVENT_TYPE: &'static str = "shop.order.created"; }
+    /// # async fn bill(_: Received<OrderCreated>) -> Result<(), HandlerError> { Ok(()) }
+    /// # async fn f(bus: Bus) -> Result<(), bus_sdk::SubscribeError> {
+    /// let member = bus.group("billing").on(bill).concurrency(64).start().await?;
+    /// # Ok(()) }
+    /// ```
     pub fn concurrency(mut self, n: usize) -> Self {
         self.options.concurrency = n;
         self
     }
 
     /// Deliveries before an event becomes a dead letter (default [`DEFAULT_MAX_DELIVER`]).
+    ///
+    /// ```no_run
+    /// # use bus_sdk::{Bus, EventPayload, Received, HandlerError};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct OrderCreated;
+    /// # impl EventPayload for OrderCreated { const EVENT_TYPE: &'static str = "shop.order.created"; }
+    /// # async fn bill(_: Received<OrderCreated>) -> Result<(), HandlerError> { Ok(()) }
+    /// # async fn f(bus: Bus) -> Result<(), bus_sdk::SubscribeError> {
+    /// // The third failed delivery makes the event a dead letter.
+    /// let member = bus.group("billing").on(bill).max_deliver(3).start().await?;
+    /// # Ok(()) }
+    /// ```
     pub fn max_deliver(mut self, n: u32) -> Self {
         self.options.max_deliver = n;
         self
     }
 
-    /// Ack deadline (default [`DEFAULT_ACK_WAIT`]).
+    /// Ack deadline (default [`DEFAULT_ACK_WAIT`]): a member that neither settles a
+    /// delivery nor reports progress for this long (it crashed, or lost its connection)
+    /// loses it to another member. At least a second.
+    ///
+    /// ```no_run
+    /// # use bus_sdk::{Bus, EventPayload, Received, HandlerError};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct OrderCreated;
+    /// # impl EventPayload for OrderCreated { const EVENT_TYPE: &'static str = "shop.order.created"; }
+    /// # async fn bill(_: Received<OrderCreated>) -> Result<(), HandlerError> { Ok(()) }
+    /// # async fn f(bus: Bus) -> Result<(), bus_sdk::SubscribeError> {
+    /// use std::time::Duration;
+    /// let member = bus
+    ///     .group("billing")
+    ///     .on(bill)
+    ///     .ack_wait(Duration::from_secs(10))
+    ///     .start()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn ack_wait(mut self, d: Duration) -> Self {
         self.options.ack_wait = d;
         self
@@ -171,18 +226,65 @@ impl GroupBuilder {
 
     /// Bound on unacknowledged deliveries across the group (default
     /// [`DEFAULT_MAX_ACK_PENDING`]; at least `concurrency`, at most [`MAX_MAX_ACK_PENDING`]).
+    ///
+    /// ```no_run
+    /// # use bus_sdk::{Bus, EventPayload, Received, HandlerError};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct OrderCreated;
+    /// # impl EventPayload for OrderCreated { const EVENT_TYPE: &'static str = "shop.order.created"; }
+    /// # async fn bill(_: Received<OrderCreated>) -> Result<(), HandlerError> { Ok(()) }
+    /// # async fn f(bus: Bus) -> Result<(), bus_sdk::SubscribeError> {
+    /// // Room for four members running 64 handlers each.
+    /// let member = bus
+    ///     .group("billing")
+    ///     .on(bill)
+    ///     .concurrency(64)
+    ///     .max_ack_pending(4 * 64)
+    ///     .start()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn max_ack_pending(mut self, n: usize) -> Self {
         self.options.max_ack_pending = n;
         self
     }
 
-    /// Redelivery delays after each failure (default [`DEFAULT_BACKOFF`]).
+    /// Redelivery delays after each failure (default [`DEFAULT_BACKOFF`]); the last one
+    /// repeats. At least one.
+    ///
+    /// ```no_run
+    /// # use bus_sdk::{Bus, EventPayload, Received, HandlerError};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct OrderCreated;
+    /// # impl EventPayload for OrderCreated { const EVENT_TYPE: &'static str = "shop.order.created"; }
+    /// # async fn bill(_: Received<OrderCreated>) -> Result<(), HandlerError> { Ok(()) }
+    /// # async fn f(bus: Bus) -> Result<(), bus_sdk::SubscribeError> {
+    /// use std::time::Duration;
+    /// let delays = [200, 2_000, 20_000].map(Duration::from_millis);
+    /// let member = bus.group("billing").on(bill).backoff(delays).start().await?;
+    /// # Ok(()) }
+    /// ```
     pub fn backoff(mut self, delays: impl IntoIterator<Item = Duration>) -> Self {
         self.options.backoff = delays.into_iter().collect();
         self
     }
 
     /// How long [`Group::shutdown`] waits for running handlers (default [`DEFAULT_SHUTDOWN_GRACE`]).
+    ///
+    /// ```no_run
+    /// # use bus_sdk::{Bus, EventPayload, Received, HandlerError};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct OrderCreated;
+    /// # impl EventPayload for OrderCreated { const EVENT_TYPE: &'static str = "shop.order.created"; }
+    /// # async fn bill(_: Received<OrderCreated>) -> Result<(), HandlerError> { Ok(()) }
+    /// # async fn f(bus: Bus) -> Result<(), bus_sdk::SubscribeError> {
+    /// use std::time::Duration;
+    /// // Inside a pod's termination grace period, with time left to close the bus.
+    /// let member = bus
+    ///     .group("billing")
+    ///     .on(bill)
+    ///     .shutdown_grace(Duration::from_secs(20))
+    ///     .start()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn shutdown_grace(mut self, d: Duration) -> Self {
         self.options.shutdown_grace = d;
         self
@@ -195,6 +297,22 @@ impl GroupBuilder {
     /// `max_deliver` attempts. Without it, a hung handler would hold its slot for ever,
     /// its in-progress acks keeping the event from every other member. At most
     /// [`MAX_HANDLER_TIMEOUT`](crate::MAX_HANDLER_TIMEOUT).
+    ///
+    /// ```no_run
+    /// # use bus_sdk::{Bus, EventPayload, Received, HandlerError};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct OrderCreated;
+    /// # impl EventPayload for OrderCreated { const EVENT_TYPE: &'static str = "shop.order.created"; }
+    /// # async fn bill(_: Received<OrderCreated>) -> Result<(), HandlerError> { Ok(()) }
+    /// # async fn f(bus: Bus) -> Result<(), bus_sdk::SubscribeError> {
+    /// use std::time::Duration;
+    /// let member = bus
+    ///     .group("billing")
+    ///     .on(bill)
+    ///     .handler_timeout(Duration::from_secs(30))
+    ///     .start()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn handler_timeout(mut self, d: Duration) -> Self {
         self.options.handler_timeout = d;
         self
@@ -206,20 +324,50 @@ impl GroupBuilder {
     /// handle different types during a rolling deploy: an event reaching a member without
     /// its handler is handed back for one that has it, and hand-backs do not count as
     /// attempts. Handed-back events count against `max_ack_pending` while they wait.
+    ///
+    /// ```no_run
+    /// # use bus_sdk::{Bus, EventPayload, Received, HandlerError};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct OrderCreated;
+    /// # impl EventPayload for OrderCreated { const EVENT_TYPE: &'static str = "shop.order.created"; }
+    /// # async fn bill(_: Received<OrderCreated>) -> Result<(), HandlerError> { Ok(()) }
+    /// # async fn f(bus: Bus) -> Result<(), bus_sdk::SubscribeError> {
+    /// use std::time::Duration;
+    /// // A rolling deploy that may take an hour to bring every member up to date.
+    /// let member = bus
+    ///     .group("billing")
+    ///     .on(bill)
+    ///     .no_handler_grace(Duration::from_secs(3600))
+    ///     .start()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn no_handler_grace(mut self, d: Duration) -> Self {
         self.options.no_handler_grace = d;
         self
     }
 
     /// When the group is created for the first time, start with events published from
-    /// now on instead of every event still in the stream.
+    /// now on instead of every event still in the stream. A group that exists already
+    /// keeps its place.
+    ///
+    /// ```no_run
+    /// # use bus_sdk::{Bus, EventPayload, Received, HandlerError};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct OrderCreated;
+    /// # impl EventPayload for OrderCreated { const EVENT_TYPE: &'static str = "shop.order.created"; }
+    /// # async fn bill(_: Received<OrderCreated>) -> Result<(), HandlerError> { Ok(()) }
+    /// # async fn f(bus: Bus) -> Result<(), bus_sdk::SubscribeError> {
+    /// let member = bus.group("billing").on(bill).deliver_new_only().start().await?;
+    /// # Ok(()) }
+    /// ```
     pub fn deliver_new_only(mut self) -> Self {
         self.options.deliver_new_only = true;
         self
     }
 
     /// Creates the group's consumer, or widens its filter to take this member's event
-    /// types too, and starts this member.
+    /// types too, and starts this member (example on [`GroupBuilder`]). Fails, naming
+    /// the cause in a [`SubscribeError`], on an invalid name or option, without a
+    /// handler, or when JetStream refuses the consumer.
     pub async fn start(self) -> Result<Group, SubscribeError> {
         let name = self.name?;
         validate(&self.options)?;
@@ -292,8 +440,8 @@ fn invalid(option: &'static str, reason: &str) -> SubscribeError {
     }
 }
 
-/// A running group member. Dropping it stops fetching at once; [`Group::shutdown`] also
-/// waits for running handlers to settle.
+/// A running group member, from [`GroupBuilder::start`] (example there). Dropping it
+/// stops fetching at once; [`Group::shutdown`] also waits for running handlers to settle.
 #[derive(Debug)]
 pub struct Group {
     name: GroupName,
@@ -305,6 +453,12 @@ pub struct Group {
 
 impl Group {
     /// The group's name.
+    ///
+    /// ```no_run
+    /// # fn f(member: bus_sdk::Group) {
+    /// println!("a member of {} is running", member.name());
+    /// # }
+    /// ```
     pub fn name(&self) -> &GroupName {
         &self.name
     }
@@ -312,6 +466,14 @@ impl Group {
     /// Stops fetching, hands undelivered prefetched events back, and waits up to the
     /// shutdown grace for running handlers to finish and settle. Returns whether all did;
     /// the events of those that did not are redelivered after the ack deadline.
+    ///
+    /// ```no_run
+    /// # async fn f(member: bus_sdk::Group) {
+    /// if !member.shutdown().await {
+    ///     eprintln!("handlers still running; their events go to another member");
+    /// }
+    /// # }
+    /// ```
     pub async fn shutdown(mut self) -> bool {
         // Gone from the group's members first: no one counts on it any more.
         if let Some(presence) = self.presence.take() {

@@ -22,9 +22,17 @@ pub(crate) use outcome::Outcome;
 pub(crate) use run::{Policy, handle};
 
 /// How long one handling may run before it is abandoned (groups count it as a failure,
-/// broadcast subscriptions skip the event).
+/// broadcast subscriptions skip the event): [`GroupBuilder::handler_timeout`],
+/// [`BroadcastBuilder::handler_timeout`].
+///
+/// [`GroupBuilder::handler_timeout`]: crate::GroupBuilder::handler_timeout
+/// [`BroadcastBuilder::handler_timeout`]: crate::BroadcastBuilder::handler_timeout
 pub const DEFAULT_HANDLER_TIMEOUT: Duration = Duration::from_secs(300);
-/// Longest `handler_timeout` a subscription accepts: a day.
+/// Longest `handler_timeout` a subscription accepts: a day
+/// ([`GroupBuilder::handler_timeout`], [`BroadcastBuilder::handler_timeout`]).
+///
+/// [`GroupBuilder::handler_timeout`]: crate::GroupBuilder::handler_timeout
+/// [`BroadcastBuilder::handler_timeout`]: crate::BroadcastBuilder::handler_timeout
 pub const MAX_HANDLER_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// A handler timeout is above 0 and at most [`MAX_HANDLER_TIMEOUT`].
