@@ -337,8 +337,8 @@ pub struct Broadcast {
 pub const BROADCAST_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 impl Broadcast {
-    /// Stops the subscription and waits for a running handler to return, as at the end
-    /// of [`BroadcastBuilder`]'s example.
+    /// Stops the subscription and waits (up to [`BROADCAST_SHUTDOWN_GRACE`]) for a running
+    /// handler to return, as at the end of [`BroadcastBuilder`]'s example.
     pub async fn shutdown(self) {
         self.cancel.cancel();
         let _ = tokio::time::timeout(BROADCAST_SHUTDOWN_GRACE, self.tracker.wait()).await;

@@ -69,14 +69,15 @@ mod send_deadline;
 mod subscription;
 mod typed;
 
-pub use broadcast::{Broadcast, BroadcastBuilder, StartAt};
+pub use broadcast::{BROADCAST_SHUTDOWN_GRACE, Broadcast, BroadcastBuilder, StartAt};
 pub use bus::{Bus, BusBuilder};
+pub use connect::MAX_ACKS_IN_FLIGHT;
 pub use dead_letter::DeadLetter;
 pub use error::{ConnectError, PublishError, PublishErrorKind, SubscribeError};
 pub use group::{
     DEFAULT_ACK_WAIT, DEFAULT_BACKOFF, DEFAULT_CONCURRENCY, DEFAULT_MAX_ACK_PENDING,
     DEFAULT_MAX_DELIVER, DEFAULT_NO_HANDLER_GRACE, DEFAULT_SHUTDOWN_GRACE, Group, GroupBuilder,
-    MAX_CONCURRENCY, MAX_MAX_ACK_PENDING, MAX_NO_HANDLER_GRACE, NO_HANDLER_DELAY,
+    MAX_CONCURRENCY, MAX_MAX_ACK_PENDING, MAX_NO_HANDLER_GRACE, NO_HANDLER_DELAY, START_DEADLINE,
 };
 pub use handler::HandlerError;
 pub use presence::Member;

@@ -184,8 +184,8 @@ impl Bus {
     }
 
     /// Redrives the dead letters of `group` whose event id is in `ids` (all of them when
-    /// `ids` is `None`); returns how many were redriven. One call looks at about
-    /// [`MAX_REDRIVE_SCAN`] dead-letter messages.
+    /// `ids` is `None`); returns how many were redriven. One call looks at no more than
+    /// [`MAX_REDRIVE_SCAN`] dead-letter messages: call it again for the rest.
     ///
     /// ```no_run
     /// # async fn f(bus: bus_sdk::Bus) -> Result<(), Box<dyn std::error::Error>> {
@@ -203,9 +203,11 @@ impl Bus {
         let mut scanned = 0;
         let mut redriven = 0;
         while scanned < MAX_REDRIVE_SCAN {
-            let page = self
-                .dead_letters(Some(group), after, MAX_DEAD_LETTER_PAGE)
-                .await?;
+            // A page looks at most at DEAD_LETTER_SCAN_PER_LETTER messages per letter: size
+            // it so that the call stays within MAX_REDRIVE_SCAN.
+            let room = (MAX_REDRIVE_SCAN - scanned) / DEAD_LETTER_SCAN_PER_LETTER;
+            let limit = room.clamp(1, MAX_DEAD_LETTER_PAGE);
+            let page = self.dead_letters(Some(group), after, limit).await?;
             let Some(next) = page.next_after else { break };
             after = next;
             scanned += page.examined;

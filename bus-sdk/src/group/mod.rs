@@ -50,7 +50,8 @@ pub const DEFAULT_NO_HANDLER_GRACE: Duration = Duration::from_secs(300);
 /// Longest [`no_handler_grace`](GroupBuilder::no_handler_grace) a member accepts: a day.
 pub const MAX_NO_HANDLER_GRACE: Duration = Duration::from_secs(24 * 3600);
 pub use handoff::NO_HANDLER_DELAY;
-/// How long `start` keeps trying to put the consumer in place through elections.
+/// How long [`GroupBuilder::start`] keeps trying to put the consumer in place through
+/// elections.
 pub const START_DEADLINE: Duration = Duration::from_secs(30);
 /// How long [`Group::shutdown`] waits for running handlers
 /// ([`GroupBuilder::shutdown_grace`]).
