@@ -7,6 +7,7 @@ pub mod events;
 pub mod health;
 pub mod problem;
 pub mod server;
+mod unread_body;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -35,6 +36,7 @@ pub fn router(app: Arc<App>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(middleware::from_fn_with_state(app.clone(), guard))
         .fallback(not_found)
+        .layer(middleware::from_fn(unread_body::close_if_unread))
         .with_state(app)
 }
 
