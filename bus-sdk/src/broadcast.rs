@@ -281,7 +281,7 @@ impl Subscription {
     async fn deliver(&self, message: async_nats::jetstream::Message) -> Option<u64> {
         let delivery = Delivery::read(message, Instant::now()).ok()?;
         let seq = delivery.stream_seq;
-        subscription::handle(self, delivery).await;
+        subscription::handle_delivery(self, delivery).await;
         Some(seq)
     }
 }

@@ -3,7 +3,7 @@
 //! is the union of every member's: a member that starts or re-opens widens it to take
 //! its own types too and never narrows it; only an operator narrows it (`nats consumer
 //! edit`, or deleting the consumer). A member that gets an event it has no handler for
-//! hands it back for one that has it (`settle.rs`).
+//! hands it back for one that has it (`policy.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;

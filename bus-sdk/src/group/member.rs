@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use super::puller::{PullError, Puller};
 use super::runners::{Job, Runners};
-use super::{GroupOptions, consumer, settle};
+use super::{GroupOptions, consumer, policy};
 use crate::bus::Bus;
 use crate::send_deadline;
 use crate::subscription::Handlers;
@@ -166,7 +166,12 @@ impl Fetch {
     ) {
         if let Some((message, acked)) = self.buffer.pop_front() {
             start(
-                Box::pin(settle::handle(shared.clone(), message, acked, permit)),
+                Box::pin(policy::handle_message(
+                    shared.clone(),
+                    message,
+                    acked,
+                    permit,
+                )),
                 runners,
             );
         }

@@ -6,9 +6,9 @@
 mod consumer;
 mod handoff;
 mod member;
+mod policy;
 mod puller;
 mod runners;
-mod settle;
 
 use std::future::Future;
 use std::sync::Arc;

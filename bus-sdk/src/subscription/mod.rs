@@ -19,7 +19,7 @@ use crate::error::SubscribeError;
 pub(crate) use delivery::Delivery;
 pub(crate) use handlers::{Handlers, Registration};
 pub(crate) use outcome::Outcome;
-pub(crate) use run::{Policy, handle};
+pub(crate) use run::{Policy, handle_delivery};
 
 /// How long one handling may run before it is abandoned (groups count it as a failure,
 /// broadcast subscriptions skip the event): [`GroupBuilder::handler_timeout`],

@@ -44,7 +44,7 @@ pub(crate) trait Policy: Sync {
 }
 
 /// Handles one delivery from its message to its settle.
-pub(crate) async fn handle<P: Policy>(policy: &P, mut delivery: Delivery) {
+pub(crate) async fn handle_delivery<P: Policy>(policy: &P, mut delivery: Delivery) {
     let (mut span, hop) = process_span(&delivery, policy.group());
     let outcome = match policy.before_dispatch(&mut delivery).await {
         Some(outcome) => outcome,

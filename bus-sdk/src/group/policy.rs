@@ -20,14 +20,14 @@ use crate::subscription::{self, Delivery, Handlers, Outcome, Policy};
 /// Handles one delivery of the group; `last_heard` is when JetStream last heard of it
 /// (its arrival, or the last in-progress ack while it waited for a slot), from which its
 /// ack deadline runs. The slot is held until the delivery is settled.
-pub(crate) async fn handle(
+pub(crate) async fn handle_message(
     shared: Arc<Shared>,
     message: Message,
     last_heard: Instant,
     _slot: OwnedSemaphorePermit,
 ) {
     match Delivery::read(message, last_heard) {
-        Ok(delivery) => subscription::handle(&*shared, delivery).await,
+        Ok(delivery) => subscription::handle_delivery(&*shared, delivery).await,
         // Without its metadata a delivery cannot be settled; JetStream redelivers it.
         Err(e) => {
             tracing::warn!(group = %shared.name, error = %e, "delivery without JetStream metadata")
