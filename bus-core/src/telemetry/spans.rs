@@ -210,7 +210,8 @@ impl HopSpan {
         }
     }
 
-    /// How a delivery was settled: `ack`, `nak`, `dead_letter`.
+    /// How a delivery was settled: `ack`, `nak`, `hand_back` (no handler in this member),
+    /// `dead_letter`.
     pub fn record_settle(&mut self, outcome: &'static str) {
         if let Some(span) = self.recording() {
             span.set_attribute(KeyValue::new("bus.settle", outcome));
