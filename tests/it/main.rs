@@ -3,7 +3,5 @@
 
 mod harness_selftest;
 mod node;
-mod node_support;
 mod sdk;
 mod server_trace;
-mod support;

@@ -24,11 +24,15 @@
 //! - No server outlives its [`NatsCluster`]: `Drop` kills and reaps every process and
 //!   prints the logs when the test panicked or a harness call failed.
 //! - A missing `nats-server` is an error ([`HarnessError::BinaryNotFound`]), never a skip.
+//!
+//! [`fixtures`] holds what several integration suites share on top of the harness: a bus
+//! on a cluster, test event types, a recorder of handled events, `bus-node` helpers.
 
 mod binary;
 mod cluster;
 mod config;
 mod error;
+pub mod fixtures;
 mod health;
 mod jsz;
 mod node;

@@ -6,10 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bus_tests::NatsCluster;
+use bus_tests::fixtures::*;
 use serde_json::{Value, json};
-
-use crate::node_support::*;
-use crate::support::{bus_for, stream_messages};
 
 const PUBLISHER: &str = "pub-key-0123456789abcdef";
 const ADMIN: &str = "adm-key-0123456789abcdef";

@@ -6,13 +6,23 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bus_sdk::{HandlerError, Received};
+use bus_tests::fixtures::*;
 use bus_tests::{BusNode, NatsCluster, Probe, poll_until};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::node_support::*;
-use crate::support::{OrderCreated, Recorder, bus_for, order, stream_messages, wait_until};
+/// `bus-node serve` with `env` exits 64 and names `named` on stderr.
+fn assert_refused(env: &[(&str, &str)], named: &str) -> anyhow::Result<()> {
+    let out = bus_node(env, &["serve"])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{env:?}: {stderr}");
+    assert!(
+        stderr.contains(named),
+        "{env:?} should name {named}: {stderr}"
+    );
+    Ok(())
+}
 
 #[test]
 fn given_bad_config_should_exit_64_naming_the_key_before_binding_any_port() -> anyhow::Result<()> {

@@ -5,8 +5,7 @@ use std::time::{Duration, Instant};
 
 use bus_sdk::{DeadLetter, HandlerError, Received};
 use bus_tests::NatsCluster;
-
-use crate::support::*;
+use bus_tests::fixtures::*;
 
 /// A group name the test knows to be valid.
 fn group_name(name: &str) -> bus_core::GroupName {

@@ -10,8 +10,7 @@ use tokio::sync::Semaphore;
 
 use bus_sdk::{Group, HandlerError, Received};
 use bus_tests::NatsCluster;
-
-use crate::support::*;
+use bus_tests::fixtures::*;
 
 /// Handler slots of each [`CrashableMember`].
 const SLOTS: usize = 8;

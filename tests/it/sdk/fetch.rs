@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 
 use bus_sdk::{HandlerError, Received};
 use bus_tests::NatsCluster;
-
-use crate::support::*;
+use bus_tests::fixtures::*;
 
 const BACKLOG: u64 = 20_000;
 /// Far above the gap between two deliveries of a healthy drain (well under a

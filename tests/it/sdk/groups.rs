@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use bus_sdk::{HandlerError, Received};
 use bus_tests::NatsCluster;
-
-use crate::support::*;
+use bus_tests::fixtures::*;
 
 const TEN_THOUSAND: u64 = 10_000;
 

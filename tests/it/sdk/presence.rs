@@ -10,9 +10,8 @@ use std::time::Duration;
 
 use bus_core::GroupName;
 use bus_tests::NatsCluster;
+use bus_tests::fixtures::*;
 use futures::StreamExt;
-
-use crate::support::*;
 
 /// The `billing_worker` example, built beside this test binary (`target/<profile>/examples`).
 fn billing_worker() -> anyhow::Result<PathBuf> {

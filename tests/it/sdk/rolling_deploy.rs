@@ -11,8 +11,7 @@ use std::time::Duration;
 use bus_core::GroupName;
 use bus_sdk::{Bus, HandlerError, Received};
 use bus_tests::NatsCluster;
-
-use crate::support::*;
+use bus_tests::fixtures::*;
 
 const GROUP: &str = "rolling";
 
