@@ -13,7 +13,7 @@ use std::time::Duration;
 use bus_core::telemetry::{self, OtlpExport, OtlpProtocol, Sampler, TelemetrySettings};
 use bus_sdk::{HandlerError, Received};
 use bus_tests::fixtures::*;
-use bus_tests::{NatsCluster, OtlpReceiver, ReceivedSpan, SpanKind};
+use bus_tests::{NatsCluster, OtlpReceiver, ReceivedSpan, SpanKind, wait_until};
 use serde_json::json;
 
 fn settings(endpoint: String) -> TelemetrySettings {

@@ -4,8 +4,8 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use bus_tests::NatsCluster;
 use bus_tests::fixtures::*;
+use bus_tests::{NatsCluster, wait_until};
 use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

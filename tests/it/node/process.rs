@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bus_sdk::{HandlerError, Received};
 use bus_tests::fixtures::*;
-use bus_tests::{BusNode, NatsCluster, Probe, poll_until};
+use bus_tests::{BusNode, NatsCluster, Probe, poll_until, wait_until};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -145,10 +145,8 @@ async fn given_dev_mode_should_run_its_own_nats_show_a_posted_event_and_stop_cle
     )
     .await?;
     assert_eq!(r.status(), 202);
-    let shown = tokio::time::timeout(Duration::from_secs(10), async {
-        while !node.log().contains("event #1 demo.hello id=hello-1") {
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+    let shown = wait_until("dev to print the event", Duration::from_secs(10), || {
+        node.log().contains("event #1 demo.hello id=hello-1")
     })
     .await;
     assert!(

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bus_sdk::{HandlerError, Received};
-use bus_tests::NatsCluster;
 use bus_tests::fixtures::*;
+use bus_tests::{NatsCluster, wait_until};
 
 const BACKLOG: u64 = 20_000;
 /// Far above the gap between two deliveries of a healthy drain (well under a
