@@ -7,14 +7,11 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
 use async_nats::jetstream::{self, context::Context, message::PublishMessage, stream};
-use bus_tests::{HarnessError, NatsCluster, NatsServer, Probe, poll_until};
+use bus_tests::{HarnessError, NatsCluster, NatsServer, Probe, poll_until, try_poll_until};
 use bytes::Bytes;
-use tokio::time::Instant;
 
 /// How long one message may take to be acked while leaders change.
 const PUBLISH_DEADLINE: Duration = Duration::from_secs(30);
-/// Pause between two attempts of a failed publish or admin call.
-const RETRY_BACKOFF: Duration = Duration::from_millis(50);
 /// Deadline for the test's own polls.
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -314,7 +311,8 @@ async fn create_stream(
         ..Default::default()
     };
     // Creating with an identical config is idempotent, so a retry after a timeout is safe.
-    eventually(&format!("stream {name} created"), WAIT, async || {
+    let config = &config;
+    eventually(&format!("stream {name} created"), WAIT, || async move {
         js.get_or_create_stream(config.clone()).await?;
         Ok(())
     })
@@ -330,10 +328,11 @@ async fn publish_range(
 ) -> anyhow::Result<()> {
     for i in ids {
         let id = format!("{subject}-{i}");
-        eventually(&format!("ack of {id}"), PUBLISH_DEADLINE, async || {
+        let id = &id;
+        eventually(&format!("ack of {id}"), PUBLISH_DEADLINE, || async move {
             let message = PublishMessage::build()
                 .payload(Bytes::from(id.clone()))
-                .message_id(&id);
+                .message_id(id);
             js.send_publish(subject.to_owned(), message).await?.await?;
             Ok(())
         })
@@ -344,29 +343,30 @@ async fn publish_range(
 
 /// Message count from the stream leader (via the JetStream API).
 async fn stream_messages(js: &Context, name: &str) -> anyhow::Result<u64> {
-    eventually(&format!("info of stream {name}"), WAIT, async || {
+    eventually(&format!("info of stream {name}"), WAIT, || async move {
         let mut stream = js.get_stream(name).await?;
         Ok(stream.info().await?.state.messages)
     })
     .await
 }
 
-/// Retries `attempt` until it succeeds or `deadline` passes; the error keeps the last failure.
-async fn eventually<T>(
-    what: &str,
-    deadline: Duration,
-    mut attempt: impl AsyncFnMut() -> anyhow::Result<T>,
-) -> anyhow::Result<T> {
-    let started = Instant::now();
-    loop {
-        match attempt().await {
-            Ok(value) => return Ok(value),
-            Err(e) if started.elapsed() >= deadline => {
-                return Err(e.context(format!("{what}: still failing after {deadline:?}")));
-            }
-            Err(_) => tokio::time::sleep(RETRY_BACKOFF).await,
+/// Retries `attempt` until it succeeds or `deadline` passes; the timeout says the last
+/// failure.
+async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut attempt: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    try_poll_until(what, deadline, || {
+        let attempt = attempt();
+        async move {
+            Ok(match attempt.await {
+                Ok(value) => Probe::Ready(value),
+                Err(e) => Probe::NotYet(format!("{e:#}")),
+            })
         }
-    }
+    })
+    .await
 }
 
 /// Polls `node`'s own copy of `stream` (its `/jsz`) until it holds `expected` messages.

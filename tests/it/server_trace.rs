@@ -9,9 +9,8 @@ use bus_core::headers::{NATS_TRACE_DEST, TRACEPARENT};
 use bus_core::server_trace::TRACE_DISABLED;
 use bus_sdk::{Bus, PublishReceipt};
 use bus_tests::NatsCluster;
+use bus_tests::fixtures::{config_for, order};
 use futures::StreamExt;
-
-use crate::support::{config_for, order};
 
 /// Where the account's message traces go.
 const TRACES: &str = "nats.msg.traces";

@@ -12,19 +12,9 @@ use std::time::Duration;
 
 use bus_core::telemetry::{self, OtlpExport, OtlpProtocol, Sampler, TelemetrySettings};
 use bus_sdk::{HandlerError, Received};
-use bus_tests::{NatsCluster, OtlpReceiver, ReceivedSpan, SpanKind};
+use bus_tests::fixtures::*;
+use bus_tests::{NatsCluster, OtlpReceiver, ReceivedSpan, SpanKind, wait_until};
 use serde_json::json;
-
-use crate::node_support::*;
-use crate::support::{OrderCreated, PaymentFailed, Recorder, bus_for, wait_until};
-
-// The `it` suites' helpers; these tests use a part of them.
-#[allow(dead_code)]
-#[path = "node_support.rs"]
-mod node_support;
-#[allow(dead_code)]
-#[path = "support.rs"]
-mod support;
 
 fn settings(endpoint: String) -> TelemetrySettings {
     TelemetrySettings {
@@ -309,7 +299,7 @@ async fn given_the_collector_is_down_the_bus_should_keep_working_and_stop_prompt
     }
     let bus = bus_for(&cluster).await?;
     let events: Vec<_> = (0..2000u64)
-        .map(|n| bus.event(&crate::support::order(n)).map(|b| b.build()))
+        .map(|n| bus.event(&order(n)).map(|b| b.build()))
         .collect::<Result<_, _>>()?;
     for r in bus.publish_batch(&events).await {
         r?;
@@ -338,7 +328,7 @@ async fn given_a_ratio_sampler_each_flow_should_be_recorded_whole_or_not_at_all(
     let bus = bus_for(&cluster).await?;
     let (group_a, group_b, seen_b) = two_hop_flow(&bus).await?;
     for n in 0..FLOWS {
-        bus.publish(&crate::support::order(n)).await?;
+        bus.publish(&order(n)).await?;
     }
     wait_until("every flow handled", Duration::from_secs(30), || {
         seen_b.distinct() as u64 == FLOWS
@@ -403,11 +393,9 @@ async fn given_a_service_span_in_the_current_context_a_publish_should_be_its_chi
     let checkout = opentelemetry::global::tracer("checkout").start("checkout");
     let parent = checkout.span_context().clone();
     let cx = opentelemetry::Context::current_with_span(checkout);
-    bus.publish(&crate::support::order(1))
-        .with_context(cx.clone())
-        .await?;
+    bus.publish(&order(1)).with_context(cx.clone()).await?;
     // Outside that context, a publish starts a trace of its own.
-    bus.publish(&crate::support::order(2)).await?;
+    bus.publish(&order(2)).await?;
     cx.span().end();
     telemetry.flush().await;
 
@@ -448,7 +436,7 @@ async fn given_the_sampler_always_off_events_should_carry_no_trace_context_and_n
     let cluster = NatsCluster::start(1).await?;
     let bus = bus_for(&cluster).await?;
     let (group_a, group_b, seen_b) = two_hop_flow(&bus).await?;
-    let first = bus.publish(&crate::support::order(1)).await?;
+    let first = bus.publish(&order(1)).await?;
     wait_until("the flow handled", Duration::from_secs(30), || {
         seen_b.distinct() == 1
     })

@@ -24,11 +24,15 @@
 //! - No server outlives its [`NatsCluster`]: `Drop` kills and reaps every process and
 //!   prints the logs when the test panicked or a harness call failed.
 //! - A missing `nats-server` is an error ([`HarnessError::BinaryNotFound`]), never a skip.
+//!
+//! [`fixtures`] holds what several integration suites share on top of the harness: a bus
+//! on a cluster, test event types, a recorder of handled events, `bus-node` helpers.
 
 mod binary;
 mod cluster;
 mod config;
 mod error;
+pub mod fixtures;
 mod health;
 mod jsz;
 mod node;
@@ -50,6 +54,6 @@ pub use health::DEFAULT_HTTP_TIMEOUT;
 pub use node::{BusNode, NODE_BINARY_ENV, NODE_READY_TIMEOUT, NODE_STOP_GRACE, node_binary};
 pub use otlp::{Kind as SpanKind, OtlpReceiver, ReceivedSpan};
 pub use own_process::{OWN_PROCESS_ENV, own_process};
-pub use poll::{POLL_INTERVAL, Probe, poll_until};
+pub use poll::{POLL_INTERVAL, Probe, poll_until, try_poll_until, wait_until};
 pub use ports::{PORT_RANGE_FIRST, PORT_RANGE_LAST};
 pub use server::NatsServer;

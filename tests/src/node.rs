@@ -11,12 +11,11 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tempfile::TempDir;
-use tokio::time::Instant;
 
 use crate::cluster::DUMP_LOGS_ENV;
 use crate::error::HarnessError;
 use crate::health::http_get;
-use crate::poll::{POLL_INTERVAL, Probe, poll_until};
+use crate::poll::{Probe, poll_until};
 use crate::ports::{ReservedPort, reserve};
 
 /// Environment variable naming the `bus-node` binary (default: next to the test binary).
@@ -262,32 +261,27 @@ impl BusNode {
     /// [`HarnessError::Timeout`] if it is still running then (it is left running: `stop`
     /// or drop ends it).
     pub async fn wait_exit(&mut self, deadline: Duration) -> Result<ExitStatus, HarnessError> {
-        let started = Instant::now();
-        loop {
-            let Some(child) = self.child.as_mut() else {
-                return Err(HarnessError::Exited {
-                    node: self.name.clone(),
-                    status: "already reaped".into(),
-                    log_tail: tail(&self.log(), 40),
-                });
-            };
-            if let Some(status) = child
-                .try_wait()
-                .map_err(|e| HarnessError::io("waiting for the node", e))?
-            {
-                self.child = None;
-                return Ok(status);
-            }
-            let waited = started.elapsed();
-            if waited >= deadline {
-                return Err(HarnessError::Timeout {
-                    what: format!("{} to exit", self.name),
-                    waited,
-                    last_seen: tail(&self.log(), 20),
-                });
-            }
-            tokio::time::sleep(POLL_INTERVAL.min(deadline - waited)).await;
+        let what = format!("{} to exit", self.name);
+        poll_until(what, deadline, || std::future::ready(self.exited())).await
+    }
+
+    /// The exit status if the process has exited (and reaps it), else the end of its log.
+    fn exited(&mut self) -> Result<Probe<ExitStatus>, HarnessError> {
+        let Some(child) = self.child.as_mut() else {
+            return Err(HarnessError::Exited {
+                node: self.name.clone(),
+                status: "already reaped".into(),
+                log_tail: tail(&self.log(), 40),
+            });
+        };
+        if let Some(status) = child
+            .try_wait()
+            .map_err(|e| HarnessError::io("waiting for the node", e))?
+        {
+            self.child = None;
+            return Ok(Probe::Ready(status));
         }
+        Ok(Probe::NotYet(tail(&self.log(), 20)))
     }
 
     /// Starts the node again with the same settings and port.

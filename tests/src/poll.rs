@@ -1,5 +1,7 @@
 //! Waiting without sleeping blind: probe at a short interval until the condition holds
-//! or the deadline passes, then fail with what the last probe saw.
+//! or the deadline passes, then fail with what the last probe saw. One loop, three
+//! fronts: [`poll_until`] (the harness's own probes), [`try_poll_until`] (a test's
+//! probes, failing with `anyhow`), [`wait_until`] (a condition that needs no I/O).
 
 use std::time::Duration;
 
@@ -46,11 +48,89 @@ pub enum Probe<T> {
 pub async fn poll_until<T, F, Fut>(
     what: impl Into<String>,
     deadline: Duration,
-    mut probe: F,
+    probe: F,
 ) -> Result<T, HarnessError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<Probe<T>, HarnessError>>,
+{
+    poll(what, deadline, probe).await
+}
+
+/// [`poll_until`] for a probe whose own failures are [`anyhow::Error`]s: a test's calls
+/// to the bus, to a node over HTTP, to JetStream. An `Err` from the probe stops polling
+/// at once and is returned as it is; a timeout is a [`HarnessError::Timeout`] inside the
+/// `anyhow::Error`.
+///
+/// ```no_run
+/// # async fn demo(bus: &bus_sdk::Bus) -> anyhow::Result<()> {
+/// use std::time::Duration;
+/// use bus_tests::{Probe, try_poll_until};
+/// let letters = try_poll_until("a dead letter", Duration::from_secs(30), || async move {
+///     let page = bus.dead_letters(None, 0, 10).await?; // a failed read fails the test
+///     Ok(if page.letters.is_empty() {
+///         Probe::NotYet(format!("none, {} examined", page.examined))
+///     } else {
+///         Probe::Ready(page.letters)
+///     })
+/// })
+/// .await?;
+/// # Ok(()) }
+/// ```
+pub async fn try_poll_until<T, F, Fut>(
+    what: impl Into<String>,
+    deadline: Duration,
+    probe: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Probe<T>>>,
+{
+    poll(what, deadline, probe).await
+}
+
+/// [`poll_until`] for a condition that needs no I/O (counters, a recorder, a log held in
+/// memory): checks `holds` every [`POLL_INTERVAL`] until it is true or `deadline` has
+/// passed ([`HarnessError::Timeout`]).
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), bus_tests::HarnessError> {
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use std::time::Duration;
+/// let handled = AtomicU64::new(0);
+/// // ... handlers count into `handled` ...
+/// bus_tests::wait_until("10 events handled", Duration::from_secs(10), || {
+///     handled.load(Ordering::Relaxed) == 10
+/// })
+/// .await?;
+/// # Ok(()) }
+/// ```
+pub async fn wait_until(
+    what: impl Into<String>,
+    deadline: Duration,
+    mut holds: impl FnMut() -> bool,
+) -> Result<(), HarnessError> {
+    poll_until(what, deadline, || {
+        let probe = if holds() {
+            Probe::Ready(())
+        } else {
+            Probe::NotYet("does not hold".to_owned())
+        };
+        std::future::ready(Ok(probe))
+    })
+    .await
+}
+
+/// The one polling loop behind [`poll_until`], [`try_poll_until`] and [`wait_until`].
+async fn poll<T, E, F, Fut>(
+    what: impl Into<String>,
+    deadline: Duration,
+    mut probe: F,
+) -> Result<T, E>
+where
+    E: From<HarnessError>,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Probe<T>, E>>,
 {
     let started = Instant::now();
     loop {
@@ -64,7 +144,8 @@ where
                 what: what.into(),
                 waited,
                 last_seen,
-            });
+            }
+            .into());
         }
         tokio::time::sleep(POLL_INTERVAL.min(deadline - waited)).await;
     }

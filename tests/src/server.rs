@@ -12,12 +12,11 @@ use std::time::Duration;
 
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
-use tokio::time::Instant;
 
 use crate::config::NodeConfig;
 use crate::error::HarnessError;
 use crate::health::{DEFAULT_HTTP_TIMEOUT, http_get};
-use crate::poll::{POLL_INTERVAL, Probe, poll_until};
+use crate::poll::{Probe, poll_until, wait_until};
 
 /// The monitoring endpoint that says a node is up with JetStream enabled.
 pub(crate) const HEALTHZ_JS_ENABLED: &str = "/healthz?js-enabled-only=true";
@@ -238,13 +237,11 @@ impl NatsServer {
             self.resume()?; // a stopped process does not act on SIGTERM
         }
         self.signal(Signal::SIGTERM, "SIGTERM")?;
-        let started = Instant::now();
-        while started.elapsed() < grace {
-            if !self.is_running() {
-                break;
-            }
-            tokio::time::sleep(POLL_INTERVAL).await;
-        }
+        let what = format!("{} to exit after SIGTERM", self.name());
+        // Still running past the grace: the SIGKILL below ends it. It reaps it either way.
+        let _past_grace = wait_until(what, grace, || !self.is_running())
+            .await
+            .is_err();
         self.kill()
     }
 

@@ -4,9 +4,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bus_sdk::{DeadLetter, HandlerError, Received};
-use bus_tests::NatsCluster;
-
-use crate::support::*;
+use bus_tests::fixtures::*;
+use bus_tests::{NatsCluster, Probe, try_poll_until, wait_until};
 
 /// A group name the test knows to be valid.
 fn group_name(name: &str) -> bus_core::GroupName {
@@ -21,10 +20,9 @@ async fn dead_letters(
     n: usize,
 ) -> anyhow::Result<Vec<DeadLetter>> {
     use async_nats::jetstream::stream::RawMessageErrorKind;
-    const DEADLINE: Duration = Duration::from_secs(30);
-    let subject = bus.subjects().dead_letter(&group_name(group));
-    let start = Instant::now();
-    loop {
+    let subject = &bus.subjects().dead_letter(&group_name(group));
+    let what = format!("{n} dead letters of {group}");
+    try_poll_until(what, Duration::from_secs(30), || async move {
         // On a cluster that has just started, a JetStream request can time out while the
         // stream's leader is elected: that is "not read yet", not "no dead letters".
         let scanned: anyhow::Result<Vec<_>> = async {
@@ -35,7 +33,7 @@ async fn dead_letters(
             let mut messages = Vec::new();
             let mut seq = 1;
             loop {
-                let m = match stream.get_first_raw_message_by_subject(&subject, seq).await {
+                let m = match stream.get_first_raw_message_by_subject(subject, seq).await {
                     Ok(m) => m,
                     Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => break,
                     Err(e) => return Err(e.into()),
@@ -58,27 +56,22 @@ async fn dead_letters(
                 .collect::<anyhow::Result<Vec<_>>>()?),
             Err(e) => Err(e),
         };
-        let seen = match scanned {
-            Ok(letters) if letters.len() >= n => return Ok(letters),
+        Ok(match scanned {
+            Ok(letters) if letters.len() >= n => Probe::Ready(letters),
             Ok(letters) => {
                 let brief: Vec<_> = letters
                     .iter()
                     .map(|l| (l.event_id.as_deref(), l.attempts, l.reason.as_str()))
                     .collect();
-                format!(
+                Probe::NotYet(format!(
                     "{} dead letters (id, attempts, reason): {brief:?}",
                     letters.len()
-                )
+                ))
             }
-            Err(e) => format!("dead letters not readable: {e:#}"),
-        };
-        if start.elapsed() > DEADLINE {
-            anyhow::bail!(
-                "{n} dead letters of {group} wanted within {DEADLINE:?}; last seen {seen}"
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+            Err(e) => Probe::NotYet(format!("dead letters not readable: {e:#}")),
+        })
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use bus_sdk::{HandlerError, Received};
 use bus_tests::NatsCluster;
-
-use crate::support::*;
+use bus_tests::fixtures::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn given_a_plain_client_publishing_ce_headers_should_be_handled_by_the_sdk()
@@ -117,4 +116,120 @@ async fn given_an_sdk_publish_should_be_readable_by_a_plain_client() -> anyhow::
     let data: OrderCreated = serde_json::from_slice(&message.payload)?;
     assert_eq!(data, order(5));
     Ok(())
+}
+
+/// The instant an RFC 3339 `date-time` (section 5.6: `2026-11-23T10:00:00.5Z`,
+/// `…+02:00`) stands for; `None` for anything else. Written here, not taken from the
+/// bus's own decoder, so that a test checks what the bus writes against the RFC.
+fn rfc3339(text: &str) -> Option<std::time::SystemTime> {
+    fn digits(s: &[u8]) -> Option<i64> {
+        if s.is_empty() || !s.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        Some(s.iter().fold(0, |n, d| n * 10 + i64::from(d - b'0')))
+    }
+    let b = text.as_bytes();
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let (year, month, day) = (digits(&b[0..4])?, digits(&b[5..7])?, digits(&b[8..10])?);
+    let (hour, minute, second) = (
+        digits(&b[11..13])?,
+        digits(&b[14..16])?,
+        digits(&b[17..19])?,
+    );
+    let mut rest = &b[19..];
+    let mut nanos = 0;
+    if let Some(fraction) = rest.strip_prefix(b".") {
+        let len = fraction.iter().take_while(|c| c.is_ascii_digit()).count();
+        if len == 0 {
+            return None;
+        }
+        // Digits past nanoseconds are below what SystemTime holds.
+        let kept = &fraction[..len.min(9)];
+        nanos = digits(kept)? * 10_i64.pow(9 - kept.len() as u32);
+        rest = &fraction[len..];
+    }
+    let offset = match rest {
+        [b'Z' | b'z'] => 0,
+        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
+            let (h, m) = (digits(&[*h1, *h2])?, digits(&[*m1, *m2])?);
+            if h > 23 || m > 59 {
+                return None;
+            }
+            (h * 60 + m) * 60 * if *sign == b'-' { -1 } else { 1 }
+        }
+        _ => return None,
+    };
+    let leap = |y: i64| (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let month_days = [
+        31,
+        if leap(year) { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    if !(1..=12).contains(&month)
+        || day < 1
+        || day > month_days[(month - 1) as usize]
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    // Days since 1970-01-01 (Howard Hinnant's days_from_civil).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset;
+    let since_epoch = Duration::new(u64::try_from(secs).ok()?, u32::try_from(nanos).ok()?);
+    std::time::UNIX_EPOCH.checked_add(since_epoch)
+}
+
+#[test]
+fn rfc3339_reads_date_times_and_refuses_anything_else() {
+    let at = |secs: u64, nanos: u32| Some(std::time::UNIX_EPOCH + Duration::new(secs, nanos));
+    assert_eq!(rfc3339("1970-01-01T00:00:00Z"), at(0, 0));
+    assert_eq!(rfc3339("2026-11-23T10:00:00Z"), at(1_795_428_000, 0));
+    assert_eq!(
+        rfc3339("2026-11-23t12:30:00.25+02:30"),
+        at(1_795_428_000, 250_000_000)
+    );
+    assert_eq!(
+        rfc3339("2000-02-29T23:59:59.123456789z"),
+        at(951_868_799, 123_456_789)
+    );
+    for bad in [
+        "",
+        "2026-11-23",
+        "2026-11-23 10:00:00Z",
+        "2026-11-23T10:00:00",
+        "2026-11-23T10:00:00.Z",
+        "2026-13-01T00:00:00Z",
+        "2026-02-29T00:00:00Z",
+        "2026-11-23T24:00:00Z",
+        "2026-11-23T10:00:00+0200",
+        "2026-11-23T10:00:00Z ",
+        "yesterday",
+    ] {
+        assert_eq!(rfc3339(bad), None, "{bad:?}");
+    }
 }

@@ -10,9 +10,8 @@ use std::time::Duration;
 
 use bus_core::GroupName;
 use bus_sdk::{Bus, HandlerError, Received};
-use bus_tests::NatsCluster;
-
-use crate::support::*;
+use bus_tests::fixtures::*;
+use bus_tests::{NatsCluster, Probe, try_poll_until, wait_until};
 
 const GROUP: &str = "rolling";
 
@@ -229,17 +228,15 @@ async fn given_a_type_no_live_member_handles_should_dead_letter_it_as_no_handler
 
     let published = tokio::time::Instant::now();
     let receipt = bus.publish(&PaymentFailed { order_id: 7 }).await?;
-    let letter = loop {
-        let page = bus.dead_letters(Some(&group()), 0, 10).await?;
-        if let Some(l) = page.letters.into_iter().next() {
-            break l.letter;
-        }
-        anyhow::ensure!(
-            published.elapsed() < Duration::from_secs(30),
-            "no dead letter after 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let bus_ref = &bus;
+    let letter = try_poll_until("a dead letter", Duration::from_secs(30), || async move {
+        let page = bus_ref.dead_letters(Some(&group()), 0, 10).await?;
+        Ok(match page.letters.into_iter().next() {
+            Some(l) => Probe::Ready(l.letter),
+            None => Probe::NotYet(format!("none, {} messages examined", page.examined)),
+        })
+    })
+    .await?;
     let waited = published.elapsed();
     assert_eq!(letter.event_id.as_deref(), Some(receipt.id.as_str()));
     assert!(

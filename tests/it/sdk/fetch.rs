@@ -10,9 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bus_sdk::{HandlerError, Received};
-use bus_tests::NatsCluster;
-
-use crate::support::*;
+use bus_tests::fixtures::*;
+use bus_tests::{NatsCluster, wait_until};
 
 const BACKLOG: u64 = 20_000;
 /// Far above the gap between two deliveries of a healthy drain (well under a

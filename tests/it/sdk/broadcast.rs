@@ -3,9 +3,8 @@
 use std::time::Duration;
 
 use bus_sdk::{HandlerError, Received};
-use bus_tests::NatsCluster;
-
-use crate::support::*;
+use bus_tests::fixtures::*;
+use bus_tests::{NatsCluster, wait_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn given_two_instances_should_each_get_every_event() -> anyhow::Result<()> {

@@ -9,9 +9,8 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 use bus_sdk::{Group, HandlerError, Received};
-use bus_tests::NatsCluster;
-
-use crate::support::*;
+use bus_tests::fixtures::*;
+use bus_tests::{NatsCluster, wait_until};
 
 /// Handler slots of each [`CrashableMember`].
 const SLOTS: usize = 8;

@@ -4,11 +4,9 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use bus_tests::NatsCluster;
+use bus_tests::fixtures::*;
+use bus_tests::{NatsCluster, wait_until};
 use serde_json::{Value, json};
-
-use crate::node_support::*;
-use crate::support::{Recorder, bus_for, recording_member, stream_messages, wait_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn given_two_nodes_when_posting_alternately_should_store_each_event_once_and_feed_a_group()

@@ -5,9 +5,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use bus_sdk::{HandlerError, Received};
-use bus_tests::NatsCluster;
-
-use crate::support::*;
+use bus_tests::fixtures::*;
+use bus_tests::{NatsCluster, wait_until};
 
 const TEN_THOUSAND: u64 = 10_000;
 

@@ -6,13 +6,23 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bus_sdk::{HandlerError, Received};
-use bus_tests::{BusNode, NatsCluster, Probe, poll_until};
+use bus_tests::fixtures::*;
+use bus_tests::{BusNode, NatsCluster, Probe, poll_until, wait_until};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::node_support::*;
-use crate::support::{OrderCreated, Recorder, bus_for, order, stream_messages, wait_until};
+/// `bus-node serve` with `env` exits 64 and names `named` on stderr.
+fn assert_refused(env: &[(&str, &str)], named: &str) -> anyhow::Result<()> {
+    let out = bus_node(env, &["serve"])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{env:?}: {stderr}");
+    assert!(
+        stderr.contains(named),
+        "{env:?} should name {named}: {stderr}"
+    );
+    Ok(())
+}
 
 #[test]
 fn given_bad_config_should_exit_64_naming_the_key_before_binding_any_port() -> anyhow::Result<()> {
@@ -135,10 +145,8 @@ async fn given_dev_mode_should_run_its_own_nats_show_a_posted_event_and_stop_cle
     )
     .await?;
     assert_eq!(r.status(), 202);
-    let shown = tokio::time::timeout(Duration::from_secs(10), async {
-        while !node.log().contains("event #1 demo.hello id=hello-1") {
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+    let shown = wait_until("dev to print the event", Duration::from_secs(10), || {
+        node.log().contains("event #1 demo.hello id=hello-1")
     })
     .await;
     assert!(

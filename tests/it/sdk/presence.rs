@@ -9,10 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use bus_core::GroupName;
-use bus_tests::NatsCluster;
+use bus_tests::fixtures::*;
+use bus_tests::{NatsCluster, Probe, try_poll_until};
 use futures::StreamExt;
-
-use crate::support::*;
 
 /// The `billing_worker` example, built beside this test binary (`target/<profile>/examples`).
 fn billing_worker() -> anyhow::Result<PathBuf> {
@@ -70,17 +69,16 @@ async fn wait_for_ids(
     service: &str,
     want: &BTreeSet<String>,
 ) -> anyhow::Result<()> {
-    let start = tokio::time::Instant::now();
-    loop {
+    let what = format!("the members answering {service} to be {want:?}");
+    try_poll_until(what, Duration::from_secs(20), || async move {
         let ids = ping(client, service).await?;
-        if &ids == want {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            start.elapsed() < Duration::from_secs(20),
-            "members answering {service}: {ids:?}, want {want:?}"
-        );
-    }
+        Ok(if &ids == want {
+            Probe::Ready(())
+        } else {
+            Probe::NotYet(format!("members answering {service}: {ids:?}"))
+        })
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,17 +101,20 @@ async fn given_members_in_two_processes_a_plain_ping_should_list_them_and_drop_a
     let pid = worker.0.id();
 
     // The SDK's own view: both members, with what they handle and where they run.
-    let start = tokio::time::Instant::now();
-    let members = loop {
-        let members = bus.members(Some(&billing)).await?;
-        if members.len() == 2 {
-            break members;
-        }
-        anyhow::ensure!(
-            start.elapsed() < Duration::from_secs(20),
-            "members of billing: {members:?}"
-        );
-    };
+    let (bus_ref, billing_ref) = (&bus, &billing);
+    let members = try_poll_until(
+        "two members of billing",
+        Duration::from_secs(20),
+        || async move {
+            let members = bus_ref.members(Some(billing_ref)).await?;
+            Ok(if members.len() == 2 {
+                Probe::Ready(members)
+            } else {
+                Probe::NotYet(format!("members of billing: {members:?}"))
+            })
+        },
+    )
+    .await?;
     let pids: BTreeSet<u32> = members.iter().map(|m| m.pid).collect();
     assert_eq!(pids, BTreeSet::from([pid, std::process::id()]));
     for m in &members {

@@ -6,9 +6,8 @@ use std::net::TcpListener;
 use std::path::Path;
 
 use bus_tests::NatsCluster;
+use bus_tests::fixtures::*;
 use serde_json::json;
-
-use crate::node_support::*;
 
 const API_KEY: &str = "key-from-a-mounted-file-0123";
 const NATS_PASSWORD: &str = "natsPasswordFromFile42";

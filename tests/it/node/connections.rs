@@ -3,11 +3,10 @@
 
 use std::time::Duration;
 
+use bus_tests::fixtures::*;
 use bus_tests::{BusNode, NatsCluster};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-use crate::node_support::*;
 
 /// An open node on a fresh single server, with one more setting.
 async fn node_with(name: &str, key: &str, value: &str) -> anyhow::Result<(NatsCluster, BusNode)> {

@@ -5,11 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bus_tests::NatsCluster;
+use bus_tests::fixtures::*;
+use bus_tests::{NatsCluster, Probe, try_poll_until};
 use serde_json::{Value, json};
-
-use crate::node_support::*;
-use crate::support::{bus_for, stream_messages};
 
 const PUBLISHER: &str = "pub-key-0123456789abcdef";
 const ADMIN: &str = "adm-key-0123456789abcdef";
@@ -467,26 +465,28 @@ async fn given_nats_down_should_answer_503_with_retry_after_and_not_be_ready() -
     let client = http()?;
     cluster.kill(0)?;
     // The client library notices the dead connection within its ping interval; poll.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let r = post_event(&client, &node.url(), &ce("x-1", "shop.a", json!(1))).await?;
-        if r.status() == 503 {
-            assert!(r.headers().get("retry-after").is_some());
-            assert_eq!(
-                r.headers()
-                    .get("content-type")
-                    .and_then(|v| v.to_str().ok()),
-                Some("application/problem+json")
-            );
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "still {} with NATS down",
-            r.status()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (client_ref, url) = (&client, node.url());
+    let url = url.as_str();
+    let r = try_poll_until(
+        "a 503 with NATS down",
+        Duration::from_secs(30),
+        || async move {
+            let r = post_event(client_ref, url, &ce("x-1", "shop.a", json!(1))).await?;
+            Ok(if r.status() == 503 {
+                Probe::Ready(r)
+            } else {
+                Probe::NotYet(format!("still {} with NATS down", r.status()))
+            })
+        },
+    )
+    .await?;
+    assert!(r.headers().get("retry-after").is_some());
+    assert_eq!(
+        r.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("application/problem+json")
+    );
     let r = client.get(format!("{}/readyz", node.url())).send().await?;
     assert_eq!(r.status(), 503);
     assert_eq!(
@@ -499,20 +499,23 @@ async fn given_nats_down_should_answer_503_with_retry_after_and_not_be_ready() -
     );
     // Back up: ready again, publishing again.
     cluster.restart(0).await?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while client
-        .get(format!("{}/readyz", node.url()))
-        .send()
-        .await?
-        .status()
-        != 200
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not ready after NATS came back"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    try_poll_until(
+        "ready after NATS came back",
+        Duration::from_secs(30),
+        || async move {
+            let status = client_ref
+                .get(format!("{url}/readyz"))
+                .send()
+                .await?
+                .status();
+            Ok(if status == 200 {
+                Probe::Ready(())
+            } else {
+                Probe::NotYet(format!("/readyz answers {status}"))
+            })
+        },
+    )
+    .await?;
     let r = post_event(&client, &node.url(), &ce("x-2", "shop.a", json!(1))).await?;
     assert_eq!(r.status(), 202);
     Ok(())

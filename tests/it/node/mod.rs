@@ -1,0 +1,8 @@
+//! The node suites: `bus-node` run as a process against real nats-server processes
+//! (HTTP ingress, bad input, connections, the process itself, secrets from files).
+
+mod bad_input;
+mod connections;
+mod ingress;
+mod process;
+mod secret_files;
