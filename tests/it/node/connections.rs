@@ -1,5 +1,7 @@
-//! The node's connections: a client that does not finish its headers is cut off, and the
-//! connections open at once are bounded (past it, new ones wait until one closes).
+//! The node's connections: a client that does not finish its headers is cut off, the
+//! connections open at once are bounded (past it, new ones wait until one closes), and an
+//! answer given before the request's body was read says `Connection: close`, so that no
+//! client sends its next request on a connection the node is closing.
 
 use std::time::Duration;
 
@@ -69,5 +71,43 @@ async fn given_the_open_connection_bound_is_reached_a_new_one_should_wait_until_
     // ...and one as soon as one of them closes.
     drop(first);
     assert_eq!(healthz(&node).await?, 200);
+    Ok(())
+}
+
+/// Sends `request` on a fresh connection and reads the answer's head.
+async fn head_of(node: &BusNode, request: &[u8]) -> anyhow::Result<String> {
+    let mut conn = TcpStream::connect(addr(&node.url())).await?;
+    conn.write_all(request).await?;
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf)).await??;
+        anyhow::ensure!(n > 0, "closed before a whole head: {answer:?}");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    Ok(String::from_utf8_lossy(&answer).to_lowercase())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_an_answer_before_the_body_is_read_it_should_say_connection_close()
+-> anyhow::Result<()> {
+    let (_cluster, node) = node_with("unread-body", "BUS__HTTP__MAX_BODY_BYTES", "1024").await?;
+    // Refused for its declared size: the 2 MiB it announces are never sent.
+    let refused = head_of(
+        &node,
+        b"POST /v1/events HTTP/1.1\r\nHost: x\r\ncontent-type: application/cloudevents+json\r\ncontent-length: 2097152\r\n\r\n",
+    )
+    .await?;
+    assert!(refused.starts_with("http/1.1 413"), "{refused}");
+    assert!(refused.contains("connection: close"), "{refused}");
+    // Read to its end and answered: the connection stays open for the next request.
+    let body = ce("kept-1", "shop.a", serde_json::json!(1)).to_string();
+    let request = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: x\r\ncontent-type: application/cloudevents+json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let accepted = head_of(&node, request.as_bytes()).await?;
+    assert!(accepted.starts_with("http/1.1 202"), "{accepted}");
+    assert!(!accepted.contains("connection: close"), "{accepted}");
     Ok(())
 }

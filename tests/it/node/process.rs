@@ -431,6 +431,11 @@ async fn given_dead_letters_the_admin_api_should_list_groups_and_dead_letters_an
         Some(1),
         "the one running member is seen: {billing}"
     );
+    // As the NATS Services API tells it: what it handles, where it runs.
+    let seen = &billing["members"][0];
+    assert_eq!(seen["group"], "billing", "{seen}");
+    assert_eq!(seen["types"], json!(["shop.order.created"]), "{seen}");
+    assert_eq!(seen["pid"], std::process::id(), "{seen}");
 
     healthy.store(true, Ordering::SeqCst);
     let r = client
