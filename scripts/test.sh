@@ -14,8 +14,10 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi
 
-# The node suites run the bus-node binary as a process.
+# The node suites run the bus-node binary as a process, and the presence suite runs the
+# billing_worker example as a second member process (nextest builds neither).
 cargo build -p bus-node
+cargo build -p bus-sdk --examples
 
 profile=default
 [ -n "${CI:-}" ] && profile=ci
