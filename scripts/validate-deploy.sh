@@ -29,9 +29,9 @@ KUBERNETES_VERSION=1.32.0
 #               and published, and cannot be looked up offline. Every image is pinned to
 #               an exact version tag instead (CKV_K8S_14 still rejects latest/untagged),
 #               and overlays/prod shows where to pin the bus-node digest.
-# (CKV_K8S_35, "secrets as files, not environment variables", passes: bus-node mounts
-# its Secrets as files. Only the nats StatefulSet skips it, by its own annotation with
-# the reason: nats.conf reads its password from the environment only.)
+# (CKV_K8S_35, "secrets as files, not environment variables", passes with no skip: bus-node
+# mounts its Secrets as files, and nats-server includes its credentials from a mounted
+# Secret file.)
 SKIP_CHECKS="CKV_K8S_43"
 # Only for overlays/dev:
 #   CKV_K8S_15  "Image Pull Policy should be Always": dev runs a bus-node image built

@@ -9,7 +9,6 @@
 //! installs its pinned tools into `.tools/deploy-venv`). The last test needs the bus-node
 //! binary: `cargo build -p bus-node`, or `BUS_NODE_BIN=/path/to/bus-node`.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -272,6 +271,61 @@ fn given_the_configmap_toml_when_checked_by_bus_node_should_be_accepted() -> Res
     Ok(())
 }
 
+#[test]
+fn given_the_configmap_nats_conf_and_its_mounted_credentials_nats_server_should_accept_them()
+-> Result<()> {
+    let nats = std::env::var_os("NATS_SERVER_BIN").unwrap_or_else(|| "nats-server".into());
+    for overlay in ["dev", "prod"] {
+        let rendered = kustomize(overlay)?;
+        let docs: Vec<&str> = rendered.split("\n---\n").collect();
+        let config_map = find_doc(&docs, "ConfigMap", "nats-config-")
+            .with_context(|| format!("{overlay}: no nats ConfigMap"))?;
+        let conf = block_scalar(config_map, "nats.conf")
+            .with_context(|| format!("{overlay}: no nats.conf in the ConfigMap"))?;
+        let statefulset = find_doc(&docs, "StatefulSet", "nats")
+            .with_context(|| format!("{overlay}: no nats StatefulSet"))?;
+        let pod = Flat::parse(statefulset)?;
+        // The ConfigMap where the StatefulSet mounts it, and its Secret files, under `root`.
+        let tmp = tempfile::tempdir()?;
+        let root = tmp.path();
+        let (config_dir, _) = mount_path(&pod, "config")
+            .with_context(|| format!("{overlay}: the nats config volume is not mounted"))?;
+        let conf_file = root
+            .join(config_dir.trim_start_matches('/'))
+            .join("nats.conf");
+        if let Some(dir) = conf_file.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(&conf_file, &conf)?;
+        let files = secret_files(&pod, overlay)?;
+        ensure!(
+            files.iter().any(|f| f.key == "auth.conf"),
+            "{overlay}: nats-server mounts no auth.conf"
+        );
+        for f in &files {
+            let here = root.join(f.path.trim_start_matches('/'));
+            if let Some(dir) = here.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::write(&here, &f.content)?;
+        }
+        let mut cmd = Command::new(&nats);
+        cmd.arg("-t").arg("-c").arg(&conf_file);
+        // No secret in its environment: container_env refuses a secretKeyRef.
+        for e in container_env(&pod, overlay)? {
+            cmd.env(&e.name, &e.value);
+        }
+        let out = cmd.output().context("cannot run nats-server")?;
+        ensure!(
+            out.status.success(),
+            "{overlay}: nats-server refused the deployed nats.conf with its mounted \
+             credentials:\n{}",
+            describe(&out)
+        );
+    }
+    Ok(())
+}
+
 fn kustomize(overlay: &str) -> Result<String> {
     let dir = deploy_dir().join("overlays").join(overlay);
     let out = Command::new("kubectl")
@@ -517,12 +571,13 @@ fn secret_value(overlay: &str, secret: &str, key: &str) -> Result<String> {
             return Ok(std::fs::read_to_string(dir.join("api-keys.json"))?);
         }
         if base("bus-nats-auth") {
-            let env = std::fs::read_to_string(dir.join("nats-auth.env"))?;
-            let pairs: HashMap<&str, &str> =
-                env.lines().filter_map(|l| l.split_once('=')).collect();
-            if let Some(v) = pairs.get(key) {
-                return Ok((*v).to_owned());
-            }
+            let file = match key {
+                "user" => "nats-user",
+                "password" => "nats-password",
+                "auth.conf" => "nats-auth.conf",
+                _ => bail!("dev: Secret {secret} has no key {key}"),
+            };
+            return Ok(std::fs::read_to_string(dir.join(file))?);
         }
     } else {
         // As deploy/README.md creates them: the keys file from a heredoc (so with a
@@ -539,6 +594,9 @@ fn secret_value(overlay: &str, secret: &str, key: &str) -> Result<String> {
             }
             ("bus-nats-auth", "user") => return Ok("bus".to_owned()),
             ("bus-nats-auth", "password") => return Ok("placeholderPassword0123".to_owned()),
+            ("bus-nats-auth", "auth.conf") => {
+                return Ok("authorization {\n  user: \"bus\"\n  password: \"placeholderPassword0123\"\n}\n".to_owned());
+            }
             _ => {}
         }
     }
