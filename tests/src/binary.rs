@@ -5,6 +5,7 @@ use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 
 use crate::error::HarnessError;
 
@@ -13,9 +14,11 @@ pub const BINARY_ENV: &str = "NATS_SERVER_BIN";
 
 const BINARY_NAME: &str = "nats-server";
 
-/// Resolves the binary: `explicit` if given, else `$NATS_SERVER_BIN` if set, else
-/// `nats-server` on `PATH`. An explicit path or a set variable that does not name an
-/// executable is an error, not a reason to fall back to `PATH`.
+/// Resolves the binary: `explicit` if given, else `$NATS_SERVER_BIN` if set, else the
+/// pinned server in `<repo>/.tools` (where `scripts/ensure-nats-server.sh` puts it), else
+/// `nats-server` on `PATH`, else the one that script installs now. An explicit path or a
+/// set variable that does not name an executable is an error, not a reason to look
+/// elsewhere.
 pub(crate) fn locate(explicit: Option<&Path>) -> Result<PathBuf, HarnessError> {
     let from_env = std::env::var_os(BINARY_ENV).filter(|v| !v.is_empty());
     if let Some(path) = explicit
@@ -29,6 +32,11 @@ pub(crate) fn locate(explicit: Option<&Path>) -> Result<PathBuf, HarnessError> {
         };
     }
     let mut tried = Vec::new();
+    let tools = tools_binary();
+    if is_executable(&tools) {
+        return Ok(tools);
+    }
+    tried.push(tools);
     for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
         let candidate = dir.join(BINARY_NAME);
         if is_executable(&candidate) {
@@ -36,7 +44,36 @@ pub(crate) fn locate(explicit: Option<&Path>) -> Result<PathBuf, HarnessError> {
         }
         tried.push(candidate);
     }
+    if let Some(installed) = install() {
+        return Ok(installed);
+    }
     Err(HarnessError::BinaryNotFound { tried })
+}
+
+/// Where `scripts/ensure-nats-server.sh` installs the pinned server.
+fn tools_binary() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/nats-server/bin/nats-server")
+}
+
+/// Runs `scripts/ensure-nats-server.sh` (once per process) and returns the binary it
+/// prints: plain `cargo test` on a fresh machine installs the pinned server as
+/// `make test` does.
+fn install() -> Option<PathBuf> {
+    static INSTALLED: OnceLock<Option<PathBuf>> = OnceLock::new();
+    INSTALLED
+        .get_or_init(|| {
+            let script =
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/ensure-nats-server.sh");
+            let out = Command::new("bash")
+                .arg(script)
+                .stdin(Stdio::null())
+                .stderr(Stdio::inherit())
+                .output()
+                .ok()?;
+            let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+            (out.status.success() && is_executable(&path)).then_some(path)
+        })
+        .clone()
 }
 
 fn is_executable(path: &Path) -> bool {

@@ -26,6 +26,15 @@ pub enum HarnessError {
         tried: Vec<PathBuf>,
     },
 
+    /// No executable of an SDK example: build it first.
+    #[error("example {name} not found at {tried:?}: run `cargo build -p bus-sdk --example {name}`")]
+    ExampleNotFound {
+        /// The example's name.
+        name: String,
+        /// Paths that were checked.
+        tried: Vec<PathBuf>,
+    },
+
     /// A cluster needs at least one node.
     #[error("invalid node count {0}: a cluster needs at least one node")]
     InvalidNodeCount(usize),

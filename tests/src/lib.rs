@@ -29,6 +29,7 @@
 //! on a cluster, test event types, a recorder of handled events, `bus-node` helpers.
 
 mod binary;
+mod built;
 mod cluster;
 mod config;
 mod error;
@@ -51,7 +52,9 @@ pub use cluster::{
 pub use config::{DEFAULT_MAX_FILE_STORE, DEFAULT_MAX_MEMORY_STORE};
 pub use error::HarnessError;
 pub use health::DEFAULT_HTTP_TIMEOUT;
-pub use node::{BusNode, NODE_BINARY_ENV, NODE_READY_TIMEOUT, NODE_STOP_GRACE, node_binary};
+pub use node::{
+    BusNode, NODE_BINARY_ENV, NODE_READY_TIMEOUT, NODE_STOP_GRACE, example_binary, node_binary,
+};
 pub use otlp::{Kind as SpanKind, OtlpReceiver, ReceivedSpan};
 pub use own_process::{OWN_PROCESS_ENV, own_process};
 pub use poll::{POLL_INTERVAL, Probe, poll_until, try_poll_until, wait_until};

@@ -4,7 +4,7 @@
 //! test fails.
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
@@ -30,7 +30,8 @@ pub const NODE_STOP_GRACE: Duration = Duration::from_secs(30);
 /// (`<target>/<profile>/deps/it-…`) or a binary beside it (`<target>/<profile>/bus-bench`).
 /// `<target>` is wherever cargo built this executable (`CARGO_TARGET_DIR`,
 /// `build.target-dir`, `--target <triple>`), so `cargo build -p bus-node` with the same
-/// settings puts the node where this finds it.
+/// settings puts the node where this finds it; under cargo, a missing one is built
+/// there on first use.
 pub fn node_binary() -> Result<PathBuf, HarnessError> {
     let mut tried = Vec::new();
     if let Some(p) = std::env::var_os(NODE_BINARY_ENV) {
@@ -40,18 +41,10 @@ pub fn node_binary() -> Result<PathBuf, HarnessError> {
         }
         tried.push(p);
     }
-    if let Some(profile_dir) = std::env::current_exe()
-        .ok()
-        .as_deref()
-        .and_then(Path::parent)
-        .map(|dir| match dir.file_name() {
-            Some(name) if name == "deps" => dir.parent().unwrap_or(dir),
-            _ => dir,
-        })
-    {
+    if let Some(profile_dir) = crate::built::profile_dir() {
         let p = profile_dir.join(format!("bus-node{}", std::env::consts::EXE_SUFFIX));
-        if p.is_file() {
-            return Ok(p);
+        if let Some(found) = crate::built::or_build(&p, &["-p", "bus-node", "--bin", "bus-node"]) {
+            return Ok(found);
         }
         tried.push(p);
     }
@@ -313,4 +306,19 @@ impl Drop for BusNode {
         }
         let _ = self.kill();
     }
+}
+
+/// The SDK's example `name` (`billing_worker`, ...), in `<target>/<profile>/examples`,
+/// built there on first use when it is missing.
+pub fn example_binary(name: &str) -> Result<PathBuf, HarnessError> {
+    let not_found = |tried| HarnessError::ExampleNotFound {
+        name: name.to_owned(),
+        tried,
+    };
+    let profile_dir = crate::built::profile_dir().ok_or_else(|| not_found(Vec::new()))?;
+    let p = profile_dir
+        .join("examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    crate::built::or_build(&p, &["-p", "bus-sdk", "--example", name])
+        .ok_or_else(|| not_found(vec![p]))
 }

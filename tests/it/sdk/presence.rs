@@ -4,7 +4,6 @@
 //! disappears, and one that shuts down leaves at once.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -12,22 +11,6 @@ use bus_core::GroupName;
 use bus_tests::fixtures::*;
 use bus_tests::{NatsCluster, Probe, try_poll_until};
 use futures::StreamExt;
-
-/// The `billing_worker` example, built beside this test binary (`target/<profile>/examples`).
-fn billing_worker() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let profile = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .ok_or_else(|| anyhow::anyhow!("no profile directory above {}", exe.display()))?;
-    let worker = profile.join("examples").join("billing_worker");
-    anyhow::ensure!(
-        worker.is_file(),
-        "{} is not built: cargo build -p bus-sdk --examples",
-        worker.display()
-    );
-    Ok(worker)
-}
 
 /// Kills the child when the test ends, however it ends.
 struct Reaped(Child);
@@ -90,7 +73,7 @@ async fn given_members_in_two_processes_a_plain_ping_should_list_them_and_drop_a
     let recorder = Recorder::default();
     let here = recording_member(&bus, "billing", &recorder, 0).await?;
 
-    let worker = Command::new(billing_worker()?)
+    let worker = Command::new(bus_tests::example_binary("billing_worker")?)
         .env("NATS_URL", cluster.client_urls().join(","))
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .stdin(Stdio::null())
