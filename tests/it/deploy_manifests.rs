@@ -274,7 +274,7 @@ fn given_the_configmap_toml_when_checked_by_bus_node_should_be_accepted() -> Res
 #[test]
 fn given_the_configmap_nats_conf_and_its_mounted_credentials_nats_server_should_accept_them()
 -> Result<()> {
-    let nats = std::env::var_os("NATS_SERVER_BIN").unwrap_or_else(|| "nats-server".into());
+    let nats = bus_tests::nats_server_binary()?;
     for overlay in ["dev", "prod"] {
         let rendered = kustomize(overlay)?;
         let docs: Vec<&str> = rendered.split("\n---\n").collect();

@@ -14,6 +14,12 @@ pub const BINARY_ENV: &str = "NATS_SERVER_BIN";
 
 const BINARY_NAME: &str = "nats-server";
 
+/// The `nats-server` the harness runs (see [`locate`]'s order), for a test that runs it
+/// itself.
+pub fn nats_server_binary() -> Result<PathBuf, HarnessError> {
+    locate(None)
+}
+
 /// Resolves the binary: `explicit` if given, else `$NATS_SERVER_BIN` if set, else the
 /// pinned server in `<repo>/.tools` (where `scripts/ensure-nats-server.sh` puts it), else
 /// `nats-server` on `PATH`, else the one that script installs now. An explicit path or a

@@ -44,7 +44,7 @@ mod ports;
 mod raft;
 mod server;
 
-pub use binary::BINARY_ENV;
+pub use binary::{BINARY_ENV, nats_server_binary};
 pub use cluster::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_NODES, DEFAULT_READY_TIMEOUT, DEFAULT_STOP_GRACE,
     DUMP_LOGS_ENV, LOG_DUMP_LINES, NatsCluster, NatsClusterBuilder,
