@@ -55,9 +55,12 @@ impl Policy for Shared {
     async fn before_dispatch(&self, delivery: &mut Delivery) -> Option<Outcome> {
         // A redelivery may have been handed back by members without its handler: those
         // deliveries were no attempts.
+        // Boxed, as the other rare paths: inline, its future would take room in every
+        // delivery's future.
         if delivery.attempt > 1
             && let Some(store) = &self.handoffs
-            && let Some(record) = handoff::read(store, &self.name, delivery.stream_seq).await
+            && let Some(record) =
+                Box::pin(handoff::read(store, &self.name, delivery.stream_seq)).await
         {
             delivery.handoffs = record.handoffs;
             delivery.attempt = delivery.attempt.saturating_sub(record.handoffs).max(1);
@@ -167,7 +170,7 @@ impl Shared {
         if delivery.handoffs > 0
             && let Some(store) = &self.handoffs
         {
-            handoff::forget(store, &self.name, delivery.stream_seq).await;
+            Box::pin(handoff::forget(store, &self.name, delivery.stream_seq)).await;
         }
     }
 }
