@@ -96,6 +96,11 @@ impl BusNode {
             format!("127.0.0.1:{}", port.port()),
         ));
         all.push(("BUS__NODE__ID".into(), name.to_owned()));
+        // `dev` runs its own nats-server: the one the harness runs, wherever it found it.
+        if args.first() == Some(&"dev") && !all.iter().any(|(k, _)| k == crate::BINARY_ENV) {
+            let nats = crate::binary::locate(None)?;
+            all.push((crate::BINARY_ENV.into(), nats.display().to_string()));
+        }
         let log_path = dir.path().join("bus-node.log");
         let mut node = Self {
             name: name.to_owned(),

@@ -135,7 +135,7 @@ publish = ["shop.>"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn given_dev_mode_should_run_its_own_nats_show_a_posted_event_and_stop_cleanly()
 -> anyhow::Result<()> {
-    // `dev` finds nats-server through NATS_SERVER_BIN (set by scripts/test.sh) or PATH.
+    // `dev` finds nats-server through NATS_SERVER_BIN, which the harness sets to its own.
     let mut node = BusNode::start_with_args("dev", &[], &["dev"]).await?;
     let client = http()?;
     let r = post_event(
