@@ -1,5 +1,5 @@
 //! CloudEvents binary mode on NATS: attributes as `ce-*` headers, `content-type`, the
-//! data as the payload, `Nats-Msg-Id` = the event id, and
+//! data as the payload, `Nats-Msg-Id` = [`dedup_id`] of the event's source and id, and
 //! W3C trace context headers. A plain NATS client in any language can produce and read
 //! these messages.
 //!
@@ -15,6 +15,7 @@ use std::str::FromStr;
 use async_nats::HeaderMap;
 use async_nats::header::{HeaderName, HeaderValue};
 use bytes::Bytes;
+use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -41,6 +42,39 @@ pub const MAX_VALUE_LEN: usize = 4096;
 pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 /// Characters of an offending value that an error quotes ([`excerpt`]).
 pub const EXCERPT_CHARS: usize = 64;
+/// Prefix of [`dedup_id`]: names the scheme, so that another one could follow.
+pub const DEDUP_ID_PREFIX: &str = "ce1-";
+
+/// The `Nats-Msg-Id` of the event with `source` and `id`: [`DEDUP_ID_PREFIX`] then the
+/// lowercase hex SHA-256 of the source's UTF-8 bytes, one 0 byte, and the id's bytes
+/// (`ce1-` + `sha256(source + "\0" + id)`, 68 characters). CloudEvents identity is
+/// source + id, so another source's event with the same id is another event; the 0 byte
+/// cannot occur in either (control characters are refused), so no two pairs share it.
+///
+/// ```
+/// # use bus_core::binary_mode::dedup_id;
+/// // printf '/shop\0order-1' | sha256sum
+/// assert_eq!(
+///     dedup_id("/shop", "order-1"),
+///     "ce1-e822c2a8accaf06f6d956254b60f820add4915eadfc1d5682725fc16dfdeb39b",
+/// );
+/// ```
+pub fn dedup_id(source: &str, id: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digest = Sha256::new()
+        .chain_update(source.as_bytes())
+        .chain_update([0u8])
+        .chain_update(id.as_bytes())
+        .finalize();
+    let mut out = String::with_capacity(DEDUP_ID_PREFIX.len() + 64);
+    out.push_str(DEDUP_ID_PREFIX);
+    for b in digest {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0x0f)]));
+    }
+    out
+}
+
 /// At most the first [`EXCERPT_CHARS`] characters of `value`, with `…` when cut: what an
 /// error quotes of a value, so that an answer never echoes a long one whole.
 pub fn excerpt(value: &str) -> Cow<'_, str> {
@@ -195,7 +229,9 @@ pub fn encode_with_room(event: &Event, more: usize) -> Result<(HeaderMap, Bytes)
     for (header, attribute, value) in required {
         h.put(header, attribute, value, true)?;
     }
-    h.put(names::NATS_MSG_ID, "id", &event.id, true)?;
+    // Both checked above: no control characters, no padding, bounded.
+    let dedup = dedup_id(&event.source, &event.id);
+    h.put(names::NATS_MSG_ID, "id", &dedup, true)?;
     if let Some(t) = event.time {
         let s = t.format(&Rfc3339).map_err(|_| EncodeError::InvalidValue {
             attribute: "time".into(),
@@ -495,7 +531,8 @@ mod tests {
     fn an_event_survives_the_round_trip() {
         let e = sample();
         let (h, p) = encode(&e).unwrap_or_else(|err| panic!("{err}"));
-        assert_eq!(h.get(NATS_MSG_ID).map(|v| v.as_str()), Some("e-1"));
+        let dedup = dedup_id("/shop", "e-1");
+        assert_eq!(h.get(NATS_MSG_ID).map(|v| v.as_str()), Some(dedup.as_str()));
         assert_eq!(h.get(CE_ID).map(|v| v.as_str()), Some("e-1"));
         assert_eq!(h.get("ce-tenant").map(|v| v.as_str()), Some("acme"));
         let back = decode(Some(&h), p);
@@ -726,6 +763,16 @@ mod tests {
             encode(&e),
             Err(EncodeError::HeadersTooLarge { len }) if len > MAX_HEADER_BYTES
         ));
+    }
+
+    #[test]
+    fn the_dedup_id_is_the_digest_of_source_and_id() {
+        // printf '/shop\0order-1' | sha256sum
+        let known = "ce1-e822c2a8accaf06f6d956254b60f820add4915eadfc1d5682725fc16dfdeb39b";
+        assert_eq!(dedup_id("/shop", "order-1"), known);
+        assert_ne!(dedup_id("/a", "1"), dedup_id("/b", "1"));
+        // The 0 byte keeps the pairs apart.
+        assert_ne!(dedup_id("/a", "b1"), dedup_id("/ab", "1"));
     }
 
     #[test]

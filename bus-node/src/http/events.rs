@@ -206,7 +206,7 @@ fn publish_problem(e: &PublishError) -> Problem {
             Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "too-large", e.to_string())
         }
         PublishErrorKind::Unavailable => Problem::unavailable(
-            format!("{e}; retry with the same event id: it is never stored twice"),
+            format!("{e}; retry with the same event (source and id): it is never stored twice"),
             1,
         ),
         PublishErrorKind::Rejected => {

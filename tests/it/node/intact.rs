@@ -1,6 +1,6 @@
 //! Every event intact at the edge: ids, sources and attributes are stored exactly as
-//! posted or refused with a 4xx naming the attribute; a value too long for NATS is a
-//! permanent refusal, never a 503, and the answer stays short.
+//! posted or refused with a 4xx naming the attribute; identity is source + id; a value
+//! too long for NATS is a permanent refusal, never a 503, and the answer stays short.
 
 use bus_tests::NatsCluster;
 use bus_tests::fixtures::*;
@@ -78,6 +78,39 @@ async fn given_values_nats_would_trim_should_refuse_them_naming_the_attribute() 
         );
     }
     assert_eq!(stream_messages(&bus, "BUS_EVENTS").await?, 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_one_id_from_two_sources_should_store_both_and_a_duplicate_shows_the_stored_event()
+-> anyhow::Result<()> {
+    let cluster = NatsCluster::start(1).await?;
+    let node = open_node(&cluster, "intact-dedup").await?;
+    let bus = bus_for(&cluster).await?;
+    let client = http()?;
+    let base = node.url();
+    let (status, a) = post(&client, &base, &event("same-1", "/a", "shop.order.created")).await?;
+    assert_eq!(status, 202, "{a}");
+    let a: Value = serde_json::from_str(&a)?;
+    let (status, b) = post(&client, &base, &event("same-1", "/b", "shop.order.paid")).await?;
+    assert_eq!(status, 202, "{b}");
+    let b: Value = serde_json::from_str(&b)?;
+    assert_eq!(b["duplicate"], false, "another source's event: {b}");
+    assert_ne!(a["seq"], b["seq"]);
+    assert_eq!(b["type"], "shop.order.paid");
+    // The first source again, with another type: a duplicate, answered with what is stored.
+    let (status, again) = post(
+        &client,
+        &base,
+        &event("same-1", "/a", "shop.order.cancelled"),
+    )
+    .await?;
+    assert_eq!(status, 202, "{again}");
+    let again: Value = serde_json::from_str(&again)?;
+    assert_eq!(again["duplicate"], true, "{again}");
+    assert_eq!(again["seq"], a["seq"], "{again}");
+    assert_eq!(again["type"], "shop.order.created", "{again}");
+    assert_eq!(stream_messages(&bus, "BUS_EVENTS").await?, 2);
     Ok(())
 }
 
