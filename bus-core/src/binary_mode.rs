@@ -1,12 +1,21 @@
 //! CloudEvents binary mode on NATS: attributes as `ce-*` headers, `content-type`, the
-//! data as the payload, `Nats-Msg-Id` = the event id, and W3C trace context headers.
-//! A plain NATS client in any language can produce and read these messages.
+//! data as the payload, `Nats-Msg-Id` = [`dedup_id`] of the event's source and id, and
+//! W3C trace context headers. A plain NATS client in any language can produce and read
+//! these messages.
+//!
+//! Every value is stored exactly as given or refused by [`encode`]: NATS trims header
+//! values, so a value that starts or ends with a space or a tab (or is only whitespace)
+//! is refused, as are control characters, values longer than their attribute's maximum
+//! ([`MAX_ID_LEN`], [`MAX_SOURCE_LEN`], [`MAX_SUBJECT_LEN`], [`MAX_VALUE_LEN`]) and
+//! headers that add up to more than [`MAX_HEADER_BYTES`].
 
+use std::borrow::Cow;
 use std::str::FromStr;
 
 use async_nats::HeaderMap;
 use async_nats::header::{HeaderName, HeaderValue};
 use bytes::Bytes;
+use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -17,6 +26,63 @@ use crate::headers::*;
 
 /// Longest accepted extension attribute name (CloudEvents recommends at most 20).
 pub const MAX_EXTENSION_NAME_LEN: usize = 20;
+
+/// Longest accepted `id`, in bytes.
+pub const MAX_ID_LEN: usize = 1024;
+/// Longest accepted `source`, in bytes.
+pub const MAX_SOURCE_LEN: usize = 1024;
+/// Longest accepted `subject`, in bytes.
+pub const MAX_SUBJECT_LEN: usize = 1024;
+/// Longest accepted value of any other attribute (`datacontenttype`, `dataschema`,
+/// `partitionkey`, `tracestate`, extensions), in bytes.
+pub const MAX_VALUE_LEN: usize = 4096;
+/// Most bytes the headers of one event may take on the wire (`NATS/1.0` line, every
+/// `name: value` line, the blank line), leaving room under nats-server's 64 KiB for the
+/// trace headers a publisher adds.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+/// Characters of an offending value that an error quotes ([`excerpt`]).
+pub const EXCERPT_CHARS: usize = 64;
+/// Prefix of [`dedup_id`]: names the scheme, so that another one could follow.
+pub const DEDUP_ID_PREFIX: &str = "ce1-";
+
+/// The `Nats-Msg-Id` of the event with `source` and `id`: [`DEDUP_ID_PREFIX`] then the
+/// lowercase hex SHA-256 of the source's UTF-8 bytes, one 0 byte, and the id's bytes
+/// (`ce1-` + `sha256(source + "\0" + id)`, 68 characters). CloudEvents identity is
+/// source + id, so another source's event with the same id is another event; the 0 byte
+/// cannot occur in either (control characters are refused), so no two pairs share it.
+///
+/// ```
+/// # use bus_core::binary_mode::dedup_id;
+/// // printf '/shop\0order-1' | sha256sum
+/// assert_eq!(
+///     dedup_id("/shop", "order-1"),
+///     "ce1-e822c2a8accaf06f6d956254b60f820add4915eadfc1d5682725fc16dfdeb39b",
+/// );
+/// ```
+pub fn dedup_id(source: &str, id: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digest = Sha256::new()
+        .chain_update(source.as_bytes())
+        .chain_update([0u8])
+        .chain_update(id.as_bytes())
+        .finalize();
+    let mut out = String::with_capacity(DEDUP_ID_PREFIX.len() + 64);
+    out.push_str(DEDUP_ID_PREFIX);
+    for b in digest {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0x0f)]));
+    }
+    out
+}
+
+/// At most the first [`EXCERPT_CHARS`] characters of `value`, with `…` when cut: what an
+/// error quotes of a value, so that an answer never echoes a long one whole.
+pub fn excerpt(value: &str) -> Cow<'_, str> {
+    match value.char_indices().nth(EXCERPT_CHARS) {
+        None => Cow::Borrowed(value),
+        Some((cut, _)) => Cow::Owned(format!("{}…", &value[..cut])),
+    }
+}
 
 /// Why a message is not a valid bus event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -66,10 +132,35 @@ pub enum EncodeError {
         /// The attribute's name.
         attribute: String,
     },
+    /// A value starts or ends with a space or a tab, or is only whitespace: NATS trims
+    /// header values, so it would not be stored as given.
+    #[error(
+        "attribute {attribute:?} starts or ends with whitespace, which NATS headers do not keep"
+    )]
+    Whitespace {
+        /// The attribute's name.
+        attribute: String,
+    },
+    /// A value is longer than its attribute's maximum ([`MAX_ID_LEN`], ...).
+    #[error("attribute {attribute:?} is {len} bytes long; the limit is {max}")]
+    TooLong {
+        /// The attribute's name.
+        attribute: String,
+        /// The value's length in bytes.
+        len: usize,
+        /// The attribute's maximum.
+        max: usize,
+    },
+    /// The headers add up to more than [`MAX_HEADER_BYTES`] (many long extensions).
+    #[error("the event's headers take {len} bytes; the limit is {MAX_HEADER_BYTES}")]
+    HeadersTooLarge {
+        /// Their size in bytes (as far as encoding got).
+        len: usize,
+    },
     /// An extension name is empty, longer than [`MAX_EXTENSION_NAME_LEN`], or has characters
     /// other than lowercase letters and digits.
     #[error(
-        "extension name {name:?} is invalid: use 1 to {MAX_EXTENSION_NAME_LEN} lowercase letters or digits"
+        "extension name {:?} is invalid: use 1 to {MAX_EXTENSION_NAME_LEN} lowercase letters or digits", excerpt(.name)
     )]
     InvalidExtensionName {
         /// The refused name.
@@ -121,29 +212,35 @@ pub fn encode_with_room(event: &Event, more: usize) -> Result<(HeaderMap, Bytes)
     ];
     let required = [
         (names::CE_ID, "id", event.id.as_str()),
-        (names::NATS_MSG_ID, "id", event.id.as_str()),
         (names::CE_SOURCE, "source", event.source.as_str()),
         (names::CE_TYPE, "type", event.event_type.as_str()),
     ];
-    let count = 1 // ce-specversion, in the map from the start
+    let count = 2 // ce-specversion, in the map from the start, and Nats-Msg-Id
         + required.len()
         + usize::from(event.time.is_some())
         + optional.iter().filter(|(_, _, v)| v.is_some()).count()
         + event.extensions.len()
         + more;
-    let mut h = header_map::with_spec_version(count);
+    let mut h = Headers {
+        map: header_map::with_spec_version(count),
+        // `NATS/1.0\r\n`, `ce-specversion: 1.0\r\n`, the closing `\r\n`.
+        len: 10 + line_len(CE_SPECVERSION, SPEC_VERSION) + 2,
+    };
     for (header, attribute, value) in required {
-        put(&mut h, header, attribute, value, true)?;
+        h.put(header, attribute, value, true)?;
     }
+    // Both checked above: no control characters, no padding, bounded.
+    let dedup = dedup_id(&event.source, &event.id);
+    h.put(names::NATS_MSG_ID, "id", &dedup, true)?;
     if let Some(t) = event.time {
         let s = t.format(&Rfc3339).map_err(|_| EncodeError::InvalidValue {
             attribute: "time".into(),
         })?;
-        put(&mut h, names::CE_TIME, "time", &s, true)?;
+        h.put(names::CE_TIME, "time", &s, true)?;
     }
     for (header, attribute, value) in optional {
         if let Some(v) = value {
-            put(&mut h, header, attribute, v, false)?;
+            h.put(header, attribute, v, false)?;
         }
     }
     for (name, value) in &event.extensions {
@@ -155,9 +252,9 @@ pub fn encode_with_room(event: &Event, more: usize) -> Result<(HeaderMap, Bytes)
         }
         let header = HeaderName::from_str(&format!("{CE_PREFIX}{name}"))
             .map_err(|_| EncodeError::InvalidExtensionName { name: name.clone() })?;
-        put(&mut h, header, name, value, false)?;
+        h.put(header, name, value, false)?;
     }
-    Ok((h, event.data.clone()))
+    Ok((h.map, event.data.clone()))
 }
 
 /// The header names [`encode`] writes, resolved at compile time (`from_static` at run
@@ -191,27 +288,82 @@ pub fn is_extension_name(name: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
 }
 
-fn put(
-    h: &mut HeaderMap,
-    name: HeaderName,
-    attribute: &str,
-    value: &str,
-    required: bool,
-) -> Result<(), EncodeError> {
-    if required && value.is_empty() {
-        return Err(EncodeError::EmptyAttribute {
+/// The header map being written and the bytes it takes on the wire so far.
+struct Headers {
+    map: HeaderMap,
+    len: usize,
+}
+
+impl Headers {
+    /// Checks `value` ([`check_value`]) and the headers' total size, then inserts it.
+    fn put(
+        &mut self,
+        name: HeaderName,
+        attribute: &str,
+        value: &str,
+        required: bool,
+    ) -> Result<(), EncodeError> {
+        check_value(attribute, value, required)?;
+        self.len += line_len(name.as_ref(), value);
+        if self.len > MAX_HEADER_BYTES {
+            return Err(EncodeError::HeadersTooLarge { len: self.len });
+        }
+        let value = HeaderValue::from_str(value).map_err(|_| EncodeError::InvalidValue {
+            attribute: attribute.into(),
+        })?;
+        self.map.insert(name, value);
+        Ok(())
+    }
+}
+
+/// Bytes of the header line `name: value\r\n`.
+fn line_len(name: &str, value: &str) -> usize {
+    name.len() + 2 + value.len() + 2
+}
+
+/// The one rule for an attribute's value on NATS, in [`encode`] (the SDK's publish and
+/// the node's ingress): not empty when `required`, at most its attribute's maximum, no
+/// control character, no space or tab at either end (NATS trims them).
+pub fn check_value(attribute: &str, value: &str, required: bool) -> Result<(), EncodeError> {
+    if value.is_empty() {
+        return if required {
+            Err(EncodeError::EmptyAttribute {
+                attribute: attribute.into(),
+            })
+        } else {
+            Ok(())
+        };
+    }
+    let max = max_len(attribute);
+    if value.len() > max {
+        return Err(EncodeError::TooLong {
+            attribute: attribute.into(),
+            len: value.len(),
+            max,
+        });
+    }
+    if has_control(value) {
+        return Err(EncodeError::InvalidValue {
             attribute: attribute.into(),
         });
     }
-    let invalid = || EncodeError::InvalidValue {
-        attribute: attribute.into(),
-    };
-    if has_control(value) {
-        return Err(invalid());
+    let padded = |b: Option<&u8>| matches!(b, Some(b' ' | b'\t'));
+    if padded(value.as_bytes().first()) || padded(value.as_bytes().last()) {
+        return Err(EncodeError::Whitespace {
+            attribute: attribute.into(),
+        });
     }
-    let value = HeaderValue::from_str(value).map_err(|_| invalid())?;
-    h.insert(name, value);
     Ok(())
+}
+
+/// The maximum length of `attribute`'s value.
+pub fn max_len(attribute: &str) -> usize {
+    match attribute {
+        "id" => MAX_ID_LEN,
+        "source" => MAX_SOURCE_LEN,
+        "subject" => MAX_SUBJECT_LEN,
+        _ => MAX_VALUE_LEN,
+    }
 }
 
 /// Whether `value` has a control character (runs per header of every publish: bytes
@@ -250,7 +402,7 @@ pub fn decode(headers: Option<&HeaderMap>, payload: Bytes) -> Result<Event, Deco
             Attribute::Time => {
                 let t = OffsetDateTime::parse(value, &Rfc3339).map_err(|_| {
                     DecodeError::InvalidTime {
-                        value: value.to_owned(),
+                        value: excerpt(value).into_owned(),
                     }
                 })?;
                 time = Some(t);
@@ -274,7 +426,7 @@ pub fn decode(headers: Option<&HeaderMap>, payload: Bytes) -> Result<Event, Deco
     let source = required(source, "source")?;
     let specversion = required(specversion, "specversion")?;
     if specversion != SPEC_VERSION {
-        return Err(DecodeError::SpecVersion(specversion.to_owned()));
+        return Err(DecodeError::SpecVersion(excerpt(specversion).into_owned()));
     }
     let event_type = EventType::new(required(event_type, "type")?)?;
     Ok(Event {
@@ -379,7 +531,8 @@ mod tests {
     fn an_event_survives_the_round_trip() {
         let e = sample();
         let (h, p) = encode(&e).unwrap_or_else(|err| panic!("{err}"));
-        assert_eq!(h.get(NATS_MSG_ID).map(|v| v.as_str()), Some("e-1"));
+        let dedup = dedup_id("/shop", "e-1");
+        assert_eq!(h.get(NATS_MSG_ID).map(|v| v.as_str()), Some(dedup.as_str()));
         assert_eq!(h.get(CE_ID).map(|v| v.as_str()), Some("e-1"));
         assert_eq!(h.get("ce-tenant").map(|v| v.as_str()), Some("acme"));
         let back = decode(Some(&h), p);
@@ -521,5 +674,115 @@ mod tests {
             encode(&e),
             Err(EncodeError::EmptyAttribute { .. })
         ));
+    }
+
+    /// Encodes `sample()` changed by `edit`; `Ok` if it encodes.
+    fn check_encode(edit: impl FnOnce(&mut Event), expected: Result<(), EncodeError>) {
+        let mut e = sample();
+        edit(&mut e);
+        assert_eq!(encode(&e).map(|_| ()), expected, "{e:?}");
+    }
+
+    fn ws(attribute: &str) -> Result<(), EncodeError> {
+        Err(EncodeError::Whitespace {
+            attribute: attribute.into(),
+        })
+    }
+
+    fn too_long(attribute: &str, len: usize, max: usize) -> Result<(), EncodeError> {
+        Err(EncodeError::TooLong {
+            attribute: attribute.into(),
+            len,
+            max,
+        })
+    }
+
+    #[test]
+    fn encoding_refuses_what_nats_would_trim() {
+        check_encode(|e| e.id = " ws-1".into(), ws("id"));
+        check_encode(|e| e.id = "ws-1 ".into(), ws("id"));
+        check_encode(|e| e.id = "   ".into(), ws("id"));
+        check_encode(|e| e.source = " /shop".into(), ws("source"));
+        check_encode(|e| e.subject = Some("order/42 ".into()), ws("subject"));
+        check_encode(|e| e.partitionkey = Some(" k".into()), ws("partitionkey"));
+        check_encode(
+            |e| {
+                e.extensions.insert("tenant".into(), "acme ".into());
+            },
+            ws("tenant"),
+        );
+        // A tab is a control character: refused as one.
+        check_encode(
+            |e| e.id = "\tws-1".into(),
+            Err(EncodeError::InvalidValue {
+                attribute: "id".into(),
+            }),
+        );
+        // Inner spaces and other Unicode spaces stay as they are.
+        check_encode(|e| e.id = "ws 1".into(), Ok(()));
+        check_encode(|e| e.source = "/shop\u{3000}".into(), Ok(()));
+    }
+
+    #[test]
+    fn encoding_refuses_values_over_their_maximum() {
+        let n = |len: usize| "x".repeat(len);
+        check_encode(|e| e.id = n(MAX_ID_LEN), Ok(()));
+        check_encode(
+            |e| e.id = n(MAX_ID_LEN + 1),
+            too_long("id", MAX_ID_LEN + 1, MAX_ID_LEN),
+        );
+        check_encode(
+            |e| e.id = n(40 * 1024),
+            too_long("id", 40 * 1024, MAX_ID_LEN),
+        );
+        check_encode(
+            |e| e.source = n(MAX_SOURCE_LEN + 1),
+            too_long("source", MAX_SOURCE_LEN + 1, MAX_SOURCE_LEN),
+        );
+        check_encode(
+            |e| e.subject = Some(n(MAX_SUBJECT_LEN + 1)),
+            too_long("subject", MAX_SUBJECT_LEN + 1, MAX_SUBJECT_LEN),
+        );
+        check_encode(
+            |e| {
+                e.extensions.insert("tenant".into(), n(MAX_VALUE_LEN));
+            },
+            Ok(()),
+        );
+        check_encode(
+            |e| {
+                e.extensions.insert("tenant".into(), n(MAX_VALUE_LEN + 1));
+            },
+            too_long("tenant", MAX_VALUE_LEN + 1, MAX_VALUE_LEN),
+        );
+        let mut e = sample();
+        for i in 0..(MAX_HEADER_BYTES / MAX_VALUE_LEN + 1) {
+            e.extensions.insert(format!("ext{i}"), n(MAX_VALUE_LEN));
+        }
+        assert!(matches!(
+            encode(&e),
+            Err(EncodeError::HeadersTooLarge { len }) if len > MAX_HEADER_BYTES
+        ));
+    }
+
+    #[test]
+    fn the_dedup_id_is_the_digest_of_source_and_id() {
+        // printf '/shop\0order-1' | sha256sum
+        let known = "ce1-e822c2a8accaf06f6d956254b60f820add4915eadfc1d5682725fc16dfdeb39b";
+        assert_eq!(dedup_id("/shop", "order-1"), known);
+        assert_ne!(dedup_id("/a", "1"), dedup_id("/b", "1"));
+        // The 0 byte keeps the pairs apart.
+        assert_ne!(dedup_id("/a", "b1"), dedup_id("/ab", "1"));
+    }
+
+    #[test]
+    fn an_excerpt_is_short() {
+        let check = |value: &str, expected: &str| assert_eq!(excerpt(value), expected);
+        check("short", "short");
+        check(&"x".repeat(EXCERPT_CHARS), &"x".repeat(EXCERPT_CHARS));
+        check(
+            &"é".repeat(40 * 1024),
+            &format!("{}…", "é".repeat(EXCERPT_CHARS)),
+        );
     }
 }

@@ -397,7 +397,8 @@ pub struct StreamsConfig {
     /// [`DEFAULT_DLQ_MAX_AGE`]).
     #[serde(with = "humantime_serde")]
     pub dlq_max_age: Duration,
-    /// Window in which a repeated event id is recognised and not stored again.
+    /// Window in which a repeated event (same source and id) is recognised and not stored
+    /// again.
     #[serde(with = "humantime_serde")]
     pub duplicate_window: Duration,
     /// Size limit of each stream in bytes.

@@ -15,7 +15,9 @@ pub const SPEC_VERSION: &str = "1.0";
 /// [`Event::builder`] (example there).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
-    /// Unique id of the event; also JetStream's de-duplication key (`Nats-Msg-Id`).
+    /// Id of the event, unique within its `source`; with the source, JetStream's
+    /// de-duplication key (`Nats-Msg-Id`,
+    /// [`binary_mode::dedup_id`](crate::binary_mode::dedup_id)).
     pub id: String,
     /// The context that produced the event, a URI reference (`/shop`).
     pub source: String,

@@ -24,7 +24,8 @@ pub const CONTENT_TYPE: &str = "content-type";
 pub const TRACEPARENT: &str = "traceparent";
 /// `tracestate`: the W3C vendor trace state that goes with `traceparent`.
 pub const TRACESTATE: &str = "tracestate";
-/// JetStream's de-duplication key; the bus sets it to the event id.
+/// JetStream's de-duplication key; the bus derives it from the event's source and id
+/// ([`dedup_id`](crate::binary_mode::dedup_id)).
 pub const NATS_MSG_ID: &str = "Nats-Msg-Id";
 /// nats-server's message-trace destination; the bus writes it only to switch the
 /// server's tracing off for a sampled message ([`server_trace`](crate::server_trace)).

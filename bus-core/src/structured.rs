@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::binary_mode::{MAX_EXTENSION_NAME_LEN, is_extension_name};
+use crate::binary_mode::{MAX_EXTENSION_NAME_LEN, excerpt, is_extension_name};
 use crate::event::{Event, SPEC_VERSION};
 use crate::event_type::{EventType, EventTypeError};
 
@@ -38,13 +38,13 @@ pub enum StructuredError {
     /// A required attribute is the empty string; holds its name.
     #[error("attribute {0:?} is empty")]
     Empty(&'static str),
-    /// `specversion` is not [`SPEC_VERSION`]; holds the value found.
+    /// `specversion` is not [`SPEC_VERSION`]; holds (an excerpt of) the value found.
     #[error("unsupported specversion {0:?} (only \"1.0\")")]
     SpecVersion(String),
     /// `type` is not a valid event type name.
     #[error("invalid type: {0}")]
     InvalidType(#[from] EventTypeError),
-    /// `time` is not an RFC 3339 timestamp; holds the value found.
+    /// `time` is not an RFC 3339 timestamp; holds (an excerpt of) the value found.
     #[error("invalid time {0:?}: not RFC 3339")]
     InvalidTime(String),
     /// `data_base64` is not valid standard base64.
@@ -54,7 +54,7 @@ pub enum StructuredError {
     #[error("both data and data_base64 are present")]
     BothData,
     /// A member that is not a standard attribute has a name that is not a valid extension
-    /// name (1 to [`MAX_EXTENSION_NAME_LEN`] lowercase letters or digits); holds the name.
+    /// name (1 to [`MAX_EXTENSION_NAME_LEN`] lowercase letters or digits); holds (an excerpt of) the name.
     #[error(
         "extension name {0:?} is invalid: use 1 to {MAX_EXTENSION_NAME_LEN} lowercase letters or digits"
     )]
@@ -80,15 +80,18 @@ pub fn from_json(value: Value) -> Result<Event, StructuredError> {
     let specversion =
         take_string(&mut map, "specversion")?.ok_or(StructuredError::Missing("specversion"))?;
     if specversion != SPEC_VERSION {
-        return Err(StructuredError::SpecVersion(specversion));
+        return Err(StructuredError::SpecVersion(
+            excerpt(&specversion).into_owned(),
+        ));
     }
     let id = required(&mut map, "id")?;
     let source = required(&mut map, "source")?;
     let event_type = EventType::new(required(&mut map, "type")?)?;
     let time = match take_string(&mut map, "time")? {
-        Some(t) => {
-            Some(OffsetDateTime::parse(&t, &Rfc3339).map_err(|_| StructuredError::InvalidTime(t))?)
-        }
+        Some(t) => Some(
+            OffsetDateTime::parse(&t, &Rfc3339)
+                .map_err(|_| StructuredError::InvalidTime(excerpt(&t).into_owned()))?,
+        ),
         None => None,
     };
     let subject = take_string(&mut map, "subject")?;
@@ -119,7 +122,9 @@ pub fn from_json(value: Value) -> Result<Event, StructuredError> {
     let mut extensions = BTreeMap::new();
     for (name, value) in map {
         if !is_extension_name(&name) {
-            return Err(StructuredError::InvalidExtensionName(name));
+            return Err(StructuredError::InvalidExtensionName(
+                excerpt(&name).into_owned(),
+            ));
         }
         let text = match value {
             Value::String(s) => s,

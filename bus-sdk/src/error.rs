@@ -38,11 +38,13 @@ pub enum ConnectError {
 pub enum PublishErrorKind {
     /// The payload type's `EVENT_TYPE` is not a valid event type name.
     InvalidEventType,
-    /// The event cannot be put on NATS (bad attribute values).
+    /// The event cannot be put on NATS as it is (an empty, over-long or whitespace-padded
+    /// attribute, a control character: `bus_core::binary_mode::check_value`).
     InvalidEvent,
     /// The data could not be serialized.
     Serialize,
-    /// The message is larger than the server accepts.
+    /// The message, or its headers together (`bus_core::binary_mode::MAX_HEADER_BYTES`),
+    /// are larger than the bus accepts.
     TooLarge,
     /// No PubAck within `nats.publish_deadline` (retries included); the event may or may
     /// not be stored: publish again with the same id to find out, without a duplicate.
@@ -70,7 +72,7 @@ pub enum PublishErrorKind {
 /// # }
 /// ```
 #[derive(Debug, thiserror::Error)]
-#[error("publish {event_id}: {kind:?}: {detail}")]
+#[error("publish {}: {kind:?}: {detail}", bus_core::binary_mode::excerpt(.event_id))]
 pub struct PublishError {
     kind: PublishErrorKind,
     event_id: String,
@@ -102,8 +104,14 @@ impl PublishError {
         Self::new(PublishErrorKind::InvalidEventType, "", err)
     }
 
+    /// [`PublishErrorKind::TooLarge`] for headers over the total limit, else
+    /// [`PublishErrorKind::InvalidEvent`]: refusals that no retry changes.
     pub(crate) fn from_encode(event_id: &str, err: EncodeError) -> Self {
-        Self::new(PublishErrorKind::InvalidEvent, event_id, err)
+        let kind = match err {
+            EncodeError::HeadersTooLarge { .. } => PublishErrorKind::TooLarge,
+            _ => PublishErrorKind::InvalidEvent,
+        };
+        Self::new(kind, event_id, err)
     }
 }
 

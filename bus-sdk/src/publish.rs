@@ -1,5 +1,6 @@
 //! Publishing with a PubAck: retried through leader elections and reconnects with the
-//! same `Nats-Msg-Id`, so a retry never stores an event twice.
+//! same `Nats-Msg-Id` (derived from the event's source and id,
+//! [`binary_mode::dedup_id`]), so a retry never stores an event twice.
 
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use async_nats::jetstream::context::{
 };
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::publish::PublishAck;
+use bus_core::headers::{CE_TYPE, get_ignore_case};
 use bus_core::retry::{backoff_delay, is_transient_code};
 use bus_core::telemetry;
 use bus_core::{Event, Subjects, binary_mode, server_trace};
@@ -32,14 +34,14 @@ pub const DEFAULT_PUBLISH_WINDOW: usize = 256;
 pub struct PublishReceipt {
     /// The event's id.
     pub id: String,
-    /// The event's type.
+    /// The event's type (for a duplicate, the stored event's).
     pub event_type: String,
     /// The stream that stored it.
     pub stream: String,
     /// The event's sequence in the stream.
     pub seq: u64,
-    /// The id was seen within the duplicate window: this publish stored nothing new and
-    /// `seq` is the sequence of the first copy.
+    /// The source and id were seen within the duplicate window: this publish stored
+    /// nothing new, and `seq` and `event_type` are those of the stored event.
     pub duplicate: bool,
 }
 
@@ -79,9 +81,12 @@ impl Prepared<'_> {
         encode(self.event, self.trace.as_ref(), self.mark_sampled)
     }
 
+    /// The receipt of `result`; `stored_type` is the type of the event a duplicate's
+    /// PubAck points at (else the event's own).
     fn receipt(
         mut self,
         result: Result<PublishAck, PublishError>,
+        stored_type: Option<String>,
     ) -> Result<PublishReceipt, PublishError> {
         let ack = match result {
             Ok(ack) => ack,
@@ -94,7 +99,7 @@ impl Prepared<'_> {
             .record_ack(&ack.stream, ack.sequence, ack.duplicate);
         Ok(PublishReceipt {
             id: self.event.id.clone(),
-            event_type: self.event.event_type.as_str().to_owned(),
+            event_type: stored_type.unwrap_or_else(|| self.event.event_type.as_str().to_owned()),
             stream: ack.stream,
             seq: ack.sequence,
             duplicate: ack.duplicate,
@@ -227,7 +232,34 @@ impl Publisher {
                 Box::pin(retries).await
             }
         };
-        prepared.receipt(result)
+        let stored_type = match &result {
+            Ok(ack) if ack.duplicate => Box::pin(self.stored_type(ack)).await,
+            _ => None,
+        };
+        prepared.receipt(result, stored_type)
+    }
+
+    /// The `ce-type` of the event stored at `ack`'s sequence, read only for a duplicate
+    /// (another event with this source and id may have had another type). `None` if it
+    /// cannot be read: the receipt then shows the type that was sent, and says so in the log.
+    async fn stored_type(&self, ack: &PublishAck) -> Option<String> {
+        let read = async {
+            let stream = self.js.get_stream_no_info(&ack.stream).await?;
+            let message = stream.get_raw_message(ack.sequence).await?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(message.headers)
+        };
+        match read.await {
+            Ok(headers) => get_ignore_case(&headers, CE_TYPE).map(str::to_owned),
+            Err(error) => {
+                tracing::warn!(
+                    stream = %ack.stream,
+                    seq = ack.sequence,
+                    %error,
+                    "cannot read the stored copy of a duplicate"
+                );
+                None
+            }
+        }
     }
 
     /// Publishes raw headers and payload until a PubAck arrives, an error that retrying

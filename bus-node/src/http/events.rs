@@ -11,6 +11,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use bus_core::binary_mode::{EncodeError, excerpt};
 use bus_core::{Event, binary_mode, structured};
 use bus_sdk::{PublishError, PublishErrorKind, PublishReceipt};
 use bytes::Bytes;
@@ -57,12 +58,11 @@ pub async fn post_events(
         }
         Mode::Binary => vec![from_binary(&headers, bytes)?],
     };
-    for e in &events {
+    for (i, e) in events.iter().enumerate() {
         principal.check_publish(&e.event_type)?;
-        // Refuse what cannot be put on NATS before storing any event of the request.
-        binary_mode::encode(e).map_err(|err| {
-            Problem::bad_request("invalid-event", format!("event {}: {err}", e.id))
-        })?;
+        // Refuse what cannot be put on NATS before storing any event of the request: the
+        // rule of the SDK's publish (`binary_mode::check_value`), a permanent 4xx.
+        binary_mode::encode(e).map_err(|err| encode_problem(&mode, i, e, &err))?;
     }
     principal.check_rate(u32::try_from(events.len()).unwrap_or(u32::MAX))?;
     let bus = app
@@ -98,7 +98,7 @@ pub async fn post_events(
         match r {
             Ok(receipt) => receipts.push(receipt_json(&receipt)),
             Err(e) => {
-                receipts.push(json!({"error": e.to_string(), "id": e.event_id()}));
+                receipts.push(json!({"error": e.to_string(), "id": excerpt(e.event_id())}));
                 first_error.get_or_insert(e);
             }
         }
@@ -180,6 +180,22 @@ fn from_binary(headers: &HeaderMap, body: Bytes) -> Result<Event, Problem> {
         .map_err(|e| Problem::bad_request("invalid-event", e.to_string()))
 }
 
+/// `413` for headers over the total limit, else `400`; quoting at most an excerpt of
+/// the id.
+fn encode_problem(mode: &Mode, index: usize, e: &Event, err: &EncodeError) -> Problem {
+    let which = match mode {
+        Mode::Batch => format!("event {index} of the batch (id {:?})", excerpt(&e.id)),
+        _ => format!("event {:?}", excerpt(&e.id)),
+    };
+    let detail = format!("{which}: {err}");
+    match err {
+        EncodeError::HeadersTooLarge { .. } => {
+            Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "too-large", detail)
+        }
+        _ => Problem::bad_request("invalid-event", detail),
+    }
+}
+
 fn receipt_json(r: &PublishReceipt) -> Value {
     json!({"id": r.id, "type": r.event_type, "stream": r.stream, "seq": r.seq, "duplicate": r.duplicate})
 }
@@ -190,7 +206,7 @@ fn publish_problem(e: &PublishError) -> Problem {
             Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "too-large", e.to_string())
         }
         PublishErrorKind::Unavailable => Problem::unavailable(
-            format!("{e}; retry with the same event id: it is never stored twice"),
+            format!("{e}; retry with the same event (source and id): it is never stored twice"),
             1,
         ),
         PublishErrorKind::Rejected => {

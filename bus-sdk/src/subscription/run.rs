@@ -176,6 +176,9 @@ fn process_span(
             )
         },
         |producer| {
+            // The event's id; a message without one (not a bus event: it will be
+            // dead-lettered as undecodable) by its `Nats-Msg-Id`, for a bus event a
+            // digest of source and id (`binary_mode::dedup_id`), not the id itself.
             let id = headers
                 .and_then(|h| get_ignore_case(h, CE_ID).or_else(|| get_ignore_case(h, NATS_MSG_ID)))
                 .unwrap_or_default();

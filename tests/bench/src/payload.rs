@@ -62,7 +62,14 @@ mod tests {
 
     #[test]
     fn raw_headers_are_the_bus_headers() -> Result<()> {
-        let (headers, payload) = bus_core::binary_mode::encode(&event(7)?)?;
+        let event = event(7)?;
+        let (headers, payload) = bus_core::binary_mode::encode(&event)?;
+        // The digest of source and id, as the SDK's publish computes it.
+        let dedup = bus_core::binary_mode::dedup_id(&event.source, &event.id);
+        assert_eq!(
+            headers.get("Nats-Msg-Id").map(|v| v.as_str()),
+            Some(dedup.as_str())
+        );
         assert_eq!(payload.len(), PAYLOAD_BYTES);
         for name in [
             "ce-id",

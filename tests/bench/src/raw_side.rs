@@ -3,8 +3,9 @@
 //! settings.
 //!
 //! - Publish: build the same event (`payload::event`) and encode it with
-//!   `bus_core::binary_mode::encode` per message, so the headers (ce-*, Nats-Msg-Id) and
-//!   JSON bytes are the bus's; send with `send_publish` and await the PubAck.
+//!   `bus_core::binary_mode::encode` per message, so the headers (ce-*, and
+//!   `Nats-Msg-Id`, the SHA-256 of source and id a plain client computes too) and JSON
+//!   bytes are the bus's; send with `send_publish` and await the PubAck.
 //! - Consume: one pull `messages()` stream per member, `max_messages_per_batch(N)` and N
 //!   handlers at once (`for_each_concurrent`); a handler parses the JSON data (no header
 //!   decoding: a raw client need not) and acks.

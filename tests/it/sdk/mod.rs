@@ -7,6 +7,7 @@ mod dead_letters;
 mod failover;
 mod fetch;
 mod groups;
+mod intact;
 mod interop;
 mod presence;
 mod rolling_deploy;
