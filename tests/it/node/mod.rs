@@ -4,5 +4,6 @@
 mod bad_input;
 mod connections;
 mod ingress;
+mod intact_data;
 mod process;
 mod secret_files;
