@@ -146,10 +146,10 @@ fn mode(headers: &HeaderMap) -> Result<Mode, Problem> {
     }
 }
 
-/// The body is parsed without recursion where nesting is unbounded (the envelope's
-/// values are scanned as raw text) and with serde_json's 128-level limit where it
-/// recurses (`data`, checked to be readable), so no body can exhaust the stack. Each
-/// event's JSON `data` keeps the exact bytes of the body.
+/// A structured-mode body refused: `malformed-json` when it is not JSON, else
+/// `invalid-event`. `structured` reads the envelope's values as raw text (no recursion)
+/// and checks `data` within serde_json's 128-level limit, so no body can exhaust the
+/// stack; each event's JSON `data` keeps the exact bytes of the body.
 fn invalid(e: structured::StructuredError) -> Problem {
     let slug = match e {
         structured::StructuredError::Malformed(_) => "malformed-json",
