@@ -40,9 +40,9 @@ pub async fn post_events(
     let mode = mode(&headers)?;
     let bytes = read_bounded(&headers, body, app.config.http.max_body_bytes).await?;
     let events = match mode {
-        Mode::Structured => vec![structured::from_json(parse_json(&bytes)?).map_err(invalid)?],
+        Mode::Structured => vec![structured::from_json(&bytes).map_err(invalid)?],
         Mode::Batch => {
-            let events = structured::batch_from_json(parse_json(&bytes)?).map_err(invalid)?;
+            let events = structured::batch_from_json(&bytes).map_err(invalid)?;
             if events.len() > app.config.http.max_batch {
                 return Err(Problem::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
@@ -146,14 +146,16 @@ fn mode(headers: &HeaderMap) -> Result<Mode, Problem> {
     }
 }
 
-fn parse_json(bytes: &Bytes) -> Result<Value, Problem> {
-    // serde_json refuses nesting deeper than 128 levels, so no body can exhaust the stack.
-    serde_json::from_slice(bytes)
-        .map_err(|e| Problem::bad_request("malformed-json", format!("malformed JSON: {e}")))
-}
-
+/// A structured-mode body refused: `malformed-json` when it is not JSON, else
+/// `invalid-event`. `structured` reads the envelope's values as raw text (no recursion)
+/// and checks `data` within serde_json's 128-level limit, so no body can exhaust the
+/// stack; each event's JSON `data` keeps the exact bytes of the body.
 fn invalid(e: structured::StructuredError) -> Problem {
-    Problem::bad_request("invalid-event", e.to_string())
+    let slug = match e {
+        structured::StructuredError::Malformed(_) => "malformed-json",
+        _ => "invalid-event",
+    };
+    Problem::bad_request(slug, e.to_string())
 }
 
 fn from_binary(headers: &HeaderMap, body: Bytes) -> Result<Event, Problem> {

@@ -100,7 +100,29 @@ async fn given_bad_inputs_should_answer_each_with_its_status_and_problem_json_an
             json!({"specversion": "0.3", "id": "x", "source": "/s", "type": "shop.a"}).to_string(),
             400,
         ),
-        case("10,000-deep nesting", Some(PUBLISHER), CE, deep, 400),
+        case(
+            "10,000-deep nesting",
+            Some(PUBLISHER),
+            CE,
+            deep.clone(),
+            400,
+        ),
+        case(
+            "10,000-deep data",
+            Some(PUBLISHER),
+            CE,
+            format!(
+                r#"{{"specversion":"1.0","id":"x","source":"/s","type":"shop.a","data":{deep}}}"#
+            ),
+            400,
+        ),
+        case(
+            "a duplicate attribute",
+            Some(PUBLISHER),
+            CE,
+            r#"{"specversion":"1.0","id":"x","source":"/s","type":"shop.a","type":"shop.b"}"#,
+            400,
+        ),
         case(
             "empty batch",
             Some(PUBLISHER),

@@ -5,5 +5,6 @@ mod bad_input;
 mod connections;
 mod ingress;
 mod intact;
+mod intact_data;
 mod process;
 mod secret_files;
