@@ -31,6 +31,13 @@ pub const NATS_MSG_ID: &str = "Nats-Msg-Id";
 /// server's tracing off for a sampled message ([`server_trace`](crate::server_trace)).
 pub const NATS_TRACE_DEST: &str = "Nats-Trace-Dest";
 
+/// `bus-publish-id`: one publish call's random id, the same on each of its retries.
+///
+/// When a retry's PubAck says "duplicate", the stored copy's `bus-publish-id` tells
+/// whether the copy is this call's own earlier attempt (then the call stored the event:
+/// not a duplicate) or an earlier request's.
+pub const PUBLISH_ID: &str = "bus-publish-id";
+
 /// `bus-dlq-reason`: why the group gave up on the event, on one line.
 ///
 /// Dead-letter metadata, added to the original headers.

@@ -18,6 +18,9 @@ pub struct App {
     pub request_slots: Semaphore,
     bus: OnceCell<Bus>,
     draining: AtomicBool,
+    /// The last [`nats_probe`](crate::nats_probe) found NATS answering (true from the
+    /// connection on, until a probe fails).
+    nats_answering: AtomicBool,
 }
 
 impl App {
@@ -28,6 +31,7 @@ impl App {
             request_slots: Semaphore::new(config.http.max_connections),
             bus: OnceCell::new(),
             draining: AtomicBool::new(false),
+            nats_answering: AtomicBool::new(true),
             config,
         }
     }
@@ -41,6 +45,25 @@ impl App {
         if self.bus.set(bus).is_err() {
             tracing::warn!("bus connected twice; keeping the first");
         }
+    }
+
+    /// Records a probe's result, logging when it changes.
+    pub fn set_nats_answering(&self, result: Result<(), String>) {
+        let answering = result.is_ok();
+        let was = self.nats_answering.swap(answering, Ordering::SeqCst);
+        match result {
+            Err(error) if was => {
+                tracing::warn!(%error, "NATS is not answering; refusing publishes until it does");
+            }
+            Ok(()) if !was => tracing::info!("NATS is answering again"),
+            _ => {}
+        }
+    }
+
+    /// Whether NATS answered the last probe; while it does not, publishes are refused
+    /// at once with 503.
+    pub fn nats_answering(&self) -> bool {
+        self.nats_answering.load(Ordering::SeqCst)
     }
 
     pub fn start_draining(&self) {
@@ -63,6 +86,7 @@ impl App {
             {
                 Some("NATS disconnected")
             }
+            Some(_) if !self.nats_answering() => Some("NATS is not answering"),
             Some(_) => None,
         }
     }

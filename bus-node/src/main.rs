@@ -7,6 +7,7 @@ mod config;
 mod dev;
 mod http;
 mod metrics;
+mod nats_probe;
 mod rate_limit;
 mod serve;
 

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::App;
 use crate::config::NodeConfig;
 use crate::http;
+use crate::nats_probe;
 
 /// What `dev` adds to a plain `serve`.
 #[derive(Default)]
@@ -38,6 +39,7 @@ pub async fn run(config: NodeConfig, extras: Extras) -> anyhow::Result<()> {
 
     let cancel = CancellationToken::new();
     let connector = tokio::spawn(connect(app.clone(), cancel.clone(), extras.log_events));
+    let probe = tokio::spawn(nats_probe::run(app.clone(), cancel.clone()));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let limits = http::server::ConnectionLimits {
         max_open: app.config.http.max_open_connections,
@@ -74,6 +76,7 @@ pub async fn run(config: NodeConfig, extras: Extras) -> anyhow::Result<()> {
         server.abort();
     }
     connector.abort();
+    probe.abort();
     if let Some(bus) = app.bus() {
         bus.close().await;
     }

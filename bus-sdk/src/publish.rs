@@ -11,7 +11,7 @@ use async_nats::jetstream::context::{
 };
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::publish::PublishAck;
-use bus_core::headers::{CE_TYPE, get_ignore_case};
+use bus_core::headers::{CE_TYPE, PUBLISH_ID, get_ignore_case};
 use bus_core::retry::{backoff_delay, is_transient_code};
 use bus_core::telemetry;
 use bus_core::{Event, Subjects, binary_mode, server_trace};
@@ -65,6 +65,8 @@ struct Prepared<'a> {
     span: telemetry::HopSpan,
     /// Whether a sampled message gets [`server_trace::mark`]ed.
     mark_sampled: bool,
+    /// This call's [`PUBLISH_ID`], the same on every attempt.
+    publish_id: String,
 }
 
 /// The first attempt's subject, headers and payload, moved into the connection (a retry,
@@ -78,15 +80,20 @@ struct FirstAttempt {
 impl Prepared<'_> {
     /// Re-encodes for a retry: the same event and context give the same bytes and id.
     fn rebuild(&self) -> Result<(HeaderMap, Bytes), PublishError> {
-        encode(self.event, self.trace.as_ref(), self.mark_sampled)
+        encode(
+            self.event,
+            self.trace.as_ref(),
+            self.mark_sampled,
+            &self.publish_id,
+        )
     }
 
-    /// The receipt of `result`; `stored_type` is the type of the event a duplicate's
-    /// PubAck points at (else the event's own).
+    /// The receipt of `result`; `stored` is what the copy a duplicate's PubAck points
+    /// at says (its type; whether it is this call's own earlier attempt).
     fn receipt(
         mut self,
         result: Result<PublishAck, PublishError>,
-        stored_type: Option<String>,
+        stored: Stored,
     ) -> Result<PublishReceipt, PublishError> {
         let ack = match result {
             Ok(ack) => ack,
@@ -95,14 +102,17 @@ impl Prepared<'_> {
                 return Err(e);
             }
         };
-        self.span
-            .record_ack(&ack.stream, ack.sequence, ack.duplicate);
+        // A retry that finds this call's own first attempt stored is no duplicate.
+        let duplicate = ack.duplicate && !stored.own;
+        self.span.record_ack(&ack.stream, ack.sequence, duplicate);
         Ok(PublishReceipt {
             id: self.event.id.clone(),
-            event_type: stored_type.unwrap_or_else(|| self.event.event_type.as_str().to_owned()),
+            event_type: stored
+                .event_type
+                .unwrap_or_else(|| self.event.event_type.as_str().to_owned()),
             stream: ack.stream,
             seq: ack.sequence,
-            duplicate: ack.duplicate,
+            duplicate,
         })
     }
 }
@@ -142,12 +152,14 @@ impl Publisher {
             });
         }
         let mark_sampled = !self.server_msg_trace;
-        let (headers, payload) = encode(event, trace.as_ref(), mark_sampled)?;
+        let publish_id = new_publish_id();
+        let (headers, payload) = encode(event, trace.as_ref(), mark_sampled, &publish_id)?;
         let prepared = Prepared {
             event,
             trace,
             span,
             mark_sampled,
+            publish_id,
         };
         let first = FirstAttempt {
             subject,
@@ -219,6 +231,7 @@ impl Publisher {
             Ok(ack) => ack.await,
             Err(e) => Err(e),
         };
+        let retried = result.is_err();
         let result = match result {
             Ok(ack) => Ok(ack),
             Err(e) if classify(&e) != PublishErrorKind::Unavailable => {
@@ -232,24 +245,38 @@ impl Publisher {
                 Box::pin(retries).await
             }
         };
-        let stored_type = match &result {
-            Ok(ack) if ack.duplicate => Box::pin(self.stored_type(ack)).await,
-            _ => None,
+        let stored = match &result {
+            Ok(ack) if ack.duplicate => {
+                let copy = Box::pin(self.stored_copy(ack)).await;
+                Stored {
+                    event_type: copy
+                        .as_ref()
+                        .and_then(|h| get_ignore_case(h, CE_TYPE))
+                        .map(str::to_owned),
+                    // Only a retry can find its own attempt; the first attempt's
+                    // duplicate is always an earlier request's.
+                    own: retried
+                        && copy.as_ref().and_then(|h| get_ignore_case(h, PUBLISH_ID))
+                            == Some(prepared.publish_id.as_str()),
+                }
+            }
+            _ => Stored::default(),
         };
-        prepared.receipt(result, stored_type)
+        prepared.receipt(result, stored)
     }
 
-    /// The `ce-type` of the event stored at `ack`'s sequence, read only for a duplicate
-    /// (another event with this source and id may have had another type). `None` if it
-    /// cannot be read: the receipt then shows the type that was sent, and says so in the log.
-    async fn stored_type(&self, ack: &PublishAck) -> Option<String> {
+    /// The headers of the event stored at `ack`'s sequence, read only for a duplicate
+    /// (another event with this source and id may have had another type, or the copy
+    /// may be this call's own first attempt). `None` if it cannot be read: the receipt
+    /// then shows the type that was sent and says "duplicate", and the log says why.
+    async fn stored_copy(&self, ack: &PublishAck) -> Option<HeaderMap> {
         let read = async {
             let stream = self.js.get_stream_no_info(&ack.stream).await?;
             let message = stream.get_raw_message(ack.sequence).await?;
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(message.headers)
         };
         match read.await {
-            Ok(headers) => get_ignore_case(&headers, CE_TYPE).map(str::to_owned),
+            Ok(headers) => Some(headers),
             Err(error) => {
                 tracing::warn!(
                     stream = %ack.stream,
@@ -336,13 +363,33 @@ impl Publisher {
     }
 }
 
+/// What the stored copy a duplicate's PubAck points at says.
+#[derive(Debug, Default)]
+struct Stored {
+    /// Its `ce-type`, when it could be read.
+    event_type: Option<String>,
+    /// It is this publish call's own earlier attempt.
+    own: bool,
+}
+
+/// A fresh [`PUBLISH_ID`]: a UUIDv7 (time-ordered, 74 random bits; `fast-rng`), as
+/// 32 hex digits.
+fn new_publish_id() -> String {
+    let mut buf = uuid::Uuid::encode_buffer();
+    uuid::Uuid::now_v7()
+        .simple()
+        .encode_lower(&mut buf)
+        .to_owned()
+}
+
 /// The event's headers and payload, with `trace` as its trace context if given (the
 /// event itself is not copied to change it), [`server_trace::mark`]ed if `mark_sampled`
-/// and the context they carry is sampled.
+/// and the context they carry is sampled, and carrying `publish_id`.
 fn encode(
     event: &Event,
     trace: Option<&SpanContext>,
     mark_sampled: bool,
+    publish_id: &str,
 ) -> Result<(HeaderMap, Bytes), PublishError> {
     // The context the message carries: `trace` when valid, else the event's own.
     let sampled = match trace {
@@ -354,8 +401,9 @@ fn encode(
     };
     let mark = mark_sampled && sampled;
     let encoded = |e: &Event, more: usize| {
-        let (mut headers, payload) = binary_mode::encode_with_room(e, more + usize::from(mark))
+        let (mut headers, payload) = binary_mode::encode_with_room(e, more + 1 + usize::from(mark))
             .map_err(|err| PublishError::from_encode(&event.id, err))?;
+        headers.insert(PUBLISH_ID, publish_id);
         if mark {
             server_trace::mark(&mut headers);
         }

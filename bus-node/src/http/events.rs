@@ -4,7 +4,7 @@
 
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_nats::header::{HeaderName as NatsName, HeaderValue as NatsValue};
 use axum::body::Body;
@@ -36,6 +36,7 @@ pub async fn post_events(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
+    let began = Instant::now();
     let principal = app.auth.authenticate(&headers)?;
     let mode = mode(&headers)?;
     let bytes = read_bounded(&headers, body, app.config.http.max_body_bytes).await?;
@@ -69,6 +70,13 @@ pub async fn post_events(
         .bus()
         .filter(|b| b.client().connection_state() == async_nats::connection::State::Connected)
         .ok_or_else(|| Problem::unavailable("NATS is not reachable from this node", 1))?;
+    if !app.nats_answering() {
+        // Refused before anything is sent: nothing of this request is stored.
+        return Err(Problem::unavailable(
+            "NATS is not answering this node (see /readyz); nothing was stored",
+            2,
+        ));
+    }
 
     tracing::debug!(
         caller = principal.name(),
@@ -76,9 +84,22 @@ pub async fn post_events(
         "publishing"
     );
     let start = Instant::now();
-    let results = match mode {
-        Mode::Batch => bus.publish_batch(&events).await,
-        _ => vec![bus.publish_event(&events[0]).await],
+    let publish = async {
+        match mode {
+            Mode::Batch => bus.publish_batch(&events).await,
+            _ => vec![bus.publish_event(&events[0]).await],
+        }
+    };
+    // Answer before the request deadline cuts the request off, so that the answer can
+    // say what is known: sent, so perhaps stored.
+    let deadline =
+        publish_deadline(app.config.http.request_timeout).saturating_sub(began.elapsed());
+    let Ok(results) = tokio::time::timeout(deadline, publish).await else {
+        app.metrics
+            .publishes
+            .get_or_create(&OutcomeLabels { outcome: "unknown" })
+            .inc();
+        return Err(outcome_unknown(format!("no PubAck within {deadline:?}")));
     };
     app.metrics
         .publish_duration
@@ -207,13 +228,53 @@ fn publish_problem(e: &PublishError) -> Problem {
         PublishErrorKind::TooLarge => {
             Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "too-large", e.to_string())
         }
-        PublishErrorKind::Unavailable => Problem::unavailable(
-            format!("{e}; retry with the same event (source and id): it is never stored twice"),
-            1,
-        ),
+        PublishErrorKind::Unavailable => outcome_unknown(e.to_string()),
         PublishErrorKind::Rejected => {
             Problem::new(StatusCode::SERVICE_UNAVAILABLE, "rejected", e.to_string()).retry_after(5)
         }
         _ => Problem::bad_request("invalid-event", e.to_string()),
+    }
+}
+
+/// How long a request's publishes may take: the request deadline less a margin (a
+/// tenth, at most a second) for the answer to be written.
+fn publish_deadline(request_timeout: Duration) -> Duration {
+    let margin = (request_timeout / 10).min(Duration::from_secs(1));
+    request_timeout.saturating_sub(margin)
+}
+
+/// `503 outcome-unknown`: the event was sent but JetStream's answer did not come in time,
+/// so it may or may not be stored. A retry with the same source and id is safe: it is
+/// stored at most once, and its answer says `"duplicate": true` if the first one was.
+pub fn outcome_unknown(why: impl std::fmt::Display) -> Problem {
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        OUTCOME_UNKNOWN,
+        format!(
+            "outcome unknown: retry with the same id, it is safe (a retry is de-duplicated): {why}"
+        ),
+    )
+    .retry_after(1)
+}
+
+/// The problem type slug of [`outcome_unknown`].
+pub const OUTCOME_UNKNOWN: &str = "outcome-unknown";
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::publish_deadline;
+
+    #[test]
+    fn the_publish_deadline_leaves_room_for_the_answer() {
+        assert_eq!(
+            publish_deadline(Duration::from_secs(30)),
+            Duration::from_secs(29)
+        );
+        assert_eq!(
+            publish_deadline(Duration::from_secs(2)),
+            Duration::from_millis(1800)
+        );
     }
 }

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod connections;
+mod freeze;
 mod ingress;
 mod intact;
 mod intact_data;
