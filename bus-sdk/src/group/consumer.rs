@@ -15,8 +15,8 @@ use bus_core::GroupName;
 use bus_core::retry::{backoff_delay, is_transient_code};
 use tokio_util::sync::CancellationToken;
 
-use super::GroupOptions;
 use super::member::Shared;
+use super::{GroupOptions, filter_lock};
 use crate::bus::Bus;
 use crate::subscription::Handlers;
 use crate::subscription::filters::{covers, minimal};
@@ -75,48 +75,76 @@ fn takes_all(have: &[String], wanted: &[String]) -> bool {
 }
 
 /// Creates the consumer, or updates it to this member's options with its filter widened
-/// to this member's types, and reads it back until the filter takes them (another member
-/// widening it at the same moment may have written its own union over ours).
+/// to this member's types, under the group's filter lock (`filter_lock.rs`), and reads
+/// it back until the filter takes them (an operator may edit it meanwhile; without the
+/// hand-off bucket there is no lock, and a member widening it at the same moment may
+/// have written its own union over ours).
 pub(crate) async fn ensure(shared: &Shared) -> Result<Consumer<pull::Config>, ConsumerError> {
-    let js = shared.bus.jetstream();
-    let stream = &shared.bus.config().streams.events_name;
     let name = shared.name.as_str();
-    let everything = shared.bus.subjects().all_events();
+    let request_timeout = shared.bus.config().nats.request_timeout;
     let mut round = 0;
     loop {
         round += 1;
-        let existing = match js
-            .get_consumer_from_stream::<pull::Config, _, _>(name, stream)
+        let lock = match &shared.handoffs {
+            Some(store) => Some(
+                filter_lock::acquire(store, &shared.name, request_timeout)
+                    .await
+                    .map_err(|e| ConsumerError::with_source(ConsumerErrorKind::TimedOut, e))?,
+            ),
+            None => None,
+        };
+        let written = tokio::time::timeout(filter_lock::hold_limit(request_timeout), widen(shared))
             .await
-        {
-            Ok(c) => Some(c.cached_info().config.clone()),
-            Err(e) if is_not_found(&e) => None,
-            Err(e) => return Err(e),
-        };
-        let filters = match &existing {
-            Some(existing) => {
-                let union = filters_of(existing)
-                    .into_iter()
-                    .chain(shared.filters.iter().cloned())
-                    .collect();
-                minimal(union, &everything)
-            }
-            None => shared.filters.clone(),
-        };
-        let mut wanted = config(&shared.name, &shared.options, filters);
-        if let Some(existing) = &existing {
-            // Fixed when the consumer was made; JetStream refuses to change it.
-            wanted.deliver_policy = existing.deliver_policy;
+            .unwrap_or_else(|elapsed| {
+                Err(ConsumerError::with_source(
+                    ConsumerErrorKind::TimedOut,
+                    elapsed,
+                ))
+            });
+        if let Some(lock) = lock {
+            lock.release().await;
         }
-        let consumer = js.create_consumer_on_stream(wanted, stream).await?;
+        let consumer = written?;
         if takes_mine(shared).await? || round >= MAX_WIDEN_ROUNDS {
             if round >= MAX_WIDEN_ROUNDS {
                 tracing::warn!(group = %name, "the group's filter keeps changing; re-checked later");
             }
             return Ok(consumer);
         }
-        tracing::debug!(group = %name, "another member rewrote the group's filter; widening again");
+        tracing::debug!(group = %name, "the group's filter changed under us; widening again");
     }
+}
+
+/// Reads the consumer and writes it back with this member's options and its filter
+/// widened to this member's types (or creates it).
+async fn widen(shared: &Shared) -> Result<Consumer<pull::Config>, ConsumerError> {
+    let js = shared.bus.jetstream();
+    let stream = &shared.bus.config().streams.events_name;
+    let everything = shared.bus.subjects().all_events();
+    let existing = match js
+        .get_consumer_from_stream::<pull::Config, _, _>(shared.name.as_str(), stream)
+        .await
+    {
+        Ok(c) => Some(c.cached_info().config.clone()),
+        Err(e) if is_not_found(&e) => None,
+        Err(e) => return Err(e),
+    };
+    let filters = match &existing {
+        Some(existing) => {
+            let union = filters_of(existing)
+                .into_iter()
+                .chain(shared.filters.iter().cloned())
+                .collect();
+            minimal(union, &everything)
+        }
+        None => shared.filters.clone(),
+    };
+    let mut wanted = config(&shared.name, &shared.options, filters);
+    if let Some(existing) = &existing {
+        // Fixed when the consumer was made; JetStream refuses to change it.
+        wanted.deliver_policy = existing.deliver_policy;
+    }
+    js.create_consumer_on_stream(wanted, stream).await
 }
 
 /// Whether the group's filter takes this member's types now (a member checks this now

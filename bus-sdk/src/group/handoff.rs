@@ -4,7 +4,8 @@
 //! as a delivery, so the member notes it in the hand-off bucket (`<events
 //! stream>_HANDOFFS`, key `<group>.<stream sequence>`): a redelivered event's attempts
 //! are its deliveries less its hand-offs, and a rolling deploy never spends an event's
-//! attempts. An event that no member has taken for the group's `no_handler_grace` since
+//! attempts. A member that stops or re-opens returns the deliveries it fetched and never
+//! started the same way (noted as returns): a delivery no handler ran is no attempt. An event that no member has taken for the group's `no_handler_grace` since
 //! its first hand-off is dead-lettered as "no handler".
 //!
 //! Cost: nothing for a first delivery; one bucket read per redelivery; a read and a
@@ -41,10 +42,21 @@ pub(crate) async fn bucket(bus: &Bus) -> Option<Store> {
 /// What the bucket holds for one handed-off event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Record {
-    /// Hand-backs so far.
+    /// Hand-backs so far (by members without a handler for the event).
     pub handoffs: u32,
-    /// When the first was made (Unix seconds).
+    /// When the first hand-back was made, or the record, while it has none (Unix
+    /// seconds).
     pub since: i64,
+    /// Deliveries returned unstarted by members that stopped or re-opened.
+    #[serde(default)]
+    pub returned: u32,
+}
+
+impl Record {
+    /// Deliveries that were no attempts.
+    pub(crate) fn not_attempts(&self) -> u32 {
+        self.handoffs.saturating_add(self.returned)
+    }
 }
 
 /// The key of event `seq` in `group`.
@@ -72,11 +84,29 @@ pub(crate) async fn note(
     seq: u64,
     before: Option<Record>,
 ) -> Record {
+    let now = OffsetDateTime::now_utc().unix_timestamp();
     let record = Record {
         handoffs: before.map_or(1, |r| r.handoffs.saturating_add(1)),
-        since: before.map_or_else(|| OffsetDateTime::now_utc().unix_timestamp(), |r| r.since),
+        since: before.filter(|r| r.handoffs > 0).map_or(now, |r| r.since),
+        returned: before.map_or(0, |r| r.returned),
     };
-    match serde_json::to_vec(&record) {
+    write(store, group, seq, &record).await;
+    record
+}
+
+/// Notes that event `seq` was returned unstarted (its member stopped or re-opened).
+pub(crate) async fn note_return(store: &Store, group: &GroupName, seq: u64) {
+    let before = read(store, group, seq).await;
+    let record = Record {
+        handoffs: before.map_or(0, |r| r.handoffs),
+        since: before.map_or_else(|| OffsetDateTime::now_utc().unix_timestamp(), |r| r.since),
+        returned: before.map_or(1, |r| r.returned.saturating_add(1)),
+    };
+    write(store, group, seq, &record).await;
+}
+
+async fn write(store: &Store, group: &GroupName, seq: u64, record: &Record) {
+    match serde_json::to_vec(record) {
         Ok(bytes) => {
             if let Err(e) = store.put(key(group, seq), bytes.into()).await {
                 tracing::warn!(%group, seq, error = %e, "cannot note a hand-off; the event's attempts will count it");
@@ -84,7 +114,6 @@ pub(crate) async fn note(
         }
         Err(e) => tracing::warn!(%group, seq, error = %e, "cannot encode a hand-off record"),
     }
-    record
 }
 
 /// Forgets event `seq`'s record (it was settled for good).

@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use super::puller::{PullError, Puller};
 use super::runners::{Job, Runners};
-use super::{GroupOptions, consumer, policy};
+use super::{GroupOptions, consumer, handoff, policy};
 use crate::bus::Bus;
 use crate::send_deadline;
 use crate::subscription::Handlers;
@@ -76,7 +76,7 @@ pub(crate) async fn run(shared: Arc<Shared>, cancel: CancellationToken, tracker:
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => {
-                    fetch.hand_back().await;
+                    fetch.hand_back(&shared).await;
                     break 'connect;
                 }
                 p = fetch.slots.clone().acquire_owned(), if waiting => match p {
@@ -99,7 +99,7 @@ pub(crate) async fn run(shared: Arc<Shared>, cancel: CancellationToken, tracker:
         };
         tracing::warn!(%group, error = %failed, "pull failed; re-opening the consumer");
         failures += 1;
-        fetch.hand_back().await;
+        fetch.hand_back(&shared).await;
         if !back_off(&cancel, failures).await {
             break;
         }
@@ -203,16 +203,21 @@ impl Fetch {
     }
 
     /// Stops the pulls and naks every delivery not started, so that other members get
-    /// them now rather than after the ack deadline.
-    async fn hand_back(&mut self) {
-        self.puller.close().await;
-        let arrived = self.puller.drain_arrived();
+    /// them now rather than after the ack deadline, noting each as returned first (a
+    /// delivery no handler ran is no attempt; `handoff.rs`).
+    async fn hand_back(&mut self, shared: &Shared) {
+        let arrived = self.puller.close().await;
         let waiting = self.buffer.drain(..).map(|(m, _)| m);
-        for message in waiting.chain(arrived) {
+        let returned: Vec<Message> = waiting.chain(arrived).collect();
+        futures::future::join_all(returned.iter().map(|message| async move {
+            if let (Some(store), Ok(info)) = (&shared.handoffs, message.info()) {
+                handoff::note_return(store, &shared.name, info.stream_sequence).await;
+            }
             if let Err(e) = send_deadline::within(message.ack_with(AckKind::Nak(None))).await {
                 tracing::debug!(error = %e, "nak of a prefetched delivery failed");
             }
-        }
+        }))
+        .await;
     }
 }
 

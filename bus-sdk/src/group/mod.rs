@@ -4,6 +4,7 @@
 //! ack deadline; failures are retried with backoff and end as dead letters.
 
 mod consumer;
+mod filter_lock;
 mod handoff;
 mod member;
 mod policy;

@@ -62,8 +62,11 @@ impl Policy for Shared {
             && let Some(record) =
                 Box::pin(handoff::read(store, &self.name, delivery.stream_seq)).await
         {
-            delivery.handoffs = record.handoffs;
-            delivery.attempt = delivery.attempt.saturating_sub(record.handoffs).max(1);
+            delivery.handoffs = record.not_attempts();
+            delivery.attempt = delivery
+                .attempt
+                .saturating_sub(record.not_attempts())
+                .max(1);
         }
         let max = self.options.max_deliver;
         (delivery.attempt > max).then_some(Outcome::Exhausted(max))
@@ -116,7 +119,7 @@ impl Shared {
         let seq = delivery.stream_seq;
         let before = handoff::read(store, &self.name, seq).await;
         let grace = self.options.no_handler_grace;
-        if let Some(record) = before.filter(|r| handoff::waited(r) >= grace) {
+        if let Some(record) = before.filter(|r| r.handoffs > 0 && handoff::waited(r) >= grace) {
             span.record_settle("dead_letter");
             let reason = format!(
                 "no handler for event type {event_type}: no member of the group took it in {grace:?} ({} hand-offs)",

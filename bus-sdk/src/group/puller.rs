@@ -17,6 +17,9 @@ use tokio::time::Instant;
 
 use crate::send_deadline;
 
+/// How long a closing puller waits for the deliveries still on their way.
+const CLOSE_DEADLINE: Duration = Duration::from_secs(2);
+
 /// Why a pull stream has to be opened again.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum PullError {
@@ -195,10 +198,20 @@ impl Puller {
         }
     }
 
-    /// Deliveries that already arrived but were not taken, without waiting.
-    pub(crate) fn drain_arrived(&mut self) -> Vec<Message> {
+    /// Stops taking deliveries and returns those the server sent before it stopped: the
+    /// pull inbox is drained (unsubscribed, and read until the server has confirmed it),
+    /// so a delivery already on its way is returned too, not dropped to come back only
+    /// after its ack deadline. Bounded by [`CLOSE_DEADLINE`]: past it what is still on its
+    /// way is left to its ack deadline.
+    pub(crate) async fn close(&mut self) -> Vec<Message> {
         let mut arrived = Vec::new();
-        while let Some(Some(message)) = futures::FutureExt::now_or_never(self.subscriber.next()) {
+        if let Err(e) = send_deadline::within(self.subscriber.drain()).await {
+            tracing::debug!(error = %e, "draining the pull inbox failed");
+        }
+        let deadline = Instant::now() + CLOSE_DEADLINE;
+        while let Ok(Some(message)) =
+            tokio::time::timeout_at(deadline, self.subscriber.next()).await
+        {
             if matches!(message.status, None | Some(StatusCode::OK)) {
                 arrived.push(Message {
                     message,
@@ -206,13 +219,7 @@ impl Puller {
                 });
             }
         }
+        self.outstanding = 0;
         arrived
-    }
-
-    /// Stops taking deliveries: the server drops pulls whose inbox has no interest.
-    pub(crate) async fn close(&mut self) {
-        if let Err(e) = send_deadline::within(self.subscriber.unsubscribe()).await {
-            tracing::debug!(error = %e, "unsubscribing the pull inbox failed");
-        }
     }
 }

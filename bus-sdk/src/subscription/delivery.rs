@@ -21,7 +21,8 @@ pub(crate) struct Delivery {
     /// 1 on the first delivery, as the handler sees it (a group does not count the
     /// deliveries its members handed back for lack of a handler).
     pub attempt: u32,
-    /// Deliveries handed back for lack of a handler (groups only).
+    /// Deliveries that were no attempts (groups only): handed back for lack of a
+    /// handler, or returned unstarted by a member that stopped or re-opened.
     pub handoffs: u32,
     /// When JetStream stored the event.
     pub published: OffsetDateTime,
