@@ -151,6 +151,17 @@ pub enum EncodeError {
         /// The attribute's maximum.
         max: usize,
     },
+    /// A value does not have its attribute's format: `dataschema` an absolute URI,
+    /// `traceparent` a W3C `traceparent` ([`attribute_format`](crate::attribute_format)).
+    #[error("attribute {attribute:?} is not {expected}: {:?}", excerpt(.value))]
+    InvalidFormat {
+        /// The attribute's name.
+        attribute: String,
+        /// What it must be.
+        expected: &'static str,
+        /// The refused value.
+        value: String,
+    },
     /// The headers add up to more than [`MAX_HEADER_BYTES`] (many long extensions).
     #[error("the event's headers take {len} bytes; the limit is {MAX_HEADER_BYTES}")]
     HeadersTooLarge {
@@ -304,6 +315,7 @@ impl Headers {
         required: bool,
     ) -> Result<(), EncodeError> {
         check_value(attribute, value, required)?;
+        check_format(attribute, value)?;
         self.len += line_len(name.as_ref(), value);
         if self.len > MAX_HEADER_BYTES {
             return Err(EncodeError::HeadersTooLarge { len: self.len });
@@ -354,6 +366,23 @@ pub fn check_value(attribute: &str, value: &str, required: bool) -> Result<(), E
         });
     }
     Ok(())
+}
+
+/// The format CloudEvents gives `attribute`, if any: `dataschema` an absolute URI,
+/// `traceparent` a W3C `traceparent`.
+pub fn check_format(attribute: &str, value: &str) -> Result<(), EncodeError> {
+    let expected = match attribute {
+        "dataschema" if !crate::attribute_format::is_absolute_uri(value) => "an absolute URI",
+        "traceparent" if !crate::attribute_format::is_traceparent(value) => {
+            "a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)"
+        }
+        _ => return Ok(()),
+    };
+    Err(EncodeError::InvalidFormat {
+        attribute: attribute.into(),
+        expected,
+        value: value.into(),
+    })
 }
 
 /// The maximum length of `attribute`'s value.

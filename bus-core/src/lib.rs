@@ -5,6 +5,7 @@
 //! network calls are the one-shot JetStream admin requests in [`topology`], made on a
 //! context the caller owns.
 
+pub mod attribute_format;
 pub mod binary_mode;
 pub mod config;
 pub mod event;

@@ -1,15 +1,17 @@
 //! API keys: who is calling, what they may publish, whether they may administer, and
 //! their rate.
 
+use std::net::IpAddr;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::http::{HeaderMap, StatusCode, header};
 use bus_core::{EventPattern, EventType};
 
 use crate::config::AuthConfig;
+use crate::failed_auth::FailedAuth;
 use crate::http::problem::Problem;
-use crate::rate_limit::TokenBucket;
+use crate::rate_limit::{Refusal, TokenBucket};
 
 /// Header carrying an API key (alternative to `Authorization: Bearer <key>`).
 pub const API_KEY_HEADER: &str = "x-api-key";
@@ -18,6 +20,7 @@ pub const API_KEY_HEADER: &str = "x-api-key";
 pub struct Auth {
     enabled: bool,
     keys: Vec<Key>,
+    failed: FailedAuth,
 }
 
 /// A configured API key.
@@ -59,15 +62,23 @@ impl Auth {
         Self {
             enabled: config.enabled,
             keys,
+            failed: FailedAuth::default(),
         }
     }
 
-    /// 401 when the key is missing or unknown.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Principal<'_>, Problem> {
+    /// 401 when the key is missing or unknown; 400 when the request carries more than
+    /// one credential (two headers, or both `Authorization` and `x-api-key`: which one
+    /// counts would be a guess); 429 when `client` sent too many wrong keys
+    /// (`failed_auth.rs`).
+    pub fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        client: Option<IpAddr>,
+    ) -> Result<Principal<'_>, Problem> {
         if !self.enabled {
             return Ok(Principal::Anyone);
         }
-        let presented = presented_key(headers).ok_or_else(|| {
+        let presented = presented_key(headers)?.ok_or_else(|| {
             Problem::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthenticated",
@@ -76,30 +87,63 @@ impl Auth {
                 ),
             )
         })?;
+        if let Some(ip) = client {
+            let wait = self.failed.wait(ip);
+            if !wait.is_zero() {
+                return Err(Problem::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too-many-wrong-keys",
+                    "too many wrong API keys from this address",
+                )
+                .retry_after(wait.as_secs_f64().ceil() as u64));
+            }
+        }
         let found = self
             .keys
             .iter()
             .find(|k| constant_time_eq(&k.secret, presented.as_bytes()));
         match found {
             Some(k) => Ok(Principal::Key(k)),
-            None => Err(Problem::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthenticated",
-                "unknown API key",
-            )),
+            None => {
+                if let Some(ip) = client {
+                    self.failed.failed(ip);
+                }
+                Err(Problem::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthenticated",
+                    "unknown API key",
+                ))
+            }
         }
     }
 }
 
-fn presented_key(headers: &HeaderMap) -> Option<String> {
-    if let Some(v) = headers.get(API_KEY_HEADER).and_then(|v| v.to_str().ok()) {
-        return Some(v.trim().to_owned());
+/// The key the request presents, if any; more than one credential header is a 400.
+fn presented_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+    let api_keys = headers.get_all(API_KEY_HEADER).iter().count();
+    let authorizations = headers.get_all(header::AUTHORIZATION).iter().count();
+    if api_keys > 1 || authorizations > 1 || (api_keys == 1 && authorizations == 1) {
+        return Err(Problem::bad_request(
+            "ambiguous-credentials",
+            format!(
+                "send one credential: one 'Authorization: Bearer <key>' or one '{API_KEY_HEADER}' header, not both or two"
+            ),
+        ));
     }
-    let auth = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = auth.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim().to_owned())
+    if let Some(v) = headers.get(API_KEY_HEADER).and_then(|v| v.to_str().ok()) {
+        return Ok(Some(v.trim().to_owned()));
+    }
+    let Some(auth) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return Ok(None);
+    };
+    Ok(auth.split_once(' ').and_then(|(scheme, token)| {
+        scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim().to_owned())
+    }))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -143,19 +187,30 @@ impl Principal<'_> {
         }
     }
 
-    /// 429 with `Retry-After` when the caller is over its rate; `cost` is the number of events.
+    /// 429 with `Retry-After` when the caller is over its rate; 413 when `cost` (the
+    /// number of events) is more than the key's burst, which no wait would satisfy.
     pub fn check_rate(&self, cost: u32) -> Result<(), Problem> {
         let Principal::Key(k) = self else {
             return Ok(());
         };
         let mut bucket = k.bucket.lock().unwrap_or_else(|p| p.into_inner());
-        bucket.take(cost, Instant::now()).map_err(|wait: Duration| {
-            Problem::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate-limited",
-                format!("API key {:?} is over its rate", k.name),
-            )
-            .retry_after(wait.as_secs_f64().ceil() as u64)
-        })
+        bucket
+            .take(cost, Instant::now())
+            .map_err(|refusal| match refusal {
+                Refusal::Wait(wait) => Problem::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate-limited",
+                    format!("API key {:?} is over its rate", k.name),
+                )
+                .retry_after(wait.as_secs_f64().ceil() as u64),
+                Refusal::OverBurst { burst } => Problem::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "batch-over-burst",
+                    format!(
+                        "{cost} events in one request; API key {:?} may send at most {burst} at once (its burst): split the batch",
+                        k.name
+                    ),
+                ),
+            })
     }
 }

@@ -5,6 +5,7 @@ mod auth;
 mod cli;
 mod config;
 mod dev;
+mod failed_auth;
 mod http;
 mod metrics;
 mod nats_probe;

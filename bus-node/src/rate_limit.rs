@@ -21,25 +21,56 @@ impl TokenBucket {
         }
     }
 
-    /// Takes `n` tokens, or says how long until they are there.
-    pub fn take(&mut self, n: u32, now: Instant) -> Result<(), Duration> {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+    /// Takes `n` tokens, or says why not.
+    pub fn take(&mut self, n: u32, now: Instant) -> Result<(), Refusal> {
+        self.refill(now);
         let n = f64::from(n);
         if n > self.burst {
-            // Never satisfiable at once: refuse, and say when a full bucket is there.
-            return Err(Duration::from_secs_f64(
-                (self.burst - self.tokens) / self.rate + n / self.rate,
-            ));
+            // Never satisfiable at once, however long the caller waits.
+            return Err(Refusal::OverBurst {
+                burst: self.burst as u32,
+            });
         }
         if self.tokens >= n {
             self.tokens -= n;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((n - self.tokens) / self.rate))
+            Err(Refusal::Wait(Duration::from_secs_f64(
+                (n - self.tokens) / self.rate,
+            )))
         }
     }
+
+    /// How long until one token is there (zero: now), taking none.
+    pub fn wait_for_one(&mut self, now: Instant) -> Duration {
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64((1.0 - self.tokens) / self.rate)
+        }
+    }
+
+    /// Whether the bucket is full again (its owner has been quiet for a while).
+    pub fn is_full(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens >= self.burst
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+    }
+}
+
+/// Why tokens were not taken.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Refusal {
+    /// There will be enough after this long.
+    Wait(Duration),
+    /// More than the bucket ever holds: never satisfiable at once.
+    OverBurst { burst: u32 },
 }
 
 #[cfg(test)]
@@ -54,10 +85,13 @@ mod tests {
             assert!(b.take(1, t0).is_ok());
         }
         let wait = b.take(1, t0).err();
-        assert!(matches!(wait, Some(d) if d > Duration::ZERO && d <= Duration::from_millis(100)));
-        assert!(b.take(1, t0 + Duration::from_millis(100)).is_ok());
         assert!(
-            b.take(6, t0 + Duration::from_secs(10)).is_err(),
+            matches!(wait, Some(Refusal::Wait(d)) if d > Duration::ZERO && d <= Duration::from_millis(100))
+        );
+        assert!(b.take(1, t0 + Duration::from_millis(100)).is_ok());
+        assert_eq!(
+            b.take(6, t0 + Duration::from_secs(10)),
+            Err(Refusal::OverBurst { burst: 5 }),
             "more than the burst"
         );
     }

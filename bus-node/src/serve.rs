@@ -33,6 +33,14 @@ pub async fn run(config: NodeConfig, extras: Extras) -> anyhow::Result<()> {
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} (http.listen)"))?;
+    let metrics_listener = match &config.http.metrics_listen {
+        Some(m) => Some(
+            TcpListener::bind(m)
+                .await
+                .with_context(|| format!("cannot listen on {m} (http.metrics_listen)"))?,
+        ),
+        None => None,
+    };
     let grace = config.http.shutdown_grace;
     let app = Arc::new(App::new(config));
     tracing::info!(%addr, node = %app.config.node.id, "listening");
@@ -49,6 +57,13 @@ pub async fn run(config: NodeConfig, extras: Extras) -> anyhow::Result<()> {
         let _ = stop_rx.await;
     });
     let mut server = tokio::spawn(server);
+    let metrics_server = metrics_listener.map(|l| {
+        let stop = cancel.clone();
+        let router = http::metrics_router(app.clone());
+        tokio::spawn(http::server::serve(l, router, limits, async move {
+            stop.cancelled().await
+        }))
+    });
     let died = async move {
         match extras.died {
             Some(f) => f.await,
@@ -77,6 +92,9 @@ pub async fn run(config: NodeConfig, extras: Extras) -> anyhow::Result<()> {
     }
     connector.abort();
     probe.abort();
+    if let Some(m) = metrics_server {
+        m.abort();
+    }
     if let Some(bus) = app.bus() {
         bus.close().await;
     }

@@ -58,5 +58,5 @@ pub use node::{
 pub use otlp::{Kind as SpanKind, OtlpReceiver, ReceivedSpan};
 pub use own_process::{OWN_PROCESS_ENV, own_process};
 pub use poll::{POLL_INTERVAL, Probe, poll_until, try_poll_until, wait_until};
-pub use ports::{PORT_RANGE_FIRST, PORT_RANGE_LAST};
+pub use ports::{PORT_RANGE_FIRST, PORT_RANGE_LAST, ReservedPort, reserve};
 pub use server::NatsServer;

@@ -26,21 +26,22 @@ pub const PORT_RANGE_LAST: u16 = 32_000;
 
 /// A port held for the lifetime of this value.
 #[derive(Debug)]
-pub(crate) struct ReservedPort {
+pub struct ReservedPort {
     port: u16,
     /// Holding the open, locked file is the reservation; closing it releases the lock.
     _lock: File,
 }
 
 impl ReservedPort {
-    pub(crate) fn port(&self) -> u16 {
+    /// The port number.
+    pub fn port(&self) -> u16 {
         self.port
     }
 }
 
 /// Reserves `count` distinct ports, starting the scan at a random point of the range
 /// so concurrent processes rarely contend for the same lock files.
-pub(crate) fn reserve(count: usize) -> Result<Vec<ReservedPort>, HarnessError> {
+pub fn reserve(count: usize) -> Result<Vec<ReservedPort>, HarnessError> {
     let dir = lock_dir();
     std::fs::create_dir_all(&dir)
         .map_err(|e| HarnessError::io(format!("creating {}", dir.display()), e))?;

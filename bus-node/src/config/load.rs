@@ -236,6 +236,22 @@ mod tests {
         );
         check(&[("BUS__STREAMS__REPLICAS", "2")], Some("streams.replicas"));
         check(
+            &[("BUS__HTTP__BODY_READ_TIMEOUT", "30s")],
+            Some("http.body_read_timeout"),
+        );
+        check(
+            &[("BUS__HTTP__METRICS_LISTEN", "nowhere")],
+            Some("http.metrics_listen"),
+        );
+        check(
+            &[
+                ("BUS__HTTP__LISTEN", "127.0.0.1:9000"),
+                ("BUS__HTTP__METRICS_LISTEN", "127.0.0.1:9000"),
+            ],
+            Some("http.metrics_listen"),
+        );
+        check(&[("BUS__HTTP__METRICS_LISTEN", "127.0.0.1:9090")], None);
+        check(
             &[("BUS__STREAMS__MAX_AGE", "forever")],
             Some("streams.max_age"),
         );

@@ -23,6 +23,8 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest `http.max_connections` accepted (each is a permit of one semaphore).
 pub const MAX_MAX_CONNECTIONS: usize = 1_000_000;
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default `http.body_read_timeout`.
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
 pub const DEFAULT_MAX_BATCH: usize = 1000;
 pub const DEFAULT_RATE_PER_SECOND: u32 = 1000;
@@ -138,6 +140,16 @@ pub struct HttpConfig {
     pub header_read_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// How long a client may take to send a request's body once its headers are in; then
+    /// `408` and the connection closes. Less than `request_timeout`; unset: the less of
+    /// [`DEFAULT_BODY_READ_TIMEOUT`] and half of `request_timeout`
+    /// ([`HttpConfig::body_read_timeout`]).
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Option<Duration>,
+    /// Where `/metrics` is served instead of on `listen` (host:port, e.g. an address only
+    /// the cluster's scraper reaches); unset: on `listen`, without authentication, like
+    /// the probes.
+    pub metrics_listen: Option<String>,
     /// How long shutdown waits for requests in flight.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -153,12 +165,21 @@ impl Default for HttpConfig {
             max_open_connections: DEFAULT_MAX_OPEN_CONNECTIONS,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            body_read_timeout: None,
+            metrics_listen: None,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         }
     }
 }
 
 impl HttpConfig {
+    /// `body_read_timeout`, or the less of [`DEFAULT_BODY_READ_TIMEOUT`] and half of
+    /// `request_timeout`.
+    pub fn body_read_timeout(&self) -> Duration {
+        self.body_read_timeout
+            .unwrap_or_else(|| DEFAULT_BODY_READ_TIMEOUT.min(self.request_timeout / 2))
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         self.listen.parse::<SocketAddr>().map_err(|e| {
             ConfigError::new(
@@ -187,6 +208,34 @@ impl HttpConfig {
         }
         nonzero("http.header_read_timeout", self.header_read_timeout)?;
         nonzero("http.request_timeout", self.request_timeout)?;
+        if let Some(t) = self.body_read_timeout {
+            nonzero("http.body_read_timeout", t)?;
+            if t >= self.request_timeout {
+                return Err(ConfigError::new(
+                    "http.body_read_timeout",
+                    format!(
+                        "{t:?} must be less than http.request_timeout ({:?})",
+                        self.request_timeout
+                    ),
+                ));
+            }
+        }
+        if let Some(addr) = &self.metrics_listen {
+            let parsed = addr.parse::<SocketAddr>().map_err(|e| {
+                ConfigError::new(
+                    "http.metrics_listen",
+                    format!("{addr:?}: {e} (want host:port)"),
+                )
+            })?;
+            if self.listen.parse::<SocketAddr>().is_ok_and(|l| l == parsed) {
+                return Err(ConfigError::new(
+                    "http.metrics_listen",
+                    format!(
+                        "{addr:?} is http.listen itself: leave it unset to serve /metrics there"
+                    ),
+                ));
+            }
+        }
         nonzero("http.shutdown_grace", self.shutdown_grace)
     }
 }

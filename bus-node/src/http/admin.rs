@@ -2,11 +2,11 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::{Extension, Json};
 use bus_core::GroupName;
 use bus_sdk::Bus;
 use bus_sdk::admin::AdminError;
@@ -16,13 +16,18 @@ use serde_json::{Value, json};
 
 use super::body::read_bounded;
 use super::problem::Problem;
+use super::server::{ClientAddr, client_ip};
 use crate::app::App;
 
 /// Dead letters per page unless `limit` says otherwise.
 pub const DEFAULT_DLQ_PAGE: usize = 100;
 
-fn admin_bus<'a>(app: &'a App, headers: &HeaderMap) -> Result<&'a Bus, Problem> {
-    let principal = app.auth.authenticate(headers)?;
+fn admin_bus<'a>(
+    app: &'a App,
+    headers: &HeaderMap,
+    client: &Option<Extension<ClientAddr>>,
+) -> Result<&'a Bus, Problem> {
+    let principal = app.auth.authenticate(headers, client_ip(client))?;
     principal.check_admin()?;
     app.bus()
         .ok_or_else(|| Problem::unavailable("NATS is not reachable from this node", 1))
@@ -39,9 +44,10 @@ fn group_name(name: String) -> Result<GroupName, Problem> {
 
 pub async fn list_groups(
     State(app): State<Arc<App>>,
+    client: Option<Extension<ClientAddr>>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, Problem> {
-    let bus = admin_bus(&app, &headers)?;
+    let bus = admin_bus(&app, &headers, &client)?;
     let groups = bus.groups().await.map_err(admin_problem)?;
     // One Services API query for every group's members; a group whose members cannot be
     // asked is still listed, without them.
@@ -77,11 +83,12 @@ pub struct DlqQuery {
 
 pub async fn list_dead_letters(
     State(app): State<Arc<App>>,
+    client: Option<Extension<ClientAddr>>,
     headers: HeaderMap,
     query: Result<Query<DlqQuery>, QueryRejection>,
 ) -> Result<Json<Value>, Problem> {
     // The key first: a caller without one learns nothing about the query's shape.
-    let bus = admin_bus(&app, &headers)?;
+    let bus = admin_bus(&app, &headers, &client)?;
     let Query(q) = query.map_err(|e| {
         Problem::bad_request(
             "invalid-query",
@@ -136,11 +143,12 @@ pub struct RedriveRequest {
 
 pub async fn redrive(
     State(app): State<Arc<App>>,
+    client: Option<Extension<ClientAddr>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), Problem> {
-    let bus = admin_bus(&app, &headers)?;
-    let body = read_bounded(&headers, body, app.config.http.max_body_bytes).await?;
+    let bus = admin_bus(&app, &headers, &client)?;
+    let body = read_bounded(&headers, body, &app.config.http).await?;
     let req: RedriveRequest = serde_json::from_slice(&body).map_err(|e| {
         Problem::bad_request(
             "malformed-json",

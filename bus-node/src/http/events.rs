@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::header::{HeaderName as NatsName, HeaderValue as NatsValue};
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -19,6 +20,7 @@ use serde_json::{Value, json};
 
 use super::body::read_bounded;
 use super::problem::Problem;
+use super::server::{ClientAddr, client_ip};
 use crate::app::App;
 use crate::metrics::OutcomeLabels;
 
@@ -33,13 +35,14 @@ enum Mode {
 
 pub async fn post_events(
     State(app): State<Arc<App>>,
+    client: Option<Extension<ClientAddr>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
     let began = Instant::now();
-    let principal = app.auth.authenticate(&headers)?;
+    let principal = app.auth.authenticate(&headers, client_ip(&client))?;
     let mode = mode(&headers)?;
-    let bytes = read_bounded(&headers, body, app.config.http.max_body_bytes).await?;
+    let bytes = read_bounded(&headers, body, &app.config.http).await?;
     let events = match mode {
         Mode::Structured => vec![structured::from_json(&bytes).map_err(invalid)?],
         Mode::Batch => {
@@ -199,8 +202,31 @@ fn from_binary(headers: &HeaderMap, body: Bytes) -> Result<Event, Problem> {
         let value = NatsValue::from_str(v).map_err(|_| bad())?;
         nats.insert(name, value);
     }
-    binary_mode::decode(Some(&nats), body)
-        .map_err(|e| Problem::bad_request("invalid-event", e.to_string()))
+    let event = binary_mode::decode(Some(&nats), body)
+        .map_err(|e| Problem::bad_request("invalid-event", e.to_string()))?;
+    check_json_data(&event)?;
+    Ok(event)
+}
+
+/// Binary mode with a JSON `content-type`: the body must be JSON, as a consumer that
+/// reads the type will parse it (an empty body is no data). Only syntax is checked; the
+/// bytes are stored as sent.
+fn check_json_data(event: &Event) -> Result<(), Problem> {
+    let json = event
+        .datacontenttype
+        .as_deref()
+        .is_some_and(structured::is_json);
+    if !json || event.data.is_empty() {
+        return Ok(());
+    }
+    serde_json::from_slice::<serde::de::IgnoredAny>(&event.data)
+        .map(|_| ())
+        .map_err(|e| {
+            Problem::bad_request(
+                "malformed-json",
+                format!("the body is not the JSON its content-type says: {e}"),
+            )
+        })
 }
 
 /// `413` for headers over the total limit, else `400`; quoting at most an excerpt of

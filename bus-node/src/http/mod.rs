@@ -24,20 +24,63 @@ use crate::app::App;
 use crate::metrics::{RequestLabels, RouteLabels};
 use problem::Problem;
 
+/// The node's API on `http.listen`; `/metrics` too unless `http.metrics_listen` is set.
 pub fn router(app: Arc<App>) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/v1/events", post(events::post_events))
         .route("/v1/groups", get(admin::list_groups))
         .route("/v1/dlq", get(admin::list_dead_letters))
         .route("/v1/dlq/redrive", post(admin::redrive))
         .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
+        .route("/readyz", get(health::readyz));
+    let routes = if app.config.http.metrics_listen.is_none() {
+        routes.route("/metrics", get(health::metrics))
+    } else {
+        routes
+    };
+    finish(routes, app)
+}
+
+/// `/metrics` alone, for `http.metrics_listen`.
+pub fn metrics_router(app: Arc<App>) -> Router {
+    finish(Router::new().route("/metrics", get(health::metrics)), app)
+}
+
+/// The layers every listener shares.
+fn finish(routes: Router<Arc<App>>, app: Arc<App>) -> Router {
+    routes
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(middleware::from_fn_with_state(app.clone(), guard))
         .fallback(not_found)
         .layer(middleware::from_fn(unread_body::close_if_unread))
+        .layer(middleware::from_fn(one_host))
         .with_state(app)
+}
+
+/// HTTP/1.1 requires exactly one `Host` header (RFC 9112, section 3.2): without one, or
+/// with two, the request is refused with 400 before anything else looks at it, and the
+/// connection closes.
+async fn one_host(request: Request, next: Next) -> Response {
+    let hosts = request
+        .headers()
+        .get_all(axum::http::header::HOST)
+        .iter()
+        .count();
+    if request.version() == axum::http::Version::HTTP_11 && hosts != 1 {
+        let mut response = Problem::bad_request(
+            "invalid-host",
+            format!("an HTTP/1.1 request carries exactly one Host header; this one has {hosts}"),
+        )
+        .into_response();
+        // The request's framing is not to be trusted either: nothing more on this
+        // connection.
+        response.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+        return response;
+    }
+    next.run(request).await
 }
 
 async fn not_found() -> Problem {

@@ -10,6 +10,7 @@
 //! the caller bounds that wait with the shutdown grace.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +22,16 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+/// The peer address of the connection a request came on (a request extension, for
+/// throttling by client address).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// The client's IP address, if the request came through [`serve`].
+pub fn client_ip(addr: &Option<axum::Extension<ClientAddr>>) -> Option<std::net::IpAddr> {
+    addr.as_ref().map(|a| a.0.0.ip())
+}
 
 /// Bounds on the connections a node holds.
 #[derive(Debug, Clone, Copy)]
@@ -55,10 +66,10 @@ pub async fn serve(
                 Err(_) => break, // never closed
             },
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = &mut stop => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors and the like: let some close, then go on.
                     tracing::warn!(error = %e, "accepting a connection failed");
@@ -67,7 +78,12 @@ pub async fn serve(
                 }
             },
         };
-        let service = TowerToHyperService::new(router.clone());
+        let inner = TowerToHyperService::new(router.clone());
+        let service =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ClientAddr(peer));
+                hyper::service::Service::call(&inner, req)
+            });
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
