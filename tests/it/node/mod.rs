@@ -9,4 +9,5 @@ mod ingress;
 mod intact;
 mod intact_data;
 mod process;
+mod round_trip;
 mod secret_files;
