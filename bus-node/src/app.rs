@@ -17,6 +17,7 @@ pub struct App {
     /// Requests served at once (`http.max_connections`); past it, `503` at once.
     pub request_slots: Semaphore,
     bus: OnceCell<Bus>,
+    webhooks: OnceCell<std::sync::Arc<crate::webhooks::engine::Webhooks>>,
     draining: AtomicBool,
     /// The last [`nats_probe`](crate::nats_probe) found NATS answering (true from the
     /// connection on, until a probe fails).
@@ -30,6 +31,7 @@ impl App {
             metrics: Metrics::new(),
             request_slots: Semaphore::new(config.http.max_connections),
             bus: OnceCell::new(),
+            webhooks: OnceCell::new(),
             draining: AtomicBool::new(false),
             nats_answering: AtomicBool::new(true),
             config,
@@ -39,6 +41,17 @@ impl App {
     /// The bus, once connected with its streams in place.
     pub fn bus(&self) -> Option<&Bus> {
         self.bus.get()
+    }
+
+    /// Webhook subscriptions and deliveries, once connected (and configured).
+    pub fn webhooks(&self) -> Option<&std::sync::Arc<crate::webhooks::engine::Webhooks>> {
+        self.webhooks.get()
+    }
+
+    pub fn set_webhooks(&self, w: std::sync::Arc<crate::webhooks::engine::Webhooks>) {
+        if self.webhooks.set(w).is_err() {
+            tracing::warn!("webhooks started twice; keeping the first");
+        }
     }
 
     pub fn set_bus(&self, bus: Bus) {

@@ -39,6 +39,13 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
     let (client_url, monitor_url) = wait_ready(&mut child, dir.path()).await?;
 
     config.nats.servers = vec![client_url.clone()];
+    if config.webhooks.secret_key_file.is_none() {
+        // A temporary sealing key: webhook secrets made in this run open only in it.
+        let path = dir.path().join("webhook-sealing.key");
+        std::fs::write(&path, crate::webhooks::sealed::SealingKey::generate_text())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        config.webhooks.secret_key_file = Some(path);
+    }
     config
         .validate()
         .context("configuration after dev adjustments")?;

@@ -11,7 +11,6 @@ mod metrics;
 mod nats_probe;
 mod rate_limit;
 mod serve;
-#[allow(dead_code)] // Wired into the node by the subscriptions slice (issue 20).
 mod webhooks;
 
 use std::collections::HashMap;

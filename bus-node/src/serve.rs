@@ -18,6 +18,10 @@ use crate::app::App;
 use crate::config::NodeConfig;
 use crate::http;
 use crate::nats_probe;
+use crate::webhooks;
+use crate::webhooks::attempt::Deliverer;
+use crate::webhooks::engine::Webhooks;
+use crate::webhooks::ssrf::AddressPolicy;
 
 /// What `dev` adds to a plain `serve`.
 #[derive(Default)]
@@ -119,7 +123,8 @@ async fn connect(app: Arc<App>, cancel: CancellationToken, log_events: bool) {
                 if log_events {
                     spawn_event_log(&bus, cancel.clone()).await;
                 }
-                app.set_bus(bus);
+                app.set_bus(bus.clone());
+                start_webhooks(&app, bus, cancel).await;
                 return;
             }
             Err(e) => {
@@ -133,6 +138,55 @@ async fn connect(app: Arc<App>, cancel: CancellationToken, log_events: bool) {
             }
         }
     }
+}
+
+/// Opens the webhook subscriptions and runs their deliveries on this node, if
+/// `webhooks.secret_key_file` is set; retries opening the bucket until the node stops.
+async fn start_webhooks(app: &Arc<App>, bus: Bus, cancel: CancellationToken) {
+    let key = match app.config.webhooks.sealing_key() {
+        Ok(Some(key)) => key,
+        Ok(None) => {
+            tracing::info!("webhooks off: webhooks.secret_key_file is not set");
+            return;
+        }
+        // Validated at start-up; a file changed since is reported, not fatal.
+        Err(e) => {
+            tracing::error!(error = %e, "webhooks off");
+            return;
+        }
+    };
+    let policy = AddressPolicy::new(app.config.webhooks.allowed_networks.clone());
+    let deliverer = match Deliverer::new(policy, app.config.webhooks.timeout) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!(error = %e, "webhooks off: cannot build the delivery client");
+            return;
+        }
+    };
+    let streams = &app.config.streams;
+    let mut attempt = 0u32;
+    let store = loop {
+        match webhooks::store::open(bus.jetstream(), &streams.events_name, streams.replicas).await {
+            Ok(s) => break s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open the webhook subscriptions; retrying");
+                attempt += 1;
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(backoff_delay(attempt)) => {}
+                }
+            }
+        }
+    };
+    let w = Arc::new(Webhooks {
+        bus,
+        store,
+        key,
+        deliverer,
+        config: app.config.webhooks.clone(),
+    });
+    app.set_webhooks(w.clone());
+    tokio::spawn(webhooks::engine::run(w, cancel));
 }
 
 /// Dev mode: prints every event as it is stored.

@@ -28,6 +28,7 @@ use crate::typed::{EventMeta, EventPayload, Received};
 pub struct HandlerError {
     source: Box<dyn std::error::Error + Send + Sync>,
     permanent: bool,
+    retry_after: Option<std::time::Duration>,
 }
 
 impl HandlerError {
@@ -42,6 +43,7 @@ impl HandlerError {
         Self {
             source: err.into(),
             permanent: true,
+            retry_after: None,
         }
     }
 
@@ -57,7 +59,28 @@ impl HandlerError {
         Self {
             source: msg.into().into(),
             permanent: false,
+            retry_after: None,
         }
+    }
+
+    /// This failure, retried after `delay` instead of the group's backoff for this
+    /// attempt (a downstream's `Retry-After`, say). Still counts as an attempt; a
+    /// permanent failure stays permanent.
+    ///
+    /// ```
+    /// # use bus_sdk::HandlerError;
+    /// # use std::time::Duration;
+    /// let err = HandlerError::msg("503 from the partner").retry_after(Duration::from_secs(30));
+    /// assert_eq!(err.retry_delay(), Some(Duration::from_secs(30)));
+    /// ```
+    pub fn retry_after(mut self, delay: std::time::Duration) -> Self {
+        self.retry_after = Some(delay);
+        self
+    }
+
+    /// The delay asked for with [`HandlerError::retry_after`], if any.
+    pub fn retry_delay(&self) -> Option<std::time::Duration> {
+        self.retry_after
     }
 
     /// Whether the event goes to the dead letters at once instead of being retried.
@@ -77,6 +100,7 @@ impl<E: std::error::Error + Send + Sync + 'static> From<E> for HandlerError {
         Self {
             source: Box::new(err),
             permanent: false,
+            retry_after: None,
         }
     }
 }

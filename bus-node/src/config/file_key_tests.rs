@@ -21,7 +21,11 @@ fn load_with(pairs: &[(&str, &str)]) -> (Result<NodeConfig, LoadError>, tempfile
         ),
         ("password", "pw-from-file\n".to_owned()),
         ("user", "bus\n".to_owned()),
-        ("webhook-key", "k".to_owned()),
+        // 32 bytes as base64: a sealing key.
+        (
+            "webhook-key",
+            "CQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQk=".to_owned(),
+        ),
         ("empty", String::new()),
     ];
     for (name, content) in files {
@@ -99,6 +103,14 @@ fn each_file_rule_names_its_key() {
             &[("BUS__AUTH__API_KEYS_FILE", "{dir}/password")],
             "auth.api_keys_file",
             "password",
+        ),
+        (
+            &[
+                ("BUS__AUTH__ENABLED", "false"),
+                ("BUS__WEBHOOKS__SECRET_KEY_FILE", "{dir}/password"),
+            ],
+            "webhooks.secret_key_file",
+            "32 bytes",
         ),
         // A value and its file: both keys.
         (

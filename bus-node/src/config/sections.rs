@@ -8,6 +8,8 @@ use bus_core::config::{ConfigError, NatsConfig, Secret, StreamsConfig, SubjectsC
 use bus_core::secret_file::read_secret_file;
 use bus_core::{BusConfig, EventPattern};
 use ipnet::IpNet;
+
+use crate::webhooks::sealed::SealingKey;
 use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -368,10 +370,25 @@ impl WebhooksConfig {
                 "must not be empty",
             ));
         }
-        if let Some(path) = &self.secret_key_file {
-            read_secret_file("webhooks.secret_key_file", path)?;
+        if self.secret_key_file.is_some() {
+            self.sealing_key()?;
         }
         nonzero("webhooks.timeout", self.timeout)
+    }
+
+    /// The key that seals webhook secrets, read from `secret_key_file` (`None`: not set,
+    /// and the webhook API answers that webhooks are not configured).
+    pub fn sealing_key(&self) -> Result<Option<SealingKey>, ConfigError> {
+        let Some(path) = &self.secret_key_file else {
+            return Ok(None);
+        };
+        let text = read_secret_file("webhooks.secret_key_file", path)?;
+        SealingKey::parse(text.expose()).map(Some).map_err(|e| {
+            ConfigError::new(
+                "webhooks.secret_key_file",
+                format!("{}: {e}", path.display()),
+            )
+        })
     }
 }
 

@@ -8,6 +8,7 @@ pub mod health;
 pub mod problem;
 pub mod server;
 mod unread_body;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -31,6 +32,11 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/groups", get(admin::list_groups))
         .route("/v1/dlq", get(admin::list_dead_letters))
         .route("/v1/dlq/redrive", post(admin::redrive))
+        .route("/v1/webhooks", post(webhooks::create).get(webhooks::list))
+        .route(
+            "/v1/webhooks/{id}",
+            get(webhooks::get_one).delete(webhooks::delete),
+        )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz));
     let routes = if app.config.http.metrics_listen.is_none() {

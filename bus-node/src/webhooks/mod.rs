@@ -4,5 +4,8 @@
 //! durable consumers, retries and the HTTP API build on these.
 
 pub mod attempt;
+pub mod engine;
+pub mod sealed;
 pub mod signature;
 pub mod ssrf;
+pub mod store;

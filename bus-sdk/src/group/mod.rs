@@ -165,6 +165,34 @@ impl GroupBuilder {
         self
     }
 
+    /// Adds a handler for every event whose type matches `pattern`, given as the raw
+    /// [`EventMeta`](crate::EventMeta) (for handlers that do not decode the data: a
+    /// forwarder, a webhook delivery). The group's filter takes the pattern's subjects;
+    /// typed handlers registered with [`GroupBuilder::on`] take precedence.
+    ///
+    /// ```no_run
+    /// # use bus_sdk::{Bus, EventMeta, HandlerError};
+    /// # async fn f(bus: Bus) -> Result<(), Box<dyn std::error::Error>> {
+    /// let pattern = bus_sdk::bus_core::EventPattern::new("shop.>")?;
+    /// let forwarder = bus
+    ///     .group("forwarder")
+    ///     .on_any(pattern, |meta: EventMeta| async move {
+    ///         println!("{} #{}", meta.event.event_type, meta.stream_seq);
+    ///         Ok::<(), HandlerError>(())
+    ///     })
+    ///     .start()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn on_any<F, Fut>(mut self, pattern: bus_core::EventPattern, handler: F) -> Self
+    where
+        F: Fn(crate::EventMeta) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        self.handlers.on_any(pattern, handler);
+        self
+    }
+
     /// Handlers running at once in this member (default [`DEFAULT_CONCURRENCY`]). The
     /// member also fetches up to `n` deliveries ahead, so that a freed slot starts the next
     /// at once; those wait for a slot with in-progress acks, so their ack deadline does not

@@ -85,7 +85,9 @@ impl Policy for Shared {
             Outcome::NoHandler(t) => Box::pin(self.hand_back(delivery, t, span)).await,
             o if o.is_retryable() && attempt < max => {
                 span.record_settle("nak");
-                let delay = self.options.backoff_after(attempt);
+                let delay = o
+                    .retry_delay()
+                    .unwrap_or_else(|| self.options.backoff_after(attempt));
                 tracing::debug!(group = %self.name, stream_seq = delivery.stream_seq, attempt, error = %o, ?delay, "handler failed; will retry");
                 ack(message, AckKind::Nak(Some(delay))).await;
             }

@@ -44,6 +44,14 @@ impl Outcome {
 
     /// Whether a later attempt may succeed: a handler failure that is not permanent, a
     /// timeout or a panic.
+    /// The delay the handler asked for before the next attempt, if any.
+    pub(crate) fn retry_delay(&self) -> Option<Duration> {
+        match self {
+            Self::Failed(e) => e.retry_delay(),
+            _ => None,
+        }
+    }
+
     pub(crate) fn is_retryable(&self) -> bool {
         match self {
             Self::Failed(e) => !e.is_permanent(),

@@ -11,3 +11,4 @@ mod intact_data;
 mod process;
 mod round_trip;
 mod secret_files;
+mod webhooks;
