@@ -37,7 +37,7 @@ impl Receiver {
 }
 
 /// Serves `/ok` (204), `/flaky` (503 with `Retry-After: 1` while `flaky_left`, then
-/// 200) and `/gone` (410) on loopback; gives the base URL.
+/// 200), `/gone` (410) and `/slow` (204 after 100 ms) on loopback; gives the base URL.
 async fn receiver(r: Arc<Receiver>) -> anyhow::Result<String> {
     let handler = |path: &'static str| {
         let r = r.clone();
@@ -49,6 +49,10 @@ async fn receiver(r: Arc<Receiver>) -> anyhow::Result<String> {
                 }
                 match path {
                     "/gone" => StatusCode::GONE.into_response(),
+                    "/slow" => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        StatusCode::NO_CONTENT.into_response()
+                    }
                     "/flaky" => {
                         let mut left = r.flaky_left.lock().unwrap_or_else(|p| p.into_inner());
                         if *left > 0 {
@@ -67,7 +71,8 @@ async fn receiver(r: Arc<Receiver>) -> anyhow::Result<String> {
     let app = Router::new()
         .route("/ok", handler("/ok"))
         .route("/flaky", handler("/flaky"))
-        .route("/gone", handler("/gone"));
+        .route("/gone", handler("/gone"))
+        .route("/slow", handler("/slow"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -76,6 +81,14 @@ async fn receiver(r: Arc<Receiver>) -> anyhow::Result<String> {
 
 /// Two nodes on one server, sharing a sealing key, allowed to reach loopback.
 async fn nodes(dir: &std::path::Path) -> anyhow::Result<(NatsCluster, BusNode, BusNode)> {
+    nodes_with(dir, &[]).await
+}
+
+/// [`nodes`], with more settings.
+async fn nodes_with(
+    dir: &std::path::Path,
+    more: &[(&str, &str)],
+) -> anyhow::Result<(NatsCluster, BusNode, BusNode)> {
     let cluster = NatsCluster::start(1).await?;
     let key = dir.join("sealing.key");
     std::fs::write(&key, STANDARD.encode([9u8; 32]))?;
@@ -93,6 +106,9 @@ async fn nodes(dir: &std::path::Path) -> anyhow::Result<(NatsCluster, BusNode, B
         "127.0.0.0/8".into(),
     ));
     env.push(("BUS__WEBHOOKS__TIMEOUT".into(), "2s".into()));
+    for (k, v) in more {
+        env.push(((*k).into(), (*v).into()));
+    }
     let a = start("hooks-a", &env).await?;
     let b = start("hooks-b", &env).await?;
     Ok((cluster, a, b))
@@ -267,5 +283,70 @@ async fn given_410_gone_the_subscription_should_be_disabled_and_refused_addresse
     // 410 is final: the event was not retried.
     let paths: Vec<String> = r.got().into_iter().map(|(p, _, _)| p).collect();
     assert_eq!(paths, vec!["/gone".to_owned()]);
+    Ok(())
+}
+
+/// The distinct `webhook-id`s the receiver got.
+fn delivered_ids(r: &Receiver) -> std::collections::HashSet<String> {
+    r.got()
+        .iter()
+        .filter_map(|(_, h, _)| h.get("webhook-id")?.to_str().ok().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_node_killed_mid_delivery_every_event_should_still_be_delivered()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (_cluster, mut a, b) = nodes(dir.path()).await?;
+    let r = Arc::new(Receiver::default());
+    let base = receiver(r.clone()).await?;
+    let (status, sub) = create(
+        &b,
+        json!({"url": format!("{base}/slow"), "types": ["shop.>"]}),
+    )
+    .await?;
+    assert_eq!(status, 201, "{sub}");
+    // Both nodes deliver: wait until a's member is there too (two members' pulls).
+    let group = format!("webhook-{}", sub["id"].as_str().unwrap_or_default());
+    let client = http()?;
+    let groups_url = format!("{}/v1/groups", b.url());
+    let mut members = 0;
+    for _ in 0..100 {
+        let g: Value = client
+            .get(&groups_url)
+            .header("x-api-key", ADMIN)
+            .send()
+            .await?
+            .json()
+            .await?;
+        members = g["groups"]
+            .as_array()
+            .and_then(|gs| gs.iter().find(|x| x["name"] == group.as_str()))
+            .and_then(|x| x["members"].as_array().map(Vec::len))
+            .unwrap_or(0);
+        if members == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(members, 2, "both nodes run the subscription's member");
+    let ids: Vec<String> = (0..60).map(|i| format!("kill-{i}")).collect();
+    for event in &ids {
+        publish(&b, event).await?;
+    }
+    wait_until("some deliveries under way", Duration::from_secs(20), || {
+        delivered_ids(&r).len() >= 5
+    })
+    .await?;
+    a.kill()?;
+    // What a had in flight comes back after the ack deadline (timeout 2 s + 10 s).
+    wait_until("every event delivered", Duration::from_secs(40), || {
+        delivered_ids(&r).len() == ids.len()
+    })
+    .await?;
+    let delivered = delivered_ids(&r);
+    let missing: Vec<_> = ids.iter().filter(|i| !delivered.contains(*i)).collect();
+    assert!(missing.is_empty(), "never delivered: {missing:?}");
     Ok(())
 }
