@@ -19,6 +19,7 @@ pub mod server_trace;
 pub mod structured;
 pub mod subjects;
 pub mod telemetry;
+pub mod tls;
 pub mod topology;
 
 pub use binary_mode::{DecodeError, EncodeError};

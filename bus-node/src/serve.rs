@@ -156,7 +156,14 @@ async fn start_webhooks(app: &Arc<App>, bus: Bus, cancel: CancellationToken) {
         }
     };
     let policy = AddressPolicy::new(app.config.webhooks.allowed_networks.clone());
-    let deliverer = match Deliverer::new(policy, app.config.webhooks.timeout) {
+    let roots = match app.config.webhooks.extra_roots() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "webhooks off");
+            return;
+        }
+    };
+    let deliverer = match Deliverer::new(policy, app.config.webhooks.timeout, roots) {
         Ok(d) => d,
         Err(e) => {
             tracing::error!(error = %e, "webhooks off: cannot build the delivery client");

@@ -92,6 +92,7 @@ impl HttpSpanExporter {
         }
         // A blocking client must not be built on an async runtime's thread (it starts and
         // waits for its own): build it on a thread of its own.
+        crate::tls::install_crypto_provider();
         let client = std::thread::spawn(move || {
             reqwest::blocking::Client::builder()
                 .timeout(timeout)

@@ -112,6 +112,14 @@ fn each_file_rule_names_its_key() {
             "webhooks.secret_key_file",
             "32 bytes",
         ),
+        (
+            &[
+                ("BUS__AUTH__ENABLED", "false"),
+                ("BUS__WEBHOOKS__CA_FILE", "{dir}/password"),
+            ],
+            "webhooks.ca_file",
+            "no PEM certificate",
+        ),
         // A value and its file: both keys.
         (
             &[

@@ -345,6 +345,9 @@ pub struct WebhooksConfig {
     pub timeout: Duration,
     /// Networks deliveries may reach despite the SSRF guard.
     pub allowed_networks: Vec<IpNet>,
+    /// A PEM bundle of CA certificates that `https` endpoints may also chain to, besides
+    /// the system's roots (a private PKI).
+    pub ca_file: Option<PathBuf>,
     /// A file (a mounted Secret) holding the key that encrypts webhook secrets at rest;
     /// read and checked at start-up like every `*_file` key.
     pub secret_key_file: Option<PathBuf>,
@@ -357,6 +360,7 @@ impl Default for WebhooksConfig {
             retry_schedule: vec![s(5), s(300), s(1800), s(7200), s(18000), s(36000), s(36000)],
             timeout: DEFAULT_WEBHOOK_TIMEOUT,
             allowed_networks: Vec::new(),
+            ca_file: None,
             secret_key_file: None,
         }
     }
@@ -373,7 +377,24 @@ impl WebhooksConfig {
         if self.secret_key_file.is_some() {
             self.sealing_key()?;
         }
+        self.extra_roots()?;
         nonzero("webhooks.timeout", self.timeout)
+    }
+
+    /// The certificates of `ca_file` (none when unset).
+    pub fn extra_roots(&self) -> Result<Vec<reqwest::Certificate>, ConfigError> {
+        let Some(path) = &self.ca_file else {
+            return Ok(Vec::new());
+        };
+        let fail = |why: String| {
+            ConfigError::new("webhooks.ca_file", format!("{}: {why}", path.display()))
+        };
+        let pem = std::fs::read(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| fail(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(fail("no PEM certificate in it".into()));
+        }
+        Ok(certs)
     }
 
     /// The key that seals webhook secrets, read from `secret_key_file` (`None`: not set,

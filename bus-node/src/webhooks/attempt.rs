@@ -3,9 +3,8 @@
 //! SSRF guard permits (`ssrf.rs`), follows no redirect (a redirect could lead anywhere)
 //! and uses no proxy from the environment (it would connect for us, past the guard),
 //! within `webhooks.timeout`; and what the answer means for the delivery.
-//!
-//! Plain `http` endpoints only so far: the client is built without TLS, so an `https`
-//! endpoint is refused as such (`Outcome::Refused`), never retried for ever.
+//! `https` endpoints are checked against the system's roots (rustls with the platform
+//! verifier; `SSL_CERT_FILE` adds a bundle).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -67,7 +66,7 @@ pub enum Outcome {
 pub fn check_url(url: &Url, policy: &AddressPolicy) -> Result<(), String> {
     match url.scheme() {
         "http" => {}
-        "https" => return Err("https endpoints are not supported by this build yet".into()),
+        "https" => {}
         other => return Err(format!("scheme {other:?}: webhooks go to http(s) URLs")),
     }
     if !url.username().is_empty() || url.password().is_some() {
@@ -89,9 +88,15 @@ pub fn check_url(url: &Url, policy: &AddressPolicy) -> Result<(), String> {
 }
 
 impl Deliverer {
-    /// A deliverer whose attempts take at most `timeout` each.
-    pub fn new(policy: AddressPolicy, timeout: Duration) -> Result<Self, reqwest::Error> {
+    /// A deliverer whose attempts take at most `timeout` each, trusting the system's
+    /// roots and `extra_roots` (`webhooks.ca_file`) for `https` endpoints.
+    pub fn new(
+        policy: AddressPolicy,
+        timeout: Duration,
+        extra_roots: Vec<reqwest::Certificate>,
+    ) -> Result<Self, reqwest::Error> {
         let policy = Arc::new(policy);
+        bus_core::tls::install_crypto_provider();
         let client = reqwest::Client::builder()
             .dns_resolver(Arc::new(GuardedResolver::new(policy.clone())))
             .redirect(reqwest::redirect::Policy::none())
@@ -101,6 +106,7 @@ impl Deliverer {
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(4)
             .user_agent(concat!("the-bus-webhooks/", env!("CARGO_PKG_VERSION")))
+            .tls_certs_merge(extra_roots)
             .build()?;
         Ok(Self { client, policy })
     }
@@ -316,7 +322,7 @@ mod tests {
     async fn a_delivery_is_signed_as_standard_webhooks_say() -> anyhow::Result<()> {
         let got: Got = Arc::default();
         let base = receiver(got.clone()).await?;
-        let d = Deliverer::new(loopback_allowed(), Duration::from_secs(5))?;
+        let d = Deliverer::new(loopback_allowed(), Duration::from_secs(5), Vec::new())?;
         let outcome = send(&d, &format!("{base}/ok")).await;
         assert!(
             matches!(outcome, Outcome::Delivered { status: 204, .. }),
@@ -348,7 +354,7 @@ mod tests {
         let got: Got = Arc::default();
         let base = receiver(got.clone()).await?;
         let port = base.rsplit(':').next().unwrap_or_default().to_owned();
-        let d = Deliverer::new(AddressPolicy::default(), Duration::from_secs(5))?;
+        let d = Deliverer::new(AddressPolicy::default(), Duration::from_secs(5), Vec::new())?;
         for url in [
             format!("{base}/ok"),
             // A name is judged by what it resolves to.
@@ -367,11 +373,7 @@ mod tests {
             got.lock().map_err(|e| anyhow::anyhow!("{e}"))?.is_empty(),
             "nothing reached the receiver"
         );
-        for url in [
-            "https://example.com/hook",
-            "ftp://example.com/",
-            "http://user:pw@example.com/",
-        ] {
+        for url in ["ftp://example.com/", "http://user:pw@example.com/"] {
             let outcome = send(&d, url).await;
             assert!(
                 matches!(outcome, Outcome::Refused { .. }),
@@ -384,7 +386,7 @@ mod tests {
     #[tokio::test]
     async fn gone_retry_after_and_timeouts_mean_what_they_say() -> anyhow::Result<()> {
         let base = receiver(Arc::default()).await?;
-        let d = Deliverer::new(loopback_allowed(), Duration::from_millis(500))?;
+        let d = Deliverer::new(loopback_allowed(), Duration::from_millis(500), Vec::new())?;
         assert!(matches!(
             send(&d, &format!("{base}/gone")).await,
             Outcome::Gone { .. }
@@ -418,6 +420,77 @@ mod tests {
             ),
             "{missing:?}"
         );
+        Ok(())
+    }
+
+    /// An https receiver on loopback with a certificate of its own for 127.0.0.1;
+    /// gives its base URL and the certificate (PEM) to trust.
+    async fn tls_receiver(got: Got) -> anyhow::Result<(String, String)> {
+        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()])?;
+        let pem = cert.cert.pem();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(
+            rustls::pki_types::PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der()),
+        );
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let app = Router::new().route(
+            "/ok",
+            post(move |headers: AxumHeaders, body: Bytes| {
+                let got = got.clone();
+                async move {
+                    if let Ok(mut g) = got.lock() {
+                        g.push((headers, body));
+                    }
+                    StatusCode::NO_CONTENT
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    if let Ok(tls) = acceptor.accept(tcp).await {
+                        let service = hyper_util::service::TowerToHyperService::new(app);
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                            .await;
+                    }
+                });
+            }
+        });
+        Ok((format!("https://{addr}"), pem))
+    }
+
+    #[tokio::test]
+    async fn an_https_endpoint_is_delivered_to_when_its_certificate_chains_to_a_trusted_root()
+    -> anyhow::Result<()> {
+        let got: Got = Arc::default();
+        let (base, pem) = tls_receiver(got.clone()).await?;
+        let url = format!("{base}/ok");
+        // Not trusted: the attempt fails (and is retried), nothing is delivered.
+        let untrusted = Deliverer::new(loopback_allowed(), Duration::from_secs(5), Vec::new())?;
+        let outcome = send(&untrusted, &url).await;
+        assert!(
+            matches!(outcome, Outcome::Retry { status: None, .. }),
+            "{outcome:?}"
+        );
+        assert!(got.lock().map_err(|e| anyhow::anyhow!("{e}"))?.is_empty());
+        // Trusted through webhooks.ca_file's certificates: delivered.
+        let roots = reqwest::Certificate::from_pem_bundle(pem.as_bytes())?;
+        let trusted = Deliverer::new(loopback_allowed(), Duration::from_secs(5), roots)?;
+        let outcome = send(&trusted, &url).await;
+        assert!(
+            matches!(outcome, Outcome::Delivered { status: 204, .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(got.lock().map_err(|e| anyhow::anyhow!("{e}"))?.len(), 1);
         Ok(())
     }
 

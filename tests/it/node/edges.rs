@@ -216,6 +216,7 @@ async fn given_wrong_keys_from_one_address_should_throttle_that_address_only() -
 {
     let (_cluster, node, bus) = node("guessed", &[]).await?;
     let from = |ip: Ipv4Addr| {
+        bus_core::tls::install_crypto_provider();
         reqwest::Client::builder()
             .local_address(IpAddr::V4(ip))
             .timeout(Duration::from_secs(10))

@@ -282,6 +282,7 @@ async fn given_sigterm_during_requests_should_fail_readiness_finish_them_and_exi
     let signalled = tokio::time::Instant::now();
     // Readiness goes: `/readyz` stops answering 200. The node closes its listener as it
     // starts draining, so a probe is refused, or answered 503 if it got in before.
+    bus_core::tls::install_crypto_provider();
     let probes = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .timeout(Duration::from_secs(2))
