@@ -30,6 +30,7 @@ pub struct Key {
     secret: Vec<u8>,
     publish: Vec<EventPattern>,
     admin: bool,
+    webhooks: bool,
     bucket: Mutex<TokenBucket>,
 }
 
@@ -56,6 +57,7 @@ impl Auth {
                     .filter_map(|p| EventPattern::new(p.as_str()).ok())
                     .collect(),
                 admin: k.admin,
+                webhooks: k.webhooks,
                 bucket: Mutex::new(TokenBucket::new(k.rate_per_second, k.burst)),
             })
             .collect();
@@ -183,6 +185,23 @@ impl Principal<'_> {
                 StatusCode::FORBIDDEN,
                 "forbidden",
                 format!("API key {:?} is not an admin key", k.name),
+            )),
+        }
+    }
+
+    /// 403 unless this caller may manage webhook subscriptions (an admin key, or one with
+    /// the `webhooks` scope).
+    pub fn check_webhooks(&self) -> Result<(), Problem> {
+        match self {
+            Principal::Anyone => Ok(()),
+            Principal::Key(k) if k.admin || k.webhooks => Ok(()),
+            Principal::Key(k) => Err(Problem::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!(
+                    "API key {:?} may not manage webhooks (it needs \"webhooks\": true or \"admin\": true)",
+                    k.name
+                ),
             )),
         }
     }

@@ -50,6 +50,8 @@ pub struct Metrics {
     pub group_in_flight: Family<GroupLabels, Gauge>,
     pub group_redelivered: Family<GroupLabels, Gauge>,
     pub nats_connected: Gauge,
+    pub webhook_attempts: Family<OutcomeLabels, Counter>,
+    pub webhook_attempt_duration: Histogram,
 }
 
 impl Metrics {
@@ -64,6 +66,18 @@ impl Metrics {
         let group_in_flight = Family::<GroupLabels, Gauge>::default();
         let group_redelivered = Family::<GroupLabels, Gauge>::default();
         let nats_connected = Gauge::default();
+        let webhook_attempts = Family::<OutcomeLabels, Counter>::default();
+        let webhook_attempt_duration = latency_histogram();
+        registry.register(
+            "webhook_attempts",
+            "Webhook delivery attempts, by outcome (delivered, retry, gone, refused)",
+            webhook_attempts.clone(),
+        );
+        registry.register(
+            "webhook_attempt_duration_seconds",
+            "Time from sending a webhook attempt to its answer",
+            webhook_attempt_duration.clone(),
+        );
         registry.register(
             "http_requests",
             "HTTP requests served",
@@ -114,6 +128,8 @@ impl Metrics {
             group_in_flight,
             group_redelivered,
             nats_connected,
+            webhook_attempts,
+            webhook_attempt_duration,
         }
     }
 

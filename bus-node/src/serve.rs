@@ -185,12 +185,39 @@ async fn start_webhooks(app: &Arc<App>, bus: Bus, cancel: CancellationToken) {
             }
         }
     };
+    let attempts = loop {
+        let opened = webhooks::attempts_log::AttemptsLog::open(
+            bus.jetstream(),
+            &streams.events_name,
+            streams.replicas,
+            &app.config.webhooks,
+        )
+        .await;
+        match opened {
+            Ok(l) => break l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open the webhook attempts log; retrying");
+                attempt += 1;
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(backoff_delay(attempt)) => {}
+                }
+            }
+        }
+    };
     let w = Arc::new(Webhooks {
         bus,
         store,
         key,
         deliverer,
         config: app.config.webhooks.clone(),
+        attempts,
+        node: app.config.node.id.clone(),
+        slots: tokio::sync::Semaphore::new(app.config.webhooks.node_concurrency),
+        metrics: webhooks::engine::WebhookMetrics {
+            attempts: app.metrics.webhook_attempts.clone(),
+            duration: app.metrics.webhook_attempt_duration.clone(),
+        },
     });
     app.set_webhooks(w.clone());
     tokio::spawn(webhooks::engine::run(w, cancel));

@@ -91,6 +91,12 @@ pub fn inject_into_headers(sc: &SpanContext, headers: &mut HeaderMap) {
     }
 }
 
+/// `cx` as a W3C `traceparent` header value, for a request the bus makes (a webhook
+/// attempt); `None` for an invalid context.
+pub fn traceparent_value(sc: &SpanContext) -> Option<String> {
+    sc.is_valid().then(|| traceparent(sc))
+}
+
 /// `text`, which holds only hex digits and dashes, as a header value.
 ///
 /// `HeaderValue::from` scans every character for CR and LF (570 instructions for a

@@ -131,6 +131,40 @@ impl HopSpan {
         )
     }
 
+    /// `POST`, kind CLIENT: one webhook delivery attempt, a child of the handling's
+    /// CONSUMER span. `url_full` must carry no secrets (see `url_without_secrets`).
+    pub fn client_post(
+        url_full: &str,
+        server: (&str, u16),
+        message_id: &str,
+        attempt: u32,
+        parent: &Context,
+    ) -> Self {
+        if !setup::is_enabled() || parent.is_telemetry_suppressed() {
+            return Self::none();
+        }
+        let attributes = [
+            KeyValue::new("http.request.method", "POST"),
+            KeyValue::new("url.full", url_full.to_owned()),
+            KeyValue::new("server.address", server.0.to_owned()),
+            KeyValue::new("server.port", i64::from(server.1)),
+            KeyValue::new("messaging.message.id", message_id.to_owned()),
+            KeyValue::new("bus.webhook.attempt", i64::from(attempt)),
+        ]
+        .into_iter()
+        .chain(
+            (attempt > 1)
+                .then(|| KeyValue::new("http.request.resend_count", i64::from(attempt - 1))),
+        );
+        Self::start(
+            "POST".to_owned(),
+            SpanKind::Client,
+            attributes,
+            parent,
+            false,
+        )
+    }
+
     fn start(
         name: String,
         kind: SpanKind,

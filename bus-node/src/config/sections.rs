@@ -321,6 +321,10 @@ pub struct ApiKeyConfig {
     /// May use `/v1/groups`, `/v1/dlq` and the other admin endpoints.
     #[serde(default)]
     pub admin: bool,
+    /// May manage webhook subscriptions (`/v1/webhooks`), without the other admin
+    /// endpoints.
+    #[serde(default)]
+    pub webhooks: bool,
     #[serde(default = "default_rate")]
     pub rate_per_second: u32,
     #[serde(default = "default_burst")]
@@ -351,6 +355,23 @@ pub struct WebhooksConfig {
     /// A file (a mounted Secret) holding the key that encrypts webhook secrets at rest;
     /// read and checked at start-up like every `*_file` key.
     pub secret_key_file: Option<PathBuf>,
+    /// After a rotation, how long deliveries carry the previous secret's signature too.
+    #[serde(with = "humantime_serde")]
+    pub secret_overlap: Duration,
+    /// An endpoint failing every attempt this long is disabled.
+    #[serde(with = "humantime_serde")]
+    pub disable_after: Duration,
+    /// Deliveries in flight per subscription on each node.
+    pub concurrency: usize,
+    /// Deliveries in flight on each node, over all subscriptions.
+    pub node_concurrency: usize,
+    /// How long the attempts log keeps an attempt.
+    #[serde(with = "humantime_serde")]
+    pub attempts_max_age: Duration,
+    /// The attempts log's size bound (oldest attempts go first).
+    pub attempts_max_bytes: i64,
+    /// Attempts kept per subscription (oldest go first).
+    pub attempts_per_subscription: i64,
 }
 
 impl Default for WebhooksConfig {
@@ -362,6 +383,13 @@ impl Default for WebhooksConfig {
             allowed_networks: Vec::new(),
             ca_file: None,
             secret_key_file: None,
+            secret_overlap: s(24 * 3600),
+            disable_after: s(5 * 24 * 3600),
+            concurrency: 8,
+            node_concurrency: 512,
+            attempts_max_age: s(7 * 24 * 3600),
+            attempts_max_bytes: 256 * 1024 * 1024,
+            attempts_per_subscription: 10_000,
         }
     }
 }
@@ -378,6 +406,30 @@ impl WebhooksConfig {
             self.sealing_key()?;
         }
         self.extra_roots()?;
+        if !(1..=256).contains(&self.concurrency) {
+            return Err(ConfigError::new("webhooks.concurrency", "must be 1 to 256"));
+        }
+        if self.node_concurrency < self.concurrency || self.node_concurrency > 65_536 {
+            return Err(ConfigError::new(
+                "webhooks.node_concurrency",
+                "must be at least webhooks.concurrency and at most 65536",
+            ));
+        }
+        if self.attempts_max_bytes < 1024 * 1024 {
+            return Err(ConfigError::new(
+                "webhooks.attempts_max_bytes",
+                "must be at least 1 MiB (1048576)",
+            ));
+        }
+        if self.attempts_per_subscription < 1 {
+            return Err(ConfigError::new(
+                "webhooks.attempts_per_subscription",
+                "must be at least 1",
+            ));
+        }
+        nonzero("webhooks.secret_overlap", self.secret_overlap)?;
+        nonzero("webhooks.disable_after", self.disable_after)?;
+        nonzero("webhooks.attempts_max_age", self.attempts_max_age)?;
         nonzero("webhooks.timeout", self.timeout)
     }
 

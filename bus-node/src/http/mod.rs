@@ -8,6 +8,7 @@ pub mod health;
 pub mod problem;
 pub mod server;
 mod unread_body;
+pub mod webhook_operations;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -35,8 +36,20 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/webhooks", post(webhooks::create).get(webhooks::list))
         .route(
             "/v1/webhooks/{id}",
-            get(webhooks::get_one).delete(webhooks::delete),
+            get(webhooks::get_one)
+                .patch(webhooks::patch)
+                .delete(webhooks::delete),
         )
+        .route(
+            "/v1/webhooks/{id}/secret/rotate",
+            post(webhook_operations::rotate),
+        )
+        .route("/v1/webhooks/{id}/test", post(webhook_operations::test))
+        .route(
+            "/v1/webhooks/{id}/attempts",
+            get(webhook_operations::attempts),
+        )
+        .route("/v1/webhooks/{id}/replay", post(webhook_operations::replay))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz));
     let routes = if app.config.http.metrics_listen.is_none() {

@@ -1,13 +1,18 @@
-//! `POST/GET /v1/webhooks`, `GET/DELETE /v1/webhooks/{id}`: webhook subscriptions, for
-//! admin keys. A subscription's secret is generated unless given (`whsec_...`), shown
-//! in the answer to its creation only, and stored sealed.
+//! `POST/GET /v1/webhooks`, `GET/PATCH/DELETE /v1/webhooks/{id}`: webhook subscriptions,
+//! for admin keys and keys with the `webhooks` scope. A subscription's secret is
+//! generated unless given (`whsec_...`), shown in the answer to its creation (or
+//! rotation) only, and stored sealed. `GET` gives the stored revision as `ETag`; `PATCH`
+//! with `If-Match` changes it only if that is still the revision (412 otherwise).
+//! The operations (`/secret/rotate`, `/test`, `/attempts`, `/replay`) are in
+//! `webhook_operations.rs`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
 use axum::{Extension, Json};
 use bus_core::EventPattern;
 use chacha20poly1305::aead::OsRng;
@@ -25,8 +30,8 @@ use crate::webhooks::signature::Secret;
 use crate::webhooks::ssrf::AddressPolicy;
 use crate::webhooks::store::{self, StoreError, Subscription};
 
-/// Subscriptions listed at most.
-pub const MAX_SUBSCRIPTIONS: usize = 10_000;
+/// Subscription keys a listing looks at, at most.
+pub const MAX_SUBSCRIPTIONS: usize = 100_000;
 /// Longest accepted URL, description, header value.
 const MAX_TEXT: usize = 2048;
 /// Patterns and headers per subscription.
@@ -43,17 +48,41 @@ pub struct NewSubscription {
     #[serde(default)]
     headers: BTreeMap<String, String>,
     enabled: Option<bool>,
+    rate_limit: Option<u32>,
 }
 
-/// The webhooks state, after the caller is checked as an admin.
-fn admin_webhooks(
+/// A `PATCH`: the fields to change.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Change {
+    url: Option<String>,
+    types: Option<Vec<String>>,
+    description: Option<String>,
+    headers: Option<BTreeMap<String, String>>,
+    enabled: Option<bool>,
+    /// `null` removes the limit; absent keeps it.
+    #[serde(default, deserialize_with = "some_or_null")]
+    rate_limit: Option<Option<u32>>,
+}
+
+/// Tells a field given as `null` (`Some(None)`) from one left out (`None`).
+fn some_or_null<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// The webhooks state, after the caller is checked as one who may manage them.
+pub(super) fn admin_webhooks(
     app: &App,
     headers: &HeaderMap,
     client: &Option<Extension<ClientAddr>>,
 ) -> Result<Arc<Webhooks>, Problem> {
     app.auth
         .authenticate(headers, client_ip(client))?
-        .check_admin()?;
+        .check_webhooks()?;
     if app.config.webhooks.secret_key_file.is_none() {
         return Err(Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -66,11 +95,18 @@ fn admin_webhooks(
         .ok_or_else(|| Problem::unavailable("NATS is not reachable from this node", 1))
 }
 
-fn store_problem(e: StoreError) -> Problem {
-    Problem::unavailable(e.to_string(), 1)
+pub(super) fn store_problem(e: StoreError) -> Problem {
+    match e {
+        StoreError::Conflict(_) => Problem::new(
+            StatusCode::PRECONDITION_FAILED,
+            "webhook-changed",
+            "the subscription changed meanwhile: read it again (GET gives its ETag) and retry",
+        ),
+        e => Problem::unavailable(e.to_string(), 1),
+    }
 }
 
-fn invalid(detail: impl Into<String>) -> Problem {
+pub(super) fn invalid(detail: impl Into<String>) -> Problem {
     Problem::bad_request("invalid-webhook", detail)
 }
 
@@ -84,29 +120,62 @@ const RESERVED_HEADERS: &[&str] = &[
     "user-agent",
 ];
 
-fn validate(n: &NewSubscription, policy: &AddressPolicy) -> Result<(), Problem> {
-    if n.url.len() > MAX_TEXT || n.description.len() > MAX_TEXT {
-        return Err(invalid(format!(
-            "url and description are at most {MAX_TEXT} bytes"
-        )));
+/// Most deliveries per second a subscription may be limited to.
+const MAX_RATE_LIMIT: u32 = 100_000;
+
+fn validate_url(url: &str, policy: &AddressPolicy) -> Result<(), Problem> {
+    if url.len() > MAX_TEXT {
+        return Err(invalid(format!("url: at most {MAX_TEXT} bytes")));
     }
-    let url = reqwest::Url::parse(&n.url).map_err(|e| invalid(format!("url: {e}")))?;
-    check_url(&url, policy).map_err(|e| invalid(format!("url: {e}")))?;
-    if n.types.is_empty() || n.types.len() > MAX_ITEMS {
+    let url = reqwest::Url::parse(url).map_err(|e| invalid(format!("url: {e}")))?;
+    check_url(&url, policy).map_err(|e| invalid(format!("url: {e}")))
+}
+
+fn validate_types(types: &[String]) -> Result<(), Problem> {
+    if types.is_empty() || types.len() > MAX_ITEMS {
         return Err(invalid(format!(
             "types: 1 to {MAX_ITEMS} event type patterns"
         )));
     }
-    for t in &n.types {
+    for t in types {
         EventPattern::new(t.as_str()).map_err(|e| invalid(format!("types: {e}")))?;
     }
-    if n.headers.len() > MAX_ITEMS {
+    Ok(())
+}
+
+fn validate_description(d: &str) -> Result<(), Problem> {
+    if d.len() > MAX_TEXT {
+        return Err(invalid(format!("description: at most {MAX_TEXT} bytes")));
+    }
+    Ok(())
+}
+
+fn validate_rate(r: Option<u32>) -> Result<(), Problem> {
+    match r {
+        Some(r) if r == 0 || r > MAX_RATE_LIMIT => Err(invalid(format!(
+            "rate_limit: 1 to {MAX_RATE_LIMIT} deliveries per second, or null for none"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn validate_headers(headers: &BTreeMap<String, String>) -> Result<(), Problem> {
+    if headers.len() > MAX_ITEMS {
         return Err(invalid(format!("headers: at most {MAX_ITEMS}")));
     }
-    for (k, v) in &n.headers {
+    for (k, v) in headers {
         let name = k.to_ascii_lowercase();
-        if RESERVED_HEADERS.contains(&name.as_str()) || name.starts_with("webhook-") {
+        if RESERVED_HEADERS.contains(&name.as_str())
+            || name.starts_with("webhook-")
+            || name == "traceparent"
+            || name == "tracestate"
+        {
             return Err(invalid(format!("headers: {k:?} is set by the bus")));
+        }
+        if HOP_BY_HOP.contains(&name.as_str()) {
+            return Err(invalid(format!(
+                "headers: {k:?} is a hop-by-hop header, not one to send"
+            )));
         }
         axum::http::HeaderName::try_from(k.as_str())
             .map_err(|_| invalid(format!("headers: {k:?} is not a header name")))?;
@@ -117,6 +186,26 @@ fn validate(n: &NewSubscription, policy: &AddressPolicy) -> Result<(), Problem> 
         }
     }
     Ok(())
+}
+
+/// Hop-by-hop headers (RFC 9110 7.6.1), which a client does not forward.
+const HOP_BY_HOP: &[&str] = &[
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+];
+
+fn validate(n: &NewSubscription, policy: &AddressPolicy) -> Result<(), Problem> {
+    validate_url(&n.url, policy)?;
+    validate_description(&n.description)?;
+    validate_types(&n.types)?;
+    validate_headers(&n.headers)?;
+    validate_rate(n.rate_limit)
 }
 
 pub async fn create(
@@ -130,7 +219,7 @@ pub async fn create(
     let n: NewSubscription = serde_json::from_slice(&body).map_err(|e| {
         Problem::bad_request(
             "malformed-json",
-            format!("expected {{\"url\", \"types\", \"secret\"?, \"description\"?, \"headers\"?, \"enabled\"?}}: {e}"),
+            format!("expected {{\"url\", \"types\", \"secret\"?, \"description\"?, \"headers\"?, \"enabled\"?, \"rate_limit\"?}}: {e}"),
         )
     })?;
     validate(
@@ -161,6 +250,9 @@ pub async fn create(
         description: n.description,
         headers: n.headers,
         secrets: vec![sealed],
+        previous_until: None,
+        rate_limit: n.rate_limit,
+        failing_since: None,
         created,
         disabled_reason: None,
     };
@@ -173,17 +265,40 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(answer)))
 }
 
+/// Subscriptions one page lists unless asked for fewer.
+const DEFAULT_LIST_PAGE: usize = 100;
+/// Most subscriptions one page lists.
+const MAX_LIST_PAGE: usize = 1000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+/// A page of subscriptions in id order (ids are time-ordered: oldest first) after
+/// `after`; `next_after` is the id to pass for the next page, `null` at the end.
 pub async fn list(
     State(app): State<Arc<App>>,
     client: Option<Extension<ClientAddr>>,
     headers: HeaderMap,
+    Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, Problem> {
     let w = admin_webhooks(&app, &headers, &client)?;
-    let subs = store::list(&w.store, MAX_SUBSCRIPTIONS)
+    let limit = q.limit.unwrap_or(DEFAULT_LIST_PAGE);
+    if !(1..=MAX_LIST_PAGE).contains(&limit) {
+        return Err(Problem::bad_request(
+            "invalid-limit",
+            format!("limit: 1 to {MAX_LIST_PAGE}"),
+        ));
+    }
+    let (subs, more) = store::page(&w.store, q.after.as_deref(), limit, MAX_SUBSCRIPTIONS)
         .await
         .map_err(store_problem)?;
+    let next_after = more.then(|| subs.last().map(|s| s.id.clone())).flatten();
     let items: Vec<Value> = subs.iter().map(Subscription::public).collect();
-    Ok(Json(json!({ "webhooks": items })))
+    Ok(Json(json!({ "webhooks": items, "next_after": next_after })))
 }
 
 /// How long a creation waits for the subscription's consumer.
@@ -192,7 +307,7 @@ const CONSUMER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Waits (at most [`CONSUMER_WAIT`]) until this node's engine made the subscription's
 /// consumer, so that every event stored after the answer is delivered to it (a
 /// subscription takes events from its consumer's creation on).
-async fn wait_for_consumer(w: &Webhooks, id: &str) {
+pub(super) async fn wait_for_consumer(w: &Webhooks, id: &str) {
     let stream = &w.bus.config().streams.events_name;
     let name = group_name(id);
     let deadline = tokio::time::Instant::now() + CONSUMER_WAIT;
@@ -212,7 +327,7 @@ async fn wait_for_consumer(w: &Webhooks, id: &str) {
     tracing::warn!(webhook = %id, "the subscription's consumer is not there yet");
 }
 
-fn not_found(id: &str) -> Problem {
+pub(super) fn not_found(id: &str) -> Problem {
     Problem::new(
         StatusCode::NOT_FOUND,
         "no-such-webhook",
@@ -223,17 +338,114 @@ fn not_found(id: &str) -> Problem {
     )
 }
 
+/// `"<revision>"`, the subscription's `ETag`.
+fn etag(revision: u64) -> [(axum::http::HeaderName, String); 1] {
+    [(axum::http::header::ETAG, format!("\"{revision}\""))]
+}
+
 pub async fn get_one(
     State(app): State<Arc<App>>,
     client: Option<Extension<ClientAddr>>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<impl IntoResponse, Problem> {
     let w = admin_webhooks(&app, &headers, &client)?;
-    match store::get(&w.store, &id).await.map_err(store_problem)? {
-        Some(s) => Ok(Json(s.public())),
+    match store::entry(&w.store, &id).await.map_err(store_problem)? {
+        Some((s, revision)) => Ok((etag(revision), Json(s.public()))),
         None => Err(not_found(&id)),
     }
+}
+
+/// The revision `If-Match` names, if the request has one; `*` matches any.
+fn if_match(headers: &HeaderMap) -> Result<Option<u64>, Problem> {
+    let Some(v) = headers.get(axum::http::header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = v.to_str().unwrap_or("").trim();
+    if text == "*" {
+        return Ok(None);
+    }
+    text.trim_start_matches("W/")
+        .trim_matches('"')
+        .parse::<u64>()
+        .map(Some)
+        .map_err(|_| {
+            Problem::bad_request(
+                "invalid-if-match",
+                "If-Match: give the ETag a GET answered (\"<revision>\")",
+            )
+        })
+}
+
+pub async fn patch(
+    State(app): State<Arc<App>>,
+    client: Option<Extension<ClientAddr>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<impl IntoResponse, Problem> {
+    let w = admin_webhooks(&app, &headers, &client)?;
+    let expected = if_match(&headers)?;
+    let body = read_bounded(&headers, body, &app.config.http).await?;
+    let c: Change = serde_json::from_slice(&body).map_err(|e| {
+        Problem::bad_request(
+            "malformed-json",
+            format!("expected some of {{\"url\", \"types\", \"description\", \"headers\", \"enabled\", \"rate_limit\"}} (the secret changes with /secret/rotate): {e}"),
+        )
+    })?;
+    let policy = AddressPolicy::new(app.config.webhooks.allowed_networks.clone());
+    if let Some(u) = &c.url {
+        validate_url(u, &policy)?;
+    }
+    if let Some(t) = &c.types {
+        validate_types(t)?;
+    }
+    if let Some(d) = &c.description {
+        validate_description(d)?;
+    }
+    if let Some(h) = &c.headers {
+        validate_headers(h)?;
+    }
+    if let Some(r) = c.rate_limit {
+        validate_rate(r)?;
+    }
+    let Some((mut sub, revision)) = store::entry(&w.store, &id).await.map_err(store_problem)?
+    else {
+        return Err(not_found(&id));
+    };
+    if expected.is_some_and(|e| e != revision) {
+        return Err(store_problem(StoreError::Conflict(revision)));
+    }
+    if let Some(u) = c.url {
+        sub.url = u;
+    }
+    if let Some(t) = c.types {
+        sub.types = t;
+    }
+    if let Some(d) = c.description {
+        sub.description = d;
+    }
+    if let Some(h) = c.headers {
+        sub.headers = h;
+    }
+    if let Some(r) = c.rate_limit {
+        sub.rate_limit = r;
+    }
+    let enabling = c.enabled == Some(true) && !sub.enabled;
+    if let Some(e) = c.enabled {
+        sub.enabled = e;
+    }
+    if enabling {
+        sub.disabled_reason = None;
+        sub.failing_since = None;
+    }
+    let new_revision = store::update(&w.store, &sub, revision)
+        .await
+        .map_err(store_problem)?;
+    if enabling {
+        wait_for_consumer(&w, &sub.id).await;
+    }
+    Ok((etag(new_revision), Json(sub.public())))
 }
 
 pub async fn delete(

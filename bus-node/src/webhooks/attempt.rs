@@ -40,6 +40,8 @@ pub struct Attempt<'a> {
     pub secrets: &'a [Secret],
     /// The subscription's own headers.
     pub headers: &'a HeaderMap,
+    /// The attempt's CLIENT span as W3C `traceparent`, sent to the receiver.
+    pub traceparent: Option<String>,
 }
 
 /// What an attempt came to.
@@ -127,7 +129,8 @@ impl Deliverer {
                 signature_header(a.secrets, a.id, timestamp, &a.body),
             ),
         ];
-        for (name, value) in standard {
+        let trace = a.traceparent.iter().map(|t| ("traceparent", t.clone()));
+        for (name, value) in standard.into_iter().chain(trace) {
             match HeaderValue::from_str(&value) {
                 Ok(v) => {
                     headers.insert(HeaderName::from_static(name), v);
@@ -314,6 +317,7 @@ mod tests {
             body: Bytes::from_static(br#"{"specversion":"1.0","id":"evt-1"}"#),
             secrets: &secrets,
             headers: &headers,
+            traceparent: None,
         })
         .await
     }

@@ -1,10 +1,13 @@
-//! Webhooks: signed deliveries of events to third-party endpoints (Standard Webhooks).
-//! Built so far: the signature (`signature.rs`), the SSRF guard (`ssrf.rs`) and one
-//! delivery attempt with what its answer means (`attempt.rs`). Subscriptions, their
-//! durable consumers, retries and the HTTP API build on these.
+//! Webhooks: signed deliveries of events to third-party endpoints (Standard Webhooks):
+//! the signature (`signature.rs`), the SSRF guard (`ssrf.rs`), one delivery attempt and
+//! what its answer means (`attempt.rs`), subscriptions with sealed secrets (`store.rs`,
+//! `sealed.rs`), deliveries as consumer groups (`engine.rs`), the attempts log
+//! (`attempts_log.rs`) and replays (`replay.rs`).
 
 pub mod attempt;
+pub mod attempts_log;
 pub mod engine;
+pub mod replay;
 pub mod sealed;
 pub mod signature;
 pub mod ssrf;

@@ -32,6 +32,16 @@ pub struct Subscription {
     pub headers: BTreeMap<String, String>,
     /// The secrets, newest first, each sealed for this subscription.
     pub secrets: Vec<String>,
+    /// Until when (Unix seconds) the secrets after the first still sign: the overlap of
+    /// the last rotation. `None`: only the first signs.
+    #[serde(default)]
+    pub previous_until: Option<i64>,
+    /// Deliveries per second at most, on each node delivering it.
+    #[serde(default)]
+    pub rate_limit: Option<u32>,
+    /// Since when (Unix seconds) every attempt failed; `None` after a delivery.
+    #[serde(default)]
+    pub failing_since: Option<i64>,
     /// RFC 3339.
     pub created: String,
     /// Why the bus disabled it (410 Gone, ...), if it did.
@@ -40,7 +50,8 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    /// Its secrets, opened with `key`.
+    /// Its secrets, newest first, opened with `key` (those after the first sign only
+    /// until `previous_until`).
     pub fn open_secrets(&self, key: &SealingKey) -> Result<Vec<Secret>, SealError> {
         self.secrets
             .iter()
@@ -61,10 +72,41 @@ impl Subscription {
             "enabled": self.enabled,
             "description": self.description,
             "headers": self.headers,
+            "rate_limit": self.rate_limit,
             "created": self.created,
             "disabled_reason": self.disabled_reason,
+            "failing_since": self.failing_since.and_then(rfc3339),
+            "previous_secret_until": self.previous_until.and_then(rfc3339),
         })
     }
+
+    /// What deliveries depend on: a change here restarts them, a change elsewhere (a
+    /// description, the failure record) does not.
+    pub fn delivery_view(&self) -> String {
+        serde_json::json!([
+            self.url,
+            self.types,
+            self.enabled,
+            self.headers,
+            self.secrets,
+            self.previous_until,
+            self.rate_limit
+        ])
+        .to_string()
+    }
+}
+
+/// Unix seconds as RFC 3339.
+pub fn rfc3339(secs: i64) -> Option<String> {
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .ok()?
+        .format(&time::format_description::well_known::Rfc3339)
+        .ok()
+}
+
+/// Now, in Unix seconds.
+pub fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
 /// Why the store failed.
@@ -74,6 +116,9 @@ pub enum StoreError {
     Unavailable(String),
     #[error("a stored subscription cannot be read: {0}")]
     Corrupt(String),
+    /// A conditional write found another revision than the one it was based on.
+    #[error("the subscription changed meanwhile (revision {0} is not the latest)")]
+    Conflict(u64),
 }
 
 /// Opens the bucket, creating it if it is not there.
@@ -119,28 +164,87 @@ pub async fn get(store: &kv::Store, id: &str) -> Result<Option<Subscription>, St
     }
 }
 
-/// Every subscription, at most `limit` of them.
-pub async fn list(store: &kv::Store, limit: usize) -> Result<Vec<Subscription>, StoreError> {
+/// Reads subscription `id` and its revision, if there is one.
+pub async fn entry(store: &kv::Store, id: &str) -> Result<Option<(Subscription, u64)>, StoreError> {
+    match store.entry(id).await {
+        Ok(Some(e)) if matches!(e.operation, kv::Operation::Put) => {
+            serde_json::from_slice(&e.value)
+                .map(|s| Some((s, e.revision)))
+                .map_err(|err| StoreError::Corrupt(err.to_string()))
+        }
+        Ok(_) => Ok(None),
+        Err(e) => Err(StoreError::Unavailable(e.to_string())),
+    }
+}
+
+/// Writes `s` if `revision` is still its latest one; gives the new revision.
+pub async fn update(store: &kv::Store, s: &Subscription, revision: u64) -> Result<u64, StoreError> {
+    let bytes = serde_json::to_vec(s).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    store
+        .update(&s.id, Bytes::from(bytes), revision)
+        .await
+        .map_err(|e| match e.kind() {
+            kv::UpdateErrorKind::WrongLastRevision => StoreError::Conflict(revision),
+            _ => StoreError::Unavailable(e.to_string()),
+        })
+}
+
+/// Applies `change` to subscription `id` and writes it, re-reading and retrying when
+/// another writer came first (a few rounds); `Ok(None)` when there is no such
+/// subscription or `change` declined (returned false).
+pub async fn modify(
+    store: &kv::Store,
+    id: &str,
+    mut change: impl FnMut(&mut Subscription) -> bool,
+) -> Result<Option<Subscription>, StoreError> {
+    for _ in 0..5 {
+        let Some((mut sub, revision)) = entry(store, id).await? else {
+            return Ok(None);
+        };
+        if !change(&mut sub) {
+            return Ok(None);
+        }
+        match update(store, &sub, revision).await {
+            Ok(_) => return Ok(Some(sub)),
+            Err(StoreError::Conflict(_)) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(StoreError::Conflict(0))
+}
+
+/// A page of at most `limit` subscriptions in id order after `after`, and whether more
+/// follow. Looks at no more than `max_keys` keys.
+pub async fn page(
+    store: &kv::Store,
+    after: Option<&str>,
+    limit: usize,
+    max_keys: usize,
+) -> Result<(Vec<Subscription>, bool), StoreError> {
     use futures::StreamExt;
     let keys = store
         .keys()
         .await
         .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-    let keys: Vec<String> =
-        tokio::time::timeout(Duration::from_secs(5), keys.take(limit).collect::<Vec<_>>())
-            .await
-            .map_err(|_| StoreError::Unavailable("listing keys timed out".into()))?
-            .into_iter()
-            .filter_map(Result::ok)
-            .collect();
+    let mut keys: Vec<String> = tokio::time::timeout(
+        Duration::from_secs(10),
+        keys.take(max_keys).collect::<Vec<_>>(),
+    )
+    .await
+    .map_err(|_| StoreError::Unavailable("listing keys timed out".into()))?
+    .into_iter()
+    .filter_map(Result::ok)
+    .filter(|k| after.is_none_or(|a| k.as_str() > a))
+    .collect();
+    keys.sort();
+    let more = keys.len() > limit;
     let mut out = Vec::new();
-    for k in keys {
+    for k in keys.into_iter().take(limit) {
         if let Some(s) = get(store, &k).await? {
             out.push(s);
         }
     }
-    out.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok(out)
+    Ok((out, more))
 }
 
 /// Removes subscription `id`.
