@@ -253,7 +253,14 @@ pub fn max_attempts(config: &WebhooksConfig) -> u32 {
 async fn start(w: &Arc<Webhooks>, sub: &Subscription) -> anyhow::Result<(Arc<Target>, Group)> {
     let target = Arc::new(Target::new(sub, &w.key)?);
     let schedule = &w.config.retry_schedule;
-    let timeout = w.config.timeout;
+    // The attempt, and what may come before it: a slot, the rate limit.
+    let before = SLOT_WAIT
+        + if sub.rate_limit.is_some() {
+            MAX_RATE_WAIT
+        } else {
+            Duration::ZERO
+        };
+    let timeout = w.config.timeout + before;
     let mut builder = w
         .bus
         .group(group_name(&sub.id))
@@ -261,9 +268,8 @@ async fn start(w: &Arc<Webhooks>, sub: &Subscription) -> anyhow::Result<(Arc<Tar
         .concurrency(w.config.concurrency)
         .max_deliver(max_attempts(&w.config))
         .backoff(schedule.iter().copied())
-        // The attempt, and what may come before it: a slot, the rate limit.
-        .handler_timeout(timeout + SLOT_WAIT + MAX_RATE_WAIT + Duration::from_secs(5))
-        .ack_wait(timeout + SLOT_WAIT + MAX_RATE_WAIT + Duration::from_secs(10));
+        .handler_timeout(timeout + Duration::from_secs(5))
+        .ack_wait(timeout + Duration::from_secs(10));
     for pattern in &sub.types {
         let (w, target) = (w.clone(), target.clone());
         builder = builder.on_any(

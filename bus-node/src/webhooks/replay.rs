@@ -58,7 +58,7 @@ fn unavailable(e: impl std::fmt::Display) -> ReplayError {
 pub async fn replay(bus: &Bus, sub: &Subscription, from: From) -> Result<Replayed, ReplayError> {
     let group =
         GroupName::new(group_name(&sub.id)).map_err(|e| ReplayError::Types(e.to_string()))?;
-    let mut filters = Vec::new();
+    let mut filters = Vec::with_capacity(sub.types.len());
     for t in &sub.types {
         let p = EventPattern::new(t.as_str()).map_err(|e| ReplayError::Types(e.to_string()))?;
         filters.push(bus.subjects().pattern(&p));
@@ -86,20 +86,21 @@ pub async fn replay(bus: &Bus, sub: &Subscription, from: From) -> Result<Replaye
             next_seq: None,
         });
     }
-    let (filter_subject, filter_subjects) = if filters.len() == 1 {
-        (filters.remove(0), Vec::new())
-    } else {
-        (String::new(), filters)
-    };
     let consumer = stream
         .create_consumer(OrderedConfig {
-            filter_subject,
-            filter_subjects,
+            filter_subjects: filters,
             deliver_policy,
             ..Default::default()
         })
         .await
         .map_err(unavailable)?;
+    if consumer.cached_info().num_pending == 0 {
+        // Nothing from there on: no message would come.
+        return Ok(Replayed {
+            count: 0,
+            next_seq: None,
+        });
+    }
     let mut messages = consumer.messages().await.map_err(unavailable)?;
     let mut acks = FuturesUnordered::new();
     let nonce = uuid::Uuid::now_v7().simple().to_string();

@@ -11,4 +11,6 @@ mod intact_data;
 mod process;
 mod round_trip;
 mod secret_files;
+mod webhook_fixtures;
+mod webhook_operations;
 mod webhooks;
