@@ -100,6 +100,11 @@ impl App {
                 Some("NATS disconnected")
             }
             Some(_) if !self.nats_answering() => Some("NATS is not answering"),
+            Some(_)
+                if self.config.webhooks.secret_key_file.is_some() && self.webhooks().is_none() =>
+            {
+                Some("webhooks not started yet")
+            }
             Some(_) => None,
         }
     }

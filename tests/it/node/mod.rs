@@ -13,4 +13,5 @@ mod round_trip;
 mod secret_files;
 mod webhook_fixtures;
 mod webhook_operations;
+mod webhook_scale;
 mod webhooks;

@@ -57,6 +57,11 @@ pub struct Receiver {
     pub fails_left: Mutex<u32>,
     /// `/limited`: 429 with `Retry-After: 2` while this is above 0.
     pub limited_left: Mutex<u32>,
+    /// `/gate` answers once this is set (or after a minute).
+    released: std::sync::atomic::AtomicBool,
+    release: tokio::sync::Notify,
+    /// Answers `/gate` has given.
+    pub gate_answered: std::sync::atomic::AtomicUsize,
 }
 
 fn take_one(left: &Mutex<u32>) -> bool {
@@ -74,13 +79,40 @@ pub fn set(left: &Mutex<u32>, n: u32) {
 }
 
 impl Receiver {
+    /// Lets every held and later `/gate` request answer.
+    pub fn open_gate(&self) {
+        self.released
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.release.notify_waiters();
+    }
+
+    async fn gate(&self) {
+        let until = tokio::time::Instant::now() + Duration::from_secs(60);
+        while !self.released.load(std::sync::atomic::Ordering::SeqCst) {
+            let notified = self.release.notified();
+            if self.released.load(std::sync::atomic::Ordering::SeqCst) {
+                break;
+            }
+            if tokio::time::timeout_at(until, notified).await.is_err() {
+                break;
+            }
+        }
+    }
+
     pub fn got(&self) -> Vec<Got> {
         self.got.lock().map(|g| g.clone()).unwrap_or_default()
     }
 
-    /// The requests to `path`.
+    /// The requests to `path`, or to paths under it (`/hooks` takes `/hooks/7`).
     pub fn at(&self, path: &str) -> Vec<Got> {
-        self.got().into_iter().filter(|g| g.path == path).collect()
+        self.got()
+            .into_iter()
+            .filter(|g| {
+                g.path
+                    .strip_prefix(path)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            })
+            .collect()
     }
 
     /// The distinct `webhook-id`s got on `path`.
@@ -94,7 +126,7 @@ impl Receiver {
 
 /// Serves on loopback, recording each request: `/ok` (204), `/flaky`, `/fails`,
 /// `/limited` (see [`Receiver`]), `/gone` (410), `/slow` (204 after 100 ms), `/slow5`
-/// (204 after 5 s) and `/hooks/{name}` (204, one path per subscription). Gives the base
+/// (204 after 5 s), `/gate` (204 after 5 s and [`Receiver::open_gate`]) and `/hooks/{name}` (204, one path per subscription). Gives the base
 /// URL.
 pub async fn receiver(r: Arc<Receiver>) -> anyhow::Result<String> {
     let handler = |path: &'static str| {
@@ -121,6 +153,14 @@ pub async fn receiver(r: Arc<Receiver>) -> anyhow::Result<String> {
                             tokio::time::sleep(Duration::from_secs(5)).await;
                             StatusCode::NO_CONTENT.into_response()
                         }
+                        "/gate" => {
+                            // At least 5 s, and until the test opens the gate.
+                            tokio::time::sleep(Duration::from_secs(5)).await;
+                            r.gate().await;
+                            r.gate_answered
+                                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            StatusCode::NO_CONTENT.into_response()
+                        }
                         "/flaky" if take_one(&r.flaky_left) => {
                             (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "1")])
                                 .into_response()
@@ -140,7 +180,7 @@ pub async fn receiver(r: Arc<Receiver>) -> anyhow::Result<String> {
     };
     let mut app = Router::new();
     for path in [
-        "/ok", "/flaky", "/fails", "/limited", "/gone", "/slow", "/slow5",
+        "/ok", "/flaky", "/fails", "/limited", "/gone", "/slow", "/slow5", "/gate",
     ] {
         app = app.route(path, handler(path));
     }
@@ -379,13 +419,14 @@ pub async fn wait_members(
 ) -> anyhow::Result<()> {
     let until = Instant::now() + deadline;
     loop {
-        let have = members(node, id).await?;
-        if have == n {
+        // A listing that failed (NATS busy) is asked again.
+        let have = members(node, id).await;
+        if have.as_ref().is_ok_and(|h| *h == n) {
             return Ok(());
         }
         anyhow::ensure!(
             Instant::now() < until,
-            "subscription {id}: {have} members, not {n}, after {deadline:?}"
+            "subscription {id}: {have:?} members, not {n}, after {deadline:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
