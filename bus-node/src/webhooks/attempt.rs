@@ -98,9 +98,21 @@ impl Deliverer {
         extra_roots: Vec<reqwest::Certificate>,
     ) -> Result<Self, reqwest::Error> {
         let policy = Arc::new(policy);
+        let resolver = GuardedResolver::new(policy.clone());
+        Self::with_resolver(policy, resolver, timeout, extra_roots)
+    }
+
+    /// A deliverer that looks names up through `resolver` (tests give one whose
+    /// answers they control).
+    pub fn with_resolver(
+        policy: Arc<AddressPolicy>,
+        resolver: GuardedResolver,
+        timeout: Duration,
+        extra_roots: Vec<reqwest::Certificate>,
+    ) -> Result<Self, reqwest::Error> {
         bus_core::tls::install_crypto_provider();
         let client = reqwest::Client::builder()
-            .dns_resolver(Arc::new(GuardedResolver::new(policy.clone())))
+            .dns_resolver(Arc::new(resolver))
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .timeout(timeout)
@@ -384,6 +396,54 @@ mod tests {
                 "{url}: {outcome:?}"
             );
         }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_name_that_rebinds_to_loopback_after_its_check_never_reaches_a_listener()
+    -> anyhow::Result<()> {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        // A listener on loopback that counts the connections it gets.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counted = connections.clone();
+        tokio::spawn(async move {
+            while let Ok(_conn) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        // The attacker's resolver: a public address on the first question, loopback on
+        // every one after it (DNS rebinding with a zero TTL).
+        let asked = Arc::new(AtomicUsize::new(0));
+        let n = asked.clone();
+        let lookup: super::super::ssrf::Lookup = Arc::new(move |_host: String| {
+            let first = n.fetch_add(1, Ordering::SeqCst) == 0;
+            Box::pin(async move {
+                Ok(vec![if first {
+                    "93.184.215.14"
+                        .parse()
+                        .unwrap_or(IpAddr::from([0, 0, 0, 0]))
+                } else {
+                    IpAddr::from([127, 0, 0, 1])
+                }])
+            })
+        });
+        let policy = Arc::new(AddressPolicy::default());
+        let resolver = GuardedResolver::with_lookup(policy.clone(), lookup.clone());
+        // A check made beforehand (as a registration that resolved the name would make)
+        // sees the public address and passes it.
+        let checked = lookup("hooks.rebind.test".into()).await?;
+        assert!(policy.check(checked[0]).is_ok(), "{checked:?}");
+        let d = Deliverer::with_resolver(policy, resolver, Duration::from_secs(2), Vec::new())?;
+        let outcome = send(&d, &format!("http://hooks.rebind.test:{port}/hook")).await;
+        assert!(
+            matches!(&outcome, Outcome::Refused { reason } if reason.contains("127.0.0.1")),
+            "{outcome:?}"
+        );
+        // The attempt asked again at connect time and was refused what it got.
+        assert_eq!(asked.load(Ordering::SeqCst), 2);
+        assert_eq!(connections.load(Ordering::SeqCst), 0, "no connection");
         Ok(())
     }
 

@@ -129,25 +129,61 @@ fn embedded_v4(a: Ipv6Addr) -> Option<Ipv4Addr> {
 /// A resolver for the delivery client that resolves with the system's resolver and
 /// passes on only the addresses the policy permits; a name with none fails, naming the
 /// first refusal.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct GuardedResolver {
     policy: Arc<AddressPolicy>,
+    lookup: Lookup,
+}
+
+/// How names are looked up: the system's resolver, or (in tests) a resolver whose
+/// answers the test controls.
+pub type Lookup = Arc<
+    dyn Fn(String) -> futures::future::BoxFuture<'static, std::io::Result<Vec<IpAddr>>>
+        + Send
+        + Sync,
+>;
+
+impl std::fmt::Debug for GuardedResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuardedResolver")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The system's resolver (`getaddrinfo`, as `tokio::net::lookup_host` runs it).
+fn system_lookup() -> Lookup {
+    Arc::new(|host: String| {
+        Box::pin(async move {
+            // Port 0: reqwest puts the URL's port on each address it gets.
+            let found = tokio::net::lookup_host((host.as_str(), 0)).await?;
+            Ok(found.map(|a| a.ip()).collect())
+        })
+    })
 }
 
 impl GuardedResolver {
     pub fn new(policy: Arc<AddressPolicy>) -> Self {
-        Self { policy }
+        Self::with_lookup(policy, system_lookup())
+    }
+
+    /// A guard over `lookup` instead of the system's resolver.
+    pub fn with_lookup(policy: Arc<AddressPolicy>, lookup: Lookup) -> Self {
+        Self { policy, lookup }
     }
 }
 
 impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let policy = self.policy.clone();
+        let lookup = self.lookup.clone();
         Box::pin(async move {
             let host = name.as_str().to_owned();
-            // Port 0: reqwest puts the URL's port on each address it gets.
-            let found: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let found: Vec<SocketAddr> = lookup(host.clone())
+                .await?
+                .into_iter()
+                .map(|ip| SocketAddr::new(ip, 0))
+                .collect();
             let mut first_refusal = None;
             let permitted: Vec<SocketAddr> = found
                 .into_iter()
