@@ -579,6 +579,9 @@ fn secret_value(overlay: &str, secret: &str, key: &str) -> Result<String> {
             };
             return Ok(std::fs::read_to_string(dir.join(file))?);
         }
+        if base("bus-webhook-key") && key == "secret-key" {
+            return Ok(std::fs::read_to_string(dir.join("webhook-secret-key"))?);
+        }
     } else {
         // As deploy/README.md creates them: the keys file from a heredoc (so with a
         // final line break), the user and password from literals.
@@ -593,6 +596,10 @@ fn secret_value(overlay: &str, secret: &str, key: &str) -> Result<String> {
                 .to_owned());
             }
             ("bus-nats-auth", "user") => return Ok("bus".to_owned()),
+            // `openssl rand -base64 32 > secret-key`: 32 bytes, base64, a line break.
+            ("bus-webhook-key", "secret-key") => {
+                return Ok("cGxhY2Vob2xkZXItd2ViaG9vay1rZXktMDEyMzQ1Njc=\n".to_owned());
+            }
             ("bus-nats-auth", "password") => return Ok("placeholderPassword0123".to_owned()),
             ("bus-nats-auth", "auth.conf") => {
                 return Ok("authorization {\n  user: \"bus\"\n  password: \"placeholderPassword0123\"\n}\n".to_owned());
