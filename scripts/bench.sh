@@ -18,7 +18,8 @@ cd "$(dirname "$0")/.."
 NATS_SERVER_BIN=$(scripts/ensure-nats-server.sh)
 export NATS_SERVER_BIN
 
-cargo build --release -p bus-bench >&2
+# bus-node too: the webhook workload runs it as a process.
+cargo build --release -p bus-bench -p bus-node >&2
 bin="$(scripts/target-dir.sh)/release/bus-bench"
 
 for arg in "$@"; do

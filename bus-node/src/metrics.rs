@@ -49,6 +49,7 @@ pub struct Metrics {
     pub group_pending: Family<GroupLabels, Gauge>,
     pub group_in_flight: Family<GroupLabels, Gauge>,
     pub group_redelivered: Family<GroupLabels, Gauge>,
+    pub group_oldest_age: Family<GroupLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub nats_connected: Gauge,
     pub webhook_attempts: Family<OutcomeLabels, Counter>,
     pub webhook_attempt_duration: Histogram,
@@ -65,6 +66,13 @@ impl Metrics {
         let group_pending = Family::<GroupLabels, Gauge>::default();
         let group_in_flight = Family::<GroupLabels, Gauge>::default();
         let group_redelivered = Family::<GroupLabels, Gauge>::default();
+        let group_oldest_age =
+            Family::<GroupLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "group_oldest_unacked_age_seconds",
+            "Age of the oldest event a group has not acknowledged (at most: the age of the first event after its acknowledgement floor); 0 when it has none",
+            group_oldest_age.clone(),
+        );
         let nats_connected = Gauge::default();
         let webhook_attempts = Family::<OutcomeLabels, Counter>::default();
         let webhook_attempt_duration = latency_histogram();
@@ -127,6 +135,7 @@ impl Metrics {
             group_pending,
             group_in_flight,
             group_redelivered,
+            group_oldest_age,
             nats_connected,
             webhook_attempts,
             webhook_attempt_duration,

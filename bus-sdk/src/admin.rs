@@ -50,6 +50,9 @@ pub struct GroupInfo {
     pub redelivered: u64,
     /// Pull requests waiting: roughly, idle member slots.
     pub waiting: u64,
+    /// Every event of the group's up to this stream sequence is acknowledged (its
+    /// consumer's acknowledgement floor): the oldest event it has not finished is after it.
+    pub acked_through: u64,
 }
 
 impl Bus {
@@ -84,6 +87,7 @@ impl Bus {
                     in_flight: i.num_ack_pending as u64,
                     redelivered: i.num_redelivered as u64,
                     waiting: i.num_waiting as u64,
+                    acked_through: i.ack_floor.stream_sequence,
                 }
             })
             .collect();

@@ -185,6 +185,11 @@ impl BusNode {
         format!("http://127.0.0.1:{}", self.port.port())
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
+    }
+
     /// The node's name, which is also its `node.id`.
     pub fn name(&self) -> &str {
         &self.name

@@ -28,6 +28,57 @@ pub async fn readyz(State(app): State<Arc<App>>) -> Response {
     }
 }
 
+/// Groups whose oldest unacknowledged event is looked up per scrape, at most (one direct
+/// read each, 32 at a time); the rest get no age.
+const MAX_AGE_LOOKUPS: usize = 1000;
+
+/// Each group's oldest unacknowledged event's age in seconds: 0 without one, else the
+/// age of the event right after its acknowledgement floor (an upper bound when the
+/// stream holds other groups' types in between).
+async fn oldest_ages(
+    bus: &bus_sdk::Bus,
+    groups: &[bus_sdk::admin::GroupInfo],
+) -> Vec<(String, f64)> {
+    use futures::StreamExt;
+    let Ok(stream) = bus
+        .jetstream()
+        .get_stream_no_info(&bus.config().streams.events_name)
+        .await
+    else {
+        return Vec::new();
+    };
+    let now = time::OffsetDateTime::now_utc();
+    // Owned, so that the lookups borrow nothing but the stream (the future must be Send
+    // for every lifetime axum asks of it).
+    let wanted: Vec<(String, bool, u64)> = groups
+        .iter()
+        .take(MAX_AGE_LOOKUPS)
+        .map(|g| {
+            (
+                g.name.clone(),
+                g.pending == 0 && g.in_flight == 0,
+                g.acked_through,
+            )
+        })
+        .collect();
+    let stream = Arc::new(stream);
+    futures::stream::iter(wanted)
+        .map(move |(name, idle, acked)| {
+            let stream = stream.clone();
+            async move {
+                if idle {
+                    return Some((name, 0.0));
+                }
+                let m = stream.direct_get(acked + 1).await.ok()?;
+                Some((name, (now - m.time).as_seconds_f64().max(0.0)))
+            }
+        })
+        .buffer_unordered(32)
+        .filter_map(|x| async move { x })
+        .collect()
+        .await
+}
+
 pub async fn metrics(State(app): State<Arc<App>>) -> Response {
     let connected = app
         .bus()
@@ -39,6 +90,14 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
                 app.metrics.group_pending.clear();
                 app.metrics.group_in_flight.clear();
                 app.metrics.group_redelivered.clear();
+                app.metrics.group_oldest_age.clear();
+                let ages = oldest_ages(bus, &groups).await;
+                for (name, age) in ages {
+                    app.metrics
+                        .group_oldest_age
+                        .get_or_create(&GroupLabels { group: name })
+                        .set(age);
+                }
                 for g in groups {
                     let l = GroupLabels { group: g.name };
                     app.metrics

@@ -49,6 +49,9 @@ pub struct NewSubscription {
     headers: BTreeMap<String, String>,
     enabled: Option<bool>,
     rate_limit: Option<u32>,
+    /// Sign with an Ed25519 key too (`v1a`); the answer gives its public key.
+    #[serde(default)]
+    ed25519: bool,
 }
 
 /// A `PATCH`: the fields to change.
@@ -63,6 +66,8 @@ pub struct Change {
     /// `null` removes the limit; absent keeps it.
     #[serde(default, deserialize_with = "some_or_null")]
     rate_limit: Option<Option<u32>>,
+    /// `true` adds an Ed25519 key (a new one each time), `false` removes it.
+    ed25519: Option<bool>,
 }
 
 /// Tells a field given as `null` (`Some(None)`) from one left out (`None`).
@@ -219,7 +224,7 @@ pub async fn create(
     let n: NewSubscription = serde_json::from_slice(&body).map_err(|e| {
         Problem::bad_request(
             "malformed-json",
-            format!("expected {{\"url\", \"types\", \"secret\"?, \"description\"?, \"headers\"?, \"enabled\"?, \"rate_limit\"?}}: {e}"),
+            format!("expected {{\"url\", \"types\", \"secret\"?, \"description\"?, \"headers\"?, \"enabled\"?, \"rate_limit\"?, \"ed25519\"?}}: {e}"),
         )
     })?;
     validate(
@@ -242,7 +247,7 @@ pub async fn create(
     let created = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
-    let sub = Subscription {
+    let mut sub = Subscription {
         id,
         url: n.url,
         types: n.types,
@@ -253,9 +258,15 @@ pub async fn create(
         previous_until: None,
         rate_limit: n.rate_limit,
         failing_since: None,
+        ed25519: None,
+        public_key: None,
         created,
         disabled_reason: None,
     };
+    if n.ed25519 {
+        sub.add_ed25519(&w.key)
+            .map_err(|e| Problem::unavailable(e.to_string(), 1))?;
+    }
     store::put(&w.store, &sub).await.map_err(store_problem)?;
     if sub.enabled {
         wait_for_consumer(&w, &sub.id).await;
@@ -390,7 +401,7 @@ pub async fn patch(
     let c: Change = serde_json::from_slice(&body).map_err(|e| {
         Problem::bad_request(
             "malformed-json",
-            format!("expected some of {{\"url\", \"types\", \"description\", \"headers\", \"enabled\", \"rate_limit\"}} (the secret changes with /secret/rotate): {e}"),
+            format!("expected some of {{\"url\", \"types\", \"description\", \"headers\", \"enabled\", \"rate_limit\", \"ed25519\"}} (the secret changes with /secret/rotate): {e}"),
         )
     })?;
     let policy = AddressPolicy::new(app.config.webhooks.allowed_networks.clone());
@@ -430,6 +441,16 @@ pub async fn patch(
     }
     if let Some(r) = c.rate_limit {
         sub.rate_limit = r;
+    }
+    match c.ed25519 {
+        Some(true) => sub
+            .add_ed25519(&w.key)
+            .map_err(|e| Problem::unavailable(e.to_string(), 1))?,
+        Some(false) => {
+            sub.ed25519 = None;
+            sub.public_key = None;
+        }
+        None => {}
     }
     let enabling = c.enabled == Some(true) && !sub.enabled;
     if let Some(e) = c.enabled {

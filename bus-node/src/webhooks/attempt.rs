@@ -14,6 +14,7 @@ use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{StatusCode, Url};
 
+use super::asymmetric::SigningPair;
 use super::signature::{Secret, signature_header};
 use super::ssrf::{AddressPolicy, GuardedResolver, Refused};
 
@@ -38,6 +39,8 @@ pub struct Attempt<'a> {
     pub body: Bytes,
     /// The subscription's secrets, newest first (both during a rotation).
     pub secrets: &'a [Secret],
+    /// Its Ed25519 key, when it signs with one too.
+    pub asymmetric: Option<&'a SigningPair>,
     /// The subscription's own headers.
     pub headers: &'a HeaderMap,
     /// The attempt's CLIENT span as W3C `traceparent`, sent to the receiver.
@@ -138,7 +141,7 @@ impl Deliverer {
             ("webhook-timestamp", timestamp.to_string()),
             (
                 "webhook-signature",
-                signature_header(a.secrets, a.id, timestamp, &a.body),
+                signature_header(a.secrets, a.asymmetric, a.id, timestamp, &a.body),
             ),
         ];
         let trace = a.traceparent.iter().map(|t| ("traceparent", t.clone()));
@@ -328,6 +331,7 @@ mod tests {
             id: "evt-1",
             body: Bytes::from_static(br#"{"specversion":"1.0","id":"evt-1"}"#),
             secrets: &secrets,
+            asymmetric: None,
             headers: &headers,
             traceparent: None,
         })

@@ -47,6 +47,7 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use super::asymmetric::SigningPair;
 use super::attempt::{Attempt, Deliverer, Outcome};
 use super::attempts_log::{AttemptRecord, AttemptsLog};
 use super::sealed::SealingKey;
@@ -93,6 +94,7 @@ pub struct Target {
     /// Newest first; those after the first sign until `previous_until`.
     secrets: Vec<Secret>,
     previous_until: Option<i64>,
+    asymmetric: Option<SigningPair>,
     headers: HeaderMap,
     limiter: Option<Mutex<TokenBucket>>,
     /// Since when every attempt failed (Unix seconds), as this node last saw it.
@@ -114,6 +116,7 @@ impl Target {
             url: Url::parse(&sub.url)?,
             secrets: sub.open_secrets(key)?,
             previous_until: sub.previous_until,
+            asymmetric: sub.open_ed25519(key)?,
             headers,
             limiter: sub
                 .rate_limit
@@ -329,6 +332,7 @@ pub async fn attempt_now(w: &Webhooks, t: &Target, event: &Event, attempt: u32) 
             id: &event.id,
             body: Bytes::from(structured::to_json(event)),
             secrets: t.signing(),
+            asymmetric: t.asymmetric.as_ref(),
             headers: &t.headers,
             traceparent: span.span_context().and_then(traceparent_value),
         })

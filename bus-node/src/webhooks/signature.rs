@@ -82,11 +82,19 @@ impl Secret {
 }
 
 /// The `webhook-signature` value: one signature per secret, space-separated, in the
-/// order given (the newest secret first during a rotation).
-pub fn signature_header(secrets: &[Secret], id: &str, timestamp: i64, body: &[u8]) -> String {
+/// order given (the newest secret first during a rotation), and the Ed25519 one
+/// (`v1a,`) last when the subscription has a signing key.
+pub fn signature_header(
+    secrets: &[Secret],
+    asymmetric: Option<&super::asymmetric::SigningPair>,
+    id: &str,
+    timestamp: i64,
+    body: &[u8],
+) -> String {
     secrets
         .iter()
         .map(|s| s.sign(id, timestamp, body))
+        .chain(asymmetric.map(|k| k.sign(id, timestamp, body)))
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -115,7 +123,7 @@ mod tests {
     fn a_rotation_signs_with_both_secrets() {
         let a = Secret::from_key(vec![1; 32]).unwrap_or_else(|e| panic!("{e}"));
         let b = Secret::from_key(vec![2; 32]).unwrap_or_else(|e| panic!("{e}"));
-        let h = signature_header(&[b.clone(), a.clone()], "id", 1, b"{}");
+        let h = signature_header(&[b.clone(), a.clone()], None, "id", 1, b"{}");
         assert_eq!(
             h,
             format!("{} {}", b.sign("id", 1, b"{}"), a.sign("id", 1, b"{}"))

@@ -9,6 +9,7 @@ use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use super::asymmetric::SigningPair;
 use super::sealed::{SealError, SealingKey};
 use super::signature::Secret;
 
@@ -42,6 +43,13 @@ pub struct Subscription {
     /// Since when (Unix seconds) every attempt failed; `None` after a delivery.
     #[serde(default)]
     pub failing_since: Option<i64>,
+    /// The Ed25519 signing key's seed, sealed for `"{id}.ed25519"`, when deliveries carry
+    /// a `v1a` signature too.
+    #[serde(default)]
+    pub ed25519: Option<String>,
+    /// Its public key, `whpk_...` (not secret).
+    #[serde(default)]
+    pub public_key: Option<String>,
     /// RFC 3339.
     pub created: String,
     /// Why the bus disabled it (410 Gone, ...), if it did.
@@ -63,6 +71,30 @@ impl Subscription {
             .collect()
     }
 
+    /// The associated data its Ed25519 seed is sealed for.
+    pub fn ed25519_label(&self) -> String {
+        format!("{}.ed25519", self.id)
+    }
+
+    /// Its Ed25519 signing key, if it has one, opened with `key`.
+    pub fn open_ed25519(&self, key: &SealingKey) -> Result<Option<SigningPair>, SealError> {
+        let Some(sealed) = &self.ed25519 else {
+            return Ok(None);
+        };
+        let seed = key.open(&self.ed25519_label(), sealed)?;
+        SigningPair::from_seed(&seed)
+            .map(Some)
+            .map_err(|_| SealError::Malformed)
+    }
+
+    /// Gives it a new Ed25519 signing key, sealed with `key`.
+    pub fn add_ed25519(&mut self, key: &SealingKey) -> Result<(), SealError> {
+        let pair = SigningPair::generate();
+        self.ed25519 = Some(key.seal(&self.ed25519_label(), &pair.seed())?);
+        self.public_key = Some(pair.public_text());
+        Ok(())
+    }
+
     /// The subscription's view for the API: everything but the secrets.
     pub fn public(&self) -> serde_json::Value {
         serde_json::json!({
@@ -77,6 +109,7 @@ impl Subscription {
             "disabled_reason": self.disabled_reason,
             "failing_since": self.failing_since.and_then(rfc3339),
             "previous_secret_until": self.previous_until.and_then(rfc3339),
+            "public_key": self.public_key,
         })
     }
 
@@ -90,7 +123,8 @@ impl Subscription {
             self.headers,
             self.secrets,
             self.previous_until,
-            self.rate_limit
+            self.rate_limit,
+            self.ed25519
         ])
         .to_string()
     }

@@ -16,6 +16,8 @@ pub const DEFAULT_GROUP_CONCURRENCY: usize = 4;
 pub const SLOW_HANDLER: Duration = Duration::from_micros(200);
 /// End-to-end rates besides half the measured maximum, in events per second.
 pub const E2E_RATES: [f64; 2] = [1_000.0, 10_000.0];
+/// Deliveries in flight in the webhook workload, both sides.
+pub const WEBHOOK_CONCURRENCY: usize = 16;
 /// Member counts of the group-throughput workload.
 pub const GROUP_MEMBERS: [usize; 3] = [1, 2, 4];
 
@@ -34,7 +36,7 @@ pub struct Args {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=20))]
     pub rounds: Option<u32>,
     /// Workloads to run, comma-separated.
-    #[arg(long, value_delimiter = ',', default_values = ["publish", "e2e", "group"])]
+    #[arg(long, value_delimiter = ',', default_values = ["publish", "e2e", "group", "webhooks"])]
     pub workloads: Vec<Workload>,
     /// Sides to run, comma-separated (one side alone is for profiling: no ratios).
     #[arg(long, value_delimiter = ',', default_values = ["raw", "bus"])]
@@ -101,6 +103,8 @@ pub enum Workload {
     Group,
     /// Cost of tracing: workloads 1 and 2 under each telemetry mode, one process each.
     Tracing,
+    /// Webhook deliveries by a bus-node to a local receiver, against a bare reqwest loop.
+    Webhooks,
 }
 
 /// Which client does the work: plain async-nats, or the bus SDK.
@@ -140,6 +144,10 @@ pub struct Plan {
     pub group_noop_msgs: u64,
     pub group_slow_msgs: u64,
     pub group_concurrency: usize,
+    /// Events of the webhook throughput and isolation rows.
+    pub webhook_msgs: u64,
+    /// How long the fixed-rate webhook row publishes.
+    pub webhook_duration: Duration,
     /// Row key prefixes to run; empty: all.
     pub only: Vec<String>,
 }
@@ -171,6 +179,8 @@ impl Plan {
             group_noop_msgs: pick(20_000, 3_000),
             group_slow_msgs: pick(10_000, 1_500),
             group_concurrency: args.group_concurrency.max(1),
+            webhook_msgs: pick(10_000, 1_500),
+            webhook_duration: Duration::from_secs(pick(4, 1)),
             only: args.only.clone(),
         }
     }

@@ -6,7 +6,7 @@
 //! settings), `side` over `raw_side` and `bus_side` (the same operations on either client),
 //! `pacer` (open-loop schedule), `recorder` (what handlers saw), `stats` (clock, CPU,
 //! histograms, medians), `ab` (interleaved rounds), one module per workload (`publish`,
-//! `e2e`, `group`, `tracing_cost`), and `report` (the markdown).
+//! `e2e`, `group`, `tracing_cost`, `webhooks` with `hook_receiver`), and `report` (the markdown).
 
 mod ab;
 mod bus_side;
@@ -14,6 +14,7 @@ mod cli;
 mod e2e;
 mod env;
 mod group;
+mod hook_receiver;
 mod pacer;
 mod payload;
 mod publish;
@@ -23,6 +24,7 @@ mod report;
 mod side;
 mod stats;
 mod tracing_cost;
+mod webhooks;
 
 use anyhow::{Context as _, Result};
 use bus_tests::NatsCluster;
@@ -59,6 +61,7 @@ async fn main() -> Result<()> {
             Workload::Publish => publish::run(&env, &plan).await?,
             Workload::E2e => e2e::run(&env, &plan).await?,
             Workload::Group => group::run(&env, &plan).await?,
+            Workload::Webhooks => webhooks::run(&env, &plan).await?,
             Workload::Tracing => {
                 sections.push_str(&tracing_cost::run(&args).await?);
                 Vec::new()

@@ -10,6 +10,7 @@ use std::time::Duration;
 use bus_tests::fixtures::*;
 use bus_tests::{NatsCluster, wait_until};
 use reqwest::Method;
+
 use serde_json::{Value, json};
 
 use super::webhook_fixtures::*;
@@ -334,6 +335,23 @@ async fn given_a_disabled_subscription_reenabled_it_should_get_what_it_missed_an
         publish(&b, m).await?;
     }
     assert_eq!(r.at("/ok").len(), 1, "nothing delivered while disabled");
+    // Its backlog and the age of its oldest undelivered event show in the metrics.
+    let metrics = http()?
+        .get(format!("{}/metrics", a.url()))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let metric = |name: &str| -> Option<f64> {
+        let prefix = format!("{name}{{group=\"webhook-{id}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    assert_eq!(metric("bus_group_pending_events"), Some(5.0), "{metrics}");
+    let age = metric("bus_group_oldest_unacked_age_seconds");
+    assert!(age.is_some_and(|a| a > 0.0), "{age:?}");
     let (status, _, on) = call(
         &b,
         Method::PATCH,
@@ -547,5 +565,75 @@ async fn given_default_settings_no_spelling_of_a_local_address_should_reach_a_li
         0,
         "no connection reached the listener"
     );
+    Ok(())
+}
+
+/// Whether one `v1a,` signature of `headers` verifies `body` under the public key
+/// `whpk_...` (Standard Webhooks' asymmetric scheme: Ed25519 over
+/// "{id}.{timestamp}.{body}").
+fn verify_v1a(headers: &axum::http::HeaderMap, body: &[u8], public: &str) -> anyhow::Result<bool> {
+    use base64::Engine;
+    use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let raw: [u8; 32] = b64
+        .decode(public.trim_start_matches("whpk_"))?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("a public key is 32 bytes"))?;
+    let key = VerifyingKey::from_bytes(&raw)?;
+    let mut message = format!("{}.{}.", h("webhook-id"), h("webhook-timestamp")).into_bytes();
+    message.extend_from_slice(body);
+    for sig in h("webhook-signature").split(' ') {
+        if let Some(s) = sig.strip_prefix("v1a,") {
+            let sig = Signature::from_slice(&b64.decode(s)?)?;
+            if key.verify(&message, &sig).is_ok() {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_ed25519_a_delivery_should_carry_a_v1a_signature_beside_the_hmac_one()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (_cluster, a, b) = nodes_with(dir.path(), &[]).await?;
+    let r = Arc::new(Receiver::default());
+    let base = receiver(r.clone()).await?;
+    let (status, sub) = create(
+        &a,
+        json!({"url": format!("{base}/ok"), "types": ["shop.>"], "ed25519": true}),
+    )
+    .await?;
+    assert_eq!(status, 201, "{sub}");
+    let public = sub["public_key"].as_str().unwrap_or_default().to_owned();
+    let secret = sub["secret"].as_str().unwrap_or_default().to_owned();
+    assert!(public.starts_with("whpk_"), "{sub}");
+    let id = sub["id"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(read(&b, &id).await?["public_key"], public.as_str());
+    publish(&b, "ed-1").await?;
+    wait_until("the delivery", Duration::from_secs(20), || {
+        r.ids("/ok").contains("ed-1")
+    })
+    .await?;
+    let got = r.at("/ok").remove(0);
+    assert_eq!(verify(&got.headers, &got.body, &secret, unix_now()), Ok(()));
+    assert!(verify_v1a(&got.headers, &got.body, &public)?);
+    let mut tampered = got.body.to_vec();
+    tampered.push(b' ');
+    assert!(!verify_v1a(&got.headers, &tampered, &public)?);
+    // Off again: HMAC only.
+    let (status, _, off) = call(
+        &a,
+        Method::PATCH,
+        &format!("/v1/webhooks/{id}"),
+        ADMIN,
+        Some(json!({"ed25519": false})),
+        None,
+    )
+    .await?;
+    assert_eq!(status, 200, "{off}");
+    assert_eq!(off["public_key"], Value::Null);
     Ok(())
 }
