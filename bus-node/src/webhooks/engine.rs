@@ -4,7 +4,7 @@
 //! subscription's types, load-balanced over the nodes, taken over by another node when
 //! one dies, dead letters after the last attempt, the CONSUMER span of each attempt):
 //! nothing of it is webhook-specific but the handler. The next attempt waits the
-//! `webhooks.retry_schedule` delay for it (±10 % jitter), or the receiver's
+//! `webhooks.retry_schedule` delay for it (full jitter: a random part of it), or the receiver's
 //! `Retry-After`; `410 Gone` disables the subscription; a URL the guard refuses is a
 //! dead letter at once.
 //!
@@ -433,14 +433,20 @@ async fn deliver(w: &Webhooks, t: &Target, meta: EventMeta) -> Result<(), Handle
     }
 }
 
-/// The schedule's delay after attempt `attempt` (1-based; the last repeats), ±10 %.
+/// The schedule's delay after attempt `attempt` (1-based; the last repeats), with full
+/// jitter: uniformly random between [`MIN_DELAY`] and the delay, so that the retries of
+/// many events failed together (an endpoint's outage) spread over the whole delay
+/// instead of arriving together.
 fn jittered(schedule: &[Duration], attempt: u32) -> Duration {
     let i = (attempt.max(1) as usize - 1).min(schedule.len().saturating_sub(1));
     let base = schedule.get(i).copied().unwrap_or(Duration::from_secs(5));
-    // A factor in [0.9, 1.1).
-    let factor = 0.9 + f64::from(OsRng.next_u32() % 2000) / 10_000.0;
-    base.mul_f64(factor)
+    // A factor in (0, 1].
+    let factor = f64::from(OsRng.next_u32() % 1_000_000 + 1) / 1_000_000.0;
+    base.mul_f64(factor).max(MIN_DELAY.min(base))
 }
+
+/// The shortest jittered delay.
+const MIN_DELAY: Duration = Duration::from_millis(10);
 
 /// After a failed attempt: notes when the failures began, and disables the subscription
 /// once they have lasted `webhooks.disable_after`.
@@ -575,19 +581,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_delay_follows_the_schedule_with_jitter_and_the_last_repeats() {
+    fn the_delay_follows_the_schedule_with_full_jitter_and_the_last_repeats() {
         let s = [Duration::from_secs(10), Duration::from_secs(100)];
-        for _ in 0..100 {
+        let (mut low, mut high) = (false, false);
+        for _ in 0..200 {
             let d = jittered(&s, 1);
-            assert!(
-                d >= Duration::from_secs(9) && d < Duration::from_secs(11),
-                "{d:?}"
-            );
+            assert!(d >= MIN_DELAY && d <= Duration::from_secs(10), "{d:?}");
+            low |= d < Duration::from_secs(3);
+            high |= d > Duration::from_secs(7);
             let d = jittered(&s, 7);
-            assert!(
-                d >= Duration::from_secs(90) && d < Duration::from_secs(110),
-                "{d:?}"
-            );
+            assert!(d <= Duration::from_secs(100), "{d:?}");
         }
+        assert!(low && high, "spread over the whole delay");
     }
 }

@@ -268,14 +268,14 @@ async fn given_500_500_200_there_should_be_three_attempts_on_the_schedule_all_in
     )
     .await?;
     // Exactly three: once an attempt succeeded, none follows (waiting past the
-    // schedule's next delay to be sure).
+    // schedule's longest next delay to be sure).
     tokio::time::sleep(Duration::from_secs(3)).await;
     let got = r.at("/fails");
     assert_eq!(got.len(), 3, "{:?}", gaps(&got));
     let g = gaps(&got);
-    // 1 s and 2 s, each ±10 %.
-    assert!(g[0] >= 0.9 && g[0] < 1.6, "{g:?}");
-    assert!(g[1] >= 1.8 && g[1] < 2.7, "{g:?}");
+    // At most 1 s and 2 s (full jitter), with room for the node's own latency.
+    assert!(g[0] < 1.6, "{g:?}");
+    assert!(g[1] < 2.7, "{g:?}");
     let lim = r.at("/limited");
     assert_eq!(lim.len(), 2);
     let waited = gaps(&lim)[0];
