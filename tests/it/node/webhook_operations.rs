@@ -4,6 +4,7 @@
 //! `Retry-After`, the attempts log, disabling and re-enabling, replay, the operational
 //! events, and the SSRF guard with default settings.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -635,5 +636,96 @@ async fn given_ed25519_a_delivery_should_carry_a_v1a_signature_beside_the_hmac_o
     .await?;
     assert_eq!(status, 200, "{off}");
     assert_eq!(off["public_key"], Value::Null);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_tracing_each_attempt_should_be_a_client_span_in_the_event_trace_and_its_traceparent_sent()
+-> anyhow::Result<()> {
+    use bus_tests::{OtlpReceiver, SpanKind};
+    let dir = tempfile::tempdir()?;
+    let otlp = OtlpReceiver::start().await?;
+    let cluster = NatsCluster::start(1).await?;
+    let env = hook_env(
+        &cluster,
+        dir.path(),
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.grpc_endpoint().as_str()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_TRACES_SAMPLER", "always_on"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("OTEL_SERVICE_NAME", "bus-node-hooks"),
+        ],
+    )?;
+    let node = start("traced-hooks", &env).await?;
+    let r = Arc::new(Receiver::default());
+    set(&r.flaky_left, 1);
+    let base = receiver(r.clone()).await?;
+    let (_id, _) = subscribe(
+        &node,
+        &format!("{base}/flaky?token=s3cret&x=1"),
+        &["shop.>"],
+    )
+    .await?;
+    publish(&node, "traced-1").await?;
+    wait_until("delivered after a 503", Duration::from_secs(20), || {
+        r.at("/flaky").len() >= 2
+    })
+    .await?;
+    let spans = otlp
+        .wait_for("two CLIENT spans", Duration::from_secs(20), |s| {
+            s.iter().filter(|s| s.kind == SpanKind::Client).count() >= 2
+        })
+        .await?;
+    let clients: Vec<_> = spans
+        .iter()
+        .filter(|s| s.kind == SpanKind::Client)
+        .collect();
+    let producer = spans
+        .iter()
+        .find(|s| s.kind == SpanKind::Producer)
+        .ok_or_else(|| anyhow::anyhow!("no PRODUCER span: {spans:?}"))?;
+    for (i, c) in clients.iter().enumerate() {
+        assert_eq!(c.name, "POST");
+        assert_eq!(c.trace_id, producer.trace_id, "in the event's trace");
+        assert_eq!(c.attr("http.request.method"), Some("POST"));
+        assert_eq!(c.attr("messaging.message.id"), Some("traced-1"));
+        let url = c.attr("url.full").unwrap_or_default();
+        assert!(
+            url.contains("token=REDACTED") && !url.contains("s3cret"),
+            "no query secret in {url}"
+        );
+        // Its parent is the handling's CONSUMER span.
+        let parent = spans
+            .iter()
+            .find(|s| s.span_id == c.parent_span_id)
+            .ok_or_else(|| anyhow::anyhow!("no parent of {c:?}"))?;
+        assert_eq!(parent.kind, SpanKind::Consumer, "{parent:?}");
+        // What the receiver got names this span.
+        let got = &r.at("/flaky")[i.min(1)];
+        let tp = got.header("traceparent");
+        assert!(tp.contains(&producer.trace_id), "{tp}");
+    }
+    let statuses: Vec<_> = clients
+        .iter()
+        .map(|c| c.attr("http.response.status_code").unwrap_or("").to_owned())
+        .collect();
+    assert!(
+        statuses.contains(&"503".to_owned()) && statuses.contains(&"200".to_owned()),
+        "{statuses:?}"
+    );
+    let sent: HashSet<String> = r
+        .at("/flaky")
+        .iter()
+        .map(|g| g.header("traceparent").to_owned())
+        .collect();
+    let ids: HashSet<String> = clients
+        .iter()
+        .map(|c| format!("00-{}-{}-01", c.trace_id, c.span_id))
+        .collect();
+    assert_eq!(
+        sent, ids,
+        "each attempt sends its own CLIENT span as traceparent"
+    );
     Ok(())
 }
