@@ -20,7 +20,7 @@ use super::webhook_fixtures::*;
 async fn given_a_rotation_both_secrets_should_verify_during_the_overlap_and_tampering_should_not()
 -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let (_cluster, a, b) =
+    let (cluster, a, b) =
         nodes_with(dir.path(), &[("BUS__WEBHOOKS__SECRET_OVERLAP", "4s")]).await?;
     let r = Arc::new(Receiver::default());
     let base = receiver(r.clone()).await?;
@@ -89,6 +89,28 @@ async fn given_a_rotation_both_secrets_should_verify_during_the_overlap_and_tamp
     let now = unix_now();
     assert_eq!(verify(&both.headers, &both.body, &old, now), Ok(()));
     assert_eq!(verify(&both.headers, &both.body, &new, now), Ok(()));
+
+    // A plain NATS client reading the bucket sees neither secret, in any form.
+    let js = async_nats::jetstream::new(cluster.client().await?);
+    let kv = js.get_key_value("BUS_EVENTS_WEBHOOKS").await?;
+    let stored = kv
+        .get(&id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no {id} in the bucket"))?;
+    let stored = String::from_utf8_lossy(&stored).into_owned();
+    for secret in [&old, &new] {
+        let b64 = secret.trim_start_matches("whsec_");
+        assert!(!stored.contains(b64), "a secret in the bucket: {stored}");
+        use base64::Engine;
+        let raw = base64::engine::general_purpose::STANDARD.decode(b64)?;
+        assert!(
+            !stored
+                .as_bytes()
+                .windows(raw.len())
+                .any(|w| w == raw.as_slice()),
+            "raw key bytes in the bucket"
+        );
+    }
 
     // After the overlap, only the new one signs.
     let until = read(&a, &id).await?["previous_secret_until"]
@@ -499,6 +521,48 @@ async fn given_an_endpoint_failing_past_disable_after_it_should_be_disabled_and_
     .await?;
     assert_eq!(status, 200, "{dlq}");
     assert!(dlq.to_string().contains("500"), "{dlq}");
+    // The endpoint fixed and enabled again, a redrive sends the dead letter back to this
+    // subscription, which now delivers it.
+    set(&r.fails_left, 0);
+    let (status, _, on) = call(
+        &a,
+        Method::PATCH,
+        &format!("/v1/webhooks/{failing}"),
+        ADMIN,
+        Some(json!({"enabled": true})),
+        None,
+    )
+    .await?;
+    assert_eq!(status, 200, "{on}");
+    let delivered_before = r.at("/fails").len();
+    let (status, _, redriven) = call(
+        &a,
+        Method::POST,
+        "/v1/dlq/redrive",
+        ADMIN,
+        Some(json!({"group": format!("webhook-{failing}"), "ids": ["fail-1"]})),
+        None,
+    )
+    .await?;
+    assert_eq!(status, 200, "{redriven}");
+    wait_until(
+        "the redriven event delivered",
+        Duration::from_secs(20),
+        || {
+            r.at("/fails")
+                .iter()
+                .skip(delivered_before)
+                .any(|g| g.header("webhook-id") == "fail-1")
+        },
+    )
+    .await?;
+    // Only to that subscription: the flaky one got fail-1 once.
+    let to_flaky = r
+        .at("/flaky")
+        .iter()
+        .filter(|g| g.header("webhook-id") == "fail-1")
+        .count();
+    assert_eq!(to_flaky, 2, "its 503 and its delivery, nothing redriven");
     Ok(())
 }
 
