@@ -11,6 +11,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 
@@ -608,4 +609,143 @@ fn secret_value(overlay: &str, secret: &str, key: &str) -> Result<String> {
         }
     }
     bail!("{overlay}: no placeholder for Secret {secret} key {key}: add one to this test")
+}
+
+/// What the preStop rehearsal changes from the pod, all here: the hook script's path
+/// (the ConfigMap's mount), and, through the variables the script reads, the pid file
+/// (an emptyDir in the pod) and the monitoring address (the pod's own port 8222).
+const PRE_STOP_SCRIPT_IN_POD: &str = "/etc/nats/pre-stop.sh";
+
+/// A nats.conf duration setting (`lame_duck_duration: 30s`) as written.
+fn conf_setting<'a>(conf: &'a str, key: &str) -> Option<&'a str> {
+    conf.lines()
+        .find_map(|l| l.trim().strip_prefix(key)?.trim().strip_prefix(':'))
+        .map(|v| v.trim().trim_matches('"'))
+}
+
+/// A one-server harness cluster with the ConfigMap's lame-duck settings, 6 clients on
+/// it, the pid file in `dir`.
+async fn lame_duck_server(
+    conf: &str,
+    dir: &Path,
+) -> Result<(bus_tests::NatsCluster, Vec<async_nats::Client>, PathBuf)> {
+    let pid_file = dir.join("nats.pid");
+    let mut extra = format!("pid_file: \"{}\"\n", pid_file.display());
+    for key in ["lame_duck_grace_period", "lame_duck_duration"] {
+        let v = conf_setting(conf, key).with_context(|| format!("no {key} in nats.conf"))?;
+        extra.push_str(&format!("{key}: {v}\n"));
+    }
+    let cluster = bus_tests::NatsCluster::builder()
+        .nodes(1)
+        .extra_config(extra)
+        .start()
+        .await?;
+    let mut clients = Vec::new();
+    for _ in 0..6 {
+        clients.push(async_nats::connect(cluster.node(0).client_url()).await?);
+    }
+    Ok((cluster, clients, pid_file))
+}
+
+fn sigterm(pid_file: &Path) -> Result<()> {
+    let pid: i32 = std::fs::read_to_string(pid_file)?.trim().parse()?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )?;
+    Ok(())
+}
+
+async fn connections(cluster: &bus_tests::NatsCluster) -> Option<u64> {
+    let connz = cluster.node(0).monitor_json("/connz").await.ok()?;
+    connz["num_connections"].as_u64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_the_prestop_hook_run_as_kubelet_runs_it_then_sigterm_clients_should_leave_over_time()
+-> Result<()> {
+    let rendered = kustomize("dev")?;
+    let docs: Vec<&str> = rendered.split("\n---\n").collect();
+    let config_map = find_doc(&docs, "ConfigMap", "nats-config-").context("no nats ConfigMap")?;
+    let conf = block_scalar(config_map, "nats.conf").context("no nats.conf")?;
+    let script = block_scalar(config_map, "pre-stop.sh").context("no pre-stop.sh")?;
+    let statefulset = find_doc(&docs, "StatefulSet", "nats").context("no nats StatefulSet")?;
+    let pod = Flat::parse(statefulset)?;
+    let at = "spec.template.spec.containers[0].lifecycle.preStop.exec.command";
+    let command: Vec<&str> = (0..)
+        .map_while(|i| pod.get(&format!("{at}[{i}]")))
+        .collect();
+    ensure!(
+        command == ["sh", PRE_STOP_SCRIPT_IN_POD],
+        "the preStop command is {command:?}"
+    );
+    let tmp = tempfile::tempdir()?;
+    let script_path = tmp.path().join("pre-stop.sh");
+    std::fs::write(&script_path, &script)?;
+    let (cluster, _clients, pid_file) = lame_duck_server(&conf, tmp.path()).await?;
+    let nats = bus_tests::nats_server_binary()?;
+    let nats_dir = nats.parent().context("nats-server's directory")?;
+    let path = format!(
+        "{}:{}",
+        nats_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    // As kubelet runs it: the hook to its end, then SIGTERM at once.
+    let hook = Command::new(command[0])
+        .arg(&script_path)
+        .env("PATH", &path)
+        .env("NATS_PID_FILE", &pid_file)
+        .env("NATS_MONITOR", cluster.node(0).monitor_url())
+        .output()?;
+    ensure!(
+        hook.status.success(),
+        "the hook failed: {}",
+        describe(&hook)
+    );
+    // It returned with lame duck mode in effect: a new client is refused. (The old hook,
+    // `--signal ldm` alone, returned before that, and a SIGTERM that then came first
+    // dropped every client at once; that race is the reason for this check.)
+    let address: std::net::SocketAddr = cluster
+        .node(0)
+        .client_url()
+        .trim_start_matches("nats://")
+        .parse()?;
+    let refused = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(1));
+    ensure!(
+        refused.is_err(),
+        "the hook returned before lame duck mode began"
+    );
+    sigterm(&pid_file)?;
+    let signalled = std::time::Instant::now();
+    // Lame duck mode had begun: the SIGTERM is ignored, nobody is dropped during the
+    // grace period.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ensure!(
+        cluster.node(0).is_running(),
+        "nats-server exited on the SIGTERM:\n{}",
+        cluster.node(0).log()
+    );
+    ensure!(
+        connections(&cluster).await == Some(6),
+        "clients dropped at once"
+    );
+    // Then they leave one at a time: when the first has gone, others are still there.
+    let first_gone = loop {
+        let n = connections(&cluster).await;
+        if n.is_some_and(|n| n < 6) || signalled.elapsed() > Duration::from_secs(45) {
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    ensure!(
+        first_gone.is_some_and(|n| n > 0 && n < 6),
+        "clients after the grace period: {first_gone:?} (expected some gone, some still there)"
+    );
+    println!(
+        "first client moved away {:.1} s after SIGTERM, {} still connected",
+        signalled.elapsed().as_secs_f64(),
+        first_gone.unwrap_or(0)
+    );
+
+    Ok(())
 }
