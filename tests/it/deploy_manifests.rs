@@ -19,6 +19,8 @@ use flat_yaml::Flat;
 
 #[path = "deploy_manifests/flat_yaml.rs"]
 mod flat_yaml;
+#[path = "deploy_manifests/rehearsal.rs"]
+mod rehearsal;
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
