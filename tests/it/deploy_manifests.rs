@@ -330,7 +330,12 @@ fn given_the_configmap_nats_conf_and_its_mounted_credentials_nats_server_should_
 }
 
 fn kustomize(overlay: &str) -> Result<String> {
-    let dir = deploy_dir().join("overlays").join(overlay);
+    kustomize_in(&deploy_dir(), overlay)
+}
+
+/// [`kustomize`] of the deploy directory `deploy` (a broken copy, say).
+fn kustomize_in(deploy: &Path, overlay: &str) -> Result<String> {
+    let dir = deploy.join("overlays").join(overlay);
     let out = Command::new("kubectl")
         .arg("kustomize")
         .arg(&dir)
@@ -618,6 +623,27 @@ fn secret_value(overlay: &str, secret: &str, key: &str) -> Result<String> {
 /// (an emptyDir in the pod) and the monitoring address (the pod's own port 8222).
 const PRE_STOP_SCRIPT_IN_POD: &str = "/etc/nats/pre-stop.sh";
 
+/// The dev overlay's nats.conf and the preStop script its StatefulSet runs; an error
+/// unless the hook is `sh /etc/nats/pre-stop.sh` (a reverted hook fails here).
+fn pre_stop_hook(deploy: &Path) -> Result<(String, String)> {
+    let rendered = kustomize_in(deploy, "dev")?;
+    let docs: Vec<&str> = rendered.split("\n---\n").collect();
+    let config_map = find_doc(&docs, "ConfigMap", "nats-config-").context("no nats ConfigMap")?;
+    let conf = block_scalar(config_map, "nats.conf").context("no nats.conf")?;
+    let script = block_scalar(config_map, "pre-stop.sh").context("no pre-stop.sh")?;
+    let statefulset = find_doc(&docs, "StatefulSet", "nats").context("no nats StatefulSet")?;
+    let pod = Flat::parse(statefulset)?;
+    let at = "spec.template.spec.containers[0].lifecycle.preStop.exec.command";
+    let command: Vec<&str> = (0..)
+        .map_while(|i| pod.get(&format!("{at}[{i}]")))
+        .collect();
+    ensure!(
+        command == ["sh", PRE_STOP_SCRIPT_IN_POD],
+        "the preStop command is {command:?}, not the hook that waits for lame duck mode"
+    );
+    Ok((conf, script))
+}
+
 /// A nats.conf duration setting (`lame_duck_duration: 30s`) as written.
 fn conf_setting<'a>(conf: &'a str, key: &str) -> Option<&'a str> {
     conf.lines()
@@ -666,21 +692,7 @@ async fn connections(cluster: &bus_tests::NatsCluster) -> Option<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn given_the_prestop_hook_run_as_kubelet_runs_it_then_sigterm_clients_should_leave_over_time()
 -> Result<()> {
-    let rendered = kustomize("dev")?;
-    let docs: Vec<&str> = rendered.split("\n---\n").collect();
-    let config_map = find_doc(&docs, "ConfigMap", "nats-config-").context("no nats ConfigMap")?;
-    let conf = block_scalar(config_map, "nats.conf").context("no nats.conf")?;
-    let script = block_scalar(config_map, "pre-stop.sh").context("no pre-stop.sh")?;
-    let statefulset = find_doc(&docs, "StatefulSet", "nats").context("no nats StatefulSet")?;
-    let pod = Flat::parse(statefulset)?;
-    let at = "spec.template.spec.containers[0].lifecycle.preStop.exec.command";
-    let command: Vec<&str> = (0..)
-        .map_while(|i| pod.get(&format!("{at}[{i}]")))
-        .collect();
-    ensure!(
-        command == ["sh", PRE_STOP_SCRIPT_IN_POD],
-        "the preStop command is {command:?}"
-    );
+    let (conf, script) = pre_stop_hook(&deploy_dir())?;
     let tmp = tempfile::tempdir()?;
     let script_path = tmp.path().join("pre-stop.sh");
     std::fs::write(&script_path, &script)?;
@@ -693,7 +705,7 @@ async fn given_the_prestop_hook_run_as_kubelet_runs_it_then_sigterm_clients_shou
         std::env::var("PATH").unwrap_or_default()
     );
     // As kubelet runs it: the hook to its end, then SIGTERM at once.
-    let hook = Command::new(command[0])
+    let hook = Command::new("sh")
         .arg(&script_path)
         .env("PATH", &path)
         .env("NATS_PID_FILE", &pid_file)

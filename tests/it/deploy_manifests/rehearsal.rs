@@ -10,14 +10,17 @@
 //! stored.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 
 use super::flat_yaml::Flat;
-use super::{CONTAINER, api_keys, block_scalar, container_env, find_doc, kustomize, secret_files};
+use super::{
+    CONTAINER, api_keys, block_scalar, container_env, copy_dir, deploy_dir, find_doc, kustomize_in,
+    pre_stop_hook, secret_files,
+};
 
 /// A process killed (SIGKILL) when dropped, its output in a log file.
 struct Proc {
@@ -39,6 +42,20 @@ impl Proc {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// Resident memory in MB, while it runs.
+    fn rss_mb(&self) -> Option<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let kb: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kb / 1024.0)
     }
 
     fn kill(&mut self) {
@@ -362,8 +379,8 @@ async fn stored_ids(
     Ok(ids)
 }
 
-async fn rehearse(overlay: &'static str) -> Result<()> {
-    let rendered = kustomize(overlay)?;
+async fn rehearse(deploy: &Path, overlay: &'static str, probe_deadline: Duration) -> Result<()> {
+    let rendered = kustomize_in(deploy, overlay)?;
     let docs: Vec<&str> = rendered.split("\n---\n").collect();
     let nats_cm = find_doc(&docs, "ConfigMap", "nats-config-").context("no nats ConfigMap")?;
     let nats_conf = block_scalar(nats_cm, "nats.conf").context("no nats.conf")?;
@@ -393,8 +410,11 @@ async fn rehearse(overlay: &'static str) -> Result<()> {
     let nats_bin = bus_tests::nats_server_binary()?;
     let nats_declared = container_ports(&sts);
     ensure!(
-        nats_declared.get("client") == Some(&4222) && nats_declared.get("monitor") == Some(&8222),
-        "{overlay}: nats container ports {nats_declared:?} are not what nats.conf listens on"
+        nats_declared.get("client") == Some(&4222)
+            && nats_declared.get("cluster") == Some(&6222)
+            && nats_declared.get("monitor") == Some(&8222),
+        "{overlay}: nats container ports {nats_declared:?} are not the ports nats.conf \
+         listens on (4222, 6222, 8222)"
     );
 
     // The servers, as the StatefulSet runs them.
@@ -448,7 +468,7 @@ async fn rehearse(overlay: &'static str) -> Result<()> {
                 probe.port
             );
             let url = format!("http://127.0.0.1:{}{}", p.monitor, probe.path);
-            until_200(&http, &url, Duration::from_secs(60))
+            until_200(&http, &url, probe_deadline)
                 .await
                 .with_context(|| {
                     format!("{overlay}: nats-{i} {}:\n{}", probe.kind, servers[i].tail())
@@ -523,7 +543,7 @@ async fn rehearse(overlay: &'static str) -> Result<()> {
                 .get(&probe.port)
                 .with_context(|| format!("{overlay}: probe port {}", probe.port))?;
             let url = format!("http://127.0.0.1:{port}{}", probe.path);
-            until_200(&http, &url, Duration::from_secs(60))
+            until_200(&http, &url, probe_deadline)
                 .await
                 .with_context(|| {
                     format!(
@@ -641,6 +661,19 @@ async fn rehearse(overlay: &'static str) -> Result<()> {
         "{overlay}: {} events accepted through kill -9 of {leader} and of bus-node-1, all stored",
         accepted.len()
     );
+    // For deploy/README.md's sizing: what the survivors hold after the load.
+    let rss = |procs: &[Proc]| -> Vec<String> {
+        procs
+            .iter()
+            .filter_map(Proc::rss_mb)
+            .map(|m| format!("{m:.0} MB"))
+            .collect()
+    };
+    println!(
+        "{overlay}: resident after the load: nats-server {:?}, bus-node {:?}",
+        rss(&servers),
+        rss(&node_procs)
+    );
 
     // NATS down: the startup and readiness probes of bus-node fail (the liveness probe
     // does not: a lost connection is not a reason to restart).
@@ -675,7 +708,71 @@ async fn rehearse(overlay: &'static str) -> Result<()> {
 async fn given_each_overlay_run_as_processes_the_cluster_should_form_and_serve_as_declared()
 -> Result<()> {
     for overlay in ["dev", "prod"] {
-        rehearse(overlay).await?;
+        rehearse(&deploy_dir(), overlay, Duration::from_secs(60)).await?;
+    }
+    Ok(())
+}
+
+/// A break of a copy of deploy/, and the message of the check that must catch it.
+struct Break {
+    file: &'static str,
+    from: &'static str,
+    to: &'static str,
+    caught_by: &'static str,
+}
+
+const BREAKS: &[Break] = &[
+    Break {
+        file: "base/bus-node/deployment.yaml",
+        from: "          readinessProbe:\n            httpGet:\n              path: /readyz",
+        to: "          readinessProbe:\n            httpGet:\n              path: /ready",
+        caught_by: "bus-node-0 readinessProbe",
+    },
+    Break {
+        file: "base/nats/statefulset.yaml",
+        from: "containerPort: 6222",
+        to: "containerPort: 6223",
+        caught_by: "are not the ports nats.conf listens on",
+    },
+    Break {
+        file: "base/nats/statefulset.yaml",
+        from: "                  - sh\n                  - /etc/nats/pre-stop.sh",
+        to: "                  - nats-server\n                  - --signal\n                  - ldm=/var/run/nats/nats.pid",
+        caught_by: "not the hook that waits for lame duck mode",
+    },
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_broken_copy_the_rehearsal_should_fail_where_it_is_broken() -> Result<()> {
+    for b in BREAKS {
+        let tmp = tempfile::tempdir()?;
+        let copy = tmp.path().join("deploy");
+        copy_dir(&deploy_dir(), &copy)?;
+        let path = copy.join(b.file);
+        let text = std::fs::read_to_string(&path)?;
+        ensure!(
+            text.contains(b.from),
+            "{} no longer has {:?}",
+            b.file,
+            b.from
+        );
+        std::fs::write(&path, text.replace(b.from, b.to))?;
+        let outcome = match rehearse(&copy, "dev", Duration::from_secs(10)).await {
+            Err(e) => Err(e),
+            Ok(()) => pre_stop_hook(&copy).map(|_| ()),
+        };
+        let Err(e) = outcome else {
+            bail!("the rehearsal passed with {:?} in {}", b.to, b.file);
+        };
+        let message = format!("{e:#}");
+        ensure!(
+            message.contains(b.caught_by),
+            "{:?} in {} should be caught by {:?}, but: {message}",
+            b.to,
+            b.file,
+            b.caught_by
+        );
+        println!("{} {:?}: caught by {:?}", b.file, b.to, b.caught_by);
     }
     Ok(())
 }
