@@ -290,6 +290,7 @@ fn export_loop(shared: &Shared, resource: &Mutex<EncodedResource>, sink: &impl S
     let limits = shared.limits;
     let mut spare: Vec<(InstrumentationScope, Vec<u8>)> = Vec::new();
     let mut request = Vec::new();
+    let mut health = ExportHealth::default();
     loop {
         let deadline = Instant::now() + limits.delay;
         let (mut batch, dropped, flushes, shutdown) = {
@@ -333,8 +334,23 @@ fn export_loop(shared: &Shared, resource: &Mutex<EncodedResource>, sink: &impl S
                 &batch,
             );
             result = sink.send(std::mem::take(&mut request));
-            if let Err(e) = &result {
-                tracing::warn!(error = %e, "span export failed; the batch is dropped");
+            match &result {
+                Err(e) => {
+                    if health.failed() {
+                        tracing::warn!(
+                            error = %e,
+                            "span export failing: batches are dropped until the collector answers \
+                             (one warning; the recovery is logged)"
+                        );
+                    } else {
+                        tracing::debug!(error = %e, "span export failed again; the batch is dropped");
+                    }
+                }
+                Ok(()) => {
+                    if let Some(failed) = health.succeeded() {
+                        tracing::info!(failed, "span export recovered after failed batches");
+                    }
+                }
             }
         }
         // Keep the scopes and their buffers for the next batch.
@@ -350,8 +366,41 @@ fn export_loop(shared: &Shared, resource: &Mutex<EncodedResource>, sink: &impl S
     }
 }
 
+/// Whether export is failing, so that a dead collector is one warning, not one per batch.
+#[derive(Debug, Default)]
+struct ExportHealth {
+    /// Failed batches since the last one that went through.
+    failing: u64,
+}
+
+impl ExportHealth {
+    /// A batch failed; true when it is the first of a run of failures (warn then).
+    fn failed(&mut self) -> bool {
+        self.failing += 1;
+        self.failing == 1
+    }
+
+    /// A batch went through; the failed batches before it, if there were any.
+    fn succeeded(&mut self) -> Option<u64> {
+        let failed = std::mem::take(&mut self.failing);
+        (failed > 0).then_some(failed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::ExportHealth;
+
+    #[test]
+    fn a_dead_collector_is_one_warning_and_its_recovery_one_line() {
+        let mut h = ExportHealth::default();
+        assert!(h.failed(), "the first failure warns");
+        assert!(!h.failed() && !h.failed(), "later ones do not");
+        assert_eq!(h.succeeded(), Some(3));
+        assert_eq!(h.succeeded(), None);
+        assert!(h.failed(), "a new run of failures warns again");
+    }
+
     use std::sync::mpsc::{Receiver, channel};
 
     use opentelemetry::trace::{Span as _, Tracer as _, TracerProvider as _};
