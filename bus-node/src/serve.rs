@@ -140,6 +140,28 @@ async fn connect(app: Arc<App>, cancel: CancellationToken, log_events: bool) {
     }
 }
 
+/// `open()`, retried with backoff until it succeeds (`None`: the node stopped first).
+async fn until_opened<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(
+    what: &str,
+    cancel: &CancellationToken,
+    mut open: impl FnMut() -> F,
+) -> Option<T> {
+    let mut attempt = 0u32;
+    loop {
+        match open().await {
+            Ok(opened) => return Some(opened),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open {what}; retrying");
+                attempt += 1;
+                tokio::select! {
+                    _ = cancel.cancelled() => return None,
+                    _ = tokio::time::sleep(backoff_delay(attempt)) => {}
+                }
+            }
+        }
+    }
+}
+
 /// Opens the webhook subscriptions and runs their deliveries on this node, if
 /// `webhooks.secret_key_file` is set; retries opening the bucket until the node stops.
 async fn start_webhooks(app: &Arc<App>, bus: Bus, cancel: CancellationToken) {
@@ -171,40 +193,21 @@ async fn start_webhooks(app: &Arc<App>, bus: Bus, cancel: CancellationToken) {
         }
     };
     let streams = &app.config.streams;
-    let mut attempt = 0u32;
-    let store = loop {
-        match webhooks::store::open(bus.jetstream(), &streams.events_name, streams.replicas).await {
-            Ok(s) => break s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot open the webhook subscriptions; retrying");
-                attempt += 1;
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(backoff_delay(attempt)) => {}
-                }
-            }
-        }
-    };
-    let attempts = loop {
-        let opened = webhooks::attempts_log::AttemptsLog::open(
+    let opened = until_opened("the webhook subscriptions", &cancel, || {
+        webhooks::store::open(bus.jetstream(), &streams.events_name, streams.replicas)
+    })
+    .await;
+    let Some(store) = opened else { return };
+    let opened = until_opened("the webhook attempts log", &cancel, || {
+        webhooks::attempts_log::AttemptsLog::open(
             bus.jetstream(),
             &streams.events_name,
             streams.replicas,
             &app.config.webhooks,
         )
-        .await;
-        match opened {
-            Ok(l) => break l,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot open the webhook attempts log; retrying");
-                attempt += 1;
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(backoff_delay(attempt)) => {}
-                }
-            }
-        }
-    };
+    })
+    .await;
+    let Some(attempts) = opened else { return };
     let w = Arc::new(Webhooks {
         bus,
         store,

@@ -62,7 +62,8 @@ fn given_the_overlays_when_validated_should_pass() -> Result<()> {
     Ok(())
 }
 
-/// One way to break the manifests, and the tool that must catch it.
+/// One way to break the manifests, and the check that must catch it (a tool of
+/// scripts/validate-deploy.sh, or a message of the rehearsal).
 struct Break {
     file: &'static str,
     from: &'static str,
@@ -97,20 +98,7 @@ const BREAKS: &[Break] = &[
 #[test]
 fn given_a_broken_copy_when_validated_should_fail() -> Result<()> {
     for b in BREAKS {
-        let tmp = tempfile::tempdir()?;
-        let copy = tmp.path().join("deploy");
-        copy_dir(&deploy_dir(), &copy)?;
-        let path = copy.join(b.file);
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        ensure!(
-            text.contains(b.from),
-            "{} no longer contains {:?}: update this test's breaks",
-            b.file,
-            b.from
-        );
-        std::fs::write(&path, text.replace(b.from, b.to))?;
-
+        let (_tmp, copy) = broken_copy(b)?;
         let out = validate(Some(&copy))?;
         ensure!(
             !out.status.success(),
@@ -134,6 +122,24 @@ fn given_a_broken_copy_when_validated_should_fail() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// A copy of deploy/ (in the temporary directory returned with it) with `b` applied.
+fn broken_copy(b: &Break) -> Result<(tempfile::TempDir, PathBuf)> {
+    let tmp = tempfile::tempdir()?;
+    let copy = tmp.path().join("deploy");
+    copy_dir(&deploy_dir(), &copy)?;
+    let path = copy.join(b.file);
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    ensure!(
+        text.contains(b.from),
+        "{} no longer contains {:?}: update this test's breaks",
+        b.file,
+        b.from
+    );
+    std::fs::write(&path, text.replace(b.from, b.to))?;
+    Ok((tmp, copy))
 }
 
 fn copy_dir(from: &Path, to: &Path) -> Result<()> {

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::body::read_bounded;
-use super::problem::Problem;
+use super::problem::{Problem, parsed_query};
 use super::server::{ClientAddr, client_ip};
 use crate::app::App;
 
@@ -89,12 +89,7 @@ pub async fn list_dead_letters(
 ) -> Result<Json<Value>, Problem> {
     // The key first: a caller without one learns nothing about the query's shape.
     let bus = admin_bus(&app, &headers, &client)?;
-    let Query(q) = query.map_err(|e| {
-        Problem::bad_request(
-            "invalid-query",
-            format!("expected group, after and limit: {}", e.body_text()),
-        )
-    })?;
+    let q = parsed_query(query, "group, after and limit")?;
     let limit = q
         .limit
         .unwrap_or(DEFAULT_DLQ_PAGE)

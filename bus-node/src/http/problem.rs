@@ -1,5 +1,7 @@
 //! RFC 9457 problem details: every error the API returns.
 
+use axum::extract::Query;
+use axum::extract::rejection::QueryRejection;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
@@ -47,6 +49,31 @@ impl Problem {
         self.extra = Some(extra);
         self
     }
+}
+
+/// The query string parsed, or a 400 saying what was `expected`. Handlers take their
+/// `Query` as a `Result` and call this after checking the caller's key, so that a caller
+/// without one learns nothing about the query's shape, and a bad query is problem+json
+/// like every other refusal.
+pub fn parsed_query<T>(q: Result<Query<T>, QueryRejection>, expected: &str) -> Result<T, Problem> {
+    q.map(|Query(q)| q).map_err(|e| {
+        Problem::bad_request(
+            "invalid-query",
+            format!("expected {expected}: {}", e.body_text()),
+        )
+    })
+}
+
+/// A page size: `limit`, or `default` without one; a 400 outside 1 to `max`.
+pub fn page_limit(limit: Option<usize>, default: usize, max: usize) -> Result<usize, Problem> {
+    let limit = limit.unwrap_or(default);
+    if !(1..=max).contains(&limit) {
+        return Err(Problem::bad_request(
+            "invalid-limit",
+            format!("limit: 1 to {max}"),
+        ));
+    }
+    Ok(limit)
 }
 
 impl IntoResponse for Problem {

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::{Extension, Json};
@@ -18,14 +19,14 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::body::read_bounded;
-use super::problem::Problem;
+use super::problem::{Problem, page_limit, parsed_query};
 use super::server::ClientAddr;
 use super::webhooks::{admin_webhooks, invalid, not_found, store_problem};
 use crate::app::App;
 use crate::webhooks::attempt::Outcome;
 use crate::webhooks::attempts_log::{DEFAULT_PAGE, MAX_PAGE};
 use crate::webhooks::engine::{Target, attempt_now};
-use crate::webhooks::replay::{self, From, ReplayError};
+use crate::webhooks::replay::{self, ReplayError, Start};
 use crate::webhooks::signature::Secret;
 use crate::webhooks::store::{self, Subscription};
 
@@ -156,16 +157,11 @@ pub async fn attempts(
     client: Option<Extension<ClientAddr>>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Query(q): Query<AttemptsQuery>,
+    query: Result<Query<AttemptsQuery>, QueryRejection>,
 ) -> Result<Json<Value>, Problem> {
     let w = admin_webhooks(&app, &headers, &client)?;
-    let limit = q.limit.unwrap_or(DEFAULT_PAGE);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(Problem::bad_request(
-            "invalid-limit",
-            format!("limit: 1 to {MAX_PAGE}"),
-        ));
-    }
+    let q = parsed_query(query, "after and limit")?;
+    let limit = page_limit(q.limit, DEFAULT_PAGE, MAX_PAGE)?;
     subscription(&w, &id).await?;
     let page = w
         .attempts
@@ -209,11 +205,11 @@ pub async fn replay(
     )
     .await?;
     let from = match (&r.since, r.since_seq) {
-        (Some(t), None) => From::Time(
+        (Some(t), None) => Start::Time(
             time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
                 .map_err(|e| invalid(format!("since: an RFC 3339 time: {e}")))?,
         ),
-        (None, Some(s)) => From::Sequence(s),
+        (None, Some(s)) => Start::Sequence(s),
         _ => {
             return Err(invalid(
                 "give exactly one of since (RFC 3339) and since_seq (a stream sequence)",

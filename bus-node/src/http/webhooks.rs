@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
@@ -21,7 +22,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::body::read_bounded;
-use super::problem::Problem;
+use super::problem::{Problem, page_limit, parsed_query};
 use super::server::{ClientAddr, client_ip};
 use crate::app::App;
 use crate::webhooks::attempt::check_url;
@@ -294,16 +295,11 @@ pub async fn list(
     State(app): State<Arc<App>>,
     client: Option<Extension<ClientAddr>>,
     headers: HeaderMap,
-    Query(q): Query<ListQuery>,
+    query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Value>, Problem> {
     let w = admin_webhooks(&app, &headers, &client)?;
-    let limit = q.limit.unwrap_or(DEFAULT_LIST_PAGE);
-    if !(1..=MAX_LIST_PAGE).contains(&limit) {
-        return Err(Problem::bad_request(
-            "invalid-limit",
-            format!("limit: 1 to {MAX_LIST_PAGE}"),
-        ));
-    }
+    let q = parsed_query(query, "after and limit")?;
+    let limit = page_limit(q.limit, DEFAULT_LIST_PAGE, MAX_LIST_PAGE)?;
     let (subs, more) = store::page(&w.store, q.after.as_deref(), limit, MAX_SUBSCRIPTIONS)
         .await
         .map_err(store_problem)?;

@@ -303,7 +303,8 @@ fn url_without_secrets(url: &Url) -> String {
     shown.to_string()
 }
 
-/// One attempt, made now, logged, counted and traced. `Err` when there was no slot.
+/// One attempt, made now, logged, counted and traced; a `Retry` (`node_busy`) when no
+/// delivery slot of the node came free within [`SLOT_WAIT`].
 pub async fn attempt_now(w: &Webhooks, t: &Target, event: &Event, attempt: u32) -> Outcome {
     let Ok(Ok(_slot)) = tokio::time::timeout(SLOT_WAIT, w.slots.acquire()).await else {
         return Outcome::Retry {

@@ -28,7 +28,7 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where a replay starts.
 #[derive(Debug, Clone, Copy)]
-pub enum From {
+pub enum Start {
     Time(time::OffsetDateTime),
     Sequence(u64),
 }
@@ -55,7 +55,7 @@ fn unavailable(e: impl std::fmt::Display) -> ReplayError {
 }
 
 /// Replays to `sub` what the stream holds from `from` on.
-pub async fn replay(bus: &Bus, sub: &Subscription, from: From) -> Result<Replayed, ReplayError> {
+pub async fn replay(bus: &Bus, sub: &Subscription, from: Start) -> Result<Replayed, ReplayError> {
     let group =
         GroupName::new(group_name(&sub.id)).map_err(|e| ReplayError::Types(e.to_string()))?;
     let mut filters = Vec::with_capacity(sub.types.len());
@@ -75,12 +75,12 @@ pub async fn replay(bus: &Bus, sub: &Subscription, from: From) -> Result<Replaye
         .state
         .last_sequence;
     let deliver_policy = match from {
-        From::Time(start_time) => DeliverPolicy::ByStartTime { start_time },
-        From::Sequence(s) => DeliverPolicy::ByStartSequence {
+        Start::Time(start_time) => DeliverPolicy::ByStartTime { start_time },
+        Start::Sequence(s) => DeliverPolicy::ByStartSequence {
             start_sequence: s.max(1),
         },
     };
-    if matches!(from, From::Sequence(s) if s > last) {
+    if matches!(from, Start::Sequence(s) if s > last) {
         return Ok(Replayed {
             count: 0,
             next_seq: None,

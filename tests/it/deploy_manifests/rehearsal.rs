@@ -18,8 +18,8 @@ use anyhow::{Context, Result, bail, ensure};
 
 use super::flat_yaml::Flat;
 use super::{
-    CONTAINER, api_keys, block_scalar, container_env, copy_dir, deploy_dir, find_doc, kustomize_in,
-    pre_stop_hook, secret_files,
+    Break, CONTAINER, api_keys, block_scalar, broken_copy, container_env, deploy_dir, find_doc,
+    kustomize_in, pre_stop_hook, secret_files,
 };
 
 /// A process killed (SIGKILL) when dropped, its output in a log file.
@@ -160,6 +160,31 @@ impl Rehearsal {
             .path()
             .join(pod)
             .join(path.trim_start_matches('/'))
+    }
+
+    /// The container's args, paths in the pod moved to `pod`'s directory.
+    fn args(&self, workload: &Flat, pod: &str) -> Vec<std::ffi::OsString> {
+        let args = format!("{CONTAINER}.args");
+        (0..workload.len(&args))
+            .filter_map(|a| workload.get(&format!("{args}[{a}]")))
+            .map(|arg| {
+                if arg.starts_with('/') {
+                    self.here(pod, arg).into_os_string()
+                } else {
+                    arg.into()
+                }
+            })
+            .collect()
+    }
+
+    /// Writes the Secret files the container mounts where `pod`'s mounts are here.
+    fn mount_secrets(&self, workload: &Flat, overlay: &str, pod: &str) -> Result<()> {
+        for f in secret_files(workload, overlay)? {
+            let here = self.here(pod, &f.path);
+            std::fs::create_dir_all(here.parent().context("secret dir")?)?;
+            std::fs::write(&here, &f.content)?;
+        }
+        Ok(())
     }
 
     /// The changes to nats.conf, all of them: listen addresses to loopback ports, the
@@ -342,7 +367,7 @@ async fn stored_ids(
 ) -> Result<std::collections::HashSet<String>> {
     use futures::StreamExt;
     let until = Instant::now() + Duration::from_secs(30);
-    let (mut stream, last) = loop {
+    let (stream, last) = loop {
         let got = async {
             let mut s = js.get_stream("BUS_EVENTS").await?;
             let last = s.info().await?.state.last_sequence;
@@ -360,7 +385,6 @@ async fn stored_ids(
     let consumer = stream
         .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
         .await?;
-    let _ = &mut stream;
     let mut messages = consumer.messages().await?;
     let mut ids = std::collections::HashSet::new();
     while let Some(m) = tokio::time::timeout(Duration::from_secs(10), messages.next()).await? {
@@ -427,21 +451,9 @@ async fn rehearse(deploy: &Path, overlay: &'static str, probe_deadline: Duration
         std::fs::create_dir_all(r.here(&pod, "/var/run/nats"))?;
         std::fs::create_dir_all(r.here(&pod, "/data"))?;
         std::fs::write(&conf_path, conf)?;
-        for f in secret_files(&sts, overlay)? {
-            let here = r.here(&pod, &f.path);
-            std::fs::create_dir_all(here.parent().context("secret dir")?)?;
-            std::fs::write(&here, &f.content)?;
-        }
+        r.mount_secrets(&sts, overlay, &pod)?;
         let mut cmd = Command::new(&nats_bin);
-        let args = format!("{CONTAINER}.args");
-        for a in 0..sts.len(&args) {
-            let arg = sts.get(&format!("{args}[{a}]")).unwrap_or_default();
-            if arg.starts_with('/') {
-                cmd.arg(r.here(&pod, arg));
-            } else {
-                cmd.arg(arg);
-            }
-        }
+        cmd.args(r.args(&sts, &pod));
         for e in container_env(&sts, overlay)? {
             cmd.env(&e.name, &e.value);
         }
@@ -491,21 +503,9 @@ async fn rehearse(deploy: &Path, overlay: &'static str, probe_deadline: Duration
         let toml_path = r.here(&pod, "/etc/bus/bus.toml");
         std::fs::create_dir_all(toml_path.parent().context("toml dir")?)?;
         std::fs::write(&toml_path, toml)?;
-        for f in secret_files(&dep, overlay)? {
-            let here = r.here(&pod, &f.path);
-            std::fs::create_dir_all(here.parent().context("secret dir")?)?;
-            std::fs::write(&here, &f.content)?;
-        }
+        r.mount_secrets(&dep, overlay, &pod)?;
         let mut cmd = Command::new(&node_bin);
-        let args = format!("{CONTAINER}.args");
-        for a in 0..dep.len(&args) {
-            let arg = dep.get(&format!("{args}[{a}]")).unwrap_or_default();
-            if arg.starts_with('/') {
-                cmd.arg(r.here(&pod, arg));
-            } else {
-                cmd.arg(arg);
-            }
-        }
+        cmd.args(r.args(&dep, &pod));
         for (k, _) in std::env::vars() {
             if k.starts_with("BUS__") || k.starts_with("OTEL_") {
                 cmd.env_remove(k);
@@ -713,15 +713,8 @@ async fn given_each_overlay_run_as_processes_the_cluster_should_form_and_serve_a
     Ok(())
 }
 
-/// A break of a copy of deploy/, and the message of the check that must catch it.
-struct Break {
-    file: &'static str,
-    from: &'static str,
-    to: &'static str,
-    caught_by: &'static str,
-}
-
-const BREAKS: &[Break] = &[
+/// Breaks the rehearsal must catch, each with the message of the check that does.
+const REHEARSAL_BREAKS: &[Break] = &[
     Break {
         file: "base/bus-node/deployment.yaml",
         from: "          readinessProbe:\n            httpGet:\n              path: /readyz",
@@ -744,19 +737,8 @@ const BREAKS: &[Break] = &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn given_a_broken_copy_the_rehearsal_should_fail_where_it_is_broken() -> Result<()> {
-    for b in BREAKS {
-        let tmp = tempfile::tempdir()?;
-        let copy = tmp.path().join("deploy");
-        copy_dir(&deploy_dir(), &copy)?;
-        let path = copy.join(b.file);
-        let text = std::fs::read_to_string(&path)?;
-        ensure!(
-            text.contains(b.from),
-            "{} no longer has {:?}",
-            b.file,
-            b.from
-        );
-        std::fs::write(&path, text.replace(b.from, b.to))?;
+    for b in REHEARSAL_BREAKS {
+        let (_tmp, copy) = broken_copy(b)?;
         let outcome = match rehearse(&copy, "dev", Duration::from_secs(10)).await {
             Err(e) => Err(e),
             Ok(()) => pre_stop_hook(&copy).map(|_| ()),

@@ -225,6 +225,17 @@ async fn given_if_match_a_patch_should_apply_only_to_the_revision_it_read_and_sc
         let (status, _, _) = call(&a, method.clone(), &p, PUBLISHER, None, None).await?;
         assert_eq!(status, 403, "{method} {p}");
     }
+    // A bad query: the key is checked first, then a problem naming what was expected.
+    for p in [
+        "/v1/webhooks?limit=many".to_owned(),
+        format!("{path}/attempts?after=x"),
+    ] {
+        let (status, _, _) = call(&a, Method::GET, &p, PUBLISHER, None, None).await?;
+        assert_eq!(status, 403, "{p}");
+        let (status, _, body) = call(&a, Method::GET, &p, ADMIN, None, None).await?;
+        assert_eq!(status, 400, "{p}: {body}");
+        assert_eq!(body["type"], "urn:bus:problem:invalid-query", "{p}: {body}");
+    }
     // The webhooks scope does not open the other admin endpoints.
     let (status, _, _) = call(&a, Method::GET, "/v1/groups", HOOKS, None, None).await?;
     assert_eq!(status, 403);
