@@ -17,6 +17,7 @@ pub mod retry;
 pub mod secret_file;
 pub mod server_trace;
 pub mod structured;
+pub mod subject_filters;
 pub mod subjects;
 pub mod telemetry;
 pub mod tls;

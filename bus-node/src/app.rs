@@ -18,6 +18,9 @@ pub struct App {
     pub request_slots: Semaphore,
     bus: OnceCell<Bus>,
     webhooks: OnceCell<std::sync::Arc<crate::webhooks::engine::Webhooks>>,
+    push: OnceCell<std::sync::Arc<crate::push::hub::Hub>>,
+    /// Signs and verifies push tokens (`push.token_key_file`).
+    push_token_key: Option<crate::push::token::TokenKey>,
     draining: AtomicBool,
     /// The last [`nats_probe`](crate::nats_probe) found NATS answering (true from the
     /// connection on, until a probe fails).
@@ -32,6 +35,15 @@ impl App {
             request_slots: Semaphore::new(config.http.max_connections),
             bus: OnceCell::new(),
             webhooks: OnceCell::new(),
+            push: OnceCell::new(),
+            push_token_key: match config.push.token_key() {
+                Ok(key) => key.map(|k| crate::push::token::TokenKey::new(k.expose().as_bytes())),
+                Err(e) => {
+                    // Validated at start-up; a file changed since is reported.
+                    tracing::error!(error = %e, "push tokens off");
+                    None
+                }
+            },
             draining: AtomicBool::new(false),
             nats_answering: AtomicBool::new(true),
             config,
@@ -52,6 +64,21 @@ impl App {
         if self.webhooks.set(w).is_err() {
             tracing::warn!("webhooks started twice; keeping the first");
         }
+    }
+
+    /// Push delivery, once connected.
+    pub fn push(&self) -> Option<&std::sync::Arc<crate::push::hub::Hub>> {
+        self.push.get()
+    }
+
+    pub fn set_push(&self, hub: std::sync::Arc<crate::push::hub::Hub>) {
+        if self.push.set(hub).is_err() {
+            tracing::warn!("push started twice; keeping the first");
+        }
+    }
+
+    pub fn push_token_key(&self) -> Option<&crate::push::token::TokenKey> {
+        self.push_token_key.as_ref()
     }
 
     pub fn set_bus(&self, bus: Bus) {

@@ -29,6 +29,7 @@ pub struct Key {
     name: String,
     secret: Vec<u8>,
     publish: Vec<EventPattern>,
+    read: Vec<EventPattern>,
     admin: bool,
     webhooks: bool,
     bucket: Mutex<TokenBucket>,
@@ -53,6 +54,11 @@ impl Auth {
                 // Validated at load time; an invalid pattern cannot get here.
                 publish: k
                     .publish
+                    .iter()
+                    .filter_map(|p| EventPattern::new(p.as_str()).ok())
+                    .collect(),
+                read: k
+                    .read
                     .iter()
                     .filter_map(|p| EventPattern::new(p.as_str()).ok())
                     .collect(),
@@ -173,6 +179,15 @@ impl Principal<'_> {
                 "forbidden",
                 format!("API key {:?} may not publish {event_type}", k.name),
             )),
+        }
+    }
+
+    /// The type patterns this caller may receive over push; `None`: any (authentication
+    /// is off).
+    pub fn readable(&self) -> Option<&[EventPattern]> {
+        match self {
+            Principal::Anyone => None,
+            Principal::Key(k) => Some(&k.read),
         }
     }
 

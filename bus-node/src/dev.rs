@@ -46,6 +46,13 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
             .with_context(|| format!("cannot write {}", path.display()))?;
         config.webhooks.secret_key_file = Some(path);
     }
+    if config.push.token_key_file.is_none() {
+        // A temporary token key: push tokens issued in this run are valid only in it.
+        let path = dir.path().join("push-token.key");
+        std::fs::write(&path, crate::webhooks::sealed::SealingKey::generate_text())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        config.push.token_key_file = Some(path);
+    }
     config
         .validate()
         .context("configuration after dev adjustments")?;

@@ -9,6 +9,7 @@ mod failed_auth;
 mod http;
 mod metrics;
 mod nats_probe;
+mod push;
 mod rate_limit;
 mod serve;
 mod webhooks;

@@ -32,6 +32,65 @@ pub struct GroupLabels {
     pub group: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabels {
+    pub transport: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+/// Push (SSE, WebSocket): what the hub and the sessions record.
+#[derive(Clone, Debug, Default)]
+pub struct PushMetrics {
+    pub clients: Family<TransportLabels, Gauge>,
+    pub deliveries: Family<TransportLabels, Counter>,
+    pub drops: Family<ReasonLabels, Counter>,
+    pub replays: Counter,
+    /// Events handed to at least one client.
+    pub events: Counter,
+}
+
+impl PushMetrics {
+    pub fn drops(&self, reason: crate::push::hub::CloseReason) -> Counter {
+        self.drops
+            .get_or_create(&ReasonLabels {
+                reason: reason.as_str(),
+            })
+            .clone()
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "push_clients",
+            "Push clients connected to this node, by transport (sse, websocket)",
+            self.clients.clone(),
+        );
+        registry.register(
+            "push_deliveries",
+            "Events sent to push clients, by transport",
+            self.deliveries.clone(),
+        );
+        registry.register(
+            "push_drops",
+            "Push clients the node cut off, by reason (slow: its buffer was full; epoch: the stream was made again; unavailable: the stream could not be read)",
+            self.drops.clone(),
+        );
+        registry.register(
+            "push_replays",
+            "Resumes that replayed history",
+            self.replays.clone(),
+        );
+        registry.register(
+            "push_events",
+            "Events this node handed to at least one push client",
+            self.events.clone(),
+        );
+    }
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -53,6 +112,7 @@ pub struct Metrics {
     pub nats_connected: Gauge,
     pub webhook_attempts: Family<OutcomeLabels, Counter>,
     pub webhook_attempt_duration: Histogram,
+    pub push: PushMetrics,
 }
 
 impl Metrics {
@@ -74,6 +134,8 @@ impl Metrics {
             group_oldest_age.clone(),
         );
         let nats_connected = Gauge::default();
+        let push = PushMetrics::default();
+        push.register(&mut registry);
         let webhook_attempts = Family::<OutcomeLabels, Counter>::default();
         let webhook_attempt_duration = latency_histogram();
         registry.register(
@@ -139,6 +201,7 @@ impl Metrics {
             nats_connected,
             webhook_attempts,
             webhook_attempt_duration,
+            push,
         }
     }
 

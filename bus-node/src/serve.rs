@@ -124,6 +124,7 @@ async fn connect(app: Arc<App>, cancel: CancellationToken, log_events: bool) {
                     spawn_event_log(&bus, cancel.clone()).await;
                 }
                 app.set_bus(bus.clone());
+                start_push(&app, bus.clone(), cancel.clone());
                 start_webhooks(&app, bus, cancel).await;
                 return;
             }
@@ -160,6 +161,18 @@ async fn until_opened<T, E: std::fmt::Display, F: std::future::Future<Output = R
             }
         }
     }
+}
+
+/// Starts the node's push hub (SSE, WebSocket); its streams end when the node stops.
+fn start_push(app: &Arc<App>, bus: Bus, cancel: CancellationToken) {
+    let hub = Arc::new(crate::push::hub::Hub::new(
+        app.config.node.id.clone(),
+        &app.config.push,
+        cancel.clone(),
+        app.metrics.push.clone(),
+    ));
+    app.set_push(hub.clone());
+    tokio::spawn(hub.run(bus, cancel));
 }
 
 /// Opens the webhook subscriptions and runs their deliveries on this node, if

@@ -116,6 +116,36 @@ impl HopSpan {
         )
     }
 
+    /// `push {destination}`, kind CONSUMER: one event handed to a node's push clients
+    /// (SSE, WebSocket), one span per event per node whatever their number (see
+    /// [`HopSpan::record_push`]); child of the producer's context and linked to it.
+    pub fn push(destination: &str, message_id: &str, node: &str, producer: &Context) -> Self {
+        Self::start(
+            name("push", destination),
+            SpanKind::Consumer,
+            [
+                KeyValue::new("messaging.system", "nats"),
+                KeyValue::new("messaging.operation.name", "push"),
+                KeyValue::new("messaging.operation.type", "process"),
+                KeyValue::new("messaging.destination.name", destination.to_owned()),
+                KeyValue::new("messaging.message.id", message_id.to_owned()),
+                KeyValue::new("bus.node", node.to_owned()),
+            ],
+            producer,
+            true,
+        )
+    }
+
+    /// How many push clients an event reached (`bus.push.clients`).
+    pub fn record_push(&mut self, clients: usize) {
+        if let Some(span) = self.recording() {
+            span.set_attribute(KeyValue::new(
+                "bus.push.clients",
+                i64::try_from(clients).unwrap_or(i64::MAX),
+            ));
+        }
+    }
+
     /// `{method} {route}`, kind SERVER (the route template, never the path), continuing
     /// the caller's trace when it sent `traceparent`.
     pub fn server(method: &str, route: &str, caller: &Context) -> Self {

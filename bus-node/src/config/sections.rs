@@ -288,9 +288,11 @@ pub fn validate_api_keys(at: &str, keys: &[ApiKeyConfig]) -> Result<(), ConfigEr
                 "must be at least 16 characters",
             ));
         }
-        for (j, p) in k.publish.iter().enumerate() {
-            EventPattern::new(p.as_str())
-                .map_err(|e| ConfigError::new(format!("{}[{j}]", key("publish")), e.to_string()))?;
+        for (field, patterns) in [("publish", &k.publish), ("read", &k.read)] {
+            for (j, p) in patterns.iter().enumerate() {
+                EventPattern::new(p.as_str())
+                    .map_err(|e| ConfigError::new(format!("{}[{j}]", key(field)), e.to_string()))?;
+            }
         }
         if k.rate_per_second == 0 {
             return Err(ConfigError::new(
@@ -318,6 +320,10 @@ pub struct ApiKeyConfig {
     /// Event type patterns this key may publish (`shop.>`, `shop.order.*`); empty: none.
     #[serde(default)]
     pub publish: Vec<String>,
+    /// Event type patterns this key may receive over push (SSE, WebSocket) and put in
+    /// push tokens; empty: none.
+    #[serde(default)]
+    pub read: Vec<String>,
     /// May use `/v1/groups`, `/v1/dlq` and the other admin endpoints.
     #[serde(default)]
     pub admin: bool,
@@ -465,7 +471,7 @@ impl WebhooksConfig {
     }
 }
 
-/// `push.*`: SSE and WebSocket limits.
+/// `push.*`: SSE and WebSocket delivery.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PushConfig {
@@ -474,13 +480,34 @@ pub struct PushConfig {
     pub client_buffer: usize,
     #[serde(with = "humantime_serde")]
     pub heartbeat: Duration,
+    /// Push clients connected to this node at once (SSE and WebSocket); past it, `503`.
+    pub max_clients: usize,
+    /// Resumes replaying history at once on this node; past it, `503` with `Retry-After`.
+    pub max_replays: usize,
+    /// Origins a browser's WebSocket may come from (`https://app.example.com`), besides
+    /// the node's own; `*` allows any.
+    pub allowed_origins: Vec<String>,
+    /// The key that signs push tokens (at least 32 bytes); every node that accepts a
+    /// token needs the same one. Unset: no tokens are issued (`dev` makes one).
+    pub token_key_file: Option<PathBuf>,
+    /// How long a push token is valid unless the request asks for less.
+    #[serde(with = "humantime_serde")]
+    pub token_ttl: Duration,
 }
+
+/// Smallest key `push.token_key_file` may hold.
+pub const MIN_TOKEN_KEY_BYTES: usize = 32;
 
 impl Default for PushConfig {
     fn default() -> Self {
         Self {
             client_buffer: DEFAULT_PUSH_CLIENT_BUFFER,
             heartbeat: DEFAULT_PUSH_HEARTBEAT,
+            max_clients: 10_000,
+            max_replays: 32,
+            allowed_origins: Vec::new(),
+            token_key_file: None,
+            token_ttl: Duration::from_secs(600),
         }
     }
 }
@@ -488,7 +515,50 @@ impl Default for PushConfig {
 impl PushConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         positive("push.client_buffer", self.client_buffer)?;
-        nonzero("push.heartbeat", self.heartbeat)
+        positive("push.max_clients", self.max_clients)?;
+        positive("push.max_replays", self.max_replays)?;
+        if self.client_buffer > 65_536 {
+            return Err(ConfigError::new(
+                "push.client_buffer",
+                "must be at most 65536",
+            ));
+        }
+        for (i, origin) in self.allowed_origins.iter().enumerate() {
+            let ok = origin == "*"
+                || ((origin.starts_with("http://") || origin.starts_with("https://"))
+                    && !origin.trim_end_matches('/').contains(['?', '#', ' '])
+                    && origin
+                        .split("://")
+                        .nth(1)
+                        .is_some_and(|h| !h.is_empty() && !h.contains('/')));
+            if !ok {
+                return Err(ConfigError::new(
+                    format!("push.allowed_origins[{i}]"),
+                    "must be an origin (scheme://host[:port], no path) or \"*\"",
+                ));
+            }
+        }
+        self.token_key()?;
+        nonzero("push.heartbeat", self.heartbeat)?;
+        nonzero("push.token_ttl", self.token_ttl)
+    }
+
+    /// The key of `token_key_file` (`None`: not set).
+    pub fn token_key(&self) -> Result<Option<Secret>, ConfigError> {
+        let Some(path) = &self.token_key_file else {
+            return Ok(None);
+        };
+        let key = read_secret_file("push.token_key_file", path)?;
+        if key.expose().len() < MIN_TOKEN_KEY_BYTES {
+            return Err(ConfigError::new(
+                "push.token_key_file",
+                format!(
+                    "{}: must hold at least {MIN_TOKEN_KEY_BYTES} bytes",
+                    path.display()
+                ),
+            ));
+        }
+        Ok(Some(key))
     }
 }
 

@@ -5,11 +5,14 @@ pub mod admin;
 pub mod body;
 pub mod events;
 pub mod health;
+pub mod live_page;
 pub mod problem;
+pub mod push;
 pub mod server;
 mod unread_body;
 pub mod webhook_operations;
 pub mod webhooks;
+pub mod ws;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -30,6 +33,11 @@ use problem::Problem;
 pub fn router(app: Arc<App>) -> Router {
     let routes = Router::new()
         .route("/v1/events", post(events::post_events))
+        .route("/v1/events/stream", get(push::stream))
+        .route("/v1/ws", get(ws::upgrade))
+        .route("/v1/push/tokens", post(push::issue_token))
+        .route("/ui/live", get(live_page::page))
+        .route("/ui/live/{file}", get(live_page::asset))
         .route("/v1/groups", get(admin::list_groups))
         .route("/v1/dlq", get(admin::list_dead_letters))
         .route("/v1/dlq/redrive", post(admin::redrive))

@@ -19,7 +19,7 @@ use super::member::Shared;
 use super::{GroupOptions, filter_lock};
 use crate::bus::Bus;
 use crate::subscription::Handlers;
-use crate::subscription::filters::{covers, minimal};
+use bus_core::subject_filters::{covers, minimal};
 
 /// Rounds of read, widen and read back before `ensure` gives up on a filter that other
 /// members keep rewriting.

@@ -7,10 +7,10 @@ use std::future::Future;
 
 use bus_core::{EventPattern, EventType, Subjects};
 
-use super::filters;
 use crate::error::SubscribeError;
 use crate::handler::{ErasedHandler, HandlerError, erase, erase_raw};
 use crate::typed::{EventMeta, EventPayload, Received};
+use bus_core::subject_filters as filters;
 
 /// Handlers as a builder collects them; [`Registration::build`] checks them.
 #[derive(Default)]
@@ -110,7 +110,7 @@ impl Handlers {
     }
 
     /// The subject filters that take every event some handler here handles, minimal (see
-    /// [`filters::minimal`]).
+    /// [`bus_core::subject_filters::minimal`]).
     pub(crate) fn filters(&self, subjects: &Subjects) -> Vec<String> {
         let filters = self
             .types

@@ -1,5 +1,5 @@
 //! What every kind of subscription shares: handler registration ([`handlers`]), the
-//! subject filters it asks JetStream for ([`filters`]), the handler timeout, and the one
+//! subject filters it asks JetStream for ([`bus_core::subject_filters`]), the handler timeout, and the one
 //! path a delivery takes from the message to its outcome ([`run`]). A kind of
 //! subscription (a consumer group, a broadcast subscription) adds only its [`Policy`]:
 //! what to check before a handler runs, whether JetStream must hear that the work is in
@@ -7,7 +7,6 @@
 
 pub(crate) mod delivery;
 pub(crate) mod delivery_info;
-pub(crate) mod filters;
 pub(crate) mod handlers;
 pub(crate) mod outcome;
 pub(crate) mod run;

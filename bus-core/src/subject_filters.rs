@@ -6,7 +6,7 @@
 
 /// The smallest set of `filters` that takes the same subjects, sorted; `everything` when
 /// two of them overlap in part.
-pub(crate) fn minimal(mut filters: Vec<String>, everything: &str) -> Vec<String> {
+pub fn minimal(mut filters: Vec<String>, everything: &str) -> Vec<String> {
     filters.sort();
     filters.dedup();
     let kept: Vec<String> = filters
@@ -27,7 +27,7 @@ pub(crate) fn minimal(mut filters: Vec<String>, everything: &str) -> Vec<String>
 
 /// Whether every subject that `inner` takes is also taken by `outer` (NATS wildcards:
 /// `*` one token, `>` one or more at the end).
-pub(crate) fn covers(outer: &str, inner: &str) -> bool {
+pub fn covers(outer: &str, inner: &str) -> bool {
     let mut inner_tokens = inner.split('.');
     for o in outer.split('.') {
         let Some(i) = inner_tokens.next() else {
@@ -46,7 +46,7 @@ pub(crate) fn covers(outer: &str, inner: &str) -> bool {
 }
 
 /// Whether some subject is taken by both filters.
-pub(crate) fn overlaps(a: &str, b: &str) -> bool {
+pub fn overlaps(a: &str, b: &str) -> bool {
     let mut a_tokens = a.split('.');
     let mut b_tokens = b.split('.');
     loop {
