@@ -18,6 +18,7 @@ const LIST_KEYS: &[&str] = &[
     "nats.servers",
     "webhooks.retry_schedule",
     "webhooks.allowed_networks",
+    "push.allowed_origins",
 ];
 /// The one structured key that the environment carries as JSON (a list of tables).
 const API_KEYS_ENV: &str = "BUS__AUTH__API_KEYS";

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 
 use super::body::read_bounded;
 use super::problem::{Problem, parsed_query};
-use super::server::{ClientAddr, client_ip};
+use super::server::{ClientAddr, ConnectionKill, client_ip};
 use crate::app::App;
 use crate::push::access::{Reader, parse_patterns};
 use crate::push::frame::sse_notice;
@@ -63,6 +63,7 @@ pub fn resume_point(text: Option<&str>) -> Result<Option<Position>, Problem> {
 pub async fn stream(
     State(app): State<Arc<App>>,
     client: Option<Extension<ClientAddr>>,
+    kill: Option<Extension<ConnectionKill>>,
     headers: HeaderMap,
     query: Result<Query<StreamQuery>, QueryRejection>,
 ) -> Result<Response, Problem> {
@@ -75,7 +76,9 @@ pub async fn stream(
         .or(q.last_event_id.as_deref());
     let resume = resume_point(last_event_id)?;
     let (hub, bus) = connected(&app)?;
-    let session = Session::open(hub.clone(), bus, patterns, resume).await?;
+    // Cut off, the client's connection ends even if it never reads again.
+    let signal = kill.map(|k| k.0.0.clone()).unwrap_or_default();
+    let session = Session::open(hub.clone(), bus, patterns, resume, signal).await?;
     let gauge = hub.metrics.clients.get_or_create(&transport(SSE)).clone();
     let deliveries = hub
         .metrics

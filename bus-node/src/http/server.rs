@@ -28,6 +28,17 @@ use tokio_util::task::TaskTracker;
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub SocketAddr);
 
+/// Ends the connection a request came on (a request extension): a push stream cut off
+/// by its buffer's policy cancels it, since a client that does not read would otherwise
+/// keep the response, and so the connection, open for ever. The connection then closes
+/// once the response ends, or after [`KILL_GRACE`] if it does not.
+#[derive(Debug, Clone)]
+pub struct ConnectionKill(pub CancellationToken);
+
+/// How long a cancelled connection may take to finish its response: a client cut off
+/// that still reads gets what its connection holds and the reason in that time.
+pub const KILL_GRACE: Duration = Duration::from_secs(5);
+
 /// The client's IP address, if the request came through [`serve`].
 pub fn client_ip(addr: &Option<axum::Extension<ClientAddr>>) -> Option<std::net::IpAddr> {
     addr.as_ref().map(|a| a.0.0.ip())
@@ -79,9 +90,12 @@ pub async fn serve(
             },
         };
         let inner = TowerToHyperService::new(router.clone());
+        let kill = CancellationToken::new();
+        let killed = kill.clone();
         let service =
             hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(ClientAddr(peer));
+                req.extensions_mut().insert(ConnectionKill(kill.clone()));
                 hyper::service::Service::call(&inner, req)
             });
         let connection = builder
@@ -96,6 +110,14 @@ pub async fn serve(
                     // Finish the request in flight, if any, then close.
                     connection.as_mut().graceful_shutdown();
                     connection.await
+                }
+                () = killed.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    match tokio::time::timeout(KILL_GRACE, connection.as_mut()).await {
+                        Ok(ended) => ended,
+                        // Dropped: the socket closes with whatever it still held.
+                        Err(_) => Ok(()),
+                    }
                 }
             };
             if let Err(e) = ended {

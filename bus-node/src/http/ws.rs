@@ -65,7 +65,8 @@ pub async fn upgrade(
         )
     })?;
     let (hub, bus) = connected(&app)?;
-    let session = Session::open(hub.clone(), bus, patterns, resume).await?;
+    let signal = tokio_util::sync::CancellationToken::new();
+    let session = Session::open(hub.clone(), bus, patterns, resume, signal).await?;
     Ok(upgrade
         // Small buffers: an idle connection holds little.
         .read_buffer_size(4 * 1024)
@@ -126,6 +127,7 @@ async fn serve(
         .get_or_create(&transport(WEBSOCKET))
         .clone();
     let (mut sink, mut incoming) = socket.split();
+    let cut_off = session.cut_signal();
     loop {
         tokio::select! {
             item = session.next() => {
@@ -143,7 +145,13 @@ async fn serve(
                         break;
                     }
                 };
-                if sink.send(message).await.is_err() {
+                // A client that does not read blocks the send: cut off meanwhile, it
+                // is dropped (closing its connection) rather than waited for.
+                let sent = tokio::select! {
+                    sent = sink.send(message) => sent.is_ok(),
+                    () = cut_off.cancelled() => false,
+                };
+                if !sent {
                     break;
                 }
             }

@@ -71,17 +71,25 @@ impl CloseReason {
     }
 }
 
-/// Why a client's buffer closed (set by the hub before it drops the sender).
+/// Why a client's buffer closed (set by the hub before it drops the sender), and the
+/// signal to its transport: a transport blocked on a client that does not read learns
+/// it was cut off without waiting for the buffer (`signal`; for SSE, the connection's
+/// [`ConnectionKill`](crate::http::server::ConnectionKill)).
 #[derive(Debug, Default)]
-pub struct Cut(AtomicU8);
+pub struct Cut {
+    reason: AtomicU8,
+    pub signal: CancellationToken,
+}
 
 impl Cut {
     fn set(&self, reason: CloseReason) {
-        self.0.store(reason.code(), Ordering::Release);
+        self.reason.store(reason.code(), Ordering::Release);
+        self.signal.cancel();
     }
 
     pub fn reason(&self) -> CloseReason {
-        CloseReason::from_code(self.0.load(Ordering::Acquire)).unwrap_or(CloseReason::Unavailable)
+        CloseReason::from_code(self.reason.load(Ordering::Acquire))
+            .unwrap_or(CloseReason::Unavailable)
     }
 }
 
@@ -177,12 +185,20 @@ impl Hub {
         self.lock().epoch.clone()
     }
 
-    /// Adds a client receiving `patterns` from the next event on; returns it and the
-    /// position it joined at (every event after it comes through its buffer).
-    pub fn join(self: &Arc<Self>, patterns: Vec<EventPattern>) -> (Membership, u64) {
+    /// Adds a client receiving `patterns` from the next event on, whose cut-off cancels
+    /// `signal`; returns it and the position it joined at (every event after it comes
+    /// through its buffer).
+    pub fn join(
+        self: &Arc<Self>,
+        patterns: Vec<EventPattern>,
+        signal: CancellationToken,
+    ) -> (Membership, u64) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(self.buffer);
-        let cut = Arc::new(Cut::default());
+        let cut = Arc::new(Cut {
+            reason: AtomicU8::new(0),
+            signal,
+        });
         let mut state = self.lock();
         state.index.set(id, patterns);
         state.members.insert(
@@ -325,6 +341,12 @@ impl Hub {
                 Ok(()) => reached += 1,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     member.cut.set(CloseReason::Slow);
+                    tracing::debug!(
+                        client = id,
+                        seq,
+                        "push: a client fell behind its buffer; cut off"
+                    );
+                    self.metrics.drops(CloseReason::Slow).inc();
                     dropped.push(*id);
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => dropped.push(*id),
@@ -343,6 +365,7 @@ impl Hub {
     fn cut_all(&self, state: &mut State, reason: CloseReason) {
         for (id, member) in state.members.drain() {
             member.cut.set(reason);
+            self.metrics.drops(reason).inc();
             state.index.remove(id);
         }
     }

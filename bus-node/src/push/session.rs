@@ -73,19 +73,23 @@ pub struct Session {
     notices: VecDeque<Item>,
     phase: Phase,
     membership: Option<Membership>,
+    /// Cancelled when the hub cuts this client off.
+    signal: tokio_util::sync::CancellationToken,
     heartbeat: tokio::time::Interval,
     _client_slot: OwnedSemaphorePermit,
     replay_slot: Option<OwnedSemaphorePermit>,
 }
 
 impl Session {
-    /// A client receiving `patterns`, from after `resume` when given, else from now.
-    /// 503 when the node holds `push.max_clients`, or `push.max_replays` resumes run.
+    /// A client receiving `patterns`, from after `resume` when given, else from now;
+    /// `signal` is cancelled if the hub cuts it off. 503 when the node holds
+    /// `push.max_clients`, or `push.max_replays` resumes run.
     pub async fn open(
         hub: Arc<Hub>,
         bus: Bus,
         patterns: Vec<EventPattern>,
         resume: Option<Position>,
+        signal: tokio_util::sync::CancellationToken,
     ) -> Result<Self, Problem> {
         let client_slot = hub.client_slots.clone().try_acquire_owned().map_err(|_| {
             Problem::unavailable(
@@ -111,13 +115,16 @@ impl Session {
             last: 0,
             phase: Phase::Live,
             membership: None,
+            signal,
             heartbeat,
             _client_slot: client_slot,
             replay_slot: None,
         };
         match resume {
             None => {
-                let (membership, position) = session.hub.join(session.patterns.clone());
+                let (membership, position) = session
+                    .hub
+                    .join(session.patterns.clone(), session.signal.clone());
                 session.last = position;
                 session.membership = Some(membership);
             }
@@ -209,6 +216,12 @@ impl Session {
         self.patterns = patterns;
     }
 
+    /// Cancelled once the hub has cut this client off (its transport may be blocked on
+    /// a client that does not read).
+    pub fn cut_signal(&self) -> tokio_util::sync::CancellationToken {
+        self.signal.clone()
+    }
+
     pub fn patterns(&self) -> &[EventPattern] {
         &self.patterns
     }
@@ -272,7 +285,8 @@ impl Session {
                     // At the end of the stream: join, then replay what the hub handed
                     // out before this client was in it. (Cancelled meanwhile, the next
                     // call joins again, from a position no earlier.)
-                    let (membership, position) = self.hub.join(self.patterns.clone());
+                    let (membership, position) =
+                        self.hub.join(self.patterns.clone(), self.signal.clone());
                     self.membership = Some(membership);
                     if position <= self.last {
                         self.go_live();
@@ -315,7 +329,8 @@ impl Session {
         self.phase = Phase::Ended;
         self.membership = None;
         self.replay_slot = None;
-        if reason != CloseReason::GoingAway {
+        if reason == CloseReason::Unavailable {
+            // Cut-offs by the hub are counted where they happen.
             self.hub.metrics.drops(reason).inc();
         }
         Item::Closed(reason)
