@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the bus: `bus-node dev` (a node on its own embedded JetStream nats-server), then
-# posts three sample events so you see them flow. Ctrl-C stops everything.
+# posts sample events (three, then one every 3 s) so you see them flow, in the terminal
+# and on the live page it prints the address of. Ctrl-C stops everything.
 # Installs the pinned nats-server if it is missing. Set BUS__HTTP__LISTEN to move the port.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,4 +32,13 @@ for n in 1 2 3; do
   echo
 done
 echo "run: three sample events posted; post your own (see above), Ctrl-C to stop."
+echo "run: watch them arrive live at http://$listen/ui/live (a sample event every 3 s from now)"
+n=3
+while kill -0 $node 2>/dev/null; do
+  sleep 3 # the demo's pace
+  n=$((n + 1))
+  curl -fsS -o /dev/null -X POST "http://$listen/v1/events" \
+    -H 'content-type: application/cloudevents+json' \
+    -d "{\"specversion\":\"1.0\",\"id\":\"sample-$n\",\"source\":\"/run.sh\",\"type\":\"shop.order.created\",\"data\":{\"order_id\":$n}}" || true
+done
 wait $node

@@ -463,3 +463,61 @@ async fn given_the_sampler_always_off_events_should_carry_no_trace_context_and_n
     telemetry.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_push_clients_each_event_should_have_one_push_span_per_node_in_its_trace()
+-> anyhow::Result<()> {
+    // Installs nothing in this process; only the node exports.
+    let receiver = OtlpReceiver::start().await?;
+    let cluster = NatsCluster::start(1).await?;
+    let mut env = node_env(&cluster);
+    env.extend([
+        ("BUS__AUTH__ENABLED".into(), "false".into()),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), receiver.grpc_endpoint()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL".into(), "grpc".into()),
+        ("OTEL_TRACES_SAMPLER".into(), "always_on".into()),
+        ("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()),
+        ("OTEL_SERVICE_NAME".into(), "bus-node-push".into()),
+    ]);
+    let node = start("pushing", &env).await?;
+    bus_core::tls::install_crypto_provider();
+    let client = reqwest::Client::new();
+    // Three SSE clients, each read until its hello.
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let r = client
+            .get(format!("{}/v1/events/stream?types=shop.%3E", node.url()))
+            .send()
+            .await?;
+        anyhow::ensure!(r.status() == 200, "SSE answered {}", r.status());
+        let mut body = futures::StreamExt::boxed(r.bytes_stream());
+        let mut text = String::new();
+        while !text.contains("bus.push.hello") {
+            match tokio::time::timeout(Duration::from_secs(10), futures::StreamExt::next(&mut body)).await {
+                Ok(Some(Ok(chunk))) => text.push_str(&String::from_utf8_lossy(&chunk)),
+                other => anyhow::bail!("no hello: {other:?}"),
+            }
+        }
+        streams.push(body);
+    }
+    let event = ce("order-9", "shop.order.created", json!({"order_id": 9}));
+    assert_eq!(post_event(&http()?, &node.url(), &event).await?.status(), 202);
+    let spans = receiver
+        .wait_for("the push span", Duration::from_secs(30), |s| {
+            s.iter().any(|s| s.name == "push bus.evt.shop.order.created")
+                && s.iter().any(|s| s.kind == SpanKind::Producer)
+        })
+        .await?;
+    let publish = one(&spans, "PRODUCER", |s| s.kind == SpanKind::Producer)?;
+    let push = one(&spans, "push span (one for three clients)", |s| {
+        s.name == "push bus.evt.shop.order.created"
+    })?;
+    assert_eq!(push.kind, SpanKind::Consumer);
+    assert_eq!(push.trace_id, publish.trace_id);
+    assert_eq!(push.parent_span_id, publish.span_id);
+    assert_eq!(push.attr("bus.push.clients"), Some("3"));
+    assert_eq!(push.attr("bus.node"), Some("pushing"));
+    assert_eq!(push.attr("messaging.operation.type"), Some("process"));
+    drop(streams);
+    Ok(())
+}
