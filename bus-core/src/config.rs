@@ -34,6 +34,10 @@ pub const DEFAULT_DLQ_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 pub const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// Size limit of each stream in bytes.
 pub const DEFAULT_MAX_BYTES: i64 = 1024 * 1024 * 1024;
+/// Default [`StreamsConfig::max_consumers`]. Set explicitly because nats-server 2.15
+/// gives a stream that sets none a limit of 1,000 consumers, and every group, webhook
+/// subscription, broadcast instance, node's push hub and replay is one.
+pub const DEFAULT_MAX_CONSUMERS: i32 = 100_000;
 
 /// A configuration value that is wrong: `key` is its dotted path.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -403,6 +407,9 @@ pub struct StreamsConfig {
     pub duplicate_window: Duration,
     /// Size limit of each stream in bytes.
     pub max_bytes: i64,
+    /// `streams.max_consumers`: consumers a stream may have (default
+    /// [`DEFAULT_MAX_CONSUMERS`]).
+    pub max_consumers: i32,
 }
 
 impl Default for StreamsConfig {
@@ -415,12 +422,13 @@ impl Default for StreamsConfig {
             dlq_max_age: DEFAULT_DLQ_MAX_AGE,
             duplicate_window: DEFAULT_DUPLICATE_WINDOW,
             max_bytes: DEFAULT_MAX_BYTES,
+            max_consumers: DEFAULT_MAX_CONSUMERS,
         }
     }
 }
 
 impl StreamsConfig {
-    /// Checks the stream names, `replicas`, `duplicate_window` and `max_bytes`.
+    /// Checks the stream names, `replicas`, `duplicate_window`, `max_bytes` and `max_consumers`.
     pub fn validate(&self) -> Result<(), ConfigError> {
         for (key, name) in [
             ("streams.events_name", &self.events_name),
@@ -471,6 +479,12 @@ impl StreamsConfig {
             return Err(ConfigError::new(
                 "streams.max_bytes",
                 "a positive size, or -1 for no limit",
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.max_consumers) {
+            return Err(ConfigError::new(
+                "streams.max_consumers",
+                "must be 1 to 1000000 (nats-server takes no 'unlimited' here)",
             ));
         }
         Ok(())
@@ -599,6 +613,10 @@ mod tests {
             Some("streams.dlq_name"),
         );
         check(|c| c.streams.max_bytes = 0, Some("streams.max_bytes"));
+        check(
+            |c| c.streams.max_consumers = 0,
+            Some("streams.max_consumers"),
+        );
         check(
             |c| c.streams.dlq_max_age = Duration::from_secs(60),
             Some("streams.duplicate_window"),

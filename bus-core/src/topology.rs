@@ -93,6 +93,7 @@ impl Topology {
             num_replicas: s.replicas,
             max_age: s.max_age,
             max_bytes: s.max_bytes,
+            max_consumers: s.max_consumers,
             // Refuse new events when full rather than drop stored ones.
             discard: DiscardPolicy::New,
             duplicate_window: s.duplicate_window,
@@ -303,6 +304,7 @@ fn needs_update(actual: &Config, wanted: &Config) -> bool {
         || actual.num_replicas != wanted.num_replicas
         || actual.max_age != wanted.max_age
         || actual.max_bytes != wanted.max_bytes
+        || actual.max_consumers != wanted.max_consumers
         || actual.discard != wanted.discard
         || actual.duplicate_window != wanted.duplicate_window
         || actual.allow_direct != wanted.allow_direct

@@ -127,6 +127,9 @@ impl App {
                 Some("NATS disconnected")
             }
             Some(_) if !self.nats_answering() => Some("NATS is not answering"),
+            Some(_) if self.push().is_none_or(|hub| hub.epoch().is_none()) => {
+                Some("push not reading the events stream yet")
+            }
             Some(_)
                 if self.config.webhooks.secret_key_file.is_some() && self.webhooks().is_none() =>
             {

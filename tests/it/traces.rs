@@ -473,7 +473,10 @@ async fn given_push_clients_each_event_should_have_one_push_span_per_node_in_its
     let mut env = node_env(&cluster);
     env.extend([
         ("BUS__AUTH__ENABLED".into(), "false".into()),
-        ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), receiver.grpc_endpoint()),
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+            receiver.grpc_endpoint(),
+        ),
         ("OTEL_EXPORTER_OTLP_PROTOCOL".into(), "grpc".into()),
         ("OTEL_TRACES_SAMPLER".into(), "always_on".into()),
         ("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()),
@@ -493,7 +496,9 @@ async fn given_push_clients_each_event_should_have_one_push_span_per_node_in_its
         let mut body = futures::StreamExt::boxed(r.bytes_stream());
         let mut text = String::new();
         while !text.contains("bus.push.hello") {
-            match tokio::time::timeout(Duration::from_secs(10), futures::StreamExt::next(&mut body)).await {
+            match tokio::time::timeout(Duration::from_secs(10), futures::StreamExt::next(&mut body))
+                .await
+            {
                 Ok(Some(Ok(chunk))) => text.push_str(&String::from_utf8_lossy(&chunk)),
                 other => anyhow::bail!("no hello: {other:?}"),
             }
@@ -501,10 +506,14 @@ async fn given_push_clients_each_event_should_have_one_push_span_per_node_in_its
         streams.push(body);
     }
     let event = ce("order-9", "shop.order.created", json!({"order_id": 9}));
-    assert_eq!(post_event(&http()?, &node.url(), &event).await?.status(), 202);
+    assert_eq!(
+        post_event(&http()?, &node.url(), &event).await?.status(),
+        202
+    );
     let spans = receiver
         .wait_for("the push span", Duration::from_secs(30), |s| {
-            s.iter().any(|s| s.name == "push bus.evt.shop.order.created")
+            s.iter()
+                .any(|s| s.name == "push bus.evt.shop.order.created")
                 && s.iter().any(|s| s.kind == SpanKind::Producer)
         })
         .await?;

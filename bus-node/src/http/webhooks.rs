@@ -263,6 +263,7 @@ pub async fn create(
         public_key: None,
         created,
         disabled_reason: None,
+        from_seq: Some(next_sequence(&w).await?),
     };
     if n.ed25519 {
         sub.add_ed25519(&w.key)
@@ -275,6 +276,36 @@ pub async fn create(
     let mut answer = sub.public();
     answer["secret"] = json!(secret.expose());
     Ok((StatusCode::CREATED, Json(answer)))
+}
+
+/// The sequence the events stream gives the next event it stores: where a subscription
+/// made now starts.
+async fn next_sequence(w: &Webhooks) -> Result<u64, Problem> {
+    let name = &w.bus.config().streams.events_name;
+    let info = async {
+        let mut stream = w
+            .bus
+            .jetstream()
+            .get_stream(name)
+            .await
+            .map_err(|e| e.to_string())?;
+        stream
+            .info()
+            .await
+            .map(|i| i.state.last_sequence)
+            .map_err(|e| e.to_string())
+    };
+    match tokio::time::timeout(w.bus.config().nats.request_timeout * 2, info).await {
+        Ok(Ok(last)) => Ok(last + 1),
+        Ok(Err(e)) => Err(Problem::unavailable(
+            format!("the events stream is not reachable: {e}"),
+            1,
+        )),
+        Err(_) => Err(Problem::unavailable(
+            "the events stream did not answer in time",
+            1,
+        )),
+    }
 }
 
 /// Subscriptions one page lists unless asked for fewer.
@@ -312,8 +343,9 @@ pub async fn list(
 const CONSUMER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Waits (at most [`CONSUMER_WAIT`]) until this node's engine made the subscription's
-/// consumer, so that every event stored after the answer is delivered to it (a
-/// subscription takes events from its consumer's creation on).
+/// consumer, so that deliveries have begun when the creation answers. Every event stored
+/// after the answer is delivered whether or not it has: the consumer starts at the
+/// subscription's `from_seq`.
 pub(super) async fn wait_for_consumer(w: &Webhooks, id: &str) {
     let stream = &w.bus.config().streams.events_name;
     let name = group_name(id);

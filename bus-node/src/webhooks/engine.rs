@@ -264,10 +264,12 @@ async fn start(w: &Arc<Webhooks>, sub: &Subscription) -> anyhow::Result<(Arc<Tar
             Duration::ZERO
         };
     let timeout = w.config.timeout + before;
-    let mut builder = w
-        .bus
-        .group(group_name(&sub.id))
-        .deliver_new_only()
+    let builder = w.bus.group(group_name(&sub.id));
+    let builder = match sub.from_seq {
+        Some(seq) => builder.deliver_from(seq),
+        None => builder.deliver_new_only(),
+    };
+    let mut builder = builder
         .concurrency(w.config.concurrency)
         .max_deliver(max_attempts(&w.config))
         .backoff(schedule.iter().copied())

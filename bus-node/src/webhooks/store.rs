@@ -55,6 +55,12 @@ pub struct Subscription {
     /// Why the bus disabled it (410 Gone, ...), if it did.
     #[serde(default)]
     pub disabled_reason: Option<String>,
+    /// The first stream sequence it takes (the stream's next one when it was made), so
+    /// that every event stored after its creation is delivered however late its consumer
+    /// is made. Absent in subscriptions made before it was recorded: events from their
+    /// consumer's creation on.
+    #[serde(default)]
+    pub from_seq: Option<u64>,
 }
 
 impl Subscription {

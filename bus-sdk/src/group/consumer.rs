@@ -49,10 +49,10 @@ fn config(name: &GroupName, o: &GroupOptions, mut filters: Vec<String>) -> pull:
         // event whose last attempt died with its member is still dead-lettered, not dropped.
         max_deliver: -1,
         max_ack_pending: o.max_ack_pending as i64,
-        deliver_policy: if o.deliver_new_only {
-            DeliverPolicy::New
-        } else {
-            DeliverPolicy::All
+        deliver_policy: match o.deliver_from {
+            Some(start_sequence) => DeliverPolicy::ByStartSequence { start_sequence },
+            None if o.deliver_new_only => DeliverPolicy::New,
+            None => DeliverPolicy::All,
         },
         filter_subject,
         filter_subjects,

@@ -75,6 +75,8 @@ pub(crate) struct GroupOptions {
     pub shutdown_grace: Duration,
     pub handler_timeout: Duration,
     pub deliver_new_only: bool,
+    /// The stream sequence a new consumer starts at (wins over `deliver_new_only`).
+    pub deliver_from: Option<u64>,
     pub no_handler_grace: Duration,
 }
 
@@ -89,6 +91,7 @@ impl GroupOptions {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             handler_timeout: DEFAULT_HANDLER_TIMEOUT,
             deliver_new_only: false,
+            deliver_from: None,
             no_handler_grace: DEFAULT_NO_HANDLER_GRACE,
         }
     }
@@ -391,6 +394,15 @@ impl GroupBuilder {
     /// ```
     pub fn deliver_new_only(mut self) -> Self {
         self.options.deliver_new_only = true;
+        self
+    }
+
+    /// A group started for the first time takes the events stored from stream sequence
+    /// `seq` on (an existing group keeps its position). What a caller uses to take every
+    /// event stored after a moment it recorded (the stream's last sequence + 1), however
+    /// late the group's consumer is then made.
+    pub fn deliver_from(mut self, seq: u64) -> Self {
+        self.options.deliver_from = Some(seq.max(1));
         self
     }
 
