@@ -8,6 +8,7 @@ mod freeze;
 mod ingress;
 mod intact;
 mod intact_data;
+mod live_page;
 mod process;
 mod push;
 mod push_auth;
