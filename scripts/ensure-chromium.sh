@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Makes sure Debian's headless browser for the browser tests is installed:
-# /usr/bin/chromium and /usr/bin/chromedriver (packages `chromium`, `chromium-driver`).
-# Installs them with apt-get when either is missing: non-interactive, quiet, through
-# `sudo -n` unless root. Prints nothing when all is well; errors go to stderr and make it
-# exit non-zero. scripts/test.sh runs it and exports CHROMIUM_BIN and CHROMEDRIVER_BIN.
+# Prints the paths of a headless browser and its driver for the browser tests on stdout,
+# on one line: `<chromium> <chromedriver>`. They are $CHROMIUM_BIN and $CHROMEDRIVER_BIN
+# when both are set to executables; otherwise Debian's /usr/bin/chromium and
+# /usr/bin/chromedriver (packages `chromium`, `chromium-driver`), installed first with
+# apt-get when either is missing (non-interactive, quiet, through `sudo -n` unless root).
+# Never prompts. Only errors go to stderr; they make it exit non-zero. scripts/test.sh:
+#
+#   read -r CHROMIUM_BIN CHROMEDRIVER_BIN < <(scripts/ensure-chromium.sh)
 set -euo pipefail
 
 CHROMIUM=/usr/bin/chromium
@@ -14,7 +17,17 @@ fail() {
     exit 1
 }
 
+if [[ -n "${CHROMIUM_BIN:-}" && -n "${CHROMEDRIVER_BIN:-}" ]]; then
+    for bin in "${CHROMIUM_BIN}" "${CHROMEDRIVER_BIN}"; do
+        [[ -x "${bin}" ]] || fail "${bin} (from CHROMIUM_BIN / CHROMEDRIVER_BIN) is not an executable"
+        [[ "${bin}" != *[[:space:]]* ]] || fail "${bin}: a path with spaces cannot be printed on one line"
+    done
+    printf '%s %s\n' "${CHROMIUM_BIN}" "${CHROMEDRIVER_BIN}"
+    exit 0
+fi
+
 if [[ -x "${CHROMIUM}" && -x "${CHROMEDRIVER}" ]]; then
+    printf '%s %s\n' "${CHROMIUM}" "${CHROMEDRIVER}"
     exit 0
 fi
 
@@ -42,3 +55,4 @@ fi
 for bin in "${CHROMIUM}" "${CHROMEDRIVER}"; do
     [[ -x "${bin}" ]] || fail "apt-get finished but ${bin} is still missing"
 done
+printf '%s %s\n' "${CHROMIUM}" "${CHROMEDRIVER}"

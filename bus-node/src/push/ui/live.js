@@ -21,6 +21,7 @@ const state = {
   retryMs: 2000,
   retryTimer: null,
   generation: 0,     // each connect() has its own; an older reader stops
+  types: "",         // the filter of the connection being made (shown once its hello came)
 };
 
 function key() {
@@ -50,10 +51,10 @@ function stop() {
   state.abort = null;
 }
 
-function retry(generation, why) {
+function retry(generation, why, delayMs = state.retryMs) {
   if (generation !== state.generation) return;
   setStatus("reconnecting", `${why}; reconnecting`);
-  state.retryTimer = setTimeout(connect, state.retryMs);
+  state.retryTimer = setTimeout(connect, delayMs);
 }
 
 async function connect() {
@@ -63,7 +64,9 @@ async function connect() {
   state.abort = abort;
   const params = new URLSearchParams();
   const t = types();
-  if (t.length) params.set("types", t.join(","));
+  state.types = t.join(",");
+  delete $("status").dataset.types; // set again by this connection's hello
+  if (t.length) params.set("types", state.types);
   const headers = { accept: "text/event-stream" };
   if (state.lastId) headers["last-event-id"] = state.lastId;
   const k = key();
@@ -76,7 +79,13 @@ async function connect() {
   }
   if (!response.ok) {
     const problem = await response.json().catch(() => ({}));
-    return retry(generation, problem.detail || `the node answered ${response.status}`);
+    const why = problem.detail || `the node answered ${response.status}`;
+    if (generation !== state.generation) return;
+    // A bad filter, a wrong key, a pattern the key may not read: asking again every few
+    // seconds changes nothing (and counts as failed logins); the next apply tries again.
+    if ([400, 401, 403].includes(response.status)) return setStatus("refused", `${why}; change the filter or the key and apply`);
+    const after = Number(response.headers.get("retry-after"));
+    return retry(generation, why, after > 0 ? after * 1000 : state.retryMs);
   }
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = "";
@@ -90,6 +99,7 @@ async function connect() {
       const lines = buffer.split(/\r\n|\r(?!$)|\n/);
       buffer = lines.pop();
       for (const line of lines) {
+        if (generation !== state.generation) break; // stopped by an event of this chunk
         if (line === "") {
           dispatch(event);
           event = { name: "", data: [], id: null };
@@ -118,6 +128,7 @@ function dispatch(e) {
   if (e.name === "bus.push.hello") {
     const hello = JSON.parse(data);
     state.node = hello.node;
+    $("status").dataset.types = state.types;
     setStatus(state.paused ? "paused" : "live", `${state.paused ? "paused" : "live"} on node ${hello.node}`);
     return;
   }
@@ -131,6 +142,8 @@ function dispatch(e) {
 }
 
 function onEvent(e) {
+  // Overflowed while paused: the page reads again from the last event held, on resume.
+  if (state.overflowed) return;
   if (!e.lastEventId || e.lastEventId === state.lastId) return;
   state.lastId = e.lastEventId;
   const item = { id: e.lastEventId, type: e.type, data: e.data, node: state.node };
