@@ -8,6 +8,7 @@
 #   scripts/bench.sh --cluster 3          # R3 (three-node cluster)
 #   scripts/bench.sh --quick              # smoke run, about a minute
 #   scripts/bench.sh --workloads e2e --rounds 5 --out /tmp/e2e.md
+#   scripts/bench.sh --workloads push     # SSE fan-out to 1,000 clients, bus-node vs bare
 #   scripts/bench.sh --help
 #
 # The table goes to stdout, progress to stderr. Run nothing else heavy meanwhile: the
@@ -18,7 +19,7 @@ cd "$(dirname "$0")/.."
 NATS_SERVER_BIN=$(scripts/ensure-nats-server.sh)
 export NATS_SERVER_BIN
 
-# bus-node too: the webhook workload runs it as a process.
+# bus-node too: the webhook and push workloads run it as a process.
 cargo build --release -p bus-bench -p bus-node >&2
 bin="$(scripts/target-dir.sh)/release/bus-bench"
 
@@ -29,7 +30,7 @@ for arg in "$@"; do
 done
 
 commit="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-if [ -n "$(git status --porcelain -- bus-core bus-sdk tests 2>/dev/null)" ]; then
+if [ -n "$(git status --porcelain -- bus-core bus-sdk bus-node tests 2>/dev/null)" ]; then
   commit="$commit + uncommitted changes"
 fi
 cat <<MD

@@ -89,6 +89,11 @@ pub async fn serve(
                 }
             },
         };
+        // Small writes (push events, short answers) leave at once instead of waiting
+        // for the client's delayed ACK (Nagle): the benchmark's whole latency tail.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
         let inner = TowerToHyperService::new(router.clone());
         let kill = CancellationToken::new();
         let killed = kill.clone();

@@ -75,6 +75,9 @@ pub struct Session {
     membership: Option<Membership>,
     /// Cancelled when the hub cuts this client off.
     signal: tokio_util::sync::CancellationToken,
+    /// The node stopping: one waiter per session, made once (a new one on every event
+    /// would lock the token all sessions share, each time).
+    closing: std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
     heartbeat: tokio::time::Interval,
     _client_slot: OwnedSemaphorePermit,
     replay_slot: Option<OwnedSemaphorePermit>,
@@ -103,6 +106,7 @@ impl Session {
         let mut heartbeat =
             tokio::time::interval_at(tokio::time::Instant::now() + hub.heartbeat, hub.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let closing = Box::pin(hub.closing().clone().cancelled_owned());
         let mut session = Self {
             notices: VecDeque::from([Item::Hello {
                 node: hub.node.clone(),
@@ -116,6 +120,7 @@ impl Session {
             phase: Phase::Live,
             membership: None,
             signal,
+            closing,
             heartbeat,
             _client_slot: client_slot,
             replay_slot: None,
@@ -242,7 +247,7 @@ impl Session {
                             joined,
                         },
                         Some(h) => tokio::select! {
-                            _ = self.hub.closing().cancelled() => Step::Closed(CloseReason::GoingAway),
+                            _ = &mut self.closing => Step::Closed(CloseReason::GoingAway),
                             read = h.next() => Step::Replayed { read: read.map(|r| r.map(|(seq, e)| (seq, Box::new(e)))), joined },
                         },
                     }
@@ -251,7 +256,7 @@ impl Session {
                     None => Step::Closed(CloseReason::Unavailable),
                     Some(membership) => tokio::select! {
                     biased;
-                    _ = self.hub.closing().cancelled() => Step::Closed(CloseReason::GoingAway),
+                    _ = &mut self.closing => Step::Closed(CloseReason::GoingAway),
                     frame = membership.buffer.recv() => match frame {
                         Some(f) => Step::Live(f),
                         None => Step::Closed(membership.cut.reason()),
@@ -293,7 +298,8 @@ impl Session {
                         continue;
                     }
                     let rest =
-                        History::open(&self.bus, &self.patterns, self.last + 1, Some(position))
+                        // Boxed: the live phase's future does not carry the replay's.
+                        Box::pin(History::open(&self.bus, &self.patterns, self.last + 1, Some(position)))
                             .await;
                     match rest {
                         Ok(rest) => {

@@ -20,6 +20,8 @@ pub const E2E_RATES: [f64; 2] = [1_000.0, 10_000.0];
 pub const WEBHOOK_CONCURRENCY: usize = 16;
 /// Member counts of the group-throughput workload.
 pub const GROUP_MEMBERS: [usize; 3] = [1, 2, 4];
+/// SSE clients of the push workload (the targets are for 1,000).
+pub const PUSH_CLIENTS: usize = 1_000;
 
 /// Benchmarks the bus against raw async-nats on nats-server processes it starts itself
 /// (127.0.0.1 only). Prints a markdown table on stdout, progress on stderr.
@@ -83,6 +85,28 @@ pub struct Args {
     /// with its collector in another process).
     #[arg(long)]
     pub serve_otlp: bool,
+    /// Push workload: SSE clients (default 1000; 200 with --quick).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub push_clients: Option<u64>,
+    /// Push workload: the rates to try in turn, events/s, comma-separated; the ladder
+    /// stops after the first one not kept up.
+    #[arg(long, value_delimiter = ',', default_values = ["100", "250", "500", "750", "1000", "1500", "2000"])]
+    pub push_rates: Vec<f64>,
+    /// Push workload: how long each rate publishes, in seconds (default 3; 1 with --quick).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub push_step: Option<u64>,
+    /// Push workload: clients of the latency row (1,000 events/s after the ladder, on fresh
+    /// connections); 0 leaves the row out.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub push_latency_clients: u64,
+    /// Push workload: leave Nagle's algorithm on in the bare server's connections (as
+    /// bus-node leaves it), instead of `TCP_NODELAY`.
+    #[arg(long)]
+    pub bare_nagle: bool,
+    /// Run no benchmark: serve the push workload's bare SSE fan-out from this NATS URL
+    /// until stdin closes (the workload starts it as a child process).
+    #[arg(long, hide = true)]
+    pub serve_bare_push: Option<String>,
 }
 
 fn parse_cluster(s: &str) -> Result<usize, String> {
@@ -105,6 +129,9 @@ pub enum Workload {
     Tracing,
     /// Webhook deliveries by a bus-node to a local receiver, against a bare reqwest loop.
     Webhooks,
+    /// SSE fan-out by a bus-node to 1,000 clients at rising rates, against a bare hyper
+    /// fan-out from a core NATS subscription; memory per idle connection.
+    Push,
 }
 
 /// Which client does the work: plain async-nats, or the bus SDK.
@@ -148,6 +175,16 @@ pub struct Plan {
     pub webhook_msgs: u64,
     /// How long the fixed-rate webhook row publishes.
     pub webhook_duration: Duration,
+    /// SSE clients of the push workload.
+    pub push_clients: usize,
+    /// The push workload's rates, in the order tried.
+    pub push_rates: Vec<f64>,
+    /// How long each push rate publishes.
+    pub push_step: Duration,
+    /// Clients of the push latency row (0: none).
+    pub push_latency_clients: usize,
+    /// Whether the bare push server leaves Nagle's algorithm on.
+    pub bare_nagle: bool,
     /// Row key prefixes to run; empty: all.
     pub only: Vec<String>,
 }
@@ -181,6 +218,19 @@ impl Plan {
             group_concurrency: args.group_concurrency.max(1),
             webhook_msgs: pick(10_000, 1_500),
             webhook_duration: Duration::from_secs(pick(4, 1)),
+            push_clients: args
+                .push_clients
+                .and_then(|n| usize::try_from(n).ok())
+                .unwrap_or(if quick { 200 } else { PUSH_CLIENTS }),
+            push_rates: args
+                .push_rates
+                .iter()
+                .copied()
+                .filter(|r| r.is_finite() && *r > 0.0)
+                .collect(),
+            push_step: Duration::from_secs(args.push_step.unwrap_or(pick(3, 1))),
+            push_latency_clients: usize::try_from(args.push_latency_clients).unwrap_or(0),
+            bare_nagle: args.bare_nagle,
             only: args.only.clone(),
         }
     }

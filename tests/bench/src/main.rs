@@ -6,9 +6,12 @@
 //! settings), `side` over `raw_side` and `bus_side` (the same operations on either client),
 //! `pacer` (open-loop schedule), `recorder` (what handlers saw), `stats` (clock, CPU,
 //! histograms, medians), `ab` (interleaved rounds), one module per workload (`publish`,
-//! `e2e`, `group`, `tracing_cost`, `webhooks` with `hook_receiver`), and `report` (the markdown).
+//! `e2e`, `group`, `tracing_cost`, `webhooks` with `hook_receiver`, `push` with
+//! `push_server`, `push_clients`, `bare_fanout` and `push_report`), `procfs` (CPU and
+//! memory of other processes, the open-files limit), and `report` (the markdown).
 
 mod ab;
+mod bare_fanout;
 mod bus_side;
 mod cli;
 mod e2e;
@@ -17,7 +20,12 @@ mod group;
 mod hook_receiver;
 mod pacer;
 mod payload;
+mod procfs;
 mod publish;
+mod push;
+mod push_clients;
+mod push_report;
+mod push_server;
 mod raw_side;
 mod recorder;
 mod report;
@@ -39,6 +47,9 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     if args.serve_otlp {
         return tracing_cost::serve_receiver().await;
+    }
+    if let Some(url) = &args.serve_bare_push {
+        return bare_fanout::serve(url, args.bare_nagle).await;
     }
     let plan = Plan::new(&args);
     let telemetry = tracing_cost::install(args.telemetry, args.otlp_endpoint.clone()).await?;
@@ -62,6 +73,10 @@ async fn main() -> Result<()> {
             Workload::E2e => e2e::run(&env, &plan).await?,
             Workload::Group => group::run(&env, &plan).await?,
             Workload::Webhooks => webhooks::run(&env, &plan).await?,
+            Workload::Push => {
+                sections.push_str(&push::run(&env, &plan).await?);
+                Vec::new()
+            }
             Workload::Tracing => {
                 sections.push_str(&tracing_cost::run(&args).await?);
                 Vec::new()

@@ -100,27 +100,6 @@ pub async fn run(env: &Env, plan: &Plan) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-/// CPU time the process `pid` has used (`/proc/<pid>/stat`, in USER_HZ = 100 ticks/s).
-fn process_cpu(pid: Option<u32>) -> Duration {
-    let Some(pid) = pid else {
-        return Duration::ZERO;
-    };
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return Duration::ZERO;
-    };
-    // Fields after the command (which may hold spaces): state is the first, utime the
-    // 12th, stime the 13th.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    Duration::from_millis((ticks(11) + ticks(12)) * 10)
-}
-
 impl Setup {
     async fn start(env: &Env) -> Result<Self> {
         let dir = tempfile::tempdir()?;
@@ -222,7 +201,7 @@ impl Setup {
 
     fn meter(&self, side: Side) -> Result<(Meter, Duration)> {
         let node_cpu = match side {
-            Side::Bus => process_cpu(self.node.pid()),
+            Side::Bus => crate::procfs::cpu(self.node.pid()),
             Side::Raw => Duration::ZERO,
         };
         Ok((Meter::start()?, node_cpu))
@@ -239,7 +218,7 @@ impl Setup {
     ) -> Result<Sample> {
         let mut sample = meter.stop_at(end, n, latency)?;
         if side == Side::Bus {
-            sample.cpu += process_cpu(self.node.pid()).saturating_sub(node_cpu);
+            sample.cpu += crate::procfs::cpu(self.node.pid()).saturating_sub(node_cpu);
         }
         Ok(sample)
     }
