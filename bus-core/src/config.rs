@@ -10,7 +10,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::secret_file::{at_most_one, read_text_file, value_or_file};
-use crate::subjects::{DEFAULT_DLQ_PREFIX, DEFAULT_EVENT_PREFIX, DEFAULT_REDRIVE_PREFIX, Subjects};
+use crate::subjects::{
+    DEFAULT_DLQ_PREFIX, DEFAULT_EVENT_PREFIX, DEFAULT_ORDERED_PREFIX, DEFAULT_REDRIVE_PREFIX,
+    Subjects,
+};
 
 /// The NATS server of `nats.servers` when none is configured: a local one.
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
@@ -160,6 +163,7 @@ impl BusConfig {
             &self.subjects.dlq_prefix,
             &self.subjects.redrive_prefix,
         )
+        .with_ordered_prefix(&self.subjects.ordered_prefix)
     }
 }
 
@@ -502,6 +506,9 @@ pub struct SubjectsConfig {
     /// `subjects.redrive_prefix`: prefix of redriven events' subjects (default
     /// [`DEFAULT_REDRIVE_PREFIX`]).
     pub redrive_prefix: String,
+    /// `subjects.ordered_prefix`: prefix of the partition subjects of ordered groups
+    /// (default [`DEFAULT_ORDERED_PREFIX`]).
+    pub ordered_prefix: String,
 }
 
 impl Default for SubjectsConfig {
@@ -510,6 +517,7 @@ impl Default for SubjectsConfig {
             prefix: DEFAULT_EVENT_PREFIX.to_owned(),
             dlq_prefix: DEFAULT_DLQ_PREFIX.to_owned(),
             redrive_prefix: DEFAULT_REDRIVE_PREFIX.to_owned(),
+            ordered_prefix: DEFAULT_ORDERED_PREFIX.to_owned(),
         }
     }
 }
@@ -521,10 +529,12 @@ impl SubjectsConfig {
         check_prefix("subjects.prefix", &self.prefix)?;
         check_prefix("subjects.dlq_prefix", &self.dlq_prefix)?;
         check_prefix("subjects.redrive_prefix", &self.redrive_prefix)?;
+        check_prefix("subjects.ordered_prefix", &self.ordered_prefix)?;
         let keyed = [
             ("subjects.prefix", &self.prefix),
             ("subjects.dlq_prefix", &self.dlq_prefix),
             ("subjects.redrive_prefix", &self.redrive_prefix),
+            ("subjects.ordered_prefix", &self.ordered_prefix),
         ];
         for (i, (key, p)) in keyed.iter().enumerate() {
             for (other_key, q) in &keyed[..i] {

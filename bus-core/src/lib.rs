@@ -13,6 +13,7 @@ pub mod event_type;
 pub mod group_name;
 mod header_map;
 pub mod headers;
+pub mod partition;
 pub mod retry;
 pub mod secret_file;
 pub mod server_trace;

@@ -12,6 +12,8 @@ pub const DEFAULT_EVENT_PREFIX: &str = "bus.evt";
 pub const DEFAULT_DLQ_PREFIX: &str = "bus.dlq";
 /// Default `subjects.redrive_prefix`: where redriven dead letters go back to their group.
 pub const DEFAULT_REDRIVE_PREFIX: &str = "bus.redrive";
+/// Default `subjects.ordered_prefix`: where ordered groups keep their partitions.
+pub const DEFAULT_ORDERED_PREFIX: &str = "bus.ord";
 
 /// Maps event types and groups to subjects. Cheap to clone.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,6 +21,7 @@ pub struct Subjects {
     events: String,
     dlq: String,
     redrive: String,
+    ordered: String,
 }
 
 impl Subjects {
@@ -32,7 +35,29 @@ impl Subjects {
             events: events_prefix.into(),
             dlq: dlq_prefix.into(),
             redrive: redrive_prefix.into(),
+            ordered: DEFAULT_ORDERED_PREFIX.to_owned(),
         }
+    }
+
+    /// The same subjects with ordered groups' partitions under `prefix`.
+    pub fn with_ordered_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.ordered = prefix.into();
+        self
+    }
+
+    /// Partition `partition` of the ordered group `group`: `bus.ord.<group>.<partition>`.
+    pub fn ordered_partition(&self, group: &GroupName, partition: u32) -> String {
+        format!("{}.{}.{}", self.ordered, group, partition)
+    }
+
+    /// Events of the ordered group `group` that carry no key: `bus.ord.<group>.none`.
+    pub fn ordered_unkeyed(&self, group: &GroupName) -> String {
+        format!("{}.{}.none", self.ordered, group)
+    }
+
+    /// Every partition of every ordered group: the ordered stream's subject filter.
+    pub fn all_ordered(&self) -> String {
+        format!("{}.>", self.ordered)
     }
 
     /// `bus.evt.shop.order.created` for `shop.order.created`. Built by hand, not with

@@ -26,6 +26,54 @@ pub fn handoff_bucket(events_name: &str) -> String {
     format!("{events_name}_HANDOFFS")
 }
 
+/// The ordered groups' stream of the events stream `events_name`: `<events_name>_ORDERED`.
+pub fn ordered_stream(events_name: &str) -> String {
+    format!("{events_name}_ORDERED")
+}
+
+/// How long the ordered stream recognises an event copied into a partition again (the
+/// copy a new sequencer makes of what a dead one had already copied): longer than any
+/// sequencer failover (its ack deadline and pin timeout, seconds).
+pub const ORDERED_DUPLICATE_WINDOW: Duration = Duration::from_secs(600);
+
+/// The ordered groups' stream for `config`: every ordered group's partitions
+/// (`<subjects.ordered_prefix>.<group>.<partition>`), a work queue (an event leaves it
+/// once its group has settled it), file storage, the events stream's replicas, age and
+/// size limits.
+pub fn ordered_stream_config(config: &BusConfig) -> Config {
+    let s = &config.streams;
+    let max_age = s.max_age;
+    Config {
+        name: ordered_stream(&s.events_name),
+        description: Some("bus ordered groups: events by group and partition".into()),
+        subjects: vec![config.subjects().all_ordered()],
+        retention: RetentionPolicy::WorkQueue,
+        storage: StorageType::File,
+        num_replicas: s.replicas,
+        max_age,
+        max_bytes: s.max_bytes,
+        max_consumers: s.max_consumers,
+        discard: DiscardPolicy::New,
+        // Within the age limit, as JetStream requires.
+        duplicate_window: if max_age.is_zero() {
+            ORDERED_DUPLICATE_WINDOW
+        } else {
+            ORDERED_DUPLICATE_WINDOW.min(max_age)
+        },
+        ..Default::default()
+    }
+}
+
+/// Creates the ordered groups' stream, or brings it to `config`'s shape, retrying
+/// transient failures until `deadline` (the first ordered group to start does it).
+pub async fn ensure_ordered_stream(
+    js: &jetstream::Context,
+    config: &BusConfig,
+    deadline: Duration,
+) -> Result<(), TopologyError> {
+    ensure_stream(js, &ordered_stream_config(config), deadline).await
+}
+
 /// Why the streams could not be put in place.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -288,6 +288,8 @@ impl Subscription {
 
 /// A broadcast subscription acknowledges nothing: whatever the outcome, it moves on.
 impl Policy for Subscription {
+    type Settled = ();
+
     fn group(&self) -> Option<&GroupName> {
         None
     }

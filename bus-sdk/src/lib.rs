@@ -36,7 +36,8 @@
 //! - [`EventPayload`]: a serde type that travels as one event type; handlers receive it
 //!   as [`Received`], with the delivery's [`EventMeta`].
 //! - [`GroupBuilder`], from [`Bus::group`]: a consumer group, whose members share the
-//!   events and retry them; [`Group`] is a running member.
+//!   events and retry them; [`GroupBuilder::ordered_by_key`] keeps per-key order;
+//!   [`Group`] is a running member.
 //! - [`BroadcastBuilder`], from [`Bus::broadcast`]: every instance gets every event;
 //!   [`Broadcast`] is a running subscription.
 //! - [`HandlerError`]: what a handler returns on failure, retried or
@@ -63,6 +64,7 @@ pub mod dead_letter;
 mod error;
 mod group;
 mod handler;
+mod ordered;
 pub mod presence;
 mod publish;
 mod send_deadline;

@@ -60,6 +60,14 @@ pub fn service_name(group: &GroupName) -> String {
 pub(crate) struct Presence(Option<Service>);
 
 impl Presence {
+    /// This member's service instance id, as [`Bus::members`] lists it.
+    pub(crate) async fn id(&self) -> Option<String> {
+        match &self.0 {
+            Some(service) => Some(service.info().await.id),
+            None => None,
+        }
+    }
+
     /// Leaves the group's members.
     pub(crate) async fn stop(mut self) {
         if let Some(service) = self.0.take() {

@@ -5,6 +5,7 @@ use bus_sdk::bus_core::BusConfig;
 use serde::{Deserialize, Serialize};
 
 /// Published by the order service, handled by billing and the dashboard.
+#[allow(dead_code)]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OrderCreated {
     pub order_id: u64,
@@ -29,6 +30,23 @@ pub struct OrderBilled {
 
 impl EventPayload for OrderBilled {
     const EVENT_TYPE: &'static str = "shop.order.billed";
+}
+
+/// One change to an order, in the order they happened; handled in that order per order
+/// by the ordered group of the `order_projection` example.
+#[allow(dead_code)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OrderStep {
+    pub order_id: String,
+    pub step: u64,
+}
+
+impl EventPayload for OrderStep {
+    const EVENT_TYPE: &'static str = "shop.order.step";
+
+    fn partition_key(&self) -> Option<String> {
+        Some(self.order_id.clone())
+    }
 }
 
 /// `NATS_URL` (comma-separated, default `nats://127.0.0.1:4222`).

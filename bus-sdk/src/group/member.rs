@@ -31,7 +31,7 @@ const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
 /// How long one pull request waits on the server before it ends with a 408.
 const PULL_EXPIRES: Duration = Duration::from_secs(10);
 /// The JetStream API subject prefix (no domain).
-const JS_API_PREFIX: &str = "$JS.API";
+pub(crate) const JS_API_PREFIX: &str = "$JS.API";
 
 /// What every part of a member reads.
 pub(crate) struct Shared {

@@ -6,9 +6,9 @@
 mod consumer;
 mod filter_lock;
 mod handoff;
-mod member;
+pub(crate) mod member;
 mod policy;
-mod puller;
+pub(crate) mod puller;
 mod runners;
 
 use std::future::Future;
@@ -23,6 +23,7 @@ use crate::bus::Bus;
 use crate::error::SubscribeError;
 use crate::handler::HandlerError;
 use crate::presence;
+use crate::subscription::Handlers;
 use crate::subscription::{DEFAULT_HANDLER_TIMEOUT, Registration, check_handler_timeout};
 use crate::typed::{EventPayload, Received};
 
@@ -129,6 +130,8 @@ pub struct GroupBuilder {
     name: Result<GroupName, GroupNameError>,
     options: GroupOptions,
     handlers: Registration,
+    /// Ordered by key over this many partitions ([`GroupBuilder::ordered_by_key`]).
+    ordered: Option<u32>,
 }
 
 impl GroupBuilder {
@@ -138,6 +141,7 @@ impl GroupBuilder {
             name: GroupName::new(name),
             options: GroupOptions::with_defaults(),
             handlers: Registration::default(),
+            ordered: None,
         }
     }
 
@@ -406,6 +410,41 @@ impl GroupBuilder {
         self
     }
 
+    /// Makes the group ordered by key: events with the same `partitionkey` (set by
+    /// [`EventPayload::partition_key`], [`bus_core::EventBuilder::partition_key`], the
+    /// `ce-partitionkey` header or the HTTP API) are handled one at a time, in the order
+    /// they were stored, while different keys run in parallel across the members; the
+    /// order holds while members join, leave and die. Keys map to `partitions`
+    /// partitions ([`bus_core::partition`]: FNV-1a 32 of the key mod `partitions`),
+    /// each served by one member at a time; the count is fixed when the group is first
+    /// started (a member asking for another is refused). Events without a key are
+    /// handled in parallel, in no particular order. A failed event is retried in place,
+    /// holding up only its own key, and dead-lettered after `max_deliver` attempts; its
+    /// key then goes on with its next event. `max_ack_pending` is shared out over the
+    /// partitions (each holds at most `max_ack_pending / partitions`, at least 1).
+    /// See "Ordered groups" in the README.
+    ///
+    /// ```no_run
+    /// # use bus_sdk::{Bus, EventPayload, Received, HandlerError};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct OrderUpdated { order_id: String }
+    /// # impl EventPayload for OrderUpdated {
+    /// #     const EVENT_TYPE: &'static str = "shop.order.updated";
+    /// #     fn partition_key(&self) -> Option<String> { Some(self.order_id.clone()) }
+    /// # }
+    /// # async fn f(bus: Bus) -> Result<(), bus_sdk::SubscribeError> {
+    /// let member = bus
+    ///     .group("order-projection")
+    ///     .on(|ev: Received<OrderUpdated>| async move { Ok::<(), HandlerError>(()) })
+    ///     .ordered_by_key(16)
+    ///     .start()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn ordered_by_key(mut self, partitions: u32) -> Self {
+        self.ordered = Some(partitions);
+        self
+    }
+
     /// Creates the group's consumer, or widens its filter to take this member's event
     /// types too, and starts this member (example on [`GroupBuilder`]). Fails, naming
     /// the cause in a [`SubscribeError`], on an invalid name or option, without a
@@ -414,6 +453,10 @@ impl GroupBuilder {
         let name = self.name?;
         validate(&self.options)?;
         let handlers = self.handlers.build()?;
+        if let Some(partitions) = self.ordered {
+            return crate::ordered::start(self.bus, name, self.options, handlers, partitions).await;
+        }
+        refuse_ordered(&self.bus, &name).await?;
         let filters = consumer::filters(&self.bus, &name, &handlers);
         let handoffs = handoff::bucket(&self.bus).await;
         let shared = Arc::new(member::Shared {
@@ -443,6 +486,34 @@ impl GroupBuilder {
             presence: Some(presence),
         })
     }
+}
+
+/// Refuses to start an unordered member of a group that exists as an ordered one (its
+/// consumer is the ordered group's sequencer).
+async fn refuse_ordered(bus: &Bus, name: &GroupName) -> Result<(), SubscribeError> {
+    let events = &bus.config().streams.events_name;
+    let Ok(Ok(stream)) =
+        tokio::time::timeout(START_DEADLINE, bus.jetstream().get_stream(events)).await
+    else {
+        // Not readable now: the consumer's creation below says why.
+        return Ok(());
+    };
+    match tokio::time::timeout(START_DEADLINE, stream.consumer_info(name.as_str())).await {
+        Ok(Ok(info)) if crate::ordered::is_ordered(&info.config.metadata) => {
+            Err(SubscribeError::InvalidOption {
+                option: "ordered_by_key",
+                reason: format!(
+                    "group {name} exists as an ordered group; its members must call ordered_by_key"
+                ),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A member's filters on the events stream: its event types and the group's redrives.
+pub(crate) fn member_filters(bus: &Bus, name: &GroupName, handlers: &Handlers) -> Vec<String> {
+    consumer::filters(bus, name, handlers)
 }
 
 /// Refuses options a member cannot run with, naming the option.
@@ -494,6 +565,23 @@ pub struct Group {
 }
 
 impl Group {
+    /// A member that runs under `tracker` until `cancel`.
+    pub(crate) fn running(
+        name: GroupName,
+        grace: Duration,
+        cancel: CancellationToken,
+        tracker: TaskTracker,
+        presence: presence::Presence,
+    ) -> Self {
+        Self {
+            name,
+            grace,
+            cancel,
+            tracker,
+            presence: Some(presence),
+        }
+    }
+
     /// The group's name.
     ///
     /// ```no_run

@@ -36,6 +36,8 @@ pub(crate) async fn handle_message(
 }
 
 impl Policy for Shared {
+    type Settled = ();
+
     fn group(&self) -> Option<&GroupName> {
         Some(&self.name)
     }

@@ -6,6 +6,10 @@
 //! `expires` + 5 s. Here the count goes up before a pull is sent, so no delivery can
 //! arrive first, and it comes down with each delivery and with the unfulfilled rest the
 //! server reports when a pull ends (408/409 with `Nats-Pending-Messages`).
+//!
+//! On a consumer with pinned clients (ordered groups) the pulls name the priority group
+//! and carry the `Nats-Pin-Id` this puller was given, if any; a pull refused because the
+//! pin moved (423) ends every pull outstanding, and the next ones go without an id.
 
 use std::time::Duration;
 
@@ -53,6 +57,12 @@ struct PullRequest {
     expires: u128,
     /// Nanoseconds.
     idle_heartbeat: u128,
+    /// The priority group of a consumer with pinned clients.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group: Option<String>,
+    /// The pin this puller holds (`Nats-Pin-Id`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
 }
 
 /// The deliveries of one consumer for one member, on its own inbox.
@@ -68,6 +78,10 @@ pub(crate) struct Puller {
     outstanding: usize,
     /// When the server was last heard from (a delivery or a status).
     heard: Instant,
+    /// The priority group pulled (`None`: the consumer has none).
+    group: Option<String>,
+    /// The pin the server gave this puller, from its last delivery.
+    pin: Option<String>,
 }
 
 impl Puller {
@@ -95,7 +109,15 @@ impl Puller {
             heartbeat,
             outstanding: 0,
             heard: Instant::now(),
+            group: None,
+            pin: None,
         })
+    }
+
+    /// Pulls in the priority group `group` of a consumer with pinned clients.
+    pub(crate) fn in_group(mut self, group: &str) -> Self {
+        self.group = Some(group.to_owned());
+        self
     }
 
     /// Deliveries requested and not yet delivered or released.
@@ -112,6 +134,8 @@ impl Puller {
             batch: n,
             expires: self.expires.as_nanos(),
             idle_heartbeat: self.heartbeat.as_nanos(),
+            group: self.group.clone(),
+            id: self.pin.clone(),
         };
         let body = serde_json::to_vec(&body).map_err(|e| PullError::Unexpected(e.to_string()))?;
         if self.outstanding == 0 {
@@ -155,12 +179,26 @@ impl Puller {
             match message.status {
                 None | Some(StatusCode::OK) => {
                     self.outstanding = self.outstanding.saturating_sub(1);
+                    if let Some(pin) = message
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get_last(async_nats::header::NATS_PIN_ID))
+                        && self.pin.as_deref() != Some(pin.as_str())
+                    {
+                        self.pin = Some(pin.as_str().to_owned());
+                    }
                     return Ok(Some(Message {
                         message,
                         context: self.context.clone(),
                     }));
                 }
                 Some(StatusCode::IDLE_HEARTBEAT) => continue,
+                Some(StatusCode::PIN_ID_MISMATCH) => {
+                    // The pin moved: every pull sent with the old id is void.
+                    self.pin = None;
+                    self.outstanding = 0;
+                    return Ok(None);
+                }
                 Some(StatusCode::TIMEOUT) | Some(StatusCode::REQUEST_TERMINATED) => {
                     if message.description.as_deref() == Some("Consumer Deleted") {
                         self.outstanding = 0;

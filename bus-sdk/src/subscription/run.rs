@@ -19,6 +19,9 @@ use crate::typed::EventMeta;
 
 /// What a kind of subscription decides; the rest of a delivery's path is [`handle`].
 pub(crate) trait Policy: Sync {
+    /// What settling tells the caller (an ordered group gets a failed delivery back to
+    /// retry in place; the others, nothing).
+    type Settled: Send;
     /// The consumer group, on the span and in the handler's `EventMeta` (`None`: not a
     /// group).
     fn group(&self) -> Option<&GroupName>;
@@ -40,11 +43,11 @@ pub(crate) trait Policy: Sync {
         delivery: Delivery,
         outcome: Outcome,
         span: &mut telemetry::HopSpan,
-    ) -> impl Future<Output = ()> + Send;
+    ) -> impl Future<Output = Self::Settled> + Send;
 }
 
 /// Handles one delivery from its message to its settle.
-pub(crate) async fn handle_delivery<P: Policy>(policy: &P, mut delivery: Delivery) {
+pub(crate) async fn handle_delivery<P: Policy>(policy: &P, mut delivery: Delivery) -> P::Settled {
     let (mut span, hop) = process_span(&delivery, policy.group());
     let outcome = match policy.before_dispatch(&mut delivery).await {
         Some(outcome) => outcome,
@@ -58,7 +61,7 @@ pub(crate) async fn handle_delivery<P: Policy>(policy: &P, mut delivery: Deliver
     if let Some(error_type) = outcome.error_type() {
         span.record_error(error_type);
     }
-    policy.settle(delivery, outcome, &mut span).await;
+    policy.settle(delivery, outcome, &mut span).await
 }
 
 /// Decodes the event, finds its handler and runs it.

@@ -9,5 +9,6 @@ mod fetch;
 mod groups;
 mod intact;
 mod interop;
+mod ordered;
 mod presence;
 mod rolling_deploy;

@@ -1,0 +1,555 @@
+//! Ordered groups (`GroupBuilder::ordered_by_key`): per key, handling order is publish
+//! order and no two handlings of a key overlap, across members, through a member joining
+//! and one leaving; a failing key holds up only itself; a plain NATS client's event with
+//! only a `ce-partitionkey` header is ordered with the SDK's.
+
+use std::collections::HashMap;
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bus_sdk::{Bus, EventPayload, Group, HandlerError, Received};
+use bus_tests::fixtures::*;
+use bus_tests::{NatsCluster, wait_until};
+use serde::{Deserialize, Serialize};
+
+/// One step of a key's history; ordered by `key`. The `order_projection` example's
+/// `OrderStep` on the wire.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Step {
+    #[serde(rename = "order_id")]
+    key: String,
+    step: u64,
+}
+
+impl EventPayload for Step {
+    const EVENT_TYPE: &'static str = "shop.order.step";
+    fn partition_key(&self) -> Option<String> {
+        Some(self.key.clone())
+    }
+}
+
+/// One handling: which step, by which member, from when to when (Unix ns: members in
+/// other processes report theirs).
+#[derive(Debug, Clone)]
+struct Handling {
+    step: u64,
+    member: usize,
+    start: u128,
+    end: u128,
+}
+
+fn unix_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default()
+}
+
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<HashMap<String, Vec<Handling>>>>);
+
+impl Log {
+    fn push(&self, key: &str, h: Handling) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(key.to_owned()).or_default().push(h);
+    }
+
+    /// Distinct (key, step) pairs handled.
+    fn distinct(&self) -> usize {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.values()
+            .map(|v| {
+                v.iter()
+                    .map(|h| h.step)
+                    .collect::<std::collections::HashSet<_>>()
+                    .len()
+            })
+            .sum()
+    }
+
+    fn total(&self) -> usize {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.values().map(Vec::len).sum()
+    }
+
+    fn handled(&self, key: &str) -> Vec<u64> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(key)
+            .map(|v| v.iter().map(|h| h.step).collect())
+            .unwrap_or_default()
+    }
+
+    /// Every key's steps handled exactly once, in order `0..steps`, one at a time; the
+    /// handlings per member.
+    fn check(&self, keys: usize, steps: u64) -> anyhow::Result<HashMap<usize, usize>> {
+        self.check_with(keys, steps, false)
+            .map(|(per_member, _)| per_member)
+    }
+
+    /// As [`Log::check`]; with `redelivered`, a step may be handled again right after
+    /// itself (its member died before its ack reached the server: at least once), and
+    /// the number of such repeats is returned too.
+    fn check_with(
+        &self,
+        keys: usize,
+        steps: u64,
+        redelivered: bool,
+    ) -> anyhow::Result<(HashMap<usize, usize>, usize)> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        anyhow::ensure!(map.len() == keys, "{} keys handled, not {keys}", map.len());
+        let mut per_member = HashMap::new();
+        let mut repeats = 0;
+        for (key, handlings) in map.iter() {
+            let mut order: Vec<u64> = handlings.iter().map(|h| h.step).collect();
+            if redelivered {
+                let before = order.len();
+                order.dedup();
+                repeats += before - order.len();
+            }
+            anyhow::ensure!(
+                order == (0..steps).collect::<Vec<_>>(),
+                "key {key} handled in the order {order:?}"
+            );
+            for pair in handlings.windows(2) {
+                anyhow::ensure!(
+                    pair[0].end <= pair[1].start,
+                    "key {key}: step {} started before step {} ended",
+                    pair[1].step,
+                    pair[0].step
+                );
+            }
+            for h in handlings {
+                *per_member.entry(h.member).or_insert(0) += 1;
+            }
+        }
+        Ok((per_member, repeats))
+    }
+
+    /// How long after `at` (Unix ns) the keys that `member` handled went on with another
+    /// member: the longest wait, over the keys that had steps left.
+    fn longest_takeover(&self, member: usize, at: u128) -> Option<Duration> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.values()
+            .filter(|hs| hs.iter().any(|h| h.member == member))
+            .filter_map(|hs| hs.iter().filter(|h| h.start >= at).map(|h| h.start).min())
+            .map(|first| Duration::from_nanos((first - at) as u64))
+            .max()
+    }
+}
+
+const PARTITIONS: u32 = 16;
+
+/// A member recording every handling; every 7th step takes a millisecond, so that
+/// handlings of a key would overlap if anything let them.
+async fn member(bus: &Bus, group: &str, log: &Log, id: usize) -> anyhow::Result<Group> {
+    member_with(bus, group, log, id, Duration::from_secs(30)).await
+}
+
+async fn member_with(
+    bus: &Bus,
+    group: &str,
+    log: &Log,
+    id: usize,
+    ack_wait: Duration,
+) -> anyhow::Result<Group> {
+    let log = log.clone();
+    Ok(bus
+        .group(group)
+        .ack_wait(ack_wait)
+        .on(move |ev: Received<Step>| {
+            let log = log.clone();
+            async move {
+                let start = unix_ns();
+                if ev.data.step.is_multiple_of(7) {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                log.push(
+                    &ev.data.key,
+                    Handling {
+                        step: ev.data.step,
+                        member: id,
+                        start,
+                        end: unix_ns(),
+                    },
+                );
+                Ok::<(), HandlerError>(())
+            }
+        })
+        .ordered_by_key(PARTITIONS)
+        .start()
+        .await?)
+}
+
+/// Publishes `steps` steps of `keys` keys, step by step, and checks that each key's
+/// steps were stored in step order.
+async fn publish_steps(bus: &Bus, keys: usize, steps: u64) -> anyhow::Result<()> {
+    let events: Vec<_> = (0..steps)
+        .flat_map(|step| (0..keys).map(move |k| (k, step)))
+        .map(|(k, step)| {
+            bus.event(&Step {
+                key: format!("key-{k}"),
+                step,
+            })
+            .map(|b| b.build())
+        })
+        .collect::<Result<_, _>>()?;
+    let receipts = bus.publish_batch(&events).await;
+    let mut last: HashMap<String, u64> = HashMap::new();
+    for (event, receipt) in events.iter().zip(receipts) {
+        let receipt = receipt?;
+        let key = event.partitionkey.clone().unwrap_or_default();
+        let before = last.insert(key.clone(), receipt.seq).unwrap_or(0);
+        anyhow::ensure!(
+            before < receipt.seq,
+            "key {key} stored out of publish order"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_three_members_and_1000_keys_should_handle_20000_events_in_publish_order_per_key()
+-> anyhow::Result<()> {
+    const KEYS: usize = 1000;
+    const STEPS: u64 = 20;
+    let cluster = NatsCluster::start(1).await?;
+    let log = Log::default();
+    let mut members = Vec::new();
+    let mut buses = Vec::new();
+    for m in 0..3 {
+        let bus = bus_for(&cluster).await?;
+        members.push(member(&bus, "projection", &log, m).await?);
+        buses.push(bus);
+    }
+    let publisher = bus_for(&cluster).await?;
+    publish_steps(&publisher, KEYS, STEPS).await?;
+    wait_until(
+        "all 20,000 events handled",
+        Duration::from_secs(180),
+        || log.total() >= KEYS * STEPS as usize,
+    )
+    .await?;
+    let per_member = log.check(KEYS, STEPS)?;
+    for m in 0..3 {
+        assert!(
+            per_member.get(&m).copied().unwrap_or(0) > 0,
+            "member {m} handled nothing: {per_member:?}"
+        );
+    }
+    for member in members {
+        assert!(member.shutdown().await);
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_member_joining_and_one_leaving_mid_run_should_keep_every_key_in_order()
+-> anyhow::Result<()> {
+    const KEYS: usize = 300;
+    const STEPS: u64 = 20;
+    let cluster = NatsCluster::start(1).await?;
+    let log = Log::default();
+    let first = bus_for(&cluster).await?;
+    let second = bus_for(&cluster).await?;
+    let leaving = member(&first, "moving", &log, 0).await?;
+    let staying = member(&second, "moving", &log, 1).await?;
+    let publisher = bus_for(&cluster).await?;
+    let total = KEYS * STEPS as usize;
+    let publishing = {
+        let publisher = publisher.clone();
+        tokio::spawn(async move {
+            // In rounds, so that the join and the leave fall in the middle of the run.
+            for round in 0..4 {
+                let events: Vec<_> = (round * 5..round * 5 + 5)
+                    .flat_map(|step| (0..KEYS).map(move |k| (k, step)))
+                    .map(|(k, step)| {
+                        publisher
+                            .event(&Step {
+                                key: format!("key-{k}"),
+                                step,
+                            })
+                            .map(|b| b.build())
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                for r in publisher.publish_batch(&events).await {
+                    r?;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            anyhow::Ok(())
+        })
+    };
+    wait_until("a quarter handled", Duration::from_secs(60), || {
+        log.total() >= total / 4
+    })
+    .await?;
+    let third_bus = bus_for(&cluster).await?;
+    let joined = member(&third_bus, "moving", &log, 2).await?;
+    wait_until("half handled", Duration::from_secs(60), || {
+        log.total() >= total / 2
+    })
+    .await?;
+    assert!(
+        leaving.shutdown().await,
+        "the leaving member settled its work"
+    );
+    publishing.await??;
+    wait_until("all events handled", Duration::from_secs(120), || {
+        log.total() >= total
+    })
+    .await?;
+    let per_member = log.check(KEYS, STEPS)?;
+    assert!(
+        per_member.get(&2).copied().unwrap_or(0) > 0,
+        "the member that joined handled nothing: {per_member:?}"
+    );
+    staying.shutdown().await;
+    joined.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_failing_key_should_hold_up_only_that_key_in_its_partition() -> anyhow::Result<()> {
+    let cluster = NatsCluster::start(1).await?;
+    let bus = bus_for(&cluster).await?;
+    let log = Log::default();
+    let (handler_log, others) = (log.clone(), 10 * 5);
+    // One partition: every key shares it. The poison key's first step fails until every
+    // other key's events are handled (they could not be if it held the partition up).
+    let member = bus
+        .group("isolating")
+        .on(move |ev: Received<Step>| {
+            let log = handler_log.clone();
+            async move {
+                let start = unix_ns();
+                if ev.data.key == "poison" && ev.data.step == 0 && log.total() < others {
+                    return Err(HandlerError::msg("not yet"));
+                }
+                log.push(
+                    &ev.data.key,
+                    Handling {
+                        step: ev.data.step,
+                        member: 0,
+                        start,
+                        end: unix_ns(),
+                    },
+                );
+                Ok::<(), HandlerError>(())
+            }
+        })
+        .backoff([Duration::from_millis(100)])
+        .max_deliver(200)
+        .ordered_by_key(1)
+        .start()
+        .await?;
+    let mut events = Vec::new();
+    for step in 0..3 {
+        events.push(
+            bus.event(&Step {
+                key: "poison".into(),
+                step,
+            })?
+            .build(),
+        );
+    }
+    for step in 0..5 {
+        for k in 0..10 {
+            events.push(
+                bus.event(&Step {
+                    key: format!("key-{k}"),
+                    step,
+                })?
+                .build(),
+            );
+        }
+    }
+    for r in bus.publish_batch(&events).await {
+        r?;
+    }
+    wait_until("every event handled", Duration::from_secs(60), || {
+        log.total() >= others + 3
+    })
+    .await?;
+    assert_eq!(log.handled("poison"), vec![0, 1, 2]);
+    for k in 0..10 {
+        assert_eq!(log.handled(&format!("key-{k}")), vec![0, 1, 2, 3, 4]);
+    }
+    let dead = bus.dead_letters(None, 0, 10).await?;
+    assert!(dead.letters.is_empty(), "nothing dead-lettered");
+    member.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_plain_client_event_with_only_a_partition_key_header_should_be_ordered_with_the_sdks()
+-> anyhow::Result<()> {
+    let cluster = NatsCluster::start(1).await?;
+    let bus = bus_for(&cluster).await?;
+    let log = Log::default();
+    let m = member(&bus, "mixed", &log, 0).await?;
+    let js = async_nats::jetstream::new(cluster.client().await?);
+    const STEPS: u64 = 40;
+    for step in 0..STEPS {
+        if step.is_multiple_of(2) {
+            bus.publish(&Step {
+                key: "order-7".into(),
+                step,
+            })
+            .await?;
+        } else {
+            let id = format!("plain-{step}");
+            let h = nats_headers(&[
+                ("ce-id", &id),
+                ("ce-source", "/legacy/php"),
+                ("ce-type", "shop.order.step"),
+                ("ce-specversion", "1.0"),
+                ("ce-partitionkey", "order-7"),
+                ("content-type", "application/json"),
+            ]);
+            let body = format!(r#"{{"order_id":"order-7","step":{step}}}"#);
+            plain_publish(&js, "bus.evt.shop.order.step", Some(h), body.into()).await?;
+        }
+    }
+    wait_until("all steps handled", Duration::from_secs(30), || {
+        log.total() >= STEPS as usize
+    })
+    .await?;
+    log.check(1, STEPS)?;
+    m.shutdown().await;
+    Ok(())
+}
+
+/// A child process, killed and reaped when dropped.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_member_process_killed_mid_run_should_keep_order_and_move_its_partitions_within_the_bound()
+-> anyhow::Result<()> {
+    const KEYS: usize = 200;
+    const STEPS: u64 = 30;
+    const WORKER: usize = 2;
+    // The stated bound: a dead member's partitions go on within the ack deadline plus
+    // about 3 s; 5 s of margin for a loaded 2-core box.
+    let ack_wait = Duration::from_secs(5);
+    let bound = ack_wait + Duration::from_secs(5);
+    let cluster = NatsCluster::start(1).await?;
+    let log = Log::default();
+    let (a, b) = (bus_for(&cluster).await?, bus_for(&cluster).await?);
+    let first = member_with(&a, "order-projection", &log, 0, ack_wait).await?;
+    let second = member_with(&b, "order-projection", &log, 1, ack_wait).await?;
+
+    // A third member in a process of its own: the order_projection example.
+    let mut child = Command::new(bus_tests::example_binary("order_projection")?)
+        .env("NATS_URL", cluster.client_urls().join(","))
+        .env("ACK_WAIT_SECS", ack_wait.as_secs().to_string())
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout from the worker"))?;
+    let mut worker = Reaped(child);
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (worker_log, worker_ready) = (log.clone(), ready.clone());
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            match f.as_slice() {
+                ["handled", key, step, start, end] => {
+                    if let (Ok(step), Ok(start), Ok(end)) =
+                        (step.parse(), start.parse(), end.parse())
+                    {
+                        worker_log.push(
+                            key,
+                            Handling {
+                                step,
+                                member: WORKER,
+                                start,
+                                end,
+                            },
+                        );
+                    }
+                }
+                ["projection:", "ready"] => {
+                    worker_ready.store(true, std::sync::atomic::Ordering::SeqCst)
+                }
+                _ => {}
+            }
+        }
+    });
+    wait_until("the worker to start", Duration::from_secs(30), || {
+        ready.load(std::sync::atomic::Ordering::SeqCst)
+    })
+    .await?;
+    let group = bus_sdk::GroupName::new("order-projection")?;
+    let (a_ref, group_ref) = (&a, &group);
+    bus_tests::try_poll_until("three members", Duration::from_secs(20), || async move {
+        let n = a_ref.members(Some(group_ref)).await?.len();
+        Ok(if n == 3 {
+            bus_tests::Probe::Ready(())
+        } else {
+            bus_tests::Probe::NotYet(format!("{n} members"))
+        })
+    })
+    .await?;
+    // Partitions settle on their owners (one assignment round) before the events come.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let publisher = bus_for(&cluster).await?;
+    publish_steps(&publisher, KEYS, STEPS).await?;
+    let total = KEYS * STEPS as usize;
+    let log_ref = &log;
+    bus_tests::poll_until("the worker to be mid-run", Duration::from_secs(60), || {
+        let (mine, all) = (worker_handled(log_ref), log_ref.total());
+        std::future::ready(Ok(if mine >= 300 {
+            bus_tests::Probe::Ready(())
+        } else {
+            bus_tests::Probe::NotYet(format!("the worker handled {mine}, all {all}"))
+        }))
+    })
+    .await?;
+    worker.0.kill()?;
+    worker.0.wait()?;
+    let killed_at = unix_ns();
+    let handled_then = log.total();
+    assert!(
+        handled_then < total,
+        "killed mid-run: {handled_then} of {total} handled"
+    );
+    wait_until("every event handled", Duration::from_secs(120), || {
+        log.distinct() >= total
+    })
+    .await?;
+    let (per_member, repeats) = log.check_with(KEYS, STEPS, true)?;
+    eprintln!("handlings per member: {per_member:?}; repeated after the kill: {repeats}");
+    let takeover = log
+        .longest_takeover(WORKER, killed_at)
+        .ok_or_else(|| anyhow::anyhow!("no key of the worker went on after the kill"))?;
+    assert!(
+        takeover <= bound,
+        "the killed member's keys went on after {takeover:?}, more than {bound:?}"
+    );
+    first.shutdown().await;
+    second.shutdown().await;
+    Ok(())
+}
+
+fn worker_handled(log: &Log) -> usize {
+    let map = log.0.lock().unwrap_or_else(|p| p.into_inner());
+    map.values().flatten().filter(|h| h.member == 2).count()
+}
