@@ -33,8 +33,9 @@ pub(crate) fn filters(bus: &Bus, name: &GroupName, handlers: &Handlers) -> Vec<S
     minimal(filters, &bus.subjects().all_events())
 }
 
-/// The consumer's configuration with `filters`.
-fn config(name: &GroupName, o: &GroupOptions, mut filters: Vec<String>) -> pull::Config {
+/// The consumer's configuration with `filters` (an ordered group's sequencer starts
+/// from it too).
+pub(crate) fn config(name: &GroupName, o: &GroupOptions, mut filters: Vec<String>) -> pull::Config {
     let (filter_subject, filter_subjects) = if filters.len() == 1 {
         (filters.remove(0), Vec::new())
     } else {
@@ -61,7 +62,7 @@ fn config(name: &GroupName, o: &GroupOptions, mut filters: Vec<String>) -> pull:
 }
 
 /// The filters of a consumer's configuration.
-fn filters_of(c: &async_nats::jetstream::consumer::Config) -> Vec<String> {
+pub(crate) fn filters_of(c: &async_nats::jetstream::consumer::Config) -> Vec<String> {
     let mut filters = c.filter_subjects.clone();
     if !c.filter_subject.is_empty() {
         filters.push(c.filter_subject.clone());

@@ -3,7 +3,7 @@
 //! goes to one member at a time; unacknowledged events go to another member after the
 //! ack deadline; failures are retried with backoff and end as dead letters.
 
-mod consumer;
+pub(crate) mod consumer;
 mod filter_lock;
 mod handoff;
 pub(crate) mod member;

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PriorityPolicy, pull};
+use async_nats::jetstream::consumer::{AckPolicy, PriorityPolicy, pull};
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use bus_core::GroupName;
 use bus_core::retry::backoff_delay;
@@ -15,7 +15,7 @@ use super::{
     KIND_ORDERED, META_KIND, META_PARTITIONS, OrderedShared, PIN_GROUP, PIN_TTL, SEQUENCER_ACK_WAIT,
 };
 use crate::error::SubscribeError;
-use crate::group::START_DEADLINE;
+use crate::group::{START_DEADLINE, consumer};
 
 /// Where an ordered group's events are handled: a partition, or the shared lane of
 /// events without a key.
@@ -78,7 +78,7 @@ async fn try_ensure(shared: &OrderedShared) -> Result<(), Attempt> {
         Ok(info) => {
             check_kind(shared, &info.config.metadata).map_err(Attempt::Refused)?;
             // Widen to the union of what members handle, as unordered groups do.
-            for f in filters_of(&info.config) {
+            for f in consumer::filters_of(&info.config) {
                 if !filters.contains(&f) {
                     filters.push(f);
                 }
@@ -144,39 +144,16 @@ pub(crate) fn is_ordered(metadata: &HashMap<String, String>) -> bool {
     metadata.get(META_KIND).map(String::as_str) == Some(KIND_ORDERED)
 }
 
-fn filters_of(c: &async_nats::jetstream::consumer::Config) -> Vec<String> {
-    let mut filters = c.filter_subjects.clone();
-    if !c.filter_subject.is_empty() {
-        filters.push(c.filter_subject.clone());
-    }
-    filters
-}
-
+/// The group's consumer (as an unordered group's, from the same options), pinned, with
+/// the sequencer's ack deadline and the metadata that marks it ordered.
 fn sequencer_config(shared: &OrderedShared, mut filters: Vec<String>) -> pull::Config {
-    let o = &shared.options;
     filters.sort();
-    let (filter_subject, filter_subjects) = if filters.len() == 1 {
-        (filters.remove(0), Vec::new())
-    } else {
-        (String::new(), filters)
-    };
     pull::Config {
-        durable_name: Some(shared.name.to_string()),
         description: Some(format!(
             "bus ordered group {}: its sequencer, copying events into {} partitions",
             shared.name, shared.partitions
         )),
-        ack_policy: AckPolicy::Explicit,
         ack_wait: SEQUENCER_ACK_WAIT,
-        max_deliver: -1,
-        max_ack_pending: o.max_ack_pending as i64,
-        deliver_policy: match o.deliver_from {
-            Some(start_sequence) => DeliverPolicy::ByStartSequence { start_sequence },
-            None if o.deliver_new_only => DeliverPolicy::New,
-            None => DeliverPolicy::All,
-        },
-        filter_subject,
-        filter_subjects,
         priority_policy: PriorityPolicy::PinnedClient,
         priority_groups: vec![PIN_GROUP.to_owned()],
         priority_timeout: PIN_TTL,
@@ -184,7 +161,7 @@ fn sequencer_config(shared: &OrderedShared, mut filters: Vec<String>) -> pull::C
             (META_KIND.to_owned(), KIND_ORDERED.to_owned()),
             (META_PARTITIONS.to_owned(), shared.partitions.to_string()),
         ]),
-        ..Default::default()
+        ..consumer::config(&shared.name, &shared.options, filters)
     }
 }
 
