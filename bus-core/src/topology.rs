@@ -54,6 +54,8 @@ pub fn ordered_stream_config(config: &BusConfig) -> Config {
         max_bytes: s.max_bytes,
         max_consumers: s.max_consumers,
         discard: DiscardPolicy::New,
+        // A partition's oldest event read from any replica (`GET /v1/groups`, metrics).
+        allow_direct: true,
         // Within the age limit, as JetStream requires.
         duplicate_window: if max_age.is_zero() {
             ORDERED_DUPLICATE_WINDOW

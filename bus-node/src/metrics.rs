@@ -32,6 +32,13 @@ pub struct GroupLabels {
     pub group: String,
 }
 
+/// One partition of an ordered group.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabels {
+    pub group: String,
+    pub partition: u32,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TransportLabels {
     pub transport: &'static str,
@@ -109,6 +116,9 @@ pub struct Metrics {
     pub group_in_flight: Family<GroupLabels, Gauge>,
     pub group_redelivered: Family<GroupLabels, Gauge>,
     pub group_oldest_age: Family<GroupLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub partition_pending: Family<PartitionLabels, Gauge>,
+    pub partition_in_flight: Family<PartitionLabels, Gauge>,
+    pub partition_oldest_age: Family<PartitionLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub nats_connected: Gauge,
     pub webhook_attempts: Family<OutcomeLabels, Counter>,
     pub webhook_attempt_duration: Histogram,
@@ -132,6 +142,25 @@ impl Metrics {
             "group_oldest_unacked_age_seconds",
             "Age of the oldest event a group has not acknowledged (at most: the age of the first event after its acknowledgement floor); 0 when it has none",
             group_oldest_age.clone(),
+        );
+        let partition_pending = Family::<PartitionLabels, Gauge>::default();
+        let partition_in_flight = Family::<PartitionLabels, Gauge>::default();
+        let partition_oldest_age =
+            Family::<PartitionLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "ordered_partition_pending_events",
+            "Events of an ordered group's partition not yet delivered to its owner (lag)",
+            partition_pending.clone(),
+        );
+        registry.register(
+            "ordered_partition_in_flight_events",
+            "Events of an ordered group's partition delivered and not yet acknowledged",
+            partition_in_flight.clone(),
+        );
+        registry.register(
+            "ordered_partition_oldest_unacked_age_seconds",
+            "Age of the oldest event of an ordered group's partition not yet settled; 0 when it has none",
+            partition_oldest_age.clone(),
         );
         let nats_connected = Gauge::default();
         let push = PushMetrics::default();
@@ -198,6 +227,9 @@ impl Metrics {
             group_in_flight,
             group_redelivered,
             group_oldest_age,
+            partition_pending,
+            partition_in_flight,
+            partition_oldest_age,
             nats_connected,
             webhook_attempts,
             webhook_attempt_duration,

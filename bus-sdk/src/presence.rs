@@ -161,6 +161,27 @@ impl Member {
     }
 }
 
+/// The member that serves `partition` of an ordered group of `partitions` partitions,
+/// by the rule every member follows: partition `p` goes to the `p mod n`-th of the
+/// group's `n` live members in id order. `members` are the group's (as
+/// [`Bus::members`] lists them); `None` when there are none. While members join or leave,
+/// the owner named may not have taken the partition over yet.
+///
+/// ```
+/// # fn f(members: Vec<bus_sdk::Member>) {
+/// if let Some(owner) = bus_sdk::presence::partition_owner(&members, 3, 16) {
+///     println!("partition 3 is served by {} on {}", owner.id, owner.host);
+/// }
+/// # }
+/// ```
+pub fn partition_owner(members: &[Member], partition: u32, partitions: u32) -> Option<&Member> {
+    let ids: Vec<String> = members.iter().map(|m| m.id.clone()).collect();
+    members.iter().find(|m| {
+        crate::ordered::partitions_of(&ids, &m.id, partitions)
+            .is_some_and(|mine| mine.contains(&partition))
+    })
+}
+
 impl Bus {
     /// The live members of `group` (of every group when `None`), sorted by group and id:
     /// every member that answers the Services API's INFO within [`MEMBERS_WAIT`] (the

@@ -64,6 +64,19 @@ pub async fn list_groups(
             let of_group: Vec<&bus_sdk::Member> =
                 members.iter().filter(|m| m.group == g.name).collect();
             let mut v = serde_json::to_value(&g).unwrap_or(Value::Null);
+            // An ordered group's partitions name the member that serves each.
+            if let (Some(partitions), Some(listed)) = (
+                &g.partitions,
+                v.get_mut("partitions").and_then(Value::as_array_mut),
+            ) {
+                let members: Vec<bus_sdk::Member> = of_group.iter().map(|m| (*m).clone()).collect();
+                let count = u32::try_from(partitions.len()).unwrap_or(u32::MAX);
+                for (info, entry) in partitions.iter().zip(listed.iter_mut()) {
+                    entry["owner"] =
+                        bus_sdk::presence::partition_owner(&members, info.partition, count)
+                            .map_or(Value::Null, |m| Value::String(m.id.clone()));
+                }
+            }
             v["members"] = serde_json::to_value(of_group).unwrap_or(Value::Null);
             v
         })

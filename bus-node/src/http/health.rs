@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::problem::Problem;
 use crate::app::App;
-use crate::metrics::GroupLabels;
+use crate::metrics::{GroupLabels, PartitionLabels};
 
 /// How long a scrape waits for group statistics before answering without them.
 const GROUP_STATS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -97,6 +97,25 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
                         .group_oldest_age
                         .get_or_create(&GroupLabels { group: name })
                         .set(age);
+                }
+                app.metrics.partition_pending.clear();
+                app.metrics.partition_in_flight.clear();
+                app.metrics.partition_oldest_age.clear();
+                for g in &groups {
+                    for p in g.partitions.iter().flatten() {
+                        let l = PartitionLabels {
+                            group: g.name.clone(),
+                            partition: p.partition,
+                        };
+                        let m = &app.metrics;
+                        m.partition_pending.get_or_create(&l).set(p.pending as i64);
+                        m.partition_in_flight
+                            .get_or_create(&l)
+                            .set(p.in_flight as i64);
+                        if let Some(age) = p.oldest_unacked_age_seconds {
+                            m.partition_oldest_age.get_or_create(&l).set(age);
+                        }
+                    }
                 }
                 for g in groups {
                     let l = GroupLabels { group: g.name };

@@ -139,6 +139,15 @@ fn check_kind(
     Ok(())
 }
 
+/// The partition count recorded in `metadata` of an ordered group's consumer (`None`:
+/// not an ordered group's).
+pub(crate) fn partitions_of_consumer(metadata: &HashMap<String, String>) -> Option<u32> {
+    if !is_ordered(metadata) {
+        return None;
+    }
+    metadata.get(META_PARTITIONS).and_then(|p| p.parse().ok())
+}
+
 /// Whether `metadata` (of a consumer on the events stream) marks an ordered group's.
 pub(crate) fn is_ordered(metadata: &HashMap<String, String>) -> bool {
     metadata.get(META_KIND).map(String::as_str) == Some(KIND_ORDERED)

@@ -143,7 +143,8 @@ pub(crate) async fn start(
     ))
 }
 
-pub(crate) use consumers::is_ordered;
+pub(crate) use assignment::partitions_of;
+pub(crate) use consumers::{is_ordered, partitions_of_consumer};
 
 /// Waits `delay` or until `cancel`; false when cancelled.
 async fn pause(cancel: &CancellationToken, delay: Duration) -> bool {

@@ -118,11 +118,16 @@ async fn serve(lanes: &Lanes, lane: Lane, cancel: &CancellationToken) -> Result<
                 }
             }
             _ = progress.tick() => serving.keep_waiting_alive().await,
-            next = pulls.next() => {
-                if let Some(message) = next? {
-                    serving.accept(message);
+            next = pulls.next() => match next {
+                Ok(Some(message)) => serving.accept(message),
+                Ok(None) => {}
+                Err(e) => {
+                    // Re-opened after this: what waits goes back now rather than after
+                    // its ack deadline (running handlings go on and settle).
+                    serving.give_back().await;
+                    return Err(e);
                 }
-            }
+            },
         }
     }
 }
@@ -209,6 +214,23 @@ impl Serving {
         }
     }
 
+    /// Deliveries not started (held or waiting behind their key) go back to the
+    /// consumer at once, in stream order: the next holder gets them first.
+    async fn give_back(&mut self) {
+        let mut back: Vec<(u64, Message)> = self
+            .keys
+            .take_waiting()
+            .into_iter()
+            .map(|m| (m.info().map(|i| i.stream_sequence).unwrap_or_default(), m))
+            .chain(std::mem::take(&mut self.held))
+            .collect();
+        back.sort_by_key(|(seq, _)| *seq);
+        for (seq, message) in &back {
+            self.known.remove(seq);
+            ack(message, AckKind::Nak(None)).await;
+        }
+    }
+
     /// Gives up the lane: the pin is let go (nothing more comes here), what was already
     /// on its way is read, deliveries not started go back to the consumer at once in
     /// stream order (the next holder gets them first), running ones finish and settle,
@@ -228,17 +250,7 @@ impl Serving {
                 self.held.insert(seq, message);
             }
         }
-        let mut back: Vec<(u64, Message)> = self
-            .keys
-            .take_waiting()
-            .into_iter()
-            .map(|m| (m.info().map(|i| i.stream_sequence).unwrap_or_default(), m))
-            .chain(std::mem::take(&mut self.held))
-            .collect();
-        back.sort_by_key(|(seq, _)| *seq);
-        for (_, message) in &back {
-            ack(message, AckKind::Nak(None)).await;
-        }
+        self.give_back().await;
         while self.running.next().await.is_some() {}
         self.barrier.let_go(consumer, stream, name).await;
     }

@@ -132,6 +132,9 @@ pub enum Workload {
     /// SSE fan-out by a bus-node to 1,000 clients at rising rates, against a bare hyper
     /// fan-out from a core NATS subscription; memory per idle connection.
     Push,
+    /// An ordered group (1,000 keys, 16 partitions) consuming a backlog with 1, 2 and 4
+    /// members, against the unordered group with the same members and slots.
+    Ordered,
 }
 
 /// Which client does the work: plain async-nats, or the bus SDK.

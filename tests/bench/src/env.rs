@@ -85,6 +85,22 @@ impl Env {
     /// Deletes the bus's streams and creates them again, empty, exactly as the bus's
     /// `connect` would, then waits until the events stream has a leader and makes its
     /// server the one both sides connect to.
+    /// Deletes the ordered groups' stream (and with it their partition consumers); the
+    /// first ordered member makes it again.
+    pub async fn fresh_ordered_stream(&self) -> Result<()> {
+        let name = bus_core::topology::ordered_stream(&self.config().streams.events_name);
+        match self.admin.delete_stream(&name).await {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(e.kind(), DeleteStreamErrorKind::JetStream(ref j)
+                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e).with_context(|| format!("deleting stream {name}")),
+        }
+    }
+
     pub async fn fresh_streams(&self) -> Result<()> {
         let config = self.config();
         for name in [&config.streams.events_name, &config.streams.dlq_name] {

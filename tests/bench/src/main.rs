@@ -18,6 +18,7 @@ mod e2e;
 mod env;
 mod group;
 mod hook_receiver;
+mod ordered;
 mod pacer;
 mod payload;
 mod procfs;
@@ -73,6 +74,7 @@ async fn main() -> Result<()> {
             Workload::E2e => e2e::run(&env, &plan).await?,
             Workload::Group => group::run(&env, &plan).await?,
             Workload::Webhooks => webhooks::run(&env, &plan).await?,
+            Workload::Ordered => ordered::run(&env, &plan).await?,
             Workload::Push => {
                 sections.push_str(&push::run(&env, &plan).await?);
                 Vec::new()

@@ -244,12 +244,13 @@ async fn given_three_members_and_1000_keys_should_handle_20000_events_in_publish
     Ok(())
 }
 
+/// On a 3-node cluster with R3 streams: pinned consumers are raft-replicated there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn given_a_member_joining_and_one_leaving_mid_run_should_keep_every_key_in_order()
+async fn given_a_member_joining_and_one_leaving_mid_run_on_a_cluster_should_keep_every_key_in_order()
 -> anyhow::Result<()> {
     const KEYS: usize = 300;
     const STEPS: u64 = 20;
-    let cluster = NatsCluster::start(1).await?;
+    let cluster = NatsCluster::start(3).await?;
     let log = Log::default();
     let first = bus_for(&cluster).await?;
     let second = bus_for(&cluster).await?;
@@ -552,4 +553,126 @@ async fn given_a_member_process_killed_mid_run_should_keep_order_and_move_its_pa
 fn worker_handled(log: &Log) -> usize {
     let map = log.0.lock().unwrap_or_else(|p| p.into_inner());
     map.values().flatten().filter(|h| h.member == 2).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_an_ordered_group_listings_and_metrics_should_show_each_partition_its_owner_lag_and_oldest_age()
+-> anyhow::Result<()> {
+    const PARTS: u32 = 4;
+    let cluster = NatsCluster::start(1).await?;
+    let node = open_node(&cluster, "ordered-admin").await?;
+    let bus = bus_for(&cluster).await?;
+    // Handlings wait for the gate: the key's first is running, its next two wait.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (g, s) = (gate.clone(), started.clone());
+    let member = bus
+        .group("visible")
+        .on(move |_ev: Received<Step>| {
+            let (g, s) = (g.clone(), s.clone());
+            async move {
+                s.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                g.acquire().await?.forget();
+                Ok::<(), HandlerError>(())
+            }
+        })
+        .ordered_by_key(PARTS)
+        .start()
+        .await?;
+    for step in 0..3 {
+        bus.publish(&Step {
+            key: "held".into(),
+            step,
+        })
+        .await?;
+    }
+    wait_until(
+        "the key's first handling to start",
+        Duration::from_secs(20),
+        || started.load(std::sync::atomic::Ordering::SeqCst) == 1,
+    )
+    .await?;
+    let held = bus_sdk::bus_core::partition::partition_of("held", PARTS);
+
+    let (bus_ref, held_ref) = (&bus, &held);
+    let partitions = bus_tests::try_poll_until(
+        "the key's three events in flight in its pinned partition",
+        Duration::from_secs(20),
+        || async move {
+            let groups = bus_ref.groups().await?;
+            let group = groups.iter().find(|g| g.name == "visible");
+            let parts = group.and_then(|g| g.partitions.clone()).unwrap_or_default();
+            let ready = parts.len() == PARTS as usize
+                && parts
+                    .iter()
+                    .any(|p| p.partition == *held_ref && p.in_flight == 3 && p.pinned);
+            Ok(if ready {
+                bus_tests::Probe::Ready(parts)
+            } else {
+                bus_tests::Probe::NotYet(format!("{parts:?}"))
+            })
+        },
+    )
+    .await?;
+    for p in &partitions {
+        let age = p.oldest_unacked_age_seconds;
+        if p.partition == held {
+            assert!(age.is_some_and(|a| a > 0.0), "{p:?}");
+        } else {
+            assert_eq!((p.in_flight, p.pending, age), (0, 0, Some(0.0)), "{p:?}");
+        }
+    }
+
+    // The node names each partition's owner, and exports each partition's numbers.
+    let groups: serde_json::Value = http()?
+        .get(format!("{}/v1/groups", node.url()))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let visible = groups["groups"]
+        .as_array()
+        .and_then(|g| g.iter().find(|g| g["name"] == "visible"))
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("visible missing: {groups}"))?;
+    let member_id = visible["members"][0]["id"].clone();
+    assert!(member_id.is_string(), "{visible}");
+    let listed = visible["partitions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(listed.len(), PARTS as usize, "{visible}");
+    for p in &listed {
+        assert_eq!(p["owner"], member_id, "{p}");
+    }
+    let metrics = http()?
+        .get(format!("{}/metrics", node.url()))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let line = format!(
+        "bus_ordered_partition_in_flight_events{{group=\"visible\",partition=\"{held}\"}} 3"
+    );
+    assert!(
+        metrics.lines().any(|l| l == line),
+        "{line} not in {metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l
+                .starts_with("bus_ordered_partition_oldest_unacked_age_seconds{group=\"visible\"")),
+        "{metrics}"
+    );
+
+    gate.add_permits(3);
+    wait_until(
+        "the key's events all handled",
+        Duration::from_secs(20),
+        || started.load(std::sync::atomic::Ordering::SeqCst) == 3,
+    )
+    .await?;
+    member.shutdown().await;
+    Ok(())
 }

@@ -1,0 +1,136 @@
+//! Workload: ordered groups. A backlog of keyed events (1,000 keys, round robin) is
+//! published first (SDK, windowed, outside the clock); then 1, 2 or 4 members start on
+//! one connection and the clock runs until every event was handled. The two sides are
+//! both the bus: "raw" is the unordered group with the same members and handler slots,
+//! "bus" the same group `ordered_by_key(16)`. Handlers are no-ops, or await a 200 µs
+//! sleep. The ordered side's clock includes its sequencer copying the backlog into the
+//! partitions (it starts with the members).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use bus_sdk::{Bus, EventPayload, Group, HandlerError, Received};
+use serde::{Deserialize, Serialize};
+
+use crate::ab::compare;
+use crate::bus_side;
+use crate::cli::{GROUP_MEMBERS, Plan, SLOW_HANDLER, Side};
+use crate::env::{Env, GROUP};
+use crate::recorder::Recorder;
+use crate::report::Row;
+use crate::side::Work;
+use crate::stats::{Meter, Sample};
+
+/// Keys of the backlog, round robin.
+pub const KEYS: u64 = 1000;
+/// Partitions of the ordered side.
+pub const PARTITIONS: u32 = 16;
+/// Longest a backlog may take to be consumed.
+const CONSUME_DEADLINE: Duration = Duration::from_secs(300);
+
+/// A keyed benchmark event (small: the cost measured is the ordering's, not the bytes').
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct KeyedEvent {
+    seq: u64,
+}
+
+impl EventPayload for KeyedEvent {
+    const EVENT_TYPE: &'static str = "bench.ordered.step";
+
+    fn partition_key(&self) -> Option<String> {
+        Some(format!("key-{}", self.seq % KEYS))
+    }
+}
+
+pub async fn run(env: &Env, plan: &Plan) -> Result<Vec<Row>> {
+    let kinds = [
+        ("noop", "no-op", Work::Noop, plan.group_noop_msgs),
+        (
+            "slow",
+            "200 µs",
+            Work::Sleep(SLOW_HANDLER),
+            plan.group_slow_msgs,
+        ),
+    ];
+    let mut rows = Vec::new();
+    for (tag, name, work, n) in kinds {
+        for members in GROUP_MEMBERS {
+            let row = compare(
+                plan,
+                format!("ordered.{tag}.{members}"),
+                format!(
+                    "ordered (raw: unordered), {name}, {members} × {}",
+                    plan.group_concurrency
+                ),
+                false,
+                move |side| one(env, plan, side, work, n, members),
+            )
+            .await?;
+            rows.extend(row);
+        }
+    }
+    Ok(rows)
+}
+
+async fn one(
+    env: &Env,
+    plan: &Plan,
+    side: Side,
+    work: Work,
+    n: u64,
+    members: usize,
+) -> Result<Sample> {
+    env.fresh_streams().await?;
+    env.fresh_ordered_stream().await?;
+    let bus = bus_side::connect(env).await?;
+    let events = (0..n)
+        .map(|seq| Ok(bus.event(&KeyedEvent { seq })?.build()))
+        .collect::<Result<Vec<_>>>()?;
+    for result in bus.publish_batch(&events).await {
+        result?;
+    }
+    let recorder = Arc::new(Recorder::new(n, 0));
+    let meter = Meter::start()?;
+    let mut running: Vec<Group> = Vec::with_capacity(members);
+    for _ in 0..members {
+        running.push(start_member(&bus, side, plan.group_concurrency, work, &recorder).await?);
+    }
+    let end = recorder.wait(CONSUME_DEADLINE).await?;
+    let mut sample = meter.stop_at(end, n, None)?;
+    sample.stall = recorder.stall();
+    if let Some(anomalies) = recorder.anomalies() {
+        eprintln!("bus-bench: warning: {} side: {anomalies}", side.name());
+    }
+    for member in running {
+        member.shutdown().await;
+    }
+    bus.close().await;
+    Ok(sample)
+}
+
+async fn start_member(
+    bus: &Bus,
+    side: Side,
+    concurrency: usize,
+    work: Work,
+    recorder: &Arc<Recorder>,
+) -> Result<Group> {
+    let recorder = recorder.clone();
+    let builder =
+        bus.group(GROUP)
+            .concurrency(concurrency)
+            .on(move |event: Received<KeyedEvent>| {
+                let recorder = recorder.clone();
+                async move {
+                    work.run().await;
+                    recorder.record(event.data.seq);
+                    Ok::<(), HandlerError>(())
+                }
+            });
+    let builder = match side {
+        Side::Raw => builder,
+        Side::Bus => builder.ordered_by_key(PARTITIONS),
+    };
+    Ok(builder.start().await?)
+}
