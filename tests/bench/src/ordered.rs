@@ -1,10 +1,11 @@
-//! Workload: ordered groups. A backlog of keyed events (1,000 keys, round robin) is
-//! published first (SDK, windowed, outside the clock); then 1, 2 or 4 members start on
-//! one connection and the clock runs until every event was handled. The two sides are
+//! Workload: ordered groups. 1, 2 or 4 members start on one connection and settle (each
+//! sees the others, then two assignment rounds); then keyed events (1,000 keys, round
+//! robin) are published (SDK, windowed) and the clock runs from the first publish until
+//! every event was handled. The two sides are
 //! both the bus: "raw" is the unordered group with the same members and handler slots,
 //! "bus" the same group `ordered_by_key(16)`. Handlers are no-ops, or await a 200 µs
-//! sleep. The ordered side's clock includes its sequencer copying the backlog into the
-//! partitions (it starts with the members).
+//! sleep. The ordered side's clock includes its sequencer copying each event into its
+//! partition.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +27,9 @@ use crate::stats::{Meter, Sample};
 pub const KEYS: u64 = 1000;
 /// Partitions of the ordered side.
 pub const PARTITIONS: u32 = 16;
+/// Time members get to share the partitions out before the events come (two of their
+/// assignment rounds).
+const SETTLE: Duration = Duration::from_secs(2);
 /// Longest a backlog may take to be consumed.
 const CONSUME_DEADLINE: Duration = Duration::from_secs(300);
 
@@ -87,14 +91,17 @@ async fn one(
     let events = (0..n)
         .map(|seq| Ok(bus.event(&KeyedEvent { seq })?.build()))
         .collect::<Result<Vec<_>>>()?;
-    for result in bus.publish_batch(&events).await {
-        result?;
-    }
     let recorder = Arc::new(Recorder::new(n, 0));
-    let meter = Meter::start()?;
     let mut running: Vec<Group> = Vec::with_capacity(members);
     for _ in 0..members {
         running.push(start_member(&bus, side, plan.group_concurrency, work, &recorder).await?);
+    }
+    settle(&bus, members).await?;
+    // The clock runs from the first publish: members that share partitions out as they
+    // join would otherwise have their start-up counted against a backlog of 2 s.
+    let meter = Meter::start()?;
+    for result in bus.publish_batch(&events).await {
+        result?;
     }
     let end = recorder.wait(CONSUME_DEADLINE).await?;
     let mut sample = meter.stop_at(end, n, None)?;
@@ -107,6 +114,22 @@ async fn one(
     }
     bus.close().await;
     Ok(sample)
+}
+
+/// Waits until every member sees the others and has had two rounds to take its
+/// partitions (both sides, so that they start alike).
+async fn settle(bus: &Bus, members: usize) -> Result<()> {
+    let group = bus_sdk::GroupName::new(GROUP)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while bus.members(Some(&group)).await?.len() < members {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "members did not show up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(SETTLE).await;
+    Ok(())
 }
 
 async fn start_member(
