@@ -88,16 +88,27 @@ impl Barrier {
     }
 
     /// Opens the barrier when the consumer awaits acks for no more deliveries than the
-    /// `held` this holder has in hand; true when it is open. `held` must count only
-    /// deliveries that cannot be settled while the check waits for its answer (not the
-    /// running ones): one acked meanwhile would be counted here and not by the server,
-    /// and hide a delivery another holder still has.
-    pub(crate) async fn check(&mut self, consumer: &mut PullConsumer, held: usize) -> bool {
+    /// `held` this holder has in hand. `held` must count only deliveries that cannot be
+    /// settled while the check waits for its answer (not the running ones): one acked
+    /// meanwhile would be counted here and not by the server, and hide a delivery another
+    /// holder still has. [`Check::Lost`] when another holder has the pin: what this one
+    /// holds back then belongs to that one (two members claiming a partition at once
+    /// would otherwise each wait for what the other holds).
+    pub(crate) async fn check(&mut self, consumer: &mut PullConsumer, held: usize) -> Check {
         match send_deadline::within(consumer.info()).await {
-            Ok(info) if info.num_ack_pending <= held => {
-                self.open = true;
-            }
             Ok(info) => {
+                let pinned = info
+                    .priority_groups
+                    .iter()
+                    .find(|g| g.group == PIN_GROUP)
+                    .and_then(|g| g.pinned_client_id.as_deref());
+                if self.pinned && pinned.is_some() && pinned != self.pin.as_deref() {
+                    return Check::Lost;
+                }
+                if info.num_ack_pending <= held {
+                    self.open = true;
+                    return Check::Open;
+                }
                 tracing::trace!(
                     pending = info.num_ack_pending,
                     held,
@@ -106,6 +117,17 @@ impl Barrier {
             }
             Err(e) => tracing::debug!(error = %e, "reading the consumer for the barrier failed"),
         }
-        self.open
+        Check::Wait
     }
+}
+
+/// What a barrier check found.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Check {
+    /// Every pending delivery is in this holder's hands: go on.
+    Open,
+    /// Some are elsewhere still.
+    Wait,
+    /// Another holder has the pin: give back what is held back.
+    Lost,
 }

@@ -27,7 +27,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::barrier::Barrier;
+use super::barrier::{Barrier, Check};
 pub(crate) use super::consumers::Lane;
 use super::keys::KeyQueues;
 use super::policy::{SOURCE_SEQ, Settled};
@@ -90,6 +90,7 @@ async fn serve(lanes: &Lanes, lane: Lane, cancel: &CancellationToken) -> Result<
     let mut serving = Serving {
         lanes: lanes.clone(),
         lane,
+        cancel: cancel.clone(),
         keys: KeyQueues::default(),
         held: BTreeMap::new(),
         known: HashSet::new(),
@@ -100,7 +101,10 @@ async fn serve(lanes: &Lanes, lane: Lane, cancel: &CancellationToken) -> Result<
     let mut progress = tokio::time::interval_at(Instant::now() + period, period);
     progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        pulls.top_up().await?;
+        if let Err(e) = pulls.top_up().await {
+            serving.give_back().await;
+            return Err(e);
+        }
         tokio::select! {
             biased;
             _ = cancel.cancelled() => {
@@ -113,8 +117,10 @@ async fn serve(lanes: &Lanes, lane: Lane, cancel: &CancellationToken) -> Result<
             _ = serving.barrier.due(), if !serving.barrier.is_open() => {
                 // Running handlings may be acked while the check waits: not counted.
                 let held = serving.held.len() + serving.keys.waiting().count();
-                if serving.barrier.check(&mut consumer, held).await {
-                    serving.open();
+                match serving.barrier.check(&mut consumer, held).await {
+                    Check::Open => serving.open(),
+                    Check::Lost => serving.give_back_held().await,
+                    Check::Wait => {}
                 }
             }
             _ = progress.tick() => serving.keep_waiting_alive().await,
@@ -135,6 +141,8 @@ async fn serve(lanes: &Lanes, lane: Lane, cancel: &CancellationToken) -> Result<
 struct Serving {
     lanes: Lanes,
     lane: Lane,
+    /// The lane's: a handling waiting for a slot or a retry gives its delivery back.
+    cancel: CancellationToken,
     keys: KeyQueues<Message>,
     /// Deliveries received while the barrier is closed, by stream sequence.
     held: BTreeMap<u64, Message>,
@@ -195,10 +203,11 @@ impl Serving {
     fn start(&mut self, key: Option<String>, message: Message, seq: u64) {
         let shared = self.lanes.shared.clone();
         let slots = self.lanes.slots.clone();
+        let cancel = self.cancel.clone();
         let task = self
             .lanes
             .tracker
-            .spawn(async move { handle_in_place(shared, slots, message).await });
+            .spawn(async move { handle_in_place(shared, slots, message, cancel).await });
         self.running.push(Box::pin(async move {
             // A panic is caught inside the delivery path; a task that ends otherwise
             // still frees its key.
@@ -231,6 +240,15 @@ impl Serving {
         }
     }
 
+    /// Deliveries held back at the barrier go back to the consumer, in stream order, for
+    /// the holder of the pin.
+    async fn give_back_held(&mut self) {
+        for (seq, message) in std::mem::take(&mut self.held) {
+            self.known.remove(&seq);
+            ack(&message, AckKind::Nak(None)).await;
+        }
+    }
+
     /// Gives up the lane: the pin is let go (nothing more comes here), what was already
     /// on its way is read, deliveries not started go back to the consumer at once in
     /// stream order (the next holder gets them first), running ones finish and settle,
@@ -244,6 +262,7 @@ impl Serving {
     ) {
         self.barrier.let_go(consumer, stream, name).await;
         for message in pulls.close().await {
+            self.barrier.on_delivery(&message);
             if let Some(seq) = message.info().ok().map(|i| i.stream_sequence)
                 && self.known.insert(seq)
             {
@@ -268,9 +287,19 @@ fn key_of(message: &Message) -> String {
 }
 
 /// Handles one delivery until it is settled: in a handler slot, and after a failure
-/// again after its backoff, JetStream told meanwhile that it is in progress.
-async fn handle_in_place(shared: Arc<OrderedShared>, slots: Arc<Semaphore>, message: Message) {
-    let Ok(_slot) = slots.acquire_owned().await else {
+/// again after its backoff, JetStream told meanwhile that it is in progress (while it
+/// waits for a slot too: an ack deadline passing while this member lives would send it to
+/// another holder). When the lane is given up (`cancel`) before a handling starts or
+/// while it waits for a retry, the delivery goes back to the consumer instead: the lane's
+/// next holder handles it, in order.
+async fn handle_in_place(
+    shared: Arc<OrderedShared>,
+    slots: Arc<Semaphore>,
+    message: Message,
+    cancel: CancellationToken,
+) {
+    let ack_wait = shared.options.ack_wait;
+    let Some(_slot) = slot_for(&message, &slots, &cancel, ack_wait).await else {
         return;
     };
     let mut delivery = match Delivery::read(message, Instant::now()) {
@@ -294,25 +323,92 @@ async fn handle_in_place(shared: Arc<OrderedShared>, slots: Arc<Semaphore>, mess
         match handle_delivery(&*shared, delivery).await {
             Settled::Done => return,
             Settled::Retry(back, delay) => {
-                wait_alive(&back, delay, shared.options.ack_wait).await;
+                if !wait_alive(&back, delay, ack_wait, &cancel).await {
+                    ack(&back.message, AckKind::Nak(None)).await;
+                    return;
+                }
                 delivery = *back;
                 delivery.attempt = delivery.attempt.saturating_add(1);
                 delivery.last_heard = Instant::now();
+            }
+            Settled::Unconfirmed(back, kind) => {
+                confirm(&shared, &back, kind, &cancel).await;
+                return;
             }
         }
     }
 }
 
-/// Waits `delay` before a retry in place, acking progress every half ack deadline.
-async fn wait_alive(delivery: &Delivery, delay: Duration, ack_wait: Duration) {
+/// A handler slot, acking progress while it waits; `None` (the delivery given back)
+/// when the lane is given up first.
+async fn slot_for(
+    message: &Message,
+    slots: &Arc<Semaphore>,
+    cancel: &CancellationToken,
+    ack_wait: Duration,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let every = ack_wait / 4;
+    let mut tick = tokio::time::interval_at(Instant::now() + every, every);
+    loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => {
+                ack(message, AckKind::Nak(None)).await;
+                return None;
+            }
+            slot = slots.clone().acquire_owned() => return slot.ok(),
+            _ = tick.tick() => ack(message, AckKind::Progress).await,
+        }
+    }
+}
+
+/// Waits `delay` before a retry in place, acking progress every half ack deadline;
+/// false when the lane is given up meanwhile.
+async fn wait_alive(
+    delivery: &Delivery,
+    delay: Duration,
+    ack_wait: Duration,
+    cancel: &CancellationToken,
+) -> bool {
     let until = Instant::now() + delay;
     let every = ack_wait / 2;
     loop {
         ack(&delivery.message, AckKind::Progress).await;
         let now = Instant::now();
         if now >= until {
-            return;
+            return true;
         }
-        tokio::time::sleep_until(until.min(now + every)).await;
+        tokio::select! {
+            _ = cancel.cancelled() => return false,
+            _ = tokio::time::sleep_until(until.min(now + every)) => {}
+        }
+    }
+}
+
+/// Settles a delivery whose ack could not be sent: sends it again until it goes out.
+/// Meanwhile the key waits (were the ack lost, the event would come back after the
+/// key's next one). Given up when the lane is: the event then stays pending and its next
+/// holder handles it again first (at least once), never after a later one.
+async fn confirm(
+    shared: &OrderedShared,
+    delivery: &Delivery,
+    kind: AckKind,
+    cancel: &CancellationToken,
+) {
+    let mut attempt = 0u32;
+    loop {
+        let every = shared.options.ack_wait / 2;
+        let wait = backoff_delay(attempt).min(every);
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        match super::policy::send_ack(&delivery.message, kind).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::debug!(group = %shared.name, error = %e, "settling could not be sent yet; sending it again");
+                attempt = attempt.saturating_add(1);
+            }
+        }
     }
 }

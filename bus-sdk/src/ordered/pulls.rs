@@ -10,6 +10,9 @@ use super::{OrderedShared, PIN_GROUP, PULL_EXPIRES, PULL_HEARTBEAT};
 use crate::group::member::JS_API_PREFIX;
 use crate::group::puller::{PullError, Puller};
 
+/// What a closing holder waits beyond its pulls' expiry for their last answers.
+const WIND_DOWN_MARGIN: std::time::Duration = std::time::Duration::from_millis(500);
+
 pub(crate) struct Pulls {
     puller: Puller,
     /// Deliveries requested at a time: the consumer's `max_ack_pending`.
@@ -73,8 +76,23 @@ impl Pulls {
         }
     }
 
-    /// Stops pulling; what was already on its way.
+    /// Stops pulling, after the pulls outstanding have expired: until then the server
+    /// may still deliver to them (after an unpin it pins the first waiting pull, which may
+    /// be one of these, and on a cluster the consumer's leader may not have seen the
+    /// inbox go), and a delivery to an inbox no longer read would wait out its ack
+    /// deadline, holding the next holder's barrier with it. Returns what came meanwhile.
     pub(crate) async fn close(mut self) -> Vec<Message> {
-        self.puller.close().await
+        let until = tokio::time::Instant::now() + PULL_EXPIRES + WIND_DOWN_MARGIN;
+        let mut arrived = Vec::new();
+        while self.puller.outstanding() > 0 {
+            match tokio::time::timeout_at(until, self.puller.next()).await {
+                Err(_) => break,
+                Ok(Ok(Some(message))) => arrived.push(message),
+                // A pull that ended, went silent or failed: nothing more comes on it.
+                Ok(_) => {}
+            }
+        }
+        arrived.extend(self.puller.close().await);
+        arrived
     }
 }

@@ -32,7 +32,7 @@ use futures::stream::FuturesUnordered;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::barrier::Barrier;
+use super::barrier::{Barrier, Check};
 use super::policy::{SOURCE_SEQ, SOURCE_SUBJECT};
 use super::pulls::Pulls;
 use super::{BARRIER_CHECK, OrderedShared, SEQUENCER_ACK_WAIT, pause};
@@ -85,7 +85,10 @@ async fn serve(shared: &Arc<OrderedShared>, cancel: &CancellationToken) -> Resul
     let mut progress = tokio::time::interval_at(Instant::now() + period, period);
     progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        pulls.top_up().await?;
+        if let Err(e) = pulls.top_up().await {
+            s.give_back(&events, &mut consumer).await;
+            return Err(e);
+        }
         tokio::select! {
             biased;
             _ = cancel.cancelled() => {
@@ -97,16 +100,21 @@ async fn serve(shared: &Arc<OrderedShared>, cancel: &CancellationToken) -> Resul
             }
             _ = s.barrier.due(), if !s.barrier.is_open() => {
                 let held = s.known.len();
-                if s.barrier.check(&mut consumer, held).await {
-                    s.open();
+                match s.barrier.check(&mut consumer, held).await {
+                    Check::Open => s.open(),
+                    Check::Lost => s.give_back_held().await,
+                    Check::Wait => {}
                 }
             }
             _ = progress.tick() => s.keep_waiting_alive().await,
-            next = pulls.next() => {
-                if let Some(message) = next? {
-                    s.accept(message);
+            next = pulls.next() => match next {
+                Ok(Some(message)) => s.accept(message),
+                Ok(None) => {}
+                Err(e) => {
+                    s.give_back(&events, &mut consumer).await;
+                    return Err(e);
                 }
-            }
+            },
         }
     }
 }
@@ -181,6 +189,9 @@ impl Sequencing {
         let epoch = self.epoch;
         Box::pin(async move {
             if let Some(d) = delay {
+                // Still in hand: its ack deadline starts again (a copy that expired
+                // while this sequencer lives would come back to another holder).
+                ack(&message, AckKind::Progress).await;
                 tokio::time::sleep(d).await;
             }
             let result = publish_copy(&shared, epoch, lane, &message).await;
@@ -207,6 +218,35 @@ impl Sequencing {
         }
     }
 
+    /// Events held back at the barrier go back to the group's consumer, in stream
+    /// order, for the holder of the pin.
+    async fn give_back_held(&mut self) {
+        for (seq, message) in std::mem::take(&mut self.held) {
+            self.known.remove(&seq);
+            ack(&message, AckKind::Nak(None)).await;
+        }
+    }
+
+    /// Before re-opening after a failure: everything not copied goes back in stream
+    /// order (copies in flight are dropped: their events come back after the ack
+    /// deadline, and a copy already stored is recognised by its id), and the pin is let
+    /// go, so that a standby sequencer can take over at once.
+    async fn give_back(
+        &mut self,
+        events: &async_nats::jetstream::stream::Stream,
+        consumer: &mut PullConsumer,
+    ) {
+        self.copying = FuturesUnordered::new();
+        for message in self.queues.iter_mut().flat_map(std::mem::take) {
+            self.held
+                .insert(seq_of(&message).unwrap_or_default(), message);
+        }
+        self.give_back_held().await;
+        self.barrier
+            .let_go(consumer, events, self.shared.name.as_str())
+            .await;
+    }
+
     async fn keep_waiting_alive(&mut self) {
         for message in self.queues.iter().flatten().chain(self.held.values()) {
             ack(message, AckKind::Progress).await;
@@ -225,6 +265,7 @@ impl Sequencing {
         let name = self.shared.name.to_string();
         self.barrier.let_go(consumer, events, &name).await;
         for message in pulls.close().await {
+            self.barrier.on_delivery(&message);
             if let Some(seq) = seq_of(&message)
                 && self.known.insert(seq)
             {
