@@ -179,10 +179,11 @@ impl Puller {
             match message.status {
                 None | Some(StatusCode::OK) => {
                     self.outstanding = self.outstanding.saturating_sub(1);
-                    if let Some(pin) = message
-                        .headers
-                        .as_ref()
-                        .and_then(|h| h.get_last(async_nats::header::NATS_PIN_ID))
+                    if self.group.is_some()
+                        && let Some(pin) = message
+                            .headers
+                            .as_ref()
+                            .and_then(|h| h.get_last(async_nats::header::NATS_PIN_ID))
                         && self.pin.as_deref() != Some(pin.as_str())
                     {
                         self.pin = Some(pin.as_str().to_owned());

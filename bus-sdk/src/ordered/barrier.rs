@@ -7,6 +7,7 @@
 //! than what it holds itself: then every earlier delivery has been settled by the old
 //! holder or has come back to this one, and it can go on in stream order.
 
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use async_nats::jetstream::Message;
@@ -15,6 +16,7 @@ use async_nats::jetstream::stream::Stream;
 
 use super::PIN_GROUP;
 use crate::send_deadline;
+use crate::subscription::run::ack;
 
 #[derive(Debug)]
 pub(crate) struct Barrier {
@@ -130,4 +132,18 @@ pub(crate) enum Check {
     Wait,
     /// Another holder has the pin: give back what is held back.
     Lost,
+}
+
+/// A delivery's stream sequence (`None` without JetStream metadata).
+pub(crate) fn seq_of(message: &Message) -> Option<u64> {
+    message.info().ok().map(|i| i.stream_sequence)
+}
+
+/// Gives what a holder held back at the barrier back to the consumer, in stream order,
+/// for the holder of the pin; they are no longer in hand (`known`).
+pub(crate) async fn give_back(held: &mut BTreeMap<u64, Message>, known: &mut HashSet<u64>) {
+    for (seq, message) in std::mem::take(held) {
+        known.remove(&seq);
+        ack(&message, async_nats::jetstream::AckKind::Nak(None)).await;
+    }
 }

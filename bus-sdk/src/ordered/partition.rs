@@ -27,7 +27,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::barrier::{Barrier, Check};
+use super::barrier::{self, Barrier, Check, seq_of};
 pub(crate) use super::consumers::Lane;
 use super::keys::KeyQueues;
 use super::policy::{SOURCE_SEQ, Settled};
@@ -154,7 +154,7 @@ struct Serving {
 
 impl Serving {
     fn accept(&mut self, message: Message) {
-        let Some(seq) = message.info().ok().map(|i| i.stream_sequence) else {
+        let Some(seq) = seq_of(&message) else {
             tracing::warn!("delivery without JetStream metadata");
             return;
         };
@@ -194,7 +194,7 @@ impl Serving {
         if let Some(key) = key
             && let Some(next) = self.keys.settled(&key)
         {
-            let next_seq = next.info().map(|i| i.stream_sequence).unwrap_or_default();
+            let next_seq = seq_of(&next).unwrap_or_default();
             self.start(Some(key), next, next_seq);
         }
     }
@@ -230,7 +230,7 @@ impl Serving {
             .keys
             .take_waiting()
             .into_iter()
-            .map(|m| (m.info().map(|i| i.stream_sequence).unwrap_or_default(), m))
+            .map(|m| (seq_of(&m).unwrap_or_default(), m))
             .chain(std::mem::take(&mut self.held))
             .collect();
         back.sort_by_key(|(seq, _)| *seq);
@@ -243,10 +243,7 @@ impl Serving {
     /// Deliveries held back at the barrier go back to the consumer, in stream order, for
     /// the holder of the pin.
     async fn give_back_held(&mut self) {
-        for (seq, message) in std::mem::take(&mut self.held) {
-            self.known.remove(&seq);
-            ack(&message, AckKind::Nak(None)).await;
-        }
+        barrier::give_back(&mut self.held, &mut self.known).await;
     }
 
     /// Gives up the lane: the pin is let go (nothing more comes here), what was already
@@ -263,7 +260,7 @@ impl Serving {
         self.barrier.let_go(consumer, stream, name).await;
         for message in pulls.close().await {
             self.barrier.on_delivery(&message);
-            if let Some(seq) = message.info().ok().map(|i| i.stream_sequence)
+            if let Some(seq) = seq_of(&message)
                 && self.known.insert(seq)
             {
                 self.held.insert(seq, message);

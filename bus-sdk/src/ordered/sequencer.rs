@@ -32,7 +32,7 @@ use futures::stream::FuturesUnordered;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::barrier::{Barrier, Check};
+use super::barrier::{self, Barrier, Check, seq_of};
 use super::policy::{SOURCE_SEQ, SOURCE_SUBJECT};
 use super::pulls::Pulls;
 use super::{BARRIER_CHECK, OrderedShared, SEQUENCER_ACK_WAIT, pause};
@@ -133,10 +133,6 @@ struct Sequencing {
     barrier: Barrier,
 }
 
-fn seq_of(message: &Message) -> Option<u64> {
-    message.info().ok().map(|i| i.stream_sequence)
-}
-
 impl Sequencing {
     fn accept(&mut self, message: Message) {
         let Some(seq) = seq_of(&message) else {
@@ -221,10 +217,7 @@ impl Sequencing {
     /// Events held back at the barrier go back to the group's consumer, in stream
     /// order, for the holder of the pin.
     async fn give_back_held(&mut self) {
-        for (seq, message) in std::mem::take(&mut self.held) {
-            self.known.remove(&seq);
-            ack(&message, AckKind::Nak(None)).await;
-        }
+        barrier::give_back(&mut self.held, &mut self.known).await;
     }
 
     /// Before re-opening after a failure: everything not copied goes back in stream
