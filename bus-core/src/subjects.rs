@@ -55,6 +55,18 @@ impl Subjects {
         format!("{}.{}.none", self.ordered, group)
     }
 
+    /// Where partition `partition` of the ordered group `group` holds aside the events of
+    /// a failing key (`token` names the key): `bus.ord.<group>.park.<partition>.<token>`.
+    pub fn ordered_parked(&self, group: &GroupName, partition: u32, token: &str) -> String {
+        format!("{}.{}.park.{}.{}", self.ordered, group, partition, token)
+    }
+
+    /// Every key held aside in partition `partition` of `group`:
+    /// `bus.ord.<group>.park.<partition>.*`.
+    pub fn ordered_parked_in(&self, group: &GroupName, partition: u32) -> String {
+        format!("{}.{}.park.{}.*", self.ordered, group, partition)
+    }
+
     /// Every partition of every ordered group: the ordered stream's subject filter.
     pub fn all_ordered(&self) -> String {
         format!("{}.>", self.ordered)

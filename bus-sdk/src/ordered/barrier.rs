@@ -84,6 +84,14 @@ impl Barrier {
         }
     }
 
+    /// Closes the barrier again (what the holder must know before it goes on could not
+    /// be read): the next check decides.
+    pub(crate) fn hold(&mut self) {
+        if self.pinned {
+            self.open = false;
+        }
+    }
+
     /// Resolves at the next check.
     pub(crate) async fn due(&mut self) {
         self.check.tick().await;

@@ -43,6 +43,11 @@ impl<T> KeyQueues<T> {
         next
     }
 
+    /// Takes `key` out: what waits behind it, in order; the key is free again.
+    pub(crate) fn take(&mut self, key: &str) -> VecDeque<T> {
+        self.busy.remove(key).unwrap_or_default()
+    }
+
     /// Every item waiting (not running), emptied out; their keys stay busy until their
     /// running handling settles.
     pub(crate) fn take_waiting(&mut self) -> Vec<T> {
@@ -86,5 +91,18 @@ mod tests {
         assert_eq!(taken, vec![2, 3]);
         assert_eq!(keys.push("a", 4), None);
         assert_eq!(keys.settled("a"), Some(4));
+    }
+
+    #[test]
+    fn given_a_key_taken_out_should_hand_back_its_waiting_items_and_free_it() {
+        let mut keys = KeyQueues::default();
+        keys.push("a", 1);
+        keys.push("a", 2);
+        keys.push("a", 3);
+        keys.push("b", 4);
+        assert_eq!(Vec::from(keys.take("a")), vec![2, 3]);
+        assert_eq!(keys.waiting().count(), 0);
+        assert_eq!(keys.push("a", 5), Some(5));
+        assert!(keys.take("c").is_empty());
     }
 }

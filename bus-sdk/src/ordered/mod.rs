@@ -23,6 +23,7 @@ mod assignment;
 mod barrier;
 mod consumers;
 mod keys;
+mod parking;
 mod partition;
 mod policy;
 mod pulls;

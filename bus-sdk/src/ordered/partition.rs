@@ -1,16 +1,19 @@
 //! One lane of an ordered group in this member: a partition while this member owns it
 //! (its consumer pinned to this member), or the lane of events without a key (shared by
 //! every member). Deliveries of one key run one at a time in arrival order ([`KeyQueues`]),
-//! each handling in a task of its own; a failed one is retried in place, so its key
-//! waits and the partition's other keys go on. Redeliveries of what this member already
-//! holds (an ack deadline that passed while the connection was down) are ignored: the
-//! handling in hand settles them.
+//! each handling in a task of its own. A failed one in a partition is held aside with its
+//! key ([`parking`]): it and the key's later events move, in order, to the key's parking
+//! subject, where they are handled one at a time (the failed one retried in place), so
+//! the key waits and the partition's other keys go on. (Without a key, or with
+//! [`parking::MAX_PARKED_KEYS`] keys parked, a failed one is retried in place.)
+//! Redeliveries of what this member already holds (an ack deadline that passed while the
+//! connection was down) are ignored: the handling in hand settles them.
 //!
 //! Bound: the partition consumer hands this member at most its window of deliveries
-//! before an ack, so the held, waiting and running deliveries together stay within it.
-//! Waiting deliveries get an in-progress ack every quarter ack deadline.
+//! before an ack, so the held, waiting, appending and running deliveries together stay
+//! within it. Waiting deliveries get an in-progress ack every quarter ack deadline.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -30,6 +33,7 @@ use tokio_util::task::TaskTracker;
 use super::barrier::{self, Barrier, Check, seq_of};
 pub(crate) use super::consumers::Lane;
 use super::keys::KeyQueues;
+use super::parking;
 use super::policy::{SOURCE_SEQ, Settled};
 use super::pulls::Pulls;
 use super::{BARRIER_CHECK, OrderedShared, PIN_GROUP, pause};
@@ -65,7 +69,30 @@ pub(crate) async fn run(lanes: Lanes, lane: Lane, cancel: CancellationToken) {
     }
 }
 
-type Running = Pin<Box<dyn Future<Output = (Option<String>, u64)> + Send>>;
+type Running = Pin<Box<dyn Future<Output = (Option<String>, u64, Ended)> + Send>>;
+/// An append to a parking subject: the key's token, the copy's sequence.
+type Appending = Pin<Box<dyn Future<Output = (String, u64)> + Send>>;
+/// A parked key's drain: its token, and whether its parking subject was found empty.
+type Draining = Pin<Box<dyn Future<Output = (String, bool)> + Send>>;
+
+/// How a handling in a lane ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// Settled (acked or dead-lettered), or given back to the consumer.
+    Settled,
+    /// Failed, and moved to its key's parking subject: the key's later events follow it
+    /// there; its next try waits `delay`.
+    Parked { delay: Duration },
+}
+
+/// A key held aside in this partition: its events on their way to the parking subject
+/// (one append at a time, in order), and whether its drain runs.
+#[derive(Default)]
+struct ParkedKey {
+    queue: VecDeque<Message>,
+    appending: bool,
+    draining: bool,
+}
 
 async fn serve(lanes: &Lanes, lane: Lane, cancel: &CancellationToken) -> Result<(), String> {
     let shared = &lanes.shared;
@@ -96,6 +123,10 @@ async fn serve(lanes: &Lanes, lane: Lane, cancel: &CancellationToken) -> Result<
         known: HashSet::new(),
         running: FuturesUnordered::new(),
         barrier: Barrier::new(lane.pinned(), BARRIER_CHECK),
+        parked: HashMap::new(),
+        appends: FuturesUnordered::new(),
+        drains: FuturesUnordered::new(),
+        drains_cancel: cancel.child_token(),
     };
     let period = shared.options.ack_wait / 4;
     let mut progress = tokio::time::interval_at(Instant::now() + period, period);
@@ -111,14 +142,21 @@ async fn serve(lanes: &Lanes, lane: Lane, cancel: &CancellationToken) -> Result<
                 serving.release(&stream, &mut consumer, &name, pulls).await;
                 return Ok(());
             }
-            Some((key, seq)) = serving.running.next(), if !serving.running.is_empty() => {
-                serving.settled(key, seq);
+            Some((key, seq, ended)) = serving.running.next(), if !serving.running.is_empty() => {
+                serving.settled(key, seq, ended);
+            }
+            Some((token, seq)) = serving.appends.next(), if !serving.appends.is_empty() => {
+                serving.appended(token, seq);
+            }
+            Some((token, drained)) = serving.drains.next(), if !serving.drains.is_empty() => {
+                serving.drain_ended(token, drained).await;
             }
             _ = serving.barrier.due(), if !serving.barrier.is_open() => {
-                // Running handlings may be acked while the check waits: not counted.
-                let held = serving.held.len() + serving.keys.waiting().count();
+                // Running handlings and appends may be acked while the check waits: not
+                // counted.
+                let held = serving.held.len() + serving.waiting().count();
                 match serving.barrier.check(&mut consumer, held).await {
-                    Check::Open => serving.open(),
+                    Check::Open => serving.open().await,
                     Check::Lost => serving.give_back_held().await,
                     Check::Wait => {}
                 }
@@ -150,6 +188,19 @@ struct Serving {
     known: HashSet<u64>,
     running: FuturesUnordered<Running>,
     barrier: Barrier,
+    /// Keys held aside, by token.
+    parked: HashMap<String, ParkedKey>,
+    appends: FuturesUnordered<Appending>,
+    drains: FuturesUnordered<Draining>,
+    /// Stops this serving's drains (the lane's cancel, or this serving ending: a lane
+    /// re-opened after a failure reads its parked keys again).
+    drains_cancel: CancellationToken,
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.drains_cancel.cancel();
+    }
 }
 
 impl Serving {
@@ -170,8 +221,25 @@ impl Serving {
         }
     }
 
-    /// The barrier opened: what was held goes on in stream order.
-    fn open(&mut self) {
+    /// The barrier opened: the keys the partition's earlier holders parked are read
+    /// (their later events must follow them), then what was held goes on in stream
+    /// order. If they cannot be read the barrier closes again.
+    async fn open(&mut self) {
+        if let Lane::Partition(p) = self.lane {
+            match parking::parked(&self.lanes.shared, p).await {
+                Ok(tokens) => {
+                    for token in tokens {
+                        self.parked.entry(token.clone()).or_default();
+                        self.start_drain(token, Duration::ZERO);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(group = %self.lanes.shared.name, partition = p, error = %e, "reading the parked keys failed; checking again");
+                    self.barrier.hold();
+                    return;
+                }
+            }
+        }
         for (seq, message) in std::mem::take(&mut self.held) {
             self.dispatch(message, seq);
         }
@@ -182,54 +250,178 @@ impl Serving {
             Lane::Unkeyed => self.start(None, message, seq),
             Lane::Partition(_) => {
                 let key = key_of(&message);
-                if let Some(message) = self.keys.push(&key, message) {
+                let token = parking::token(&key);
+                if let Some(parked) = self.parked.get_mut(&token) {
+                    parked.queue.push_back(message);
+                    self.next_append(token);
+                } else if let Some(message) = self.keys.push(&key, message) {
                     self.start(Some(key), message, seq);
                 }
             }
         }
     }
 
-    fn settled(&mut self, key: Option<String>, seq: u64) {
+    fn settled(&mut self, key: Option<String>, seq: u64, ended: Ended) {
         self.known.remove(&seq);
-        if let Some(key) = key
-            && let Some(next) = self.keys.settled(&key)
-        {
+        let Some(key) = key else { return };
+        if let Ended::Parked { delay } = ended {
+            // What waits behind it follows it to parking, in order.
+            let token = parking::token(&key);
+            let waiting = self.keys.take(&key);
+            self.parked
+                .entry(token.clone())
+                .or_default()
+                .queue
+                .extend(waiting);
+            self.next_append(token.clone());
+            self.start_drain(token, delay);
+        } else if let Some(next) = self.keys.settled(&key) {
             let next_seq = seq_of(&next).unwrap_or_default();
             self.start(Some(key), next, next_seq);
         }
     }
 
-    /// Runs `message` to its settle in a task of its own, retrying it in place.
+    /// Runs `message` to its settle in a task of its own: in a partition, parked on a
+    /// failure (while fewer than [`parking::MAX_PARKED_KEYS`] keys are), else retried
+    /// in place.
     fn start(&mut self, key: Option<String>, message: Message, seq: u64) {
         let shared = self.lanes.shared.clone();
         let slots = self.lanes.slots.clone();
         let cancel = self.cancel.clone();
+        let park = match (self.lane, &key) {
+            (Lane::Partition(p), Some(key)) if self.parked.len() < parking::MAX_PARKED_KEYS => {
+                Some(Park {
+                    partition: p,
+                    token: parking::token(key),
+                })
+            }
+            _ => None,
+        };
         let task = self
             .lanes
             .tracker
-            .spawn(async move { handle_in_place(shared, slots, message, cancel).await });
+            .spawn(async move { handle_in_place(shared, slots, message, seq, cancel, park).await });
         self.running.push(Box::pin(async move {
             // A panic is caught inside the delivery path; a task that ends otherwise
             // still frees its key.
-            let _ = task.await;
-            (key, seq)
+            let ended = task.await.unwrap_or(Ended::Settled);
+            (key, seq, ended)
         }));
     }
 
-    /// In-progress acks for deliveries waiting behind their key or the barrier.
+    /// Starts the next append of the parked key `token`, unless one runs: appends of a
+    /// key go one at a time, so that they are stored in order.
+    fn next_append(&mut self, token: String) {
+        let Lane::Partition(p) = self.lane else {
+            return;
+        };
+        let Some(parked) = self.parked.get_mut(&token) else {
+            return;
+        };
+        if parked.appending {
+            return;
+        }
+        let Some(message) = parked.queue.pop_front() else {
+            return;
+        };
+        parked.appending = true;
+        let shared = self.lanes.shared.clone();
+        let cancel = self.cancel.clone();
+        self.appends.push(Box::pin(async move {
+            let seq = seq_of(&message).unwrap_or_default();
+            parking::append_then_ack(&shared, p, &token, message, seq, &cancel).await;
+            (token, seq)
+        }));
+    }
+
+    /// An append ended (stored and its copy acked, or given back on the lane's cancel).
+    fn appended(&mut self, token: String, seq: u64) {
+        self.known.remove(&seq);
+        if let Some(parked) = self.parked.get_mut(&token) {
+            parked.appending = false;
+        }
+        self.next_append(token);
+    }
+
+    fn start_drain(&mut self, token: String, delay: Duration) {
+        let Lane::Partition(p) = self.lane else {
+            return;
+        };
+        let Some(parked) = self.parked.get_mut(&token) else {
+            return;
+        };
+        if parked.draining {
+            return;
+        }
+        parked.draining = true;
+        let lanes = self.lanes.clone();
+        let cancel = self.drains_cancel.clone();
+        let task = self.lanes.tracker.spawn({
+            let token = token.clone();
+            async move { parking::drain(lanes, p, token, delay, cancel).await }
+        });
+        self.drains.push(Box::pin(async move {
+            let drained = task.await.unwrap_or(false);
+            (token, drained)
+        }));
+    }
+
+    /// A parked key's drain found its parking subject empty (or stopped on the lane's
+    /// cancel). With nothing of the key on its way there, and still nothing there when
+    /// checked again here (no append can start meanwhile), the key goes back to its
+    /// partition's flow; else the drain goes on.
+    async fn drain_ended(&mut self, token: String, drained: bool) {
+        let Lane::Partition(p) = self.lane else {
+            return;
+        };
+        let Some(parked) = self.parked.get_mut(&token) else {
+            return;
+        };
+        parked.draining = false;
+        if !drained || self.drains_cancel.is_cancelled() {
+            return;
+        }
+        let quiet = !parked.appending && parked.queue.is_empty();
+        if quiet && parking::is_drained(&self.lanes.shared, p, &token).await {
+            self.parked.remove(&token);
+            let shared = self.lanes.shared.clone();
+            self.lanes
+                .tracker
+                .spawn(async move { parking::close(&shared, p, &token).await });
+        } else {
+            self.start_drain(token, Duration::ZERO);
+        }
+    }
+
+    /// Deliveries in hand that have not started: waiting behind their key or on their
+    /// way to parking.
+    fn waiting(&self) -> impl Iterator<Item = &Message> {
+        self.keys
+            .waiting()
+            .chain(self.parked.values().flat_map(|p| p.queue.iter()))
+    }
+
+    /// In-progress acks for deliveries waiting behind their key, for parking or the
+    /// barrier.
     async fn keep_waiting_alive(&mut self) {
-        for message in self.keys.waiting().chain(self.held.values()) {
+        for message in self.waiting().chain(self.held.values()) {
             ack(message, AckKind::Progress).await;
         }
     }
 
-    /// Deliveries not started (held or waiting behind their key) go back to the
-    /// consumer at once, in stream order: the next holder gets them first.
+    /// Deliveries not started (held, waiting behind their key or for parking) go back
+    /// to the consumer at once, in stream order: the next holder gets them first.
     async fn give_back(&mut self) {
+        let for_parking: Vec<Message> = self
+            .parked
+            .values_mut()
+            .flat_map(|p| std::mem::take(&mut p.queue))
+            .collect();
         let mut back: Vec<(u64, Message)> = self
             .keys
             .take_waiting()
             .into_iter()
+            .chain(for_parking)
             .map(|m| (seq_of(&m).unwrap_or_default(), m))
             .chain(std::mem::take(&mut self.held))
             .collect();
@@ -268,6 +460,8 @@ impl Serving {
         }
         self.give_back().await;
         while self.running.next().await.is_some() {}
+        while self.appends.next().await.is_some() {}
+        while self.drains.next().await.is_some() {}
         self.barrier.let_go(consumer, stream, name).await;
     }
 }
@@ -283,46 +477,83 @@ fn key_of(message: &Message) -> String {
         .to_owned()
 }
 
-/// Handles one delivery until it is settled: in a handler slot, and after a failure
+/// Where a failed handling in a partition is parked.
+pub(crate) struct Park {
+    partition: u32,
+    token: String,
+}
+
+/// Handles one delivery (`seq`: its copy's sequence) until it is settled: in a handler
+/// slot, and after a failure either parked with its key (`park`: the first failure) or
 /// again after its backoff, JetStream told meanwhile that it is in progress (while it
 /// waits for a slot too: an ack deadline passing while this member lives would send it to
 /// another holder). When the lane is given up (`cancel`) before a handling starts or
 /// while it waits for a retry, the delivery goes back to the consumer instead: the lane's
 /// next holder handles it, in order.
-async fn handle_in_place(
+pub(crate) async fn handle_in_place(
     shared: Arc<OrderedShared>,
     slots: Arc<Semaphore>,
     message: Message,
+    seq: u64,
     cancel: CancellationToken,
-) {
+    mut park: Option<Park>,
+) -> Ended {
     let ack_wait = shared.options.ack_wait;
     let Some(_slot) = slot_for(&message, &slots, &cancel, ack_wait).await else {
-        return;
+        return Ended::Settled;
     };
     let mut delivery = match Delivery::read(message, Instant::now()) {
         Ok(d) => d,
         Err(e) => {
             tracing::warn!(group = %shared.name, error = %e, "delivery without JetStream metadata");
-            return;
+            return Ended::Settled;
         }
     };
     // The handler, the span and a dead letter see the event's place in the events
-    // stream, not its copy's.
-    if let Some(seq) = delivery
-        .headers
-        .as_deref()
-        .and_then(|h| get_ignore_case(h, SOURCE_SEQ))
-        .and_then(|s| s.parse().ok())
-    {
-        delivery.stream_seq = seq;
+    // stream, not its copy's, and a parked event's tries before it was parked.
+    let header = |name: &str| {
+        delivery
+            .headers
+            .as_deref()
+            .and_then(|h| get_ignore_case(h, name))
+            .and_then(|s| s.parse::<u64>().ok())
+    };
+    let (source_seq, tried) = (header(SOURCE_SEQ), header(parking::ATTEMPTS));
+    if let Some(source_seq) = source_seq {
+        delivery.stream_seq = source_seq;
+    }
+    if let Some(tried) = tried {
+        let tried = u32::try_from(tried).unwrap_or(u32::MAX);
+        delivery.attempt = delivery.attempt.saturating_add(tried);
     }
     loop {
         match handle_delivery(&*shared, delivery).await {
-            Settled::Done => return,
+            Settled::Done => return Ended::Settled,
             Settled::Retry(back, delay) => {
+                if let Some(to) = park.take() {
+                    let stored = parking::append(
+                        &shared,
+                        to.partition,
+                        &to.token,
+                        back.headers.as_deref(),
+                        back.message.payload.clone(),
+                        seq,
+                        back.attempt,
+                    )
+                    .await;
+                    match stored {
+                        Ok(()) => {
+                            ack(&back.message, AckKind::Ack).await;
+                            return Ended::Parked { delay };
+                        }
+                        Err(e) => {
+                            tracing::warn!(group = %shared.name, error = %e, "parking a failing key failed; retrying it in place");
+                        }
+                    }
+                }
                 if !wait_alive(&back, delay, ack_wait, &cancel).await {
                     ack(&back.message, AckKind::Nak(None)).await;
-                    return;
+                    return Ended::Settled;
                 }
                 delivery = *back;
                 delivery.attempt = delivery.attempt.saturating_add(1);
@@ -330,7 +561,7 @@ async fn handle_in_place(
             }
             Settled::Unconfirmed(back, kind) => {
                 confirm(&shared, &back, kind, &cancel).await;
-                return;
+                return Ended::Settled;
             }
         }
     }

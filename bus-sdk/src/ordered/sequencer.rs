@@ -317,7 +317,7 @@ async fn publish_copy(
 /// ones: the source consumer's `Nats-Pin-Id` would come before the partition consumer's
 /// own on delivery, and an expectation (`Nats-Expected-*`) or TTL set for the events
 /// stream means nothing on the ordered one.
-fn copied_headers(original: Option<&HeaderMap>) -> HeaderMap {
+pub(super) fn copied_headers(original: Option<&HeaderMap>) -> HeaderMap {
     let mut copy = HeaderMap::new();
     for (name, values) in original.into_iter().flat_map(HeaderMap::iter) {
         let name: &str = name.as_ref();

@@ -127,6 +127,20 @@ impl Log {
         Ok((per_member, repeats))
     }
 
+    /// That no two handlings of `key` overlapped in time.
+    fn no_overlap(&self, key: &str) -> anyhow::Result<()> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        for pair in map.get(key).into_iter().flat_map(|h| h.windows(2)) {
+            anyhow::ensure!(
+                pair[0].end <= pair[1].start,
+                "key {key}: step {} started before step {} ended",
+                pair[1].step,
+                pair[0].step
+            );
+        }
+        Ok(())
+    }
+
     /// How long after `at` (Unix ns) the keys that `member` handled went on with another
     /// member: the longest wait, over the keys that had steps left.
     fn longest_takeover(&self, member: usize, at: u128) -> Option<Duration> {
@@ -379,6 +393,215 @@ async fn given_a_failing_key_should_hold_up_only_that_key_in_its_partition() -> 
     }
     let dead = bus.dead_letters(None, 0, 10).await?;
     assert!(dead.letters.is_empty(), "nothing dead-lettered");
+    member.shutdown().await;
+    Ok(())
+}
+
+/// A member of a one-partition group whose handler fails every `poison` event while
+/// `failing` is set; every handling is logged.
+async fn parking_member(
+    bus: &Bus,
+    group: &str,
+    log: &Log,
+    failing: Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<Group> {
+    let log = log.clone();
+    Ok(bus
+        .group(group)
+        .on(move |ev: Received<Step>| {
+            let (log, failing) = (log.clone(), failing.clone());
+            async move {
+                let start = unix_ns();
+                if ev.data.key == "poison" && failing.load(std::sync::atomic::Ordering::SeqCst) {
+                    return Err(HandlerError::msg("not yet"));
+                }
+                log.push(
+                    &ev.data.key,
+                    Handling {
+                        step: ev.data.step,
+                        member: 0,
+                        start,
+                        end: unix_ns(),
+                    },
+                );
+                Ok::<(), HandlerError>(())
+            }
+        })
+        .backoff([Duration::from_millis(100)])
+        .max_deliver(10_000)
+        // A window of 8 deliveries: the poison key alone has more events than that.
+        .concurrency(4)
+        .max_ack_pending(8)
+        .ordered_by_key(1)
+        .start()
+        .await?)
+}
+
+/// Steps `from..to` of `key`, one event each.
+fn steps(bus: &Bus, key: &str, from: u64, to: u64) -> anyhow::Result<Vec<bus_sdk::Event>> {
+    (from..to)
+        .map(|step| {
+            Ok(bus
+                .event(&Step {
+                    key: key.into(),
+                    step,
+                })?
+                .build())
+        })
+        .collect()
+}
+
+/// The ordered stream's consumers that hold a parked key (`<group>-p<N>-k<token>`).
+async fn parked_consumers(bus: &Bus, group: &str) -> anyhow::Result<Vec<String>> {
+    use futures::TryStreamExt;
+    let ordered = format!("{}_ORDERED", bus.config().streams.events_name);
+    let stream = bus.jetstream().get_stream(ordered).await?;
+    let names: Vec<String> = stream.consumer_names().try_collect().await?;
+    Ok(names
+        .into_iter()
+        .filter(|n| n.starts_with(&format!("{group}-p")) && n.contains("-k"))
+        .collect())
+}
+
+/// Events on the parking subjects of `group`'s partition 0.
+async fn parked_events(bus: &Bus, group: &str) -> anyhow::Result<usize> {
+    use futures::TryStreamExt;
+    let ordered = format!("{}_ORDERED", bus.config().streams.events_name);
+    let stream = bus.jetstream().get_stream(ordered).await?;
+    let subjects: Vec<(String, usize)> = stream
+        .info_with_subjects(format!("bus.ord.{group}.park.0.*"))
+        .await?
+        .try_collect()
+        .await?;
+    Ok(subjects.iter().map(|(_, n)| n).sum())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_failing_key_with_more_events_than_its_partition_window_should_park_them_in_order_through_an_owner_change()
+-> anyhow::Result<()> {
+    let cluster = NatsCluster::start(1).await?;
+    let bus = bus_for(&cluster).await?;
+    let log = Log::default();
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let first = parking_member(&bus, "parking", &log, failing.clone()).await?;
+    // 40 events of the failing key, five times the partition's window, then the others.
+    let mut events = steps(&bus, "poison", 0, 40)?;
+    for step in 0..5 {
+        for k in 0..10 {
+            events.extend(steps(&bus, &format!("key-{k}"), step, step + 1)?);
+        }
+    }
+    for r in bus.publish_batch(&events).await {
+        r?;
+    }
+    wait_until("every other key handled", Duration::from_secs(60), || {
+        log.total() >= 50
+    })
+    .await?;
+    for k in 0..10 {
+        assert_eq!(log.handled(&format!("key-{k}")), vec![0, 1, 2, 3, 4]);
+    }
+    assert!(log.handled("poison").is_empty(), "the failing key waits");
+    // All of it held aside, on its parking subject, read by one consumer.
+    let mut parked = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while parked < 40 || parked_consumers(&bus, "parking").await?.len() != 1 {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{parked} of the key's 40 events parked"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        parked = parked_events(&bus, "parking").await?;
+    }
+    // Its owner leaves with the key parked; the next owner's handler succeeds.
+    first.shutdown().await;
+    failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let second = parking_member(&bus, "parking", &log, failing.clone()).await?;
+    wait_until("the parked key handled", Duration::from_secs(60), || {
+        log.handled("poison").len() >= 40
+    })
+    .await?;
+    // Back in its partition's flow once drained: later events follow in order.
+    for r in bus.publish_batch(&steps(&bus, "poison", 40, 45)?).await {
+        r?;
+    }
+    wait_until(
+        "the key's later events handled",
+        Duration::from_secs(30),
+        || log.handled("poison").len() >= 45,
+    )
+    .await?;
+    assert_eq!(log.handled("poison"), (0..45).collect::<Vec<_>>());
+    log.no_overlap("poison")?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !parked_consumers(&bus, "parking").await?.is_empty() {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the drained key's consumer was not deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    second.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_parked_event_dead_lettered_its_key_should_move_on_to_its_later_events_in_order()
+-> anyhow::Result<()> {
+    let cluster = NatsCluster::start(1).await?;
+    let bus = bus_for(&cluster).await?;
+    let log = Log::default();
+    let handler_log = log.clone();
+    let member = bus
+        .group("dead-end")
+        .on(move |ev: Received<Step>| {
+            let log = handler_log.clone();
+            async move {
+                let start = unix_ns();
+                if ev.data.key == "poison" && ev.data.step == 0 {
+                    return Err(HandlerError::msg("never"));
+                }
+                log.push(
+                    &ev.data.key,
+                    Handling {
+                        step: ev.data.step,
+                        member: 0,
+                        start,
+                        end: unix_ns(),
+                    },
+                );
+                Ok::<(), HandlerError>(())
+            }
+        })
+        .backoff([Duration::from_millis(50)])
+        .max_deliver(3)
+        .concurrency(4)
+        .max_ack_pending(4)
+        .ordered_by_key(1)
+        .start()
+        .await?;
+    let poison = steps(&bus, "poison", 0, 20)?;
+    let mut receipts = Vec::new();
+    for r in bus.publish_batch(&poison).await {
+        receipts.push(r?);
+    }
+    for r in bus.publish_batch(&steps(&bus, "other", 0, 20)?).await {
+        r?;
+    }
+    wait_until("every handled event", Duration::from_secs(60), || {
+        log.total() >= 19 + 20
+    })
+    .await?;
+    assert_eq!(log.handled("poison"), (1..20).collect::<Vec<_>>());
+    assert_eq!(log.handled("other"), (0..20).collect::<Vec<_>>());
+    let dead = bus.dead_letters(None, 0, 10).await?;
+    assert_eq!(dead.letters.len(), 1, "{:?}", dead.letters);
+    let letter = &dead.letters[0];
+    assert_eq!(
+        letter.letter.stream_seq, receipts[0].seq,
+        "the failing step's event"
+    );
+    assert_eq!(letter.letter.attempts, 3);
     member.shutdown().await;
     Ok(())
 }
