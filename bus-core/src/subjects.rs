@@ -67,6 +67,11 @@ impl Subjects {
         format!("{}.{}.park.{}.*", self.ordered, group, partition)
     }
 
+    /// Every key held aside in any partition of `group`: `bus.ord.<group>.park.>`.
+    pub fn ordered_parked_all(&self, group: &GroupName) -> String {
+        format!("{}.{}.park.>", self.ordered, group)
+    }
+
     /// Every partition of every ordered group: the ordered stream's subject filter.
     pub fn all_ordered(&self) -> String {
         format!("{}.>", self.ordered)

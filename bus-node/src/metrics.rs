@@ -119,6 +119,7 @@ pub struct Metrics {
     pub partition_pending: Family<PartitionLabels, Gauge>,
     pub partition_in_flight: Family<PartitionLabels, Gauge>,
     pub partition_oldest_age: Family<PartitionLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub partition_parked: Family<PartitionLabels, Gauge>,
     pub nats_connected: Gauge,
     pub webhook_attempts: Family<OutcomeLabels, Counter>,
     pub webhook_attempt_duration: Histogram,
@@ -161,6 +162,12 @@ impl Metrics {
             "ordered_partition_oldest_unacked_age_seconds",
             "Age of the oldest event of an ordered group's partition not yet settled; 0 when it has none",
             partition_oldest_age.clone(),
+        );
+        let partition_parked = Family::<PartitionLabels, Gauge>::default();
+        registry.register(
+            "ordered_partition_parked_events",
+            "Events of failing keys held aside from an ordered group's partition until their key's failed event settles",
+            partition_parked.clone(),
         );
         let nats_connected = Gauge::default();
         let push = PushMetrics::default();
@@ -230,6 +237,7 @@ impl Metrics {
             partition_pending,
             partition_in_flight,
             partition_oldest_age,
+            partition_parked,
             nats_connected,
             webhook_attempts,
             webhook_attempt_duration,

@@ -83,6 +83,11 @@ pub struct PartitionInfo {
     /// it (the partition keeps only those); 0 when there is none, `None` when it could not
     /// be read.
     pub oldest_unacked_age_seconds: Option<f64>,
+    /// Events of failing keys held aside from the partition (parked), waiting for their
+    /// key's failed event to be handled or dead-lettered; not counted in `pending`.
+    pub parked_events: u64,
+    /// Keys held aside (parked).
+    pub parked_keys: u64,
 }
 
 impl Bus {
@@ -138,7 +143,8 @@ impl Bus {
     }
 
     /// Fills in the ordered groups' partitions: one listing of the ordered stream's
-    /// consumers, and one read per partition for its oldest event (at most 32 at once).
+    /// consumers, one of its parked keys per group, and one read per partition for its
+    /// oldest event (at most 32 at once).
     async fn read_partitions(
         &self,
         groups: &mut [GroupInfo],
@@ -176,7 +182,30 @@ impl Bus {
                         .iter()
                         .any(|g| g.pinned_client_id.is_some()),
                     oldest_unacked_age_seconds: None,
+                    parked_events: 0,
+                    parked_keys: 0,
                 });
+            }
+            // Parked keys: `<prefix>.<group>.park.<partition>.<token>`, one read.
+            let parked: Vec<(String, usize)> = stream
+                .info_with_subjects(subjects.ordered_parked_all(&group_name))
+                .await
+                .map_err(js_err)?
+                .try_collect()
+                .await
+                .map_err(js_err)?;
+            for (subject, events) in parked {
+                let mut tokens = subject.rsplit('.');
+                let (_, partition) = (tokens.next(), tokens.next());
+                let Some(p) = partition.and_then(|p| p.parse::<u32>().ok()) else {
+                    continue;
+                };
+                if let Some(info) = partitions.iter_mut().find(|i| i.partition == p)
+                    && events > 0
+                {
+                    info.parked_events += events as u64;
+                    info.parked_keys += 1;
+                }
             }
             let ages: Vec<(usize, Option<f64>)> = futures::stream::iter(0..partitions.len())
                 .map(|i| {

@@ -101,6 +101,7 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
                 app.metrics.partition_pending.clear();
                 app.metrics.partition_in_flight.clear();
                 app.metrics.partition_oldest_age.clear();
+                app.metrics.partition_parked.clear();
                 for g in &groups {
                     for p in g.partitions.iter().flatten() {
                         let l = PartitionLabels {
@@ -112,6 +113,9 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
                         m.partition_in_flight
                             .get_or_create(&l)
                             .set(p.in_flight as i64);
+                        m.partition_parked
+                            .get_or_create(&l)
+                            .set(p.parked_events as i64);
                         if let Some(age) = p.oldest_unacked_age_seconds {
                             m.partition_oldest_age.get_or_create(&l).set(age);
                         }

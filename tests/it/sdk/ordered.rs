@@ -463,17 +463,16 @@ async fn parked_consumers(bus: &Bus, group: &str) -> anyhow::Result<Vec<String>>
         .collect())
 }
 
-/// Events on the parking subjects of `group`'s partition 0.
-async fn parked_events(bus: &Bus, group: &str) -> anyhow::Result<usize> {
-    use futures::TryStreamExt;
-    let ordered = format!("{}_ORDERED", bus.config().streams.events_name);
-    let stream = bus.jetstream().get_stream(ordered).await?;
-    let subjects: Vec<(String, usize)> = stream
-        .info_with_subjects(format!("bus.ord.{group}.park.0.*"))
-        .await?
-        .try_collect()
-        .await?;
-    Ok(subjects.iter().map(|(_, n)| n).sum())
+/// Events and keys held aside in `group`'s partition 0, as `Bus::groups` lists them.
+async fn parked_events(bus: &Bus, group: &str) -> anyhow::Result<(u64, u64)> {
+    let groups = bus.groups().await?;
+    let info = groups
+        .iter()
+        .find(|g| g.name == group)
+        .and_then(|g| g.partitions.as_ref())
+        .and_then(|p| p.first())
+        .ok_or_else(|| anyhow::anyhow!("group {group} has no partition 0 listed"))?;
+    Ok((info.parked_events, info.parked_keys))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -502,13 +501,13 @@ async fn given_a_failing_key_with_more_events_than_its_partition_window_should_p
         assert_eq!(log.handled(&format!("key-{k}")), vec![0, 1, 2, 3, 4]);
     }
     assert!(log.handled("poison").is_empty(), "the failing key waits");
-    // All of it held aside, on its parking subject, read by one consumer.
-    let mut parked = 0;
+    // All of it held aside, on its parking subject, read by one consumer, and listed.
+    let mut parked = (0, 0);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while parked < 40 || parked_consumers(&bus, "parking").await?.len() != 1 {
+    while parked != (40, 1) || parked_consumers(&bus, "parking").await?.len() != 1 {
         anyhow::ensure!(
             tokio::time::Instant::now() < deadline,
-            "{parked} of the key's 40 events parked"
+            "(events, keys) parked: {parked:?}, not (40, 1)"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
         parked = parked_events(&bus, "parking").await?;
@@ -533,6 +532,7 @@ async fn given_a_failing_key_with_more_events_than_its_partition_window_should_p
     .await?;
     assert_eq!(log.handled("poison"), (0..45).collect::<Vec<_>>());
     log.no_overlap("poison")?;
+    assert_eq!(parked_events(&bus, "parking").await?, (0, 0));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !parked_consumers(&bus, "parking").await?.is_empty() {
         anyhow::ensure!(
@@ -887,6 +887,12 @@ async fn given_an_ordered_group_listings_and_metrics_should_show_each_partition_
             .any(|l| l
                 .starts_with("bus_ordered_partition_oldest_unacked_age_seconds{group=\"visible\"")),
         "{metrics}"
+    );
+    let parked =
+        format!("bus_ordered_partition_parked_events{{group=\"visible\",partition=\"{held}\"}} 0");
+    assert!(
+        metrics.lines().any(|l| l == parked),
+        "{parked} not in {metrics}"
     );
 
     gate.add_permits(3);
