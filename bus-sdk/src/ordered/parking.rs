@@ -15,9 +15,11 @@
 //! carry `Nats-Msg-Id` `park-<group>-<copy's sequence>`: a copy appended by an owner that
 //! died before acking it, then appended again by the next, is stored once.
 //!
-//! A key is named on the subject by a token: FNV-1a 64 of its UTF-8 bytes, in hex. Two
-//! keys with the same token (about one chance in 2^64 per pair) share one parking
-//! subject, and so one order.
+//! A key is named on the subject by a token: the first 128 bits of the SHA-256 of its
+//! UTF-8 bytes, in hex (a key may hold any character, a subject token may not; two keys
+//! with one token would share a parking subject, and a running handling of one could be
+//! overtaken by a parked event of the other, so the token must not collide, even for
+//! keys chosen to).
 
 use std::time::Duration;
 
@@ -48,12 +50,9 @@ const INACTIVE: Duration = Duration::from_secs(600);
 
 /// The token that names `key` on its parking subject.
 pub(crate) fn token(key: &str) -> String {
-    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let h = key
-        .bytes()
-        .fold(OFFSET_BASIS, |h, b| (h ^ u64::from(b)).wrapping_mul(PRIME));
-    format!("{h:016x}")
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(key.as_bytes());
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn consumer_name(shared: &OrderedShared, partition: u32, token: &str) -> String {
@@ -76,7 +75,8 @@ pub(crate) async fn append(
         .bus
         .subjects()
         .ordered_parked(&shared.name, partition, token);
-    let mut headers = copied_headers(headers);
+    // The source sequence and subject stay; the tries are this append's.
+    let mut headers = copied_headers(headers, false);
     headers.insert(ATTEMPTS, attempts.to_string().as_str());
     let publish = PublishMessage::build()
         .headers(headers)
@@ -90,42 +90,65 @@ pub(crate) async fn append(
     .await
 }
 
-/// Appends a delivery of a parked key to its parking subject, then acks its copy in the
-/// partition; after a failure it tries again after a backoff (acking progress meanwhile),
-/// and on `cancel` gives the delivery back to the partition instead.
-pub(crate) async fn append_then_ack(
+/// Where a delivery is parked: its key's parking subject in `partition`, and the
+/// partition copy's sequence (the append's `Nats-Msg-Id`).
+pub(crate) struct To<'a> {
+    pub partition: u32,
+    pub token: &'a str,
+    pub copy_seq: u64,
+}
+
+/// Parks a delivery of a partition (`headers`: its headers, `attempts`: tries already
+/// made): appends it to its key's parking subject until that is stored, then acks its
+/// copy in the partition until the ack is sent; both acking progress while they try
+/// again. `false` when the lane is given up (`cancel`) before it is stored: the copy
+/// then goes back to the partition (an append that timed out may still be stored: the
+/// next owner finds the key parked, and appending the copy again is deduplicated).
+pub(crate) async fn park(
     shared: &OrderedShared,
-    partition: u32,
-    token: &str,
-    message: Message,
-    seq: u64,
+    to: &To<'_>,
+    headers: Option<&HeaderMap>,
+    copy: &Message,
+    attempts: u32,
     cancel: &CancellationToken,
-) {
+) -> bool {
+    let every = shared.options.ack_wait / 4;
     let mut failures = 0u32;
     loop {
         let stored = append(
             shared,
-            partition,
-            token,
-            message.headers.as_ref(),
-            message.payload.clone(),
-            seq,
-            0,
+            to.partition,
+            to.token,
+            headers,
+            copy.payload.clone(),
+            to.copy_seq,
+            attempts,
         )
         .await;
         match stored {
-            Ok(()) => {
-                ack(&message, AckKind::Ack).await;
-                return;
-            }
+            Ok(()) => break,
             Err(e) => {
-                tracing::warn!(group = %shared.name, partition, error = %e, "parking an event failed; trying again");
-                ack(&message, AckKind::Progress).await;
-                let delay =
-                    bus_core::retry::backoff_delay(failures).min(shared.options.ack_wait / 4);
+                tracing::warn!(group = %shared.name, partition = to.partition, error = %e, "parking an event failed; trying again");
+                ack(copy, AckKind::Progress).await;
+                let delay = bus_core::retry::backoff_delay(failures).min(every);
                 if !super::pause(cancel, delay).await {
-                    ack(&message, AckKind::Nak(None)).await;
-                    return;
+                    ack(copy, AckKind::Nak(None)).await;
+                    return false;
+                }
+                failures = failures.saturating_add(1);
+            }
+        }
+    }
+    // Were the copy's ack lost, it would come back after the key's later events.
+    let mut failures = 0u32;
+    loop {
+        match super::policy::send_ack(copy, AckKind::Ack).await {
+            Ok(()) => return true,
+            Err(e) => {
+                tracing::debug!(group = %shared.name, error = %e, "acking a parked copy could not be sent; sending it again");
+                let delay = bus_core::retry::backoff_delay(failures).min(every);
+                if !super::pause(cancel, delay).await {
+                    return true;
                 }
                 failures = failures.saturating_add(1);
             }
@@ -328,10 +351,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn given_a_key_should_name_it_by_its_fnv1a_64_in_hex() {
-        // The FNV authors' test vectors for FNV-1a 64.
-        assert_eq!(token(""), "cbf29ce484222325");
-        assert_eq!(token("a"), "af63dc4c8601ec8c");
-        assert_eq!(token("foobar"), "85944171f73967e8");
+    fn given_a_key_should_name_it_by_the_first_128_bits_of_its_sha256_in_hex() {
+        // FIPS 180-2 test vectors for SHA-256, cut to 16 bytes.
+        assert_eq!(token(""), "e3b0c44298fc1c149afbf4c8996fb924");
+        assert_eq!(token("abc"), "ba7816bf8f01cfea414140de5dae2223");
     }
 }

@@ -250,8 +250,11 @@ impl Serving {
             Lane::Unkeyed => self.start(None, message, seq),
             Lane::Partition(_) => {
                 let key = key_of(&message);
-                let token = parking::token(&key);
-                if let Some(parked) = self.parked.get_mut(&token) {
+                // A hash per delivery only while some key is parked.
+                let token = (!self.parked.is_empty()).then(|| parking::token(&key));
+                if let Some((token, parked)) =
+                    token.and_then(|t| self.parked.get_mut(&t).map(|p| (t, p)))
+                {
                     parked.queue.push_back(message);
                     self.next_append(token);
                 } else if let Some(message) = self.keys.push(&key, message) {
@@ -327,9 +330,22 @@ impl Serving {
         parked.appending = true;
         let shared = self.lanes.shared.clone();
         let cancel = self.cancel.clone();
+        let seq = seq_of(&message).unwrap_or_default();
+        let task = self.lanes.tracker.spawn({
+            let token = token.clone();
+            async move {
+                let to = parking::To {
+                    partition: p,
+                    token: &token,
+                    copy_seq: seq,
+                };
+                parking::park(&shared, &to, message.headers.as_ref(), &message, 0, &cancel).await;
+            }
+        });
+        // In a task: a lane re-opened after a failure leaves it to finish (or to give
+        // the delivery back on the lane's cancel).
         self.appends.push(Box::pin(async move {
-            let seq = seq_of(&message).unwrap_or_default();
-            parking::append_then_ack(&shared, p, &token, message, seq, &cancel).await;
+            let _ = task.await;
             (token, seq)
         }));
     }
@@ -378,16 +394,16 @@ impl Serving {
             return;
         };
         parked.draining = false;
-        if !drained || self.drains_cancel.is_cancelled() {
+        if self.drains_cancel.is_cancelled() {
             return;
         }
-        let quiet = !parked.appending && parked.queue.is_empty();
+        // A drain that ended otherwise (a panic) starts again.
+        let quiet = drained && !parked.appending && parked.queue.is_empty();
         if quiet && parking::is_drained(&self.lanes.shared, p, &token).await {
+            // Deleted before the key can park again (a new drain would find the old
+            // consumer, then lose it mid-handling).
+            parking::close(&self.lanes.shared, p, &token).await;
             self.parked.remove(&token);
-            let shared = self.lanes.shared.clone();
-            self.lanes
-                .tracker
-                .spawn(async move { parking::close(&shared, p, &token).await });
         } else {
             self.start_drain(token, Duration::ZERO);
         }
@@ -459,9 +475,14 @@ impl Serving {
             }
         }
         self.give_back().await;
-        while self.running.next().await.is_some() {}
-        while self.appends.next().await.is_some() {}
-        while self.drains.next().await.is_some() {}
+        // Side by side: an append or a drain waiting for a running handling's slot
+        // gives its delivery back at once (the lane's cancel).
+        let (running, appends, drains) = (&mut self.running, &mut self.appends, &mut self.drains);
+        futures::join!(
+            async { while running.next().await.is_some() {} },
+            async { while appends.next().await.is_some() {} },
+            async { while drains.next().await.is_some() {} },
+        );
         self.barrier.let_go(consumer, stream, name).await;
     }
 }
@@ -499,9 +520,12 @@ pub(crate) async fn handle_in_place(
     mut park: Option<Park>,
 ) -> Ended {
     let ack_wait = shared.options.ack_wait;
-    let Some(_slot) = slot_for(&message, &slots, &cancel, ack_wait).await else {
+    let Some(slot) = slot_for(&message, &slots, &cancel, ack_wait).await else {
         return Ended::Settled;
     };
+    // Held while the handler runs, not while a retry waits: parked keys in backoff
+    // would otherwise take every slot of the member.
+    let mut slot = Some(slot);
     let mut delivery = match Delivery::read(message, Instant::now()) {
         Ok(d) => d,
         Err(e) => {
@@ -530,29 +554,37 @@ pub(crate) async fn handle_in_place(
         match handle_delivery(&*shared, delivery).await {
             Settled::Done => return Ended::Settled,
             Settled::Retry(back, delay) => {
+                drop(slot.take());
                 if let Some(to) = park.take() {
-                    let stored = parking::append(
+                    // Once tried, parking is seen through: an append that timed out may
+                    // still have been stored, and the key's next owner would find it.
+                    let to = parking::To {
+                        partition: to.partition,
+                        token: &to.token,
+                        copy_seq: seq,
+                    };
+                    let headers = back.headers.as_deref();
+                    return if parking::park(
                         &shared,
-                        to.partition,
-                        &to.token,
-                        back.headers.as_deref(),
-                        back.message.payload.clone(),
-                        seq,
+                        &to,
+                        headers,
+                        &back.message,
                         back.attempt,
+                        &cancel,
                     )
-                    .await;
-                    match stored {
-                        Ok(()) => {
-                            ack(&back.message, AckKind::Ack).await;
-                            return Ended::Parked { delay };
-                        }
-                        Err(e) => {
-                            tracing::warn!(group = %shared.name, error = %e, "parking a failing key failed; retrying it in place");
-                        }
-                    }
+                    .await
+                    {
+                        Ended::Parked { delay }
+                    } else {
+                        Ended::Settled
+                    };
                 }
                 if !wait_alive(&back, delay, ack_wait, &cancel).await {
                     ack(&back.message, AckKind::Nak(None)).await;
+                    return Ended::Settled;
+                }
+                slot = slot_for(&back.message, &slots, &cancel, ack_wait).await;
+                if slot.is_none() {
                     return Ended::Settled;
                 }
                 delivery = *back;

@@ -298,7 +298,7 @@ async fn publish_copy(
     } else {
         subjects.ordered_unkeyed(&shared.name)
     };
-    let mut headers = copied_headers(message.headers.as_ref());
+    let mut headers = copied_headers(message.headers.as_ref(), true);
     headers.insert(SOURCE_SEQ, seq.to_string().as_str());
     headers.insert(SOURCE_SUBJECT, message.subject.as_str());
     let publish = PublishMessage::build()
@@ -316,12 +316,19 @@ async fn publish_copy(
 /// The event's headers for its copy, without the server's and publishers' `Nats-*`
 /// ones: the source consumer's `Nats-Pin-Id` would come before the partition consumer's
 /// own on delivery, and an expectation (`Nats-Expected-*`) or TTL set for the events
-/// stream means nothing on the ordered one.
-pub(super) fn copied_headers(original: Option<&HeaderMap>) -> HeaderMap {
+/// stream means nothing on the ordered one. Without the ordered groups' own `bus-ord-*`
+/// either when `from_events` (they are the copy's to set: a redriven dead letter keeps
+/// them, a publisher could forge them), and never with a parked event's tries
+/// ([`super::parking::ATTEMPTS`]: each parking sets its own).
+pub(super) fn copied_headers(original: Option<&HeaderMap>, from_events: bool) -> HeaderMap {
     let mut copy = HeaderMap::new();
     for (name, values) in original.into_iter().flat_map(HeaderMap::iter) {
         let name: &str = name.as_ref();
-        if name.len() >= 5 && name[..5].eq_ignore_ascii_case("nats-") {
+        let prefixed = |p: &str| name.len() >= p.len() && name[..p.len()].eq_ignore_ascii_case(p);
+        if prefixed("nats-")
+            || (from_events && prefixed("bus-ord-"))
+            || name.eq_ignore_ascii_case(super::parking::ATTEMPTS)
+        {
             continue;
         }
         for value in values {
@@ -344,7 +351,7 @@ mod tests {
         h.insert("Nats-Pin-Id", "stale");
         h.insert("nats-expected-stream", "BUS_EVENTS");
         h.insert("Nats-Msg-Id", "ce1-x");
-        let copy = copied_headers(Some(&h));
+        let copy = copied_headers(Some(&h), true);
         assert_eq!(copy.get("ce-id").map(|v| v.as_str()), Some("1"));
         assert_eq!(
             copy.get_all("x-tag")
@@ -355,6 +362,24 @@ mod tests {
         assert!(copy.get("Nats-Pin-Id").is_none());
         assert!(copy.get("nats-expected-stream").is_none());
         assert!(copy.get("Nats-Msg-Id").is_none());
-        assert!(copied_headers(None).is_empty());
+        assert!(copied_headers(None, true).is_empty());
+    }
+
+    #[test]
+    fn given_ordered_headers_should_drop_them_from_events_and_a_parked_events_tries_always() {
+        let mut h = HeaderMap::new();
+        h.insert("ce-id", "1");
+        h.insert("bus-ord-source-seq", "7");
+        h.insert("Bus-Ord-Attempts", "4");
+        let from_events = copied_headers(Some(&h), true);
+        assert!(from_events.get("bus-ord-source-seq").is_none());
+        assert!(from_events.get("Bus-Ord-Attempts").is_none());
+        let parked = copied_headers(Some(&h), false);
+        assert_eq!(
+            parked.get("bus-ord-source-seq").map(|v| v.as_str()),
+            Some("7")
+        );
+        assert!(parked.get("Bus-Ord-Attempts").is_none());
+        assert_eq!(parked.get("ce-id").map(|v| v.as_str()), Some("1"));
     }
 }

@@ -546,6 +546,68 @@ async fn given_a_failing_key_with_more_events_than_its_partition_window_should_p
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_parked_key_waiting_for_its_retry_should_leave_its_handler_slot_to_other_keys()
+-> anyhow::Result<()> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let cluster = NatsCluster::start(1).await?;
+    let bus = bus_for(&cluster).await?;
+    let log = Log::default();
+    let failures = Arc::new(AtomicUsize::new(0));
+    let (handler_log, handler_failures) = (log.clone(), failures.clone());
+    // One slot; the failing key's second try fails too, and its third waits 60 s.
+    let member = bus
+        .group("one-slot")
+        .on(move |ev: Received<Step>| {
+            let (log, failures) = (handler_log.clone(), handler_failures.clone());
+            async move {
+                let start = unix_ns();
+                if ev.data.key == "poison" {
+                    failures.fetch_add(1, Ordering::SeqCst);
+                    return Err(HandlerError::msg("never"));
+                }
+                log.push(
+                    &ev.data.key,
+                    Handling {
+                        step: ev.data.step,
+                        member: 0,
+                        start,
+                        end: unix_ns(),
+                    },
+                );
+                Ok::<(), HandlerError>(())
+            }
+        })
+        .concurrency(1)
+        .backoff([Duration::from_millis(50), Duration::from_secs(60)])
+        .max_deliver(100)
+        .ordered_by_key(4)
+        .start()
+        .await?;
+    for r in bus.publish_batch(&steps(&bus, "poison", 0, 1)?).await {
+        r?;
+    }
+    wait_until(
+        "the key's second try failed",
+        Duration::from_secs(20),
+        || failures.load(Ordering::SeqCst) >= 2,
+    )
+    .await?;
+    let mut others = Vec::new();
+    for k in 0..10 {
+        others.extend(steps(&bus, &format!("key-{k}"), 0, 3)?);
+    }
+    for r in bus.publish_batch(&others).await {
+        r?;
+    }
+    wait_until("every other key handled", Duration::from_secs(20), || {
+        log.total() >= 30
+    })
+    .await?;
+    member.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn given_a_parked_event_dead_lettered_its_key_should_move_on_to_its_later_events_in_order()
 -> anyhow::Result<()> {
     let cluster = NatsCluster::start(1).await?;
