@@ -645,7 +645,7 @@ async fn wait_alive(
     }
 }
 
-/// Settles a delivery whose ack could not be sent: sends it again until it goes out.
+/// Settles a delivery whose ack was not answered: sends it again until it is.
 /// Meanwhile the key waits (were the ack lost, the event would come back after the
 /// key's next one). Given up when the lane is: the event then stays pending and its next
 /// holder handles it again first (at least once), never after a later one.
@@ -666,7 +666,7 @@ async fn confirm(
         match super::policy::send_ack(&delivery.message, kind).await {
             Ok(()) => return,
             Err(e) => {
-                tracing::debug!(group = %shared.name, error = %e, "settling could not be sent yet; sending it again");
+                tracing::debug!(group = %shared.name, error = %e, "settling not answered yet; sending it again");
                 attempt = attempt.saturating_add(1);
             }
         }

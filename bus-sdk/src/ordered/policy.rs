@@ -27,28 +27,36 @@ pub(crate) enum Settled {
     /// Failed: retry it in place after the delay (its key waits). Boxed: the common
     /// outcome, `Done`, stays small.
     Retry(Box<Delivery>, Duration),
-    /// Handled (or dead-lettered) but the ack (`kind`) could not be sent: send it again
-    /// before the key goes on.
+    /// Handled (or dead-lettered) but the ack (`kind`) was not answered: send it again
+    /// until it is, before the key goes on.
     Unconfirmed(Box<Delivery>, AckKind),
 }
 
-/// Acks (or terminates) the delivery, or says why the ack could not be sent. Sent is
-/// not confirmed: the server's answer to an ack request (`Message::double_ack`, or a
-/// request through the client's inbox) left ordered handlings waiting tens of seconds for
-/// answers under load in this suite (not understood yet; see ARCHITECTURE.md, "Ordered
-/// groups"), so a key goes on once its ack is sent.
+/// Acks (or terminates) the delivery and waits for the server's answer (a request on
+/// the delivery's ack subject), or says why there was none: an ack lost on the way (a
+/// disconnect) would bring the event back after its ack deadline, after the key's next
+/// one, so a key goes on only once its ack is answered. No responders means the consumer
+/// is gone: nothing is left to ack (what it held comes back through its successor).
 pub(crate) async fn send_ack(
     message: &async_nats::jetstream::Message,
     kind: AckKind,
 ) -> Result<(), String> {
-    send_deadline::within(message.ack_with(kind)).await
+    let reply = message.reply.clone().ok_or("not a JetStream message")?;
+    let client = message.context.client();
+    let request = client.request(reply, kind.into());
+    match tokio::time::timeout(send_deadline::SEND_DEADLINE, request).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("the ack was not answered within the send deadline".to_owned()),
+    }
 }
 
 async fn ack_then_go_on(delivery: Delivery, kind: AckKind) -> Settled {
     match send_ack(&delivery.message, kind).await {
         Ok(()) => Settled::Done,
         Err(e) => {
-            tracing::debug!(error = %e, ?kind, "settling could not be sent; sending it again");
+            tracing::debug!(error = %e, ?kind, "settling not answered; sending it again");
             Settled::Unconfirmed(Box::new(delivery), kind)
         }
     }
