@@ -19,6 +19,7 @@
 //! in its own hands (the old holder settled its deliveries, or they came back to the new
 //! one after their ack deadline, in stream order).
 
+mod acks;
 mod assignment;
 mod barrier;
 mod consumers;
@@ -77,6 +78,8 @@ pub(crate) struct OrderedShared {
     pub filters: Vec<String>,
     /// The ordered groups' stream.
     pub ordered_stream: String,
+    /// Confirms acks reached the server, in batches.
+    pub syncs: acks::Syncs,
 }
 
 impl OrderedShared {
@@ -106,6 +109,7 @@ pub(crate) async fn start(
         .map_err(|e| SubscribeError::Consumer(e.to_string()))?;
     let filters = crate::group::member_filters(&bus, &name, &handlers);
     let ordered_stream = bus_core::topology::ordered_stream(&bus.config().streams.events_name);
+    let syncs = acks::Syncs::start(bus.client().clone());
     let shared = Arc::new(OrderedShared {
         bus,
         name,
@@ -114,6 +118,7 @@ pub(crate) async fn start(
         handlers,
         filters,
         ordered_stream,
+        syncs,
     });
     consumers::ensure(&shared).await?;
     let presence = presence::announce(&shared.bus, &shared.name, shared.handlers.types())

@@ -100,7 +100,7 @@ pub(crate) struct To<'a> {
 
 /// Parks a delivery of a partition (`headers`: its headers, `attempts`: tries already
 /// made): appends it to its key's parking subject until that is stored, then acks its
-/// copy in the partition until the ack is answered; both acking progress while they try
+/// copy in the partition and confirms it; both acking progress while they try
 /// again. `false` when the lane is given up (`cancel`) before it is stored: the copy
 /// then goes back to the partition (an append that timed out may still be stored: the
 /// next owner finds the key parked, and appending the copy again is deduplicated).
@@ -140,20 +140,8 @@ pub(crate) async fn park(
         }
     }
     // Were the copy's ack lost, it would come back after the key's later events.
-    let mut failures = 0u32;
-    loop {
-        match super::policy::send_ack(copy, AckKind::Ack).await {
-            Ok(()) => return true,
-            Err(e) => {
-                tracing::debug!(group = %shared.name, error = %e, "acking a parked copy not answered; sending it again");
-                let delay = bus_core::retry::backoff_delay(failures).min(every);
-                if !super::pause(cancel, delay).await {
-                    return true;
-                }
-                failures = failures.saturating_add(1);
-            }
-        }
-    }
+    super::policy::confirm(shared, copy, AckKind::Ack, false, cancel).await;
+    true
 }
 
 /// The tokens of the keys parked in `partition`, read from the stream's subjects.

@@ -552,7 +552,6 @@ pub(crate) async fn handle_in_place(
     }
     loop {
         match handle_delivery(&*shared, delivery).await {
-            Settled::Done => return Ended::Settled,
             Settled::Retry(back, delay) => {
                 drop(slot.take());
                 if let Some(to) = park.take() {
@@ -591,8 +590,9 @@ pub(crate) async fn handle_in_place(
                 delivery.attempt = delivery.attempt.saturating_add(1);
                 delivery.last_heard = Instant::now();
             }
-            Settled::Unconfirmed(back, kind) => {
-                confirm(&shared, &back, kind, &cancel).await;
+            Settled::Acked(back, kind, sent) => {
+                drop(slot.take());
+                super::policy::confirm(&shared, &back.message, kind, sent, &cancel).await;
                 return Ended::Settled;
             }
         }
@@ -641,34 +641,6 @@ async fn wait_alive(
         tokio::select! {
             _ = cancel.cancelled() => return false,
             _ = tokio::time::sleep_until(until.min(now + every)) => {}
-        }
-    }
-}
-
-/// Settles a delivery whose ack was not answered: sends it again until it is.
-/// Meanwhile the key waits (were the ack lost, the event would come back after the
-/// key's next one). Given up when the lane is: the event then stays pending and its next
-/// holder handles it again first (at least once), never after a later one.
-async fn confirm(
-    shared: &OrderedShared,
-    delivery: &Delivery,
-    kind: AckKind,
-    cancel: &CancellationToken,
-) {
-    let mut attempt = 0u32;
-    loop {
-        let every = shared.options.ack_wait / 2;
-        let wait = backoff_delay(attempt).min(every);
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
-        }
-        match super::policy::send_ack(&delivery.message, kind).await {
-            Ok(()) => return,
-            Err(e) => {
-                tracing::debug!(group = %shared.name, error = %e, "settling not answered yet; sending it again");
-                attempt = attempt.saturating_add(1);
-            }
         }
     }
 }

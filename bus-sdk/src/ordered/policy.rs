@@ -22,44 +22,61 @@ pub(crate) const SOURCE_SUBJECT: &str = "bus-ord-source-subject";
 
 /// How a delivery of an ordered group ended.
 pub(crate) enum Settled {
-    /// Acked or dead-lettered: its key may go on.
-    Done,
-    /// Failed: retry it in place after the delay (its key waits). Boxed: the common
-    /// outcome, `Done`, stays small.
+    /// Failed: retry it in place after the delay (its key waits).
     Retry(Box<Delivery>, Duration),
-    /// Handled (or dead-lettered) but the ack (`kind`) was not answered: send it again
-    /// until it is, before the key goes on.
-    Unconfirmed(Box<Delivery>, AckKind),
+    /// Handled (or dead-lettered) and its ack (`kind`) sent (`sent`: whether the send
+    /// went out): confirm that it reached the server, sending it again if not, before
+    /// the key goes on ([`confirm_ack`]); outside the handler slot, a round trip being no
+    /// handler's work.
+    Acked(Box<Delivery>, AckKind, bool),
 }
 
-/// Acks (or terminates) the delivery and waits for the server's answer (a request on
-/// the delivery's ack subject), or says why there was none: an ack lost on the way (a
-/// disconnect) would bring the event back after its ack deadline, after the key's next
-/// one, so a key goes on only once its ack is answered. No responders means the consumer
-/// is gone: nothing is left to ack (what it held comes back through its successor).
-pub(crate) async fn send_ack(
+/// Settles `message` with `kind` for good: sends the ack (again, unless `sent`), then
+/// waits until it has reached the server (the next ack sync, see [`super::acks`]);
+/// after a failure it sends it again, backing off, until it is confirmed. Meanwhile the
+/// key waits (were the ack lost, the event would come back after the key's next one).
+/// Given up on `cancel` (its lane given up): the event then stays pending, and the
+/// lane's next holder handles it again first (at least once), never after a later one.
+pub(crate) async fn confirm(
+    shared: &OrderedShared,
     message: &async_nats::jetstream::Message,
     kind: AckKind,
-) -> Result<(), String> {
-    let reply = message.reply.clone().ok_or("not a JetStream message")?;
-    let client = message.context.client();
-    let request = client.request(reply, kind.into());
-    match tokio::time::timeout(send_deadline::SEND_DEADLINE, request).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("the ack was not answered within the send deadline".to_owned()),
+    mut sent: bool,
+    cancel: &tokio_util::sync::CancellationToken,
+) {
+    let mut failures = 0u32;
+    loop {
+        let confirmed = async {
+            if !sent {
+                send_deadline::within(message.ack_with(kind)).await?;
+            }
+            shared.syncs.synced().await
+        };
+        match confirmed.await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::debug!(group = %shared.name, error = %e, ?kind, "settling not confirmed; sending it again");
+                sent = false;
+                let wait =
+                    bus_core::retry::backoff_delay(failures).min(shared.options.ack_wait / 2);
+                if !super::pause(cancel, wait).await {
+                    return;
+                }
+                failures = failures.saturating_add(1);
+            }
+        }
     }
 }
 
 async fn ack_then_go_on(delivery: Delivery, kind: AckKind) -> Settled {
-    match send_ack(&delivery.message, kind).await {
-        Ok(()) => Settled::Done,
+    let sent = match send_deadline::within(delivery.message.ack_with(kind)).await {
+        Ok(()) => true,
         Err(e) => {
-            tracing::debug!(error = %e, ?kind, "settling not answered; sending it again");
-            Settled::Unconfirmed(Box::new(delivery), kind)
+            tracing::debug!(error = %e, ?kind, "settling not sent; sending it again");
+            false
         }
-    }
+    };
+    Settled::Acked(Box::new(delivery), kind, sent)
 }
 
 impl Policy for OrderedShared {
