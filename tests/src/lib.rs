@@ -43,6 +43,7 @@ mod poll;
 mod ports;
 mod raft;
 mod server;
+mod test_ca;
 
 pub use binary::{BINARY_ENV, nats_server_binary};
 pub use cluster::{
@@ -55,8 +56,9 @@ pub use health::DEFAULT_HTTP_TIMEOUT;
 pub use node::{
     BusNode, NODE_BINARY_ENV, NODE_READY_TIMEOUT, NODE_STOP_GRACE, example_binary, node_binary,
 };
-pub use otlp::{Kind as SpanKind, OtlpReceiver, ReceivedSpan};
+pub use otlp::{Kind as SpanKind, OtlpReceiver, ReceivedSpan, ReceiverOptions, SeenRequest};
 pub use own_process::{OWN_PROCESS_ENV, own_process};
 pub use poll::{POLL_INTERVAL, Probe, poll_until, try_poll_until, wait_until};
 pub use ports::{PORT_RANGE_FIRST, PORT_RANGE_LAST, ReservedPort, reserve};
 pub use server::NatsServer;
+pub use test_ca::{Issued, TestCa, server_config};

@@ -95,6 +95,36 @@ struct Sink {
     spans: Store,
     keep: bool,
     count: Arc<AtomicU64>,
+    options: Arc<ReceiverOptions>,
+    /// Every OTLP/HTTP request, as it came and was answered.
+    requests: Arc<Mutex<Vec<SeenRequest>>>,
+}
+
+/// How the OTLP/HTTP endpoint behaves, as a collector in production might: over TLS,
+/// insisting on gzip, failing for a while, rejecting part of what it is sent.
+#[derive(Debug, Clone, Default)]
+pub struct ReceiverOptions {
+    /// Serve both endpoints over TLS with this certificate (issued by a `TestCa`),
+    /// requiring a client certificate issued by the CA of `client_ca` (PEM) when given.
+    pub tls: Option<(crate::Issued, Option<String>)>,
+    /// Refuse a request that is not gzip-compressed (OTLP/HTTP: `Content-Encoding: gzip`,
+    /// answered 415; OTLP/gRPC: `grpc-encoding: gzip`, answered `INVALID_ARGUMENT`).
+    pub require_gzip: bool,
+    /// Answer the first this many requests 503 with `Retry-After: 1`.
+    pub fail_first: usize,
+    /// Answer accepted requests with this partial success (rejected spans, message).
+    pub partial_success: Option<(i64, String)>,
+}
+
+/// One OTLP/HTTP request the receiver got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenRequest {
+    /// Its `Content-Encoding`, if any.
+    pub content_encoding: Option<String>,
+    /// The status it was answered with.
+    pub status: u16,
+    /// Spans in it (0 when it was not read).
+    pub spans: usize,
 }
 
 /// A running receiver; stops when dropped.
@@ -123,6 +153,26 @@ impl OtlpReceiver {
         Self::start_with(Sink::default()).await
     }
 
+    /// Starts a receiver whose OTLP/HTTP endpoint behaves as `options` say (the gRPC one
+    /// as usual).
+    pub async fn start_with_options(options: ReceiverOptions) -> Result<Self, HarnessError> {
+        Self::start_with(Sink {
+            keep: true,
+            options: Arc::new(options),
+            ..Sink::default()
+        })
+        .await
+    }
+
+    /// Every OTLP/HTTP request so far, in arrival order.
+    pub fn requests(&self) -> Vec<SeenRequest> {
+        self.sink
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     async fn start_with(sink: Sink) -> Result<Self, HarnessError> {
         let grpc = TcpListener::bind("127.0.0.1:0")
             .await
@@ -134,9 +184,22 @@ impl OtlpReceiver {
         let grpc_port = port(&grpc).map_err(|e| HarnessError::io("reading the gRPC port", e))?;
         let http_port = port(&http).map_err(|e| HarnessError::io("reading the HTTP port", e))?;
 
-        let service = TraceServiceServer::new(Collector { sink: sink.clone() });
+        let service = TraceServiceServer::new(Collector { sink: sink.clone() })
+            .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+        let mut server = tonic::transport::Server::builder();
+        if let Some((issued, client_ca)) = &sink.options.tls {
+            let mut tls = tonic::transport::ServerTlsConfig::new().identity(
+                tonic::transport::Identity::from_pem(&issued.cert_pem, &issued.key_pem),
+            );
+            if let Some(ca) = client_ca {
+                tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+            }
+            server = server.tls_config(tls).map_err(|e| {
+                HarnessError::io("the OTLP/gRPC receiver's TLS", std::io::Error::other(e))
+            })?;
+        }
         let grpc_task = tokio::spawn(async move {
-            let served = tonic::transport::Server::builder()
+            let served = server
                 .add_service(service)
                 .serve_with_incoming(TcpListenerStream::new(grpc))
                 .await;
@@ -147,11 +210,20 @@ impl OtlpReceiver {
         let router = axum::Router::new()
             .route("/v1/traces", axum::routing::post(http_export))
             .with_state(sink.clone());
-        let http_task = tokio::spawn(async move {
-            if let Err(e) = axum::serve(http, router).await {
-                eprintln!("OTLP/HTTP receiver stopped: {e}");
+        let tls = match &sink.options.tls {
+            Some((issued, client_ca)) => {
+                Some(crate::test_ca::server_config(issued, client_ca.as_deref())?)
             }
-        });
+            None => None,
+        };
+        let http_task = match tls {
+            None => tokio::spawn(async move {
+                if let Err(e) = axum::serve(http, router).await {
+                    eprintln!("OTLP/HTTP receiver stopped: {e}");
+                }
+            }),
+            Some(config) => tokio::spawn(serve_tls(http, router, config)),
+        };
         Ok(Self {
             grpc_port,
             http_port,
@@ -160,14 +232,25 @@ impl OtlpReceiver {
         })
     }
 
-    /// `http://127.0.0.1:<port>`: the OTLP/gRPC endpoint.
+    /// `http://127.0.0.1:<port>` (`https://` over TLS): the OTLP/gRPC endpoint.
     pub fn grpc_endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.grpc_port)
+        let scheme = if self.sink.options.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.grpc_port)
     }
 
-    /// `http://127.0.0.1:<port>`: the OTLP/HTTP base (exporters append `/v1/traces`).
+    /// `http://127.0.0.1:<port>` (`https://` over TLS): the OTLP/HTTP base (exporters
+    /// append `/v1/traces`).
     pub fn http_endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.http_port)
+        let scheme = if self.sink.options.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.http_port)
     }
 
     /// Every span received so far, in arrival order.
@@ -226,14 +309,114 @@ impl TraceService for Collector {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        keep(&self.sink, request.into_inner());
+        let encoding = request
+            .metadata()
+            .get("grpc-encoding")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let refused = self.sink.options.require_gzip && encoding.as_deref() != Some("gzip");
+        let request = request.into_inner();
+        let spans = request
+            .resource_spans
+            .iter()
+            .flat_map(|rs| &rs.scope_spans)
+            .map(|ss| ss.spans.len())
+            .sum();
+        self.sink
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(SeenRequest {
+                content_encoding: encoding,
+                status: if refused { 400 } else { 200 },
+                spans,
+            });
+        if refused {
+            return Err(tonic::Status::invalid_argument("gzip only"));
+        }
+        keep(&self.sink, request);
         Ok(tonic::Response::new(ExportTraceServiceResponse {
             partial_success: None,
         }))
     }
 }
 
-async fn http_export(State(sink): State<Sink>, body: Bytes) -> impl IntoResponse {
+/// Serves `router` over TLS on `listener`, one task per connection.
+async fn serve_tls(listener: TcpListener, router: axum::Router, config: Arc<rustls::ServerConfig>) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    while let Ok((tcp, _)) = listener.accept().await {
+        let (acceptor, router) = (acceptor.clone(), router.clone());
+        tokio::spawn(async move {
+            match acceptor.accept(tcp).await {
+                Ok(tls) => {
+                    let service = hyper_util::service::TowerToHyperService::new(router);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+                }
+                Err(e) => eprintln!("OTLP/HTTP receiver: TLS handshake refused: {e}"),
+            }
+        });
+    }
+}
+
+async fn http_export(
+    State(sink): State<Sink>,
+    headers: header::HeaderMap,
+    body: Bytes,
+) -> axum::response::Response {
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let gzipped = encoding.as_deref() == Some("gzip");
+    let seen = |status: StatusCode, spans: usize| {
+        sink.requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(SeenRequest {
+                content_encoding: encoding.clone(),
+                status: status.as_u16(),
+                spans,
+            });
+    };
+    let earlier = sink
+        .requests
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .len();
+    if sink.options.require_gzip && !gzipped {
+        seen(StatusCode::UNSUPPORTED_MEDIA_TYPE, 0);
+        return (StatusCode::UNSUPPORTED_MEDIA_TYPE, "gzip only").into_response();
+    }
+    if earlier < sink.options.fail_first {
+        seen(StatusCode::SERVICE_UNAVAILABLE, 0);
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+        )
+            .into_response();
+    }
+    let body = if gzipped {
+        use std::io::Read as _;
+        let mut plain = Vec::new();
+        if flate2::read::GzDecoder::new(&body[..])
+            .read_to_end(&mut plain)
+            .is_err()
+        {
+            seen(StatusCode::BAD_REQUEST, 0);
+            return (StatusCode::BAD_REQUEST, "not gzip").into_response();
+        }
+        Bytes::from(plain)
+    } else {
+        body
+    };
+    let spans = count_spans(&body).unwrap_or(0) as usize;
+    seen(StatusCode::OK, spans);
+    answer(&sink, body)
+}
+
+fn answer(sink: &Sink, body: Bytes) -> axum::response::Response {
     if !sink.keep {
         // A counting receiver reads only the lengths it needs (as cheap as a receiver
         // can be, for the benchmark that shares its cores).
@@ -251,11 +434,16 @@ async fn http_export(State(sink): State<Sink>, body: Bytes) -> impl IntoResponse
     }
     match ExportTraceServiceRequest::decode(body) {
         Ok(request) => {
-            keep(&sink, request);
-            let reply = ExportTraceServiceResponse {
-                partial_success: None,
-            }
-            .encode_to_vec();
+            keep(sink, request);
+            let partial_success = sink.options.partial_success.clone().map(
+                |(rejected, message)| {
+                    opentelemetry_proto::tonic::collector::trace::v1::ExportTracePartialSuccess {
+                        rejected_spans: rejected,
+                        error_message: message,
+                    }
+                },
+            );
+            let reply = ExportTraceServiceResponse { partial_success }.encode_to_vec();
             (
                 StatusCode::OK,
                 [(header::CONTENT_TYPE, "application/x-protobuf")],

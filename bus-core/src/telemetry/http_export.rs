@@ -1,36 +1,57 @@
 //! The OTLP/HTTP (protobuf) transport: a request [`super::batch_encoder`] encoded is
 //! posted to `<endpoint>/v1/traces` with a blocking HTTP client, from the encoder's export
-//! thread. One request per batch, bounded by the export timeout; a failed batch is
-//! dropped, as the SDK's exporters drop it, so a dead collector costs the bus nothing but
-//! the batch.
+//! thread. A batch is retried while the collector answers 429, 502, 503 or 504 (or cannot
+//! be reached), after `Retry-After` when it says so, else after an exponential backoff,
+//! all within the export timeout; then it is dropped, as the SDK's exporters drop it, so a
+//! dead collector costs the bus nothing but the batch. A partial success (spans the
+//! collector rejected) is logged.
 //!
-//! Reads `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (used as is) or `OTEL_EXPORTER_OTLP_ENDPOINT`
-//! (`/v1/traces` appended), `OTEL_EXPORTER_OTLP[_TRACES]_HEADERS` (`key=value,...`,
-//! values percent-decoded), `OTEL_EXPORTER_OTLP[_TRACES]_TIMEOUT` (milliseconds, default
-//! 10 000) and `OTEL_EXPORTER_OTLP[_TRACES]_COMPRESSION` (only `none`).
+//! Reads, as the OTLP exporter specification names them (the `_TRACES_` form first):
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (used as is) or `OTEL_EXPORTER_OTLP_ENDPOINT`
+//! (`/v1/traces` appended), `http` or `https` (checked against the system's roots plus
+//! `OTEL_EXPORTER_OTLP[_TRACES]_CERTIFICATE`, a PEM file; a client certificate from
+//! `_CLIENT_CERTIFICATE` and `_CLIENT_KEY`, PEM files), `OTEL_EXPORTER_OTLP[_TRACES]_HEADERS`
+//! (`key=value,...`, values percent-decoded), `OTEL_EXPORTER_OTLP[_TRACES]_TIMEOUT` (one
+//! request, milliseconds, default 10 000), `OTEL_EXPORTER_OTLP[_TRACES]_COMPRESSION`
+//! (`gzip` or `none`) and `OTEL_BSP_EXPORT_TIMEOUT` (one batch with its retries,
+//! milliseconds, default 30 000).
 
-use std::time::Duration;
+use std::io::Write as _;
+use std::time::{Duration, Instant};
 
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use bytes::Bytes;
+use reqwest::StatusCode;
+use reqwest::header::{
+    CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER,
+};
 
 use super::setup::{TelemetryError, var};
 
 /// Where spans go without any endpoint setting (the OTLP/HTTP default).
 const DEFAULT_ENDPOINT: &str = "http://localhost:4318/v1/traces";
-/// The OTLP default export timeout.
+/// The OTLP default timeout of one request.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default `OTEL_BSP_EXPORT_TIMEOUT`: one batch, retries included.
+const DEFAULT_EXPORT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The first retry's backoff; it doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Posts encoded requests to an OTLP/HTTP endpoint.
 #[derive(Debug)]
 pub(crate) struct HttpSpanExporter {
     client: reqwest::blocking::Client,
     url: String,
-    timeout: Duration,
+    /// One request.
+    request_timeout: Duration,
+    /// One batch, its retries included.
+    export_timeout: Duration,
+    gzip: bool,
 }
 
 impl HttpSpanExporter {
     /// The exporter for `base` (`http://collector:4318`), or, with none, for the
-    /// endpoint the `OTEL_*` variables name; headers and timeout from the variables.
+    /// endpoint the `OTEL_*` variables name; the rest from the variables.
     pub(crate) fn new(base: Option<&str>) -> Result<Self, TelemetryError> {
         let general = "OTEL_EXPORTER_OTLP_ENDPOINT";
         let (variable, url) = match base {
@@ -45,42 +66,40 @@ impl HttpSpanExporter {
                 ),
             },
         };
-        // No TLS client is built in: an https:// collector would fail every export.
-        if !reqwest::Url::parse(&url).is_ok_and(|u| u.scheme() == "http") {
+        if !reqwest::Url::parse(&url).is_ok_and(|u| matches!(u.scheme(), "http" | "https")) {
             return Err(TelemetryError::InvalidVariable {
                 variable,
                 value: url,
-                reason: "an http:// URL (TLS to the collector is not supported)",
+                reason: "an http:// or https:// URL",
             });
         }
         let (variable, compression) = either("COMPRESSION");
-        if let Some(c) = compression.filter(|c| !c.eq_ignore_ascii_case("none")) {
-            return Err(TelemetryError::InvalidVariable {
-                variable,
-                value: c,
-                reason: "none (compression is not supported)",
-            });
-        }
-        let (variable, timeout) = either("TIMEOUT");
-        let timeout = match timeout {
-            None => DEFAULT_TIMEOUT,
-            Some(t) => t
-                .parse::<u64>()
-                .ok()
-                .filter(|ms| *ms > 0)
-                .map(Duration::from_millis)
-                .ok_or(TelemetryError::InvalidVariable {
+        let gzip = match compression {
+            None => false,
+            Some(c) if c.eq_ignore_ascii_case("none") => false,
+            Some(c) if c.eq_ignore_ascii_case("gzip") => true,
+            Some(c) => {
+                return Err(TelemetryError::InvalidVariable {
                     variable,
-                    value: t,
-                    reason: "a timeout in milliseconds, above 0",
-                })?,
+                    value: c,
+                    reason: "gzip or none",
+                });
+            }
         };
+        let request_timeout = millis(either("TIMEOUT"), DEFAULT_TIMEOUT)?;
+        let export_timeout = millis(
+            ("OTEL_BSP_EXPORT_TIMEOUT", var("OTEL_BSP_EXPORT_TIMEOUT")),
+            DEFAULT_EXPORT_TIMEOUT,
+        )?;
         let (variable, headers) = either("HEADERS");
         let mut header_map = HeaderMap::new();
         header_map.insert(
             CONTENT_TYPE,
             HeaderValue::from_static("application/x-protobuf"),
         );
+        if gzip {
+            header_map.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        }
         if let Some(h) = headers {
             parse_headers(&h, &mut header_map).map_err(|reason| {
                 TelemetryError::InvalidVariable {
@@ -90,14 +109,19 @@ impl HttpSpanExporter {
                 }
             })?;
         }
+        let tls = Tls::from_env()?;
         // A blocking client must not be built on an async runtime's thread (it starts and
         // waits for its own): build it on a thread of its own.
         crate::tls::install_crypto_provider();
         let client = std::thread::spawn(move || {
-            reqwest::blocking::Client::builder()
-                .timeout(timeout)
+            let mut b = reqwest::blocking::Client::builder()
+                .timeout(request_timeout)
                 .default_headers(header_map)
-                .build()
+                .tls_certs_merge(tls.roots);
+            if let Some(identity) = tls.identity {
+                b = b.identity(identity);
+            }
+            b.build()
         })
         .join()
         .map_err(|_| TelemetryError::Exporter("building the HTTP client panicked".into()))?
@@ -105,31 +129,314 @@ impl HttpSpanExporter {
         Ok(Self {
             client,
             url,
-            timeout,
+            request_timeout,
+            export_timeout,
+            gzip,
         })
     }
 
-    /// The longest one post may take.
+    /// The longest one export (a batch, its retries included) may take.
     pub(crate) fn timeout(&self) -> Duration {
-        self.timeout
+        self.export_timeout
     }
 
-    /// Posts one encoded `ExportTraceServiceRequest`; blocks (call it from a thread of
-    /// its own) for at most [`Self::timeout`].
+    /// Posts one encoded `ExportTraceServiceRequest`, retrying what the collector says
+    /// to retry; blocks (call it from a thread of its own) for at most [`Self::timeout`].
     pub(crate) fn post(&self, body: Vec<u8>) -> Result<(), String> {
-        let response = self
-            .client
-            .post(&self.url)
-            .body(body)
-            .send()
-            .map_err(|e| format!("OTLP/HTTP export: {e}"))?;
-        let status = response.status();
-        if status.is_success() {
-            Ok(())
+        let body = if self.gzip {
+            Bytes::from(gzip(&body).map_err(|e| format!("OTLP/HTTP export: gzip: {e}"))?)
         } else {
-            Err(format!("OTLP/HTTP export: {} answered {status}", self.url))
+            Bytes::from(body)
+        };
+        let deadline = Instant::now() + self.export_timeout;
+        let mut attempt = 0u32;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!(
+                    "OTLP/HTTP export: {} not accepted within the export timeout",
+                    self.url
+                ));
+            }
+            let sent = self
+                .client
+                .post(&self.url)
+                .timeout(self.request_timeout.min(left))
+                .body(body.clone())
+                .send();
+            let wait = match sent {
+                Ok(response) if response.status().is_success() => {
+                    log_partial_success(&self.url, response);
+                    return Ok(());
+                }
+                Ok(response) if retryable(response.status()) => {
+                    let status = response.status();
+                    let wait = retry_after(response.headers()).unwrap_or_else(|| backoff(attempt));
+                    tracing::debug!(url = %self.url, %status, ?wait, "OTLP/HTTP export: retrying");
+                    wait
+                }
+                Ok(response) => {
+                    return Err(format!(
+                        "OTLP/HTTP export: {} answered {}",
+                        self.url,
+                        response.status()
+                    ));
+                }
+                Err(e) if e.is_connect() || e.is_timeout() => {
+                    tracing::debug!(url = %self.url, error = %e, "OTLP/HTTP export: retrying");
+                    backoff(attempt)
+                }
+                Err(e) => return Err(format!("OTLP/HTTP export: {e}")),
+            };
+            if Instant::now() + wait >= deadline {
+                return Err(format!(
+                    "OTLP/HTTP export: {} not accepted within the export timeout",
+                    self.url
+                ));
+            }
+            std::thread::sleep(wait);
+            attempt = attempt.saturating_add(1);
         }
     }
+}
+
+/// The TLS settings of the `OTEL_EXPORTER_OTLP[_TRACES]_CERTIFICATE`, `_CLIENT_CERTIFICATE`
+/// and `_CLIENT_KEY` variables (PEM files).
+struct Tls {
+    roots: Vec<reqwest::Certificate>,
+    identity: Option<reqwest::Identity>,
+}
+
+impl Tls {
+    fn from_env() -> Result<Self, TelemetryError> {
+        let roots = match either("CERTIFICATE") {
+            (_, None) => Vec::new(),
+            (variable, Some(path)) => {
+                let pem = read_pem(variable, &path)?;
+                let roots = reqwest::Certificate::from_pem_bundle(&pem).unwrap_or_default();
+                if roots.is_empty() {
+                    return Err(invalid_file(variable, path, "no PEM certificate in it"));
+                }
+                roots
+            }
+        };
+        let identity = match (either("CLIENT_CERTIFICATE"), either("CLIENT_KEY")) {
+            ((_, None), (_, None)) => None,
+            ((cert_var, Some(cert)), (key_var, Some(key))) => {
+                let mut pem = read_pem(key_var, &key)?;
+                pem.push(b'\n');
+                pem.extend(read_pem(cert_var, &cert)?);
+                Some(reqwest::Identity::from_pem(&pem).map_err(|_| {
+                    invalid_file(
+                        cert_var,
+                        cert,
+                        "a PEM certificate whose key is the client key's",
+                    )
+                })?)
+            }
+            ((variable, None), _) => {
+                return Err(TelemetryError::InvalidVariable {
+                    variable,
+                    value: String::new(),
+                    reason: "set it with the client key (a client certificate needs both)",
+                });
+            }
+            (_, (variable, None)) => {
+                return Err(TelemetryError::InvalidVariable {
+                    variable,
+                    value: String::new(),
+                    reason: "set it with the client certificate (a client certificate needs both)",
+                });
+            }
+        };
+        Ok(Self { roots, identity })
+    }
+}
+
+/// The TLS configuration of the OTLP/gRPC exporter when the endpoint is `https` or a
+/// certificate variable is set (the system's roots, `..._CERTIFICATE` added, the client
+/// certificate of `..._CLIENT_CERTIFICATE` and `..._CLIENT_KEY`); `None` otherwise.
+pub(crate) fn grpc_tls(
+    endpoint: Option<&str>,
+) -> Result<Option<opentelemetry_otlp::tonic_types::transport::ClientTlsConfig>, TelemetryError> {
+    use opentelemetry_otlp::tonic_types::transport::{Certificate, ClientTlsConfig, Identity};
+    let endpoint = endpoint
+        .map(str::to_owned)
+        .or_else(|| var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+        .or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"));
+    let https = endpoint.is_some_and(|e| e.starts_with("https://"));
+    let ca = either("CERTIFICATE");
+    let (cert, key) = (either("CLIENT_CERTIFICATE"), either("CLIENT_KEY"));
+    if !https && ca.1.is_none() && cert.1.is_none() && key.1.is_none() {
+        return Ok(None);
+    }
+    crate::tls::install_crypto_provider();
+    let mut config = ClientTlsConfig::new().with_native_roots();
+    if let (variable, Some(path)) = ca {
+        config = config.ca_certificate(Certificate::from_pem(read_pem(variable, &path)?));
+    }
+    match (cert, key) {
+        ((_, None), (_, None)) => {}
+        ((cert_var, Some(cert)), (key_var, Some(key))) => {
+            config = config.identity(Identity::from_pem(
+                read_pem(cert_var, &cert)?,
+                read_pem(key_var, &key)?,
+            ));
+        }
+        ((variable, None), _) | (_, (variable, None)) => {
+            return Err(TelemetryError::InvalidVariable {
+                variable,
+                value: String::new(),
+                reason: "set both the client certificate and the client key",
+            });
+        }
+    }
+    Ok(Some(config))
+}
+
+fn read_pem(variable: &'static str, path: &str) -> Result<Vec<u8>, TelemetryError> {
+    std::fs::read(path).map_err(|_| invalid_file(variable, path.to_owned(), "a readable PEM file"))
+}
+
+fn invalid_file(variable: &'static str, path: String, reason: &'static str) -> TelemetryError {
+    TelemetryError::InvalidVariable {
+        variable,
+        value: path,
+        reason,
+    }
+}
+
+/// A timeout variable in milliseconds, above 0.
+fn millis(
+    (variable, value): (&'static str, Option<String>),
+    default: Duration,
+) -> Result<Duration, TelemetryError> {
+    match value {
+        None => Ok(default),
+        Some(t) => t
+            .parse::<u64>()
+            .ok()
+            .filter(|ms| *ms > 0)
+            .map(Duration::from_millis)
+            .ok_or(TelemetryError::InvalidVariable {
+                variable,
+                value: t,
+                reason: "a timeout in milliseconds, above 0",
+            }),
+    }
+}
+
+/// What the OTLP/HTTP specification says to retry: 429, 502, 503, 504.
+fn retryable(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 429 | 502 | 503 | 504)
+}
+
+/// `Retry-After` in seconds (the form collectors send; a date is not read).
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get(RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+/// 100 ms, 200 ms, 400 ms, ... up to 5 s.
+fn backoff(attempt: u32) -> Duration {
+    FIRST_BACKOFF
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(MAX_BACKOFF)
+}
+
+fn gzip(body: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut encoder = flate2::write::GzEncoder::new(
+        Vec::with_capacity(body.len() / 4),
+        flate2::Compression::fast(),
+    );
+    encoder.write_all(body)?;
+    encoder.finish()
+}
+
+/// Logs the spans a collector said it rejected (`ExportTraceServiceResponse
+/// .partial_success`: `rejected_spans` = 1, `error_message` = 2).
+fn log_partial_success(url: &str, response: reqwest::blocking::Response) {
+    let Ok(body) = response.bytes() else { return };
+    if let Some((rejected, message)) = partial_success(&body)
+        && (rejected > 0 || !message.is_empty())
+    {
+        tracing::warn!(%url, rejected_spans = rejected, %message, "OTLP/HTTP export: the collector rejected part of a batch");
+    }
+}
+
+/// `(rejected_spans, error_message)` of an encoded `ExportTraceServiceResponse`, if it
+/// has a partial success.
+fn partial_success(body: &[u8]) -> Option<(i64, String)> {
+    let inner = proto_fields(body)
+        .into_iter()
+        .find_map(|(field, value)| match (field, value) {
+            (1, Value::Bytes(b)) => Some(b),
+            _ => None,
+        })?;
+    let mut rejected = 0;
+    let mut message = String::new();
+    for (field, value) in proto_fields(inner) {
+        match (field, value) {
+            (1, Value::Varint(n)) => rejected = n as i64,
+            (2, Value::Bytes(b)) => message = String::from_utf8_lossy(b).into_owned(),
+            _ => {}
+        }
+    }
+    Some((rejected, message))
+}
+
+enum Value<'a> {
+    Varint(u64),
+    Bytes(&'a [u8]),
+}
+
+/// The fields of a protobuf message (varint and length-delimited ones; a fixed-width
+/// field is skipped); stops at the first malformed byte.
+fn proto_fields(mut buf: &[u8]) -> Vec<(u64, Value<'_>)> {
+    let mut out = Vec::new();
+    while let Some(key) = varint(&mut buf) {
+        let (field, wire) = (key >> 3, key & 7);
+        match wire {
+            0 => match varint(&mut buf) {
+                Some(n) => out.push((field, Value::Varint(n))),
+                None => break,
+            },
+            2 => {
+                let Some(len) = varint(&mut buf).and_then(|l| usize::try_from(l).ok()) else {
+                    break;
+                };
+                if len > buf.len() {
+                    break;
+                }
+                let (value, rest) = buf.split_at(len);
+                out.push((field, Value::Bytes(value)));
+                buf = rest;
+            }
+            1 if buf.len() >= 8 => buf = &buf[8..],
+            5 if buf.len() >= 4 => buf = &buf[4..],
+            _ => break,
+        }
+    }
+    out
+}
+
+fn varint(buf: &mut &[u8]) -> Option<u64> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&byte, rest) = buf.split_first()?;
+        *buf = rest;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
 }
 
 /// `<base>/v1/traces`.
@@ -148,6 +455,18 @@ fn either(what: &'static str) -> (&'static str, Option<String>) {
         "TIMEOUT" => (
             "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
             "OTEL_EXPORTER_OTLP_TIMEOUT",
+        ),
+        "CERTIFICATE" => (
+            "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",
+        ),
+        "CLIENT_CERTIFICATE" => (
+            "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+        ),
+        "CLIENT_KEY" => (
+            "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
+            "OTEL_EXPORTER_OTLP_CLIENT_KEY",
         ),
         _ => (
             "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
@@ -215,12 +534,8 @@ mod tests {
     }
 
     #[test]
-    fn an_https_or_malformed_endpoint_is_refused_naming_the_variable() {
-        for base in [
-            "https://collector:4318",
-            "collector:4318",
-            "http://bad host",
-        ] {
+    fn a_malformed_or_non_http_endpoint_is_refused_naming_the_variable() {
+        for base in ["collector:4318", "http://bad host", "ftp://collector"] {
             match HttpSpanExporter::new(Some(base)) {
                 Err(TelemetryError::InvalidVariable { variable, .. }) => {
                     assert_eq!(variable, "OTEL_EXPORTER_OTLP_ENDPOINT", "{base}")
@@ -228,6 +543,41 @@ mod tests {
                 other => panic!("{base}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_partial_success_is_read_and_a_full_one_is_empty() {
+        // partial_success { rejected_spans: 3, error_message: "bad" }
+        let body = [0x0a, 0x07, 0x08, 0x03, 0x12, 0x03, b'b', b'a', b'd'];
+        assert_eq!(partial_success(&body), Some((3, "bad".to_owned())));
+        assert_eq!(partial_success(&[]), None);
+        assert_eq!(partial_success(&[0xff]), None);
+    }
+
+    #[test]
+    fn retries_follow_the_specification_and_back_off_to_a_ceiling() {
+        for code in [429, 502, 503, 504] {
+            assert!(retryable(StatusCode::from_u16(code).unwrap_or_default()));
+        }
+        for code in [400, 401, 404, 500] {
+            assert!(!retryable(StatusCode::from_u16(code).unwrap_or_default()));
+        }
+        assert_eq!(backoff(0), Duration::from_millis(100));
+        assert_eq!(backoff(3), Duration::from_millis(800));
+        assert_eq!(backoff(40), MAX_BACKOFF);
+        let mut h = HeaderMap::new();
+        h.insert(RETRY_AFTER, HeaderValue::from_static("2"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn gzip_bodies_decompress_to_the_request() -> std::io::Result<()> {
+        use std::io::Read as _;
+        let body = b"an encoded request".repeat(20);
+        let mut back = Vec::new();
+        flate2::read::GzDecoder::new(&gzip(&body)?[..]).read_to_end(&mut back)?;
+        assert_eq!(back, body);
+        Ok(())
     }
 
     #[test]

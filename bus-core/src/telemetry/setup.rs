@@ -321,16 +321,20 @@ fn log_filter() -> EnvFilter {
         .unwrap_or_else(|| EnvFilter::new("info"))
 }
 
-/// The upstream OTLP/gRPC exporter (`OTEL_EXPORTER_OTLP_PROTOCOL=grpc`). OTLP/HTTP, the
-/// default, goes through the bus's own exporter (`http_export`), which encodes spans
-/// without the upstream conversion.
+/// The upstream OTLP/gRPC exporter (`OTEL_EXPORTER_OTLP_PROTOCOL=grpc`): it reads the
+/// compression, headers and timeout variables and retries itself; the certificates are
+/// read here (`http_export::grpc_tls`). OTLP/HTTP, the default, goes through the bus's
+/// own exporter (`http_export`), which encodes spans without the upstream conversion.
 fn grpc_exporter(export: &OtlpExport) -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
-    use opentelemetry_otlp::{Protocol, WithExportConfig};
+    use opentelemetry_otlp::{Protocol, WithExportConfig, WithTonicConfig};
     let mut b = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .with_protocol(Protocol::Grpc);
     if let Some(e) = &export.endpoint {
         b = b.with_endpoint(e.clone());
+    }
+    if let Some(tls) = super::http_export::grpc_tls(export.endpoint.as_deref())? {
+        b = b.with_tls_config(tls);
     }
     b.build()
         .map_err(|e| TelemetryError::Exporter(e.to_string()))

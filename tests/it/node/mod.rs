@@ -9,6 +9,7 @@ mod ingress;
 mod intact;
 mod intact_data;
 mod live_page;
+mod otlp_export;
 mod process;
 mod push;
 mod push_auth;

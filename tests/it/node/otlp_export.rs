@@ -1,0 +1,152 @@
+//! The node's OTLP/HTTP exporter against collectors as production runs them: `https`
+//! with a private CA and a client certificate (`OTEL_EXPORTER_OTLP_CERTIFICATE`,
+//! `_CLIENT_CERTIFICATE`, `_CLIENT_KEY`), gzip bodies (`OTEL_EXPORTER_OTLP_COMPRESSION`),
+//! a collector answering 503 for a while (retried after its `Retry-After`, the batch
+//! delivered once) and one answering a partial success (logged).
+
+use std::time::Duration;
+
+use bus_tests::fixtures::*;
+use bus_tests::{NatsCluster, OtlpReceiver, ReceiverOptions, SpanKind, TestCa};
+use serde_json::json;
+
+/// A node on `cluster` exporting every span to `endpoint` over OTLP/HTTP within 100 ms,
+/// with the extra `OTEL_*` settings `more`.
+async fn traced_node(
+    cluster: &NatsCluster,
+    endpoint: &str,
+    more: &[(&str, String)],
+) -> anyhow::Result<bus_tests::BusNode> {
+    traced_node_over(cluster, endpoint, "http/protobuf", more).await
+}
+
+async fn traced_node_over(
+    cluster: &NatsCluster,
+    endpoint: &str,
+    protocol: &str,
+    more: &[(&str, String)],
+) -> anyhow::Result<bus_tests::BusNode> {
+    let mut env = node_env(cluster);
+    env.extend([
+        ("BUS__AUTH__ENABLED".into(), "false".into()),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), endpoint.to_owned()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL".into(), protocol.to_owned()),
+        ("OTEL_TRACES_SAMPLER".into(), "always_on".into()),
+        ("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()),
+        ("OTEL_SERVICE_NAME".into(), "bus-node-export".into()),
+    ]);
+    env.extend(more.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+    start("exporting", &env).await
+}
+
+async fn one_event(node: &bus_tests::BusNode) -> anyhow::Result<()> {
+    let response = post_event(
+        &http()?,
+        &node.url(),
+        &ce("export-1", "shop.order.created", json!({"order_id": 1})),
+    )
+    .await?;
+    anyhow::ensure!(response.status().is_success(), "{}", response.status());
+    Ok(())
+}
+
+/// Exports one event's spans over `protocol` to a collector on `https` with a private CA,
+/// requiring a client certificate and gzip.
+async fn tls_gzip_export(protocol: &str) -> anyhow::Result<()> {
+    let ca = TestCa::new()?;
+    let collector = ca.issue("collector", &["127.0.0.1"])?;
+    let node_cert = ca.issue("node", &["bus-node"])?;
+    let receiver = OtlpReceiver::start_with_options(ReceiverOptions {
+        tls: Some((collector, Some(ca.ca_pem().to_owned()))),
+        require_gzip: true,
+        ..ReceiverOptions::default()
+    })
+    .await?;
+    let endpoint = if protocol == "grpc" {
+        receiver.grpc_endpoint()
+    } else {
+        receiver.http_endpoint()
+    };
+    let cluster = NatsCluster::start(1).await?;
+    let path = |p: &std::path::Path| p.display().to_string();
+    let node = traced_node_over(
+        &cluster,
+        &endpoint,
+        protocol,
+        &[
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", path(&ca.ca_file())),
+            (
+                "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+                path(&node_cert.cert_file),
+            ),
+            ("OTEL_EXPORTER_OTLP_CLIENT_KEY", path(&node_cert.key_file)),
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip".into()),
+        ],
+    )
+    .await?;
+    one_event(&node).await?;
+    receiver
+        .wait_for("the ingress span", Duration::from_secs(20), |spans| {
+            spans.iter().any(|s| s.kind == SpanKind::Server)
+        })
+        .await?;
+    let requests = receiver.requests();
+    assert!(
+        !requests.is_empty()
+            && requests
+                .iter()
+                .all(|r| r.status == 200 && r.content_encoding.as_deref() == Some("gzip")),
+        "{requests:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_an_https_collector_with_a_private_ca_requiring_a_client_certificate_and_gzip_the_node_should_export_to_it_over_http()
+-> anyhow::Result<()> {
+    tls_gzip_export("http/protobuf").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_an_https_collector_with_a_private_ca_requiring_a_client_certificate_and_gzip_the_node_should_export_to_it_over_grpc()
+-> anyhow::Result<()> {
+    tls_gzip_export("grpc").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_collector_answering_503_twice_the_node_should_deliver_the_batch_once_and_log_a_partial_success()
+-> anyhow::Result<()> {
+    let receiver = OtlpReceiver::start_with_options(ReceiverOptions {
+        fail_first: 2,
+        partial_success: Some((1, "one span too many".into())),
+        ..ReceiverOptions::default()
+    })
+    .await?;
+    let cluster = NatsCluster::start(1).await?;
+    let node = traced_node(&cluster, &receiver.http_endpoint(), &[]).await?;
+    one_event(&node).await?;
+    let spans = receiver
+        .wait_for("the ingress span", Duration::from_secs(20), |spans| {
+            spans.iter().any(|s| s.kind == SpanKind::Server)
+        })
+        .await?;
+    let requests = receiver.requests();
+    let statuses: Vec<u16> = requests.iter().map(|r| r.status).collect();
+    assert_eq!(&statuses[..3], &[503, 503, 200], "{requests:?}");
+    // The batch that failed twice arrived once, whole.
+    let mut ids: Vec<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
+    let all = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), all, "a span arrived twice: {spans:?}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !node.log().contains("one span too many") {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the partial success was not logged: {}",
+            node.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
