@@ -12,10 +12,16 @@
 //! # Ok(()) }
 //! ```
 
+// The lean OTLP/HTTP path: built always (its span recorder is shared), used only with
+// the `otlp` feature.
+#[cfg_attr(not(feature = "otlp"), allow(dead_code))]
 mod batch_encoder;
+#[cfg(feature = "otlp")]
 mod http_export;
+#[cfg_attr(not(feature = "otlp"), allow(dead_code))]
 mod otlp_wire;
 mod propagation;
+#[cfg_attr(not(feature = "otlp"), allow(dead_code))]
 mod publish_span;
 mod sampling;
 mod setup;

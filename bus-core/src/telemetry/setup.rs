@@ -17,20 +17,25 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+#[cfg(feature = "otlp")]
+use opentelemetry::InstrumentationScope;
+use opentelemetry::global;
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry::{InstrumentationScope, global};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider,
-};
+#[cfg(feature = "otlp")]
+use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor};
+use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, TracerProviderBuilder};
 use std::io::IsTerminal;
 use tracing_subscriber::Layer;
 use tracing_subscriber::filter::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use super::batch_encoder::{BatchEncoder, BatchLimits};
+#[cfg(feature = "otlp")]
+use super::batch_encoder::BatchEncoder;
+use super::batch_encoder::{BatchLimits, Direct};
+#[cfg(feature = "otlp")]
 use super::http_export::HttpSpanExporter;
 
 /// How long `shutdown` may spend flushing spans.
@@ -239,29 +244,7 @@ pub fn init_with(settings: TelemetrySettings) -> Result<Telemetry, TelemetryErro
     let off = matches!(settings.sampler, Sampler::AlwaysOff)
         || matches!(settings.sampler, Sampler::TraceIdRatioBased(r) if r <= 0.0);
     let sampler = super::sampling::configure(settings.sampler, settings.head_sampling_ratio);
-    let mut direct = None;
-    let builder = SdkTracerProvider::builder();
-    let builder = match export.protocol {
-        OtlpProtocol::HttpProtobuf => {
-            let exporter = HttpSpanExporter::new(export.endpoint.as_deref())?;
-            let encoder = BatchEncoder::start(exporter, limits)
-                .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
-            direct = Some(encoder.direct(InstrumentationScope::builder(TRACER_NAME).build()));
-            builder.with_span_processor(encoder)
-        }
-        OtlpProtocol::Grpc => {
-            let batch = BatchConfigBuilder::default()
-                .with_max_queue_size(limits.max_queue)
-                .with_max_export_batch_size(limits.max_batch)
-                .with_scheduled_delay(limits.delay)
-                .build();
-            builder.with_span_processor(
-                BatchSpanProcessor::builder(grpc_exporter(&export)?)
-                    .with_batch_config(batch)
-                    .build(),
-            )
-        }
-    };
+    let (builder, direct) = with_exporter(SdkTracerProvider::builder(), &export, limits)?;
     let provider = builder
         .with_sampler(sampler.clone())
         .with_resource(
@@ -284,6 +267,48 @@ pub fn init_with(settings: TelemetrySettings) -> Result<Telemetry, TelemetryErro
     Ok(Telemetry {
         provider: Some(provider),
     })
+}
+
+/// The provider with `export`'s exporter: OTLP/HTTP through the bus's own processor (and
+/// the direct recorder of publish spans), OTLP/gRPC through the SDK's batch processor.
+#[cfg(feature = "otlp")]
+fn with_exporter(
+    builder: TracerProviderBuilder,
+    export: &OtlpExport,
+    limits: BatchLimits,
+) -> Result<(TracerProviderBuilder, Option<Direct>), TelemetryError> {
+    Ok(match export.protocol {
+        OtlpProtocol::HttpProtobuf => {
+            let exporter = HttpSpanExporter::new(export.endpoint.as_deref())?;
+            let encoder = BatchEncoder::start(exporter, limits)
+                .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+            let direct = encoder.direct(InstrumentationScope::builder(TRACER_NAME).build());
+            (builder.with_span_processor(encoder), Some(direct))
+        }
+        OtlpProtocol::Grpc => {
+            let batch = BatchConfigBuilder::default()
+                .with_max_queue_size(limits.max_queue)
+                .with_max_export_batch_size(limits.max_batch)
+                .with_scheduled_delay(limits.delay)
+                .build();
+            let processor = BatchSpanProcessor::builder(grpc_exporter(export)?)
+                .with_batch_config(batch)
+                .build();
+            (builder.with_span_processor(processor), None)
+        }
+    })
+}
+
+/// Built without the `otlp` feature: no exporter to build.
+#[cfg(not(feature = "otlp"))]
+fn with_exporter(
+    _builder: TracerProviderBuilder,
+    _export: &OtlpExport,
+    _limits: BatchLimits,
+) -> Result<(TracerProviderBuilder, Option<Direct>), TelemetryError> {
+    Err(TelemetryError::Exporter(
+        "built without an OTLP exporter: enable the `otlp` feature of bus-core (a default of bus-sdk)".into(),
+    ))
 }
 
 /// `OTEL_BSP_MAX_QUEUE_SIZE` (default 2048), `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` (512, at
@@ -325,6 +350,7 @@ fn log_filter() -> EnvFilter {
 /// compression, headers and timeout variables and retries itself; the certificates are
 /// read here (`http_export::grpc_tls`). OTLP/HTTP, the default, goes through the bus's
 /// own exporter (`http_export`), which encodes spans without the upstream conversion.
+#[cfg(feature = "otlp")]
 fn grpc_exporter(export: &OtlpExport) -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
     use opentelemetry_otlp::{Protocol, WithExportConfig, WithTonicConfig};
     let mut b = opentelemetry_otlp::SpanExporter::builder()

@@ -82,12 +82,18 @@ pub(crate) async fn append(
         .headers(headers)
         .payload(payload)
         .message_id(format!("park-{}-{copy_seq}", shared.name));
-    let js = shared.bus.jetstream();
-    send_deadline::within(async {
-        let ack = js.send_publish(subject, publish).await?;
-        ack.await.map(|_| ()).map_err(async_nats::Error::from)
-    })
-    .await
+    super::sequencer::store(shared, subject, publish).await
+}
+
+/// The ordered groups' stream.
+async fn ordered_stream(
+    shared: &OrderedShared,
+) -> Result<async_nats::jetstream::stream::Stream, async_nats::Error> {
+    Ok(shared
+        .bus
+        .jetstream()
+        .get_stream(&shared.ordered_stream)
+        .await?)
 }
 
 /// Where a delivery is parked: its key's parking subject in `partition`, and the
@@ -151,11 +157,7 @@ pub(crate) async fn parked(shared: &OrderedShared, partition: u32) -> Result<Vec
         .subjects()
         .ordered_parked_in(&shared.name, partition);
     send_deadline::within(async {
-        let stream = shared
-            .bus
-            .jetstream()
-            .get_stream(&shared.ordered_stream)
-            .await?;
+        let stream = ordered_stream(shared).await?;
         let subjects: Vec<(String, usize)> = stream
             .info_with_subjects(&filter)
             .await?
@@ -264,11 +266,7 @@ async fn open(shared: &OrderedShared, partition: u32, token: &str) -> Result<Pul
         ..Default::default()
     };
     send_deadline::within(async {
-        let stream = shared
-            .bus
-            .jetstream()
-            .get_stream(&shared.ordered_stream)
-            .await?;
+        let stream = ordered_stream(shared).await?;
         stream
             .get_or_create_consumer::<pull::Config>(&name, config)
             .await
@@ -318,11 +316,7 @@ pub(crate) async fn is_drained(shared: &OrderedShared, partition: u32, token: &s
 pub(crate) async fn close(shared: &OrderedShared, partition: u32, token: &str) {
     let name = consumer_name(shared, partition, token);
     let deleted = send_deadline::within(async {
-        let stream = shared
-            .bus
-            .jetstream()
-            .get_stream(&shared.ordered_stream)
-            .await?;
+        let stream = ordered_stream(shared).await?;
         stream
             .delete_consumer(&name)
             .await

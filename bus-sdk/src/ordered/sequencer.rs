@@ -305,6 +305,15 @@ async fn publish_copy(
         .headers(headers)
         .payload(message.payload.clone())
         .message_id(format!("ord-{}-{epoch}-{seq}", shared.name));
+    store(shared, subject, publish).await
+}
+
+/// Publishes into the ordered stream and waits for the PubAck, within the send deadline.
+pub(super) async fn store(
+    shared: &OrderedShared,
+    subject: String,
+    publish: PublishMessage,
+) -> Result<(), String> {
     let js = shared.bus.jetstream();
     send_deadline::within(async {
         let ack = js.send_publish(subject, publish).await?;

@@ -387,7 +387,12 @@ async fn stored_ids(
         .await?;
     let mut messages = consumer.messages().await?;
     let mut ids = std::collections::HashSet::new();
-    while let Some(m) = tokio::time::timeout(Duration::from_secs(10), messages.next()).await? {
+    // Right after the leader's kill -9 the new leader may take a while to serve the
+    // consumer on a box that also runs other tests: a generous wait, named when it runs out.
+    while let Some(m) = tokio::time::timeout(Duration::from_secs(30), messages.next())
+        .await
+        .context("reading the events stream back: no message for 30 s")?
+    {
         let m = m?;
         if let Some(id) = m.headers.as_ref().and_then(|h| h.get("ce-id")) {
             ids.insert(id.as_str().to_owned());

@@ -62,14 +62,16 @@ fn given_bad_otel_variables_should_exit_64_naming_the_variable_before_binding_an
         ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "0"),
         ("OTEL_EXPORTER_OTLP_HEADERS", "api-key"),
         ("OTEL_EXPORTER_OTLP_HEADERS", "api-key=%zz"),
-        ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+        ("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd"),
+        ("OTEL_BSP_EXPORT_TIMEOUT", "0"),
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem"),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
         ("OTEL_TRACES_SAMPLER_ARG", "2"),
         ("OTEL_BSP_MAX_QUEUE_SIZE", "0"),
         ("OTEL_BSP_SCHEDULE_DELAY", "5s"),
         (
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-            "https://collector:4318/v1/traces",
+            "ftp://collector:4318/v1/traces",
         ),
     ];
     for (key, value) in cases {
