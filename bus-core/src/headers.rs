@@ -24,6 +24,9 @@ pub const CONTENT_TYPE: &str = "content-type";
 pub const TRACEPARENT: &str = "traceparent";
 /// `tracestate`: the W3C vendor trace state that goes with `traceparent`.
 pub const TRACESTATE: &str = "tracestate";
+/// W3C baggage (`key=value,...`): application context carried with the trace context,
+/// kept through redeliveries, dead letters and webhooks.
+pub const BAGGAGE: &str = "baggage";
 /// JetStream's de-duplication key; the bus derives it from the event's source and id
 /// ([`dedup_id`](crate::binary_mode::dedup_id)).
 pub const NATS_MSG_ID: &str = "Nats-Msg-Id";

@@ -62,6 +62,8 @@ struct Prepared<'a> {
     event: &'a Event,
     /// This hop's trace context, written over the event's own when telemetry is on.
     trace: Option<SpanContext>,
+    /// The W3C baggage of the publish's context (`baggage` header), if any.
+    baggage: Option<String>,
     span: telemetry::HopSpan,
     /// Whether a sampled message gets [`server_trace::mark`]ed.
     mark_sampled: bool,
@@ -83,6 +85,7 @@ impl Prepared<'_> {
         encode(
             self.event,
             self.trace.as_ref(),
+            self.baggage.as_deref(),
             self.mark_sampled,
             &self.publish_id,
         )
@@ -124,6 +127,7 @@ impl Publisher {
         let subject = self.subjects.event(&event.event_type);
         let mut span = telemetry::HopSpan::none();
         let mut trace = None;
+        let mut baggage = None;
         if telemetry::is_enabled() {
             // Parent: the hop this runs in (an HTTP request, a handler; recorded or
             // not); else the current OpenTelemetry context (a service's own span); else
@@ -139,6 +143,7 @@ impl Publisher {
                     }
                 }
             };
+            baggage = telemetry::baggage_value(&parent);
             trace = Some(match telemetry::skip(&parent) {
                 // Not recorded: no span, but the event says so to every later hop.
                 Some(unsampled) => unsampled.span().span_context().clone(),
@@ -153,10 +158,17 @@ impl Publisher {
         }
         let mark_sampled = !self.server_msg_trace;
         let publish_id = new_publish_id();
-        let (headers, payload) = encode(event, trace.as_ref(), mark_sampled, &publish_id)?;
+        let (headers, payload) = encode(
+            event,
+            trace.as_ref(),
+            baggage.as_deref(),
+            mark_sampled,
+            &publish_id,
+        )?;
         let prepared = Prepared {
             event,
             trace,
+            baggage,
             span,
             mark_sampled,
             publish_id,
@@ -386,6 +398,22 @@ fn new_publish_id() -> String {
 /// event itself is not copied to change it), [`server_trace::mark`]ed if `mark_sampled`
 /// and the context they carry is sampled, and carrying `publish_id`.
 fn encode(
+    event: &Event,
+    trace: Option<&SpanContext>,
+    baggage: Option<&str>,
+    mark_sampled: bool,
+    publish_id: &str,
+) -> Result<(HeaderMap, Bytes), PublishError> {
+    let (mut headers, payload) = encode_traced(event, trace, mark_sampled, publish_id)?;
+    if let Some(value) = baggage
+        && let Ok(value) = <async_nats::header::HeaderValue as std::str::FromStr>::from_str(value)
+    {
+        headers.insert(bus_core::headers::BAGGAGE, value);
+    }
+    Ok((headers, payload))
+}
+
+fn encode_traced(
     event: &Event,
     trace: Option<&SpanContext>,
     mark_sampled: bool,

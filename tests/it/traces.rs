@@ -530,3 +530,71 @@ async fn given_push_clients_each_event_should_have_one_push_span_per_node_in_its
     drop(streams);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_baggage_at_publish_each_attempt_of_the_handler_should_read_it_and_its_dead_letter_keep_it()
+-> anyhow::Result<()> {
+    if !bus_tests::own_process(
+        "given_baggage_at_publish_each_attempt_of_the_handler_should_read_it_and_its_dead_letter_keep_it",
+    ) {
+        return Ok(());
+    }
+    use opentelemetry::baggage::BaggageExt as _;
+    use opentelemetry::context::FutureExt as _;
+
+    let receiver = OtlpReceiver::start().await?;
+    let telemetry = telemetry::init_with(settings(receiver.http_endpoint()))?;
+    let cluster = NatsCluster::start(1).await?;
+    let bus = bus_for(&cluster).await?;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<Option<String>>::new()));
+    let handler_seen = seen.clone();
+    // Every attempt fails: two attempts, then a dead letter.
+    let group = bus
+        .group("baggage")
+        .backoff([Duration::from_millis(50)])
+        .max_deliver(2)
+        .on(move |_: Received<OrderCreated>| {
+            let seen = handler_seen.clone();
+            async move {
+                let tenant = opentelemetry::Context::current()
+                    .baggage()
+                    .get("tenant")
+                    .map(|v| v.as_str().to_owned());
+                seen.lock().unwrap_or_else(|p| p.into_inner()).push(tenant);
+                Err::<(), _>(HandlerError::msg("always"))
+            }
+        })
+        .start()
+        .await?;
+    let cx = opentelemetry::Context::current_with_baggage([opentelemetry::KeyValue::new(
+        "tenant", "acme",
+    )]);
+    bus.publish(&order(1)).with_context(cx).await?;
+    wait_until("a dead letter", Duration::from_secs(30), || {
+        seen.lock().map(|s| s.len() >= 2).unwrap_or(false)
+    })
+    .await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let letter = loop {
+        let page = bus.dead_letters(None, 0, 10).await?;
+        if let Some(l) = page.letters.into_iter().next() {
+            break l.letter;
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "no dead letter");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    assert_eq!(
+        seen,
+        vec![Some("acme".to_owned()); 2],
+        "each attempt reads it"
+    );
+    assert_eq!(
+        letter.headers.get("baggage").map(|v| v.as_str()),
+        Some("tenant=acme"),
+        "the dead letter keeps it"
+    );
+    group.shutdown().await;
+    telemetry.shutdown().await;
+    Ok(())
+}

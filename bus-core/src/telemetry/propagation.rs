@@ -11,7 +11,7 @@ use opentelemetry::trace::{SpanContext, TraceContextExt, TraceFlags, TraceState}
 use std::str::FromStr;
 
 use crate::event::Event;
-use crate::headers::{TRACEPARENT, TRACESTATE};
+use crate::headers::{BAGGAGE, TRACEPARENT, TRACESTATE};
 
 /// Writes trace context into NATS headers.
 #[derive(Debug)]
@@ -55,10 +55,11 @@ impl Injector for EventCarrier<'_> {
     }
 }
 
-/// A `traceparent`/`tracestate` pair as a carrier.
+/// A `traceparent`/`tracestate` pair (and a `baggage`) as a carrier.
 struct Pair<'a> {
     traceparent: Option<&'a str>,
     tracestate: Option<&'a str>,
+    baggage: Option<&'a str>,
 }
 
 impl Extractor for Pair<'_> {
@@ -66,12 +67,13 @@ impl Extractor for Pair<'_> {
         match key {
             TRACEPARENT => self.traceparent,
             TRACESTATE => self.tracestate,
+            BAGGAGE => self.baggage,
             _ => None,
         }
     }
 
     fn keys(&self) -> Vec<&str> {
-        vec![TRACEPARENT, TRACESTATE]
+        vec![TRACEPARENT, TRACESTATE, BAGGAGE]
     }
 }
 
@@ -89,6 +91,26 @@ pub fn inject_into_headers(sc: &SpanContext, headers: &mut HeaderMap) {
     {
         headers.insert(TRACESTATE_NAME, v);
     }
+}
+
+/// The W3C `baggage` header value of `cx`, written by the installed propagator (so only
+/// when it propagates baggage: `OTEL_PROPAGATORS`); `None` when `cx` has no baggage.
+pub fn baggage_value(cx: &Context) -> Option<String> {
+    use opentelemetry::baggage::BaggageExt as _;
+    if cx.baggage().is_empty() {
+        return None;
+    }
+    struct Only(Option<String>);
+    impl Injector for Only {
+        fn set(&mut self, key: &str, value: String) {
+            if key.eq_ignore_ascii_case(crate::headers::BAGGAGE) && !value.is_empty() {
+                self.0 = Some(value);
+            }
+        }
+    }
+    let mut only = Only(None);
+    global::get_text_map_propagator(|p| p.inject_context(cx, &mut only));
+    only.0
 }
 
 /// `cx` as a W3C `traceparent` header value, for a request the bus makes (a webhook
@@ -189,7 +211,17 @@ pub fn context_from_event(event: &Event) -> Context {
 
 /// Extracts a context from a `traceparent` and `tracestate` (HTTP headers, other carriers).
 pub fn extract_with(traceparent: Option<&str>, tracestate: Option<&str>) -> Context {
-    if traceparent.is_none() {
+    extract_with_baggage(traceparent, tracestate, None)
+}
+
+/// Extracts a context from a `traceparent`, `tracestate` and W3C `baggage` (an HTTP
+/// request's headers), through the installed propagator.
+pub fn extract_with_baggage(
+    traceparent: Option<&str>,
+    tracestate: Option<&str>,
+    baggage: Option<&str>,
+) -> Context {
+    if traceparent.is_none() && baggage.is_none() {
         // What the propagator gives for a carrier without one (it runs on every publish
         // of an event without a trace context, so skip its parsing).
         return Context::current();
@@ -197,6 +229,7 @@ pub fn extract_with(traceparent: Option<&str>, tracestate: Option<&str>) -> Cont
     let pair = Pair {
         traceparent,
         tracestate,
+        baggage,
     };
     global::get_text_map_propagator(|p| p.extract(&pair))
 }

@@ -66,14 +66,19 @@ pub fn skip(parent: &Context) -> Option<Context> {
         false,
         TraceState::default(),
     );
-    Some(Context::new().with_remote_span_context(unsampled))
+    // The parent's baggage goes on with the flow, recorded or not.
+    Some(parent.with_remote_span_context(unsampled))
 }
 
 /// Runs `work` (a handler, an HTTP request) with `cx`, its hop's context (the hop's span,
-/// or the unsampled context of a hop not recorded), as the parent of what it publishes.
+/// or the unsampled context of a hop not recorded), as the parent of what it publishes
+/// and as the current OpenTelemetry context: a span the work opens (through the
+/// application's tracer, or a `tracing` span through `tracing-opentelemetry`) is a child
+/// of the hop, and the baggage the event carried is `Context::current().baggage()`.
 // Not an `async fn`: that would store `work` twice (argument and scope) in the caller's task.
 pub fn within_hop<F: Future>(cx: Context, work: F) -> impl Future<Output = F::Output> {
-    HOP.scope(cx, work)
+    use opentelemetry::context::FutureExt as _;
+    HOP.scope(cx.clone(), work.with_context(cx))
 }
 
 /// The context of the hop running now, if any.

@@ -20,9 +20,10 @@ use std::time::Duration;
 #[cfg(feature = "otlp")]
 use opentelemetry::InstrumentationScope;
 use opentelemetry::global;
+use opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 #[cfg(feature = "otlp")]
 use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor};
 use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, TracerProviderBuilder};
@@ -225,7 +226,7 @@ pub fn init(service_name: &str) -> Result<Telemetry, TelemetryError> {
 
 /// Installs logging (filtered by `RUST_LOG`) and, with `settings.export`, trace export.
 pub fn init_with(settings: TelemetrySettings) -> Result<Telemetry, TelemetryError> {
-    global::set_text_map_propagator(TraceContextPropagator::new());
+    global::set_text_map_propagator(propagator_from_env()?);
     let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
@@ -336,6 +337,29 @@ fn batch_limits() -> Result<BatchLimits, TelemetryError> {
         max_batch,
         delay,
     })
+}
+
+/// `OTEL_PROPAGATORS` (comma-separated; default `tracecontext,baggage`): `tracecontext`
+/// (W3C trace context), `baggage` (W3C baggage), `none`. Others are refused, naming the
+/// variable.
+fn propagator_from_env() -> Result<TextMapCompositePropagator, TelemetryError> {
+    let value = var("OTEL_PROPAGATORS").unwrap_or_else(|| "tracecontext,baggage".to_owned());
+    let mut propagators: Vec<Box<dyn TextMapPropagator + Send + Sync>> = Vec::new();
+    for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        match name {
+            "tracecontext" => propagators.push(Box::new(TraceContextPropagator::new())),
+            "baggage" => propagators.push(Box::new(BaggagePropagator::new())),
+            "none" => propagators.clear(),
+            _ => {
+                return Err(TelemetryError::InvalidVariable {
+                    variable: "OTEL_PROPAGATORS",
+                    value,
+                    reason: "a comma-separated list of tracecontext, baggage or none",
+                });
+            }
+        }
+    }
+    Ok(TextMapCompositePropagator::new(propagators))
 }
 
 /// `RUST_LOG`, by default `info`.

@@ -58,7 +58,7 @@ impl HopSpan {
             return (Self::none(), Some(unsampled));
         }
         let span = start(&parent);
-        let hop = span.context();
+        let hop = span.context_in(&parent);
         (span, hop)
     }
 
@@ -234,6 +234,20 @@ impl HopSpan {
             Recorder::Sdk(s) => Some(s.span_context()),
             Recorder::Publish(p) => Some(p.span_context()),
         }
+    }
+
+    /// `parent` (its baggage and whatever else it carries) with this span as its span,
+    /// for [`super::within_hop`].
+    pub fn context_in(&self, parent: &Context) -> Option<Context> {
+        let sc = self.span_context()?;
+        let local = SpanContext::new(
+            sc.trace_id(),
+            sc.span_id(),
+            sc.trace_flags(),
+            false,
+            sc.trace_state().clone(),
+        );
+        Some(parent.with_remote_span_context(local))
     }
 
     /// A context whose span is this one (local, not remote), for [`super::within_hop`].

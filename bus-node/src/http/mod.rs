@@ -158,7 +158,11 @@ async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Res
         || {
             let headers = request.headers();
             let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-            telemetry::extract_with(header("traceparent"), header("tracestate"))
+            telemetry::extract_with_baggage(
+                header("traceparent"),
+                header("tracestate"),
+                header("baggage"),
+            )
         },
         |caller| telemetry::HopSpan::server(method, &route, caller),
     );

@@ -45,6 +45,8 @@ pub struct Attempt<'a> {
     pub headers: &'a HeaderMap,
     /// The attempt's CLIENT span as W3C `traceparent`, sent to the receiver.
     pub traceparent: Option<String>,
+    /// The event's W3C `baggage`, sent to the receiver as it came.
+    pub baggage: Option<String>,
 }
 
 /// What an attempt came to.
@@ -144,7 +146,11 @@ impl Deliverer {
                 signature_header(a.secrets, a.asymmetric, a.id, timestamp, &a.body),
             ),
         ];
-        let trace = a.traceparent.iter().map(|t| ("traceparent", t.clone()));
+        let trace = a
+            .traceparent
+            .iter()
+            .map(|t| ("traceparent", t.clone()))
+            .chain(a.baggage.iter().map(|b| ("baggage", b.clone())));
         for (name, value) in standard.into_iter().chain(trace) {
             match HeaderValue::from_str(&value) {
                 Ok(v) => {
@@ -334,6 +340,7 @@ mod tests {
             asymmetric: None,
             headers: &headers,
             traceparent: None,
+            baggage: None,
         })
         .await
     }

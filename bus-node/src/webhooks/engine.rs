@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv::{self, Operation};
-use bus_core::telemetry::{HopSpan, current_hop, traceparent_value};
+use bus_core::telemetry::{HopSpan, baggage_value, current_hop, traceparent_value};
 use bus_core::{Event, EventPattern, EventType, structured};
 use bus_sdk::{Bus, EventMeta, Group, HandlerError};
 use bytes::Bytes;
@@ -338,6 +338,7 @@ pub async fn attempt_now(w: &Webhooks, t: &Target, event: &Event, attempt: u32) 
             asymmetric: t.asymmetric.as_ref(),
             headers: &t.headers,
             traceparent: span.span_context().and_then(traceparent_value),
+            baggage: baggage_value(&parent),
         })
         .await;
     let (kind, status, error, took) = match &outcome {

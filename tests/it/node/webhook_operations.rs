@@ -742,15 +742,33 @@ async fn given_tracing_each_attempt_should_be_a_client_span_in_the_event_trace_a
         &["shop.>"],
     )
     .await?;
-    publish(&node, "traced-1").await?;
+    // W3C baggage on the HTTP request travels with the event to every attempt.
+    let posted = http()?
+        .post(format!("{}/v1/events", node.url()))
+        .header("x-api-key", ADMIN)
+        .header("content-type", "application/cloudevents+json")
+        .header("baggage", "tenant=acme")
+        .body(ce("traced-1", "shop.order.created", json!({"n": 1})).to_string())
+        .send()
+        .await?;
+    assert_eq!(posted.status(), 202);
     wait_until("delivered after a 503", Duration::from_secs(20), || {
         r.at("/flaky").len() >= 2
     })
     .await?;
     let spans = otlp
-        .wait_for("two CLIENT spans", Duration::from_secs(20), |s| {
-            s.iter().filter(|s| s.kind == SpanKind::Client).count() >= 2
-        })
+        // Each CLIENT span ends before its CONSUMER parent: wait for the parents too.
+        .wait_for(
+            "two CLIENT spans and their parents",
+            Duration::from_secs(20),
+            |s| {
+                let clients: Vec<_> = s.iter().filter(|s| s.kind == SpanKind::Client).collect();
+                clients.len() >= 2
+                    && clients
+                        .iter()
+                        .all(|c| s.iter().any(|p| p.span_id == c.parent_span_id))
+            },
+        )
         .await?;
     let clients: Vec<_> = spans
         .iter()
@@ -780,6 +798,7 @@ async fn given_tracing_each_attempt_should_be_a_client_span_in_the_event_trace_a
         let got = &r.at("/flaky")[i.min(1)];
         let tp = got.header("traceparent");
         assert!(tp.contains(&producer.trace_id), "{tp}");
+        assert_eq!(got.header("baggage"), "tenant=acme");
     }
     let statuses: Vec<_> = clients
         .iter()
