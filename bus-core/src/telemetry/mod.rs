@@ -18,6 +18,7 @@
 mod batch_encoder;
 #[cfg(feature = "otlp")]
 mod http_export;
+mod json_logs;
 #[cfg_attr(not(feature = "otlp"), allow(dead_code))]
 mod otlp_wire;
 mod propagation;
@@ -27,6 +28,7 @@ mod sampling;
 mod setup;
 mod spans;
 
+pub use json_logs::JsonWithTrace;
 pub use opentelemetry_sdk::trace::Sampler;
 pub use propagation::{
     HeaderExtractor, HeaderInjector, baggage_value, context_from_event, context_from_headers,

@@ -226,11 +226,9 @@ pub fn init(service_name: &str) -> Result<Telemetry, TelemetryError> {
 
 /// Installs logging (filtered by `RUST_LOG`) and, with `settings.export`, trace export.
 pub fn init_with(settings: TelemetrySettings) -> Result<Telemetry, TelemetryError> {
-    global::set_text_map_propagator(propagator_from_env()?);
-    let logs = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_filter(log_filter());
+    let propagator = propagator_from_env()?;
+    let logs = log_layer()?.with_filter(log_filter());
+    global::set_text_map_propagator(propagator);
     let Some(export) = settings.export else {
         tracing_subscriber::registry()
             .with(logs)
@@ -360,6 +358,31 @@ fn propagator_from_env() -> Result<TextMapCompositePropagator, TelemetryError> {
         }
     }
     Ok(TextMapCompositePropagator::new(propagators))
+}
+
+/// The log lines on stderr: text, or JSON with the hop's trace and span ids
+/// (`BUS_LOG_FORMAT=json`, see [`super::JsonWithTrace`]).
+fn log_layer() -> Result<Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync>, TelemetryError>
+{
+    let text = || {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .boxed()
+    };
+    match var("BUS_LOG_FORMAT") {
+        None => Ok(text()),
+        Some(f) if f.eq_ignore_ascii_case("text") => Ok(text()),
+        Some(f) if f.eq_ignore_ascii_case("json") => Ok(tracing_subscriber::fmt::layer()
+            .event_format(super::JsonWithTrace)
+            .with_writer(std::io::stderr)
+            .boxed()),
+        Some(f) => Err(TelemetryError::InvalidVariable {
+            variable: "BUS_LOG_FORMAT",
+            value: f,
+            reason: "text or json",
+        }),
+    }
 }
 
 /// `RUST_LOG`, by default `info`.

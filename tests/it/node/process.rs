@@ -63,6 +63,8 @@ fn given_bad_otel_variables_should_exit_64_naming_the_variable_before_binding_an
         ("OTEL_EXPORTER_OTLP_HEADERS", "api-key"),
         ("OTEL_EXPORTER_OTLP_HEADERS", "api-key=%zz"),
         ("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd"),
+        ("OTEL_PROPAGATORS", "b3"),
+        ("BUS_LOG_FORMAT", "xml"),
         ("OTEL_BSP_EXPORT_TIMEOUT", "0"),
         ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem"),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
@@ -465,5 +467,31 @@ async fn given_dead_letters_the_admin_api_should_list_groups_and_dead_letters_an
     );
     assert!(metrics.contains("bus_nats_connected 1"), "{metrics}");
     member.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_json_logs_each_line_the_node_writes_should_be_one_json_object() -> anyhow::Result<()>
+{
+    let cluster = NatsCluster::start(1).await?;
+    let mut env = node_env(&cluster);
+    env.extend([
+        ("BUS__AUTH__ENABLED".into(), "false".into()),
+        ("BUS_LOG_FORMAT".into(), "json".into()),
+        ("RUST_LOG".into(), "info".into()),
+    ]);
+    let mut node = start("json-logs", &env).await?;
+    node.stop().await?;
+    let log = node.log();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    anyhow::ensure!(!lines.is_empty(), "the node logged nothing");
+    for line in lines {
+        let v: Value =
+            serde_json::from_str(line).map_err(|e| anyhow::anyhow!("not JSON ({e}): {line}"))?;
+        assert!(
+            v["level"].is_string() && v["timestamp"].is_string(),
+            "{line}"
+        );
+    }
     Ok(())
 }
