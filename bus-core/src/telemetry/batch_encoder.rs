@@ -268,7 +268,9 @@ impl SpanProcessor for BatchEncoder {
     }
 
     fn force_flush(&self) -> OTelSdkResult {
-        self.ask(self.wait, |p, tx| {
+        // Bounded like a shutdown: a flush against a dead collector must not hold a
+        // process's exit for a whole export timeout with its retries.
+        self.ask(self.wait.min(super::SHUTDOWN_DEADLINE), |p, tx| {
             p.flushes.push(tx);
             true
         })

@@ -36,6 +36,8 @@ const DEFAULT_EXPORT_TIMEOUT: Duration = Duration::from_secs(30);
 /// The first retry's backoff; it doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// The longest collector answer read (for a partial success).
+const MAX_RESPONSE_READ: u64 = 64 * 1024;
 
 /// Posts encoded requests to an OTLP/HTTP endpoint.
 #[derive(Debug)]
@@ -104,7 +106,8 @@ impl HttpSpanExporter {
             parse_headers(&h, &mut header_map).map_err(|reason| {
                 TelemetryError::InvalidVariable {
                     variable,
-                    value: h.clone(),
+                    // Headers carry API keys: never echoed.
+                    value: "(redacted)".to_owned(),
                     reason,
                 }
             })?;
@@ -171,7 +174,9 @@ impl HttpSpanExporter {
                 }
                 Ok(response) if retryable(response.status()) => {
                     let status = response.status();
-                    let wait = retry_after(response.headers()).unwrap_or_else(|| backoff(attempt));
+                    // `Retry-After: 0` is not a reason to hammer the collector.
+                    let wait = retry_after(response.headers())
+                        .map_or_else(|| backoff(attempt), |after| after.max(backoff(attempt)));
                     tracing::debug!(url = %self.url, %status, ?wait, "OTLP/HTTP export: retrying");
                     wait
                 }
@@ -188,7 +193,8 @@ impl HttpSpanExporter {
                 }
                 Err(e) => return Err(format!("OTLP/HTTP export: {e}")),
             };
-            if Instant::now() + wait >= deadline {
+            // Compared, not added: a huge `Retry-After` must not overflow the clock.
+            if wait >= deadline.saturating_duration_since(Instant::now()) {
                 return Err(format!(
                     "OTLP/HTTP export: {} not accepted within the export timeout",
                     self.url
@@ -331,7 +337,8 @@ fn retryable(status: StatusCode) -> bool {
     matches!(status.as_u16(), 429 | 502 | 503 | 504)
 }
 
-/// `Retry-After` in seconds (the form collectors send; a date is not read).
+/// `Retry-After` in seconds (the form collectors send; a date is not read), at most a
+/// day (anything longer is past every export timeout anyway).
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     headers
         .get(RETRY_AFTER)?
@@ -340,7 +347,7 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .trim()
         .parse::<u64>()
         .ok()
-        .map(Duration::from_secs)
+        .map(|s| Duration::from_secs(s.min(86_400)))
 }
 
 /// 100 ms, 200 ms, 400 ms, ... up to 5 s.
@@ -362,11 +369,19 @@ fn gzip(body: &[u8]) -> std::io::Result<Vec<u8>> {
 /// Logs the spans a collector said it rejected (`ExportTraceServiceResponse
 /// .partial_success`: `rejected_spans` = 1, `error_message` = 2).
 fn log_partial_success(url: &str, response: reqwest::blocking::Response) {
+    // A partial success is a small message; an answer without a length, or a long one,
+    // is not read (its read would have a timeout of its own, past the export's).
+    if !response
+        .content_length()
+        .is_some_and(|n| (1..=MAX_RESPONSE_READ).contains(&n))
+    {
+        return;
+    }
     let Ok(body) = response.bytes() else { return };
     if let Some((rejected, message)) = partial_success(&body)
         && (rejected > 0 || !message.is_empty())
     {
-        tracing::warn!(%url, rejected_spans = rejected, %message, "OTLP/HTTP export: the collector rejected part of a batch");
+        tracing::warn!(%url, rejected_spans = rejected, error_message = %message, "OTLP/HTTP export: the collector rejected part of a batch");
     }
 }
 
@@ -568,6 +583,9 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(RETRY_AFTER, HeaderValue::from_static("2"));
         assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
+        // A huge one is capped (it is compared with the deadline, never added to a clock).
+        h.insert(RETRY_AFTER, HeaderValue::from_static("9223372036854775807"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(86_400)));
     }
 
     #[test]

@@ -31,6 +31,9 @@ where
     ) -> fmt::Result {
         let meta = event.metadata();
         let mut line = Map::new();
+        // The event's fields first: the line's own keys below win over a field of the
+        // same name.
+        event.record(&mut Fields(&mut line));
         let now = time::OffsetDateTime::now_utc()
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
@@ -44,7 +47,6 @@ where
             line.insert("trace_id".into(), Value::String(sc.trace_id().to_string()));
             line.insert("span_id".into(), Value::String(sc.span_id().to_string()));
         }
-        event.record(&mut Fields(&mut line));
         writeln!(writer, "{}", Value::Object(line))
     }
 }

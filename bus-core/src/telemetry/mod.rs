@@ -31,9 +31,9 @@ mod spans;
 pub use json_logs::JsonWithTrace;
 pub use opentelemetry_sdk::trace::Sampler;
 pub use propagation::{
-    HeaderExtractor, HeaderInjector, baggage_value, context_from_event, context_from_headers,
-    extract_with, extract_with_baggage, header_count, inject_into_event, inject_into_headers,
-    traceparent_value,
+    HeaderExtractor, HeaderInjector, MAX_BAGGAGE_BYTES, baggage_value, context_from_event,
+    context_from_headers, extract_with, extract_with_baggage, header_count, inject_into_event,
+    inject_into_headers, plausible_baggage, traceparent_value,
 };
 pub use sampling::{current_hop, skip, within_hop};
 pub use setup::{

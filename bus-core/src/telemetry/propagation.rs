@@ -110,7 +110,25 @@ pub fn baggage_value(cx: &Context) -> Option<String> {
     }
     let mut only = Only(None);
     global::get_text_map_propagator(|p| p.inject_context(cx, &mut only));
-    only.0
+    // W3C: at most 8192 bytes, which the next hop's propagator enforces by dropping the
+    // whole header; and a value a header can carry (NATS and HTTP alike).
+    only.0.filter(|v| {
+        v.len() <= MAX_BAGGAGE_BYTES && v.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
+    })
+}
+
+/// The largest `baggage` header value W3C baggage allows.
+pub const MAX_BAGGAGE_BYTES: usize = 8192;
+
+/// Whether a `baggage` header from outside (an HTTP request) is worth extracting: within
+/// [`MAX_BAGGAGE_BYTES`] and every entry a `key=value` (the propagator logs each malformed
+/// entry, with the whole header, and a request need not be authenticated to carry one).
+pub fn plausible_baggage(value: &str) -> bool {
+    value.len() <= MAX_BAGGAGE_BYTES
+        && value
+            .split(',')
+            .filter(|entry| !entry.trim().is_empty())
+            .all(|entry| entry.split(';').next().is_some_and(|kv| kv.contains('=')))
 }
 
 /// `cx` as a W3C `traceparent` header value, for a request the bus makes (a webhook
@@ -246,6 +264,14 @@ mod tests {
         let mut h = HeaderMap::new();
         TraceContextPropagator::new().inject_context(cx, &mut HeaderInjector(&mut h));
         h
+    }
+
+    #[test]
+    fn baggage_from_outside_is_extracted_only_when_each_entry_is_a_key_value() {
+        assert!(plausible_baggage("tenant=acme,region=eu;ttl=5"));
+        assert!(plausible_baggage("tenant=acme,"));
+        assert!(!plausible_baggage("a,a,a"));
+        assert!(!plausible_baggage(&"k=v,".repeat(3000)));
     }
 
     #[test]

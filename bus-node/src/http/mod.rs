@@ -161,7 +161,7 @@ async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Res
             telemetry::extract_with_baggage(
                 header("traceparent"),
                 header("tracestate"),
-                header("baggage"),
+                header("baggage").filter(|b| telemetry::plausible_baggage(b)),
             )
         },
         |caller| telemetry::HopSpan::server(method, &route, caller),

@@ -150,7 +150,14 @@ impl Deliverer {
             .traceparent
             .iter()
             .map(|t| ("traceparent", t.clone()))
-            .chain(a.baggage.iter().map(|b| ("baggage", b.clone())));
+            // Baggage the receiver could not take as a header is left out, never a reason
+            // to refuse the attempt.
+            .chain(
+                a.baggage
+                    .iter()
+                    .filter(|b| HeaderValue::from_str(b).is_ok())
+                    .map(|b| ("baggage", b.clone())),
+            );
         for (name, value) in standard.into_iter().chain(trace) {
             match HeaderValue::from_str(&value) {
                 Ok(v) => {
