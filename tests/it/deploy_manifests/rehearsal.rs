@@ -361,17 +361,47 @@ async fn under_load(
     Ok(accepted)
 }
 
+/// The events stream and its info, asked again for up to 30 s: a JetStream request may
+/// time out while the cluster elects a leader on a box that also runs other tests.
+async fn events_stream(
+    js: &async_nats::jetstream::Context,
+) -> Result<(
+    async_nats::jetstream::stream::Stream,
+    async_nats::jetstream::stream::Info,
+)> {
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = async {
+            let mut s = js.get_stream("BUS_EVENTS").await?;
+            let info = s.info().await?.clone();
+            anyhow::Ok((s, info))
+        }
+        .await;
+        match got {
+            Ok(x) => return Ok(x),
+            Err(_) if Instant::now() < until => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e.context("reading the events stream for 30 s")),
+        }
+    }
+}
+
 /// Every `ce-id` the events stream holds.
 async fn stored_ids(
     js: &async_nats::jetstream::Context,
 ) -> Result<std::collections::HashSet<String>> {
     use futures::StreamExt;
+    // Right after the leader's kill -9, creating a consumer may time out until a new
+    // leader serves the stream: asked again for up to 30 s.
     let until = Instant::now() + Duration::from_secs(30);
-    let (stream, last) = loop {
+    let (last, mut messages) = loop {
         let got = async {
-            let mut s = js.get_stream("BUS_EVENTS").await?;
-            let last = s.info().await?.state.last_sequence;
-            anyhow::Ok((s, last))
+            let (stream, info) = events_stream(js).await?;
+            let consumer = stream
+                .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+                .await?;
+            anyhow::Ok((info.state.last_sequence, consumer.messages().await?))
         }
         .await;
         match got {
@@ -379,13 +409,9 @@ async fn stored_ids(
             Err(_) if Instant::now() < until => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.context("reading the events stream back for 30 s")),
         }
     };
-    let consumer = stream
-        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
-        .await?;
-    let mut messages = consumer.messages().await?;
     let mut ids = std::collections::HashSet::new();
     // Right after the leader's kill -9 the new leader may take a while to serve the
     // consumer on a box that also runs other tests: a generous wait, named when it runs out.
@@ -615,8 +641,7 @@ async fn rehearse(deploy: &Path, overlay: &'static str, probe_deadline: Duration
     )
     .await?;
     let js = async_nats::jetstream::new(client);
-    let mut stream = js.get_stream("BUS_EVENTS").await?;
-    let info = stream.info().await?;
+    let info = events_stream(&js).await?.1;
     ensure!(
         info.config.num_replicas == wanted,
         "{overlay}: the events stream has {} replicas, bus.toml says {wanted}",
