@@ -206,8 +206,48 @@ impl HttpSpanExporter {
     }
 }
 
-/// The TLS settings of the `OTEL_EXPORTER_OTLP[_TRACES]_CERTIFICATE`, `_CLIENT_CERTIFICATE`
-/// and `_CLIENT_KEY` variables (PEM files).
+/// The PEM files the `OTEL_EXPORTER_OTLP[_TRACES]_CERTIFICATE`, `_CLIENT_CERTIFICATE` and
+/// `_CLIENT_KEY` variables name, read (each with the variable that named it, for errors);
+/// a client certificate needs both of its variables.
+struct CertFiles {
+    ca: Option<(&'static str, String, Vec<u8>)>,
+    /// (certificate's variable, path, PEM), then the key's PEM.
+    client: Option<(&'static str, String, Vec<u8>, Vec<u8>)>,
+}
+
+impl CertFiles {
+    fn from_env() -> Result<Self, TelemetryError> {
+        let ca = match either("CERTIFICATE") {
+            (_, None) => None,
+            (variable, Some(path)) => {
+                let pem = read_pem(variable, &path)?;
+                Some((variable, path, pem))
+            }
+        };
+        let client = match (either("CLIENT_CERTIFICATE"), either("CLIENT_KEY")) {
+            ((_, None), (_, None)) => None,
+            ((cert_var, Some(cert)), (key_var, Some(key))) => {
+                let key = read_pem(key_var, &key)?;
+                let pem = read_pem(cert_var, &cert)?;
+                Some((cert_var, cert, pem, key))
+            }
+            ((variable, None), _) | (_, (variable, None)) => {
+                return Err(TelemetryError::InvalidVariable {
+                    variable,
+                    value: String::new(),
+                    reason: "set both the client certificate and the client key",
+                });
+            }
+        };
+        Ok(Self { ca, client })
+    }
+
+    fn any(&self) -> bool {
+        self.ca.is_some() || self.client.is_some()
+    }
+}
+
+/// The OTLP/HTTP client's TLS settings: roots added to the system's, a client identity.
 struct Tls {
     roots: Vec<reqwest::Certificate>,
     identity: Option<reqwest::Identity>,
@@ -215,10 +255,10 @@ struct Tls {
 
 impl Tls {
     fn from_env() -> Result<Self, TelemetryError> {
-        let roots = match either("CERTIFICATE") {
-            (_, None) => Vec::new(),
-            (variable, Some(path)) => {
-                let pem = read_pem(variable, &path)?;
+        let files = CertFiles::from_env()?;
+        let roots = match files.ca {
+            None => Vec::new(),
+            Some((variable, path, pem)) => {
                 let roots = reqwest::Certificate::from_pem_bundle(&pem).unwrap_or_default();
                 if roots.is_empty() {
                     return Err(invalid_file(variable, path, "no PEM certificate in it"));
@@ -226,12 +266,11 @@ impl Tls {
                 roots
             }
         };
-        let identity = match (either("CLIENT_CERTIFICATE"), either("CLIENT_KEY")) {
-            ((_, None), (_, None)) => None,
-            ((cert_var, Some(cert)), (key_var, Some(key))) => {
-                let mut pem = read_pem(key_var, &key)?;
+        let identity = match files.client {
+            None => None,
+            Some((cert_var, cert, cert_pem, mut pem)) => {
                 pem.push(b'\n');
-                pem.extend(read_pem(cert_var, &cert)?);
+                pem.extend(cert_pem);
                 Some(reqwest::Identity::from_pem(&pem).map_err(|_| {
                     invalid_file(
                         cert_var,
@@ -239,20 +278,6 @@ impl Tls {
                         "a PEM certificate whose key is the client key's",
                     )
                 })?)
-            }
-            ((variable, None), _) => {
-                return Err(TelemetryError::InvalidVariable {
-                    variable,
-                    value: String::new(),
-                    reason: "set it with the client key (a client certificate needs both)",
-                });
-            }
-            (_, (variable, None)) => {
-                return Err(TelemetryError::InvalidVariable {
-                    variable,
-                    value: String::new(),
-                    reason: "set it with the client certificate (a client certificate needs both)",
-                });
             }
         };
         Ok(Self { roots, identity })
@@ -271,31 +296,17 @@ pub(crate) fn grpc_tls(
         .or_else(|| var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
         .or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"));
     let https = endpoint.is_some_and(|e| e.starts_with("https://"));
-    let ca = either("CERTIFICATE");
-    let (cert, key) = (either("CLIENT_CERTIFICATE"), either("CLIENT_KEY"));
-    if !https && ca.1.is_none() && cert.1.is_none() && key.1.is_none() {
+    let files = CertFiles::from_env()?;
+    if !https && !files.any() {
         return Ok(None);
     }
     crate::tls::install_crypto_provider();
     let mut config = ClientTlsConfig::new().with_native_roots();
-    if let (variable, Some(path)) = ca {
-        config = config.ca_certificate(Certificate::from_pem(read_pem(variable, &path)?));
+    if let Some((_, _, pem)) = files.ca {
+        config = config.ca_certificate(Certificate::from_pem(pem));
     }
-    match (cert, key) {
-        ((_, None), (_, None)) => {}
-        ((cert_var, Some(cert)), (key_var, Some(key))) => {
-            config = config.identity(Identity::from_pem(
-                read_pem(cert_var, &cert)?,
-                read_pem(key_var, &key)?,
-            ));
-        }
-        ((variable, None), _) | (_, (variable, None)) => {
-            return Err(TelemetryError::InvalidVariable {
-                variable,
-                value: String::new(),
-                reason: "set both the client certificate and the client key",
-            });
-        }
+    if let Some((_, _, cert, key)) = files.client {
+        config = config.identity(Identity::from_pem(cert, key));
     }
     Ok(Some(config))
 }

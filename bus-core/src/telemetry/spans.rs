@@ -250,17 +250,9 @@ impl HopSpan {
         Some(parent.with_remote_span_context(local))
     }
 
-    /// A context whose span is this one (local, not remote), for [`super::within_hop`].
+    /// A context whose span is this one (local, not remote), and nothing else.
     pub fn context(&self) -> Option<Context> {
-        let sc = self.span_context()?;
-        let local = SpanContext::new(
-            sc.trace_id(),
-            sc.span_id(),
-            sc.trace_flags(),
-            false,
-            sc.trace_state().clone(),
-        );
-        Some(Context::new().with_remote_span_context(local))
+        self.context_in(&Context::new())
     }
 
     fn recording(&mut self) -> Option<&mut SdkSpan> {

@@ -19,8 +19,10 @@ use crate::stats::{Meter, Sample};
 /// Longest a backlog may take to be consumed.
 const CONSUME_DEADLINE: Duration = Duration::from_secs(300);
 
-pub async fn run(env: &Env, plan: &Plan) -> Result<Vec<Row>> {
-    let kinds = [
+/// The handlers the group workloads (`group`, `ordered`) run: (row tag, name, work,
+/// events per round).
+pub fn handler_kinds(plan: &Plan) -> [(&'static str, &'static str, Work, u64); 2] {
+    [
         ("noop", "no-op", Work::Noop, plan.group_noop_msgs),
         (
             "slow",
@@ -28,9 +30,12 @@ pub async fn run(env: &Env, plan: &Plan) -> Result<Vec<Row>> {
             Work::Sleep(SLOW_HANDLER),
             plan.group_slow_msgs,
         ),
-    ];
+    ]
+}
+
+pub async fn run(env: &Env, plan: &Plan) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
-    for (tag, name, work, n) in kinds {
+    for (tag, name, work, n) in handler_kinds(plan) {
         for members in GROUP_MEMBERS {
             let row = compare(
                 plan,

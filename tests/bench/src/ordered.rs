@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ab::compare;
 use crate::bus_side;
-use crate::cli::{GROUP_MEMBERS, Plan, SLOW_HANDLER, Side};
+use crate::cli::{GROUP_MEMBERS, Plan, Side};
 use crate::env::{Env, GROUP};
 use crate::recorder::Recorder;
 use crate::report::Row;
@@ -48,17 +48,8 @@ impl EventPayload for KeyedEvent {
 }
 
 pub async fn run(env: &Env, plan: &Plan) -> Result<Vec<Row>> {
-    let kinds = [
-        ("noop", "no-op", Work::Noop, plan.group_noop_msgs),
-        (
-            "slow",
-            "200 µs",
-            Work::Sleep(SLOW_HANDLER),
-            plan.group_slow_msgs,
-        ),
-    ];
     let mut rows = Vec::new();
-    for (tag, name, work, n) in kinds {
+    for (tag, name, work, n) in crate::group::handler_kinds(plan) {
         for members in GROUP_MEMBERS {
             let row = compare(
                 plan,

@@ -56,6 +56,19 @@ impl Log {
         map.entry(key.to_owned()).or_default().push(h);
     }
 
+    /// A handling of `step` by `member` from `start` (Unix ns) until now.
+    fn record(&self, step: &Step, member: usize, start: u128) {
+        self.push(
+            &step.key,
+            Handling {
+                step: step.step,
+                member,
+                start,
+                end: unix_ns(),
+            },
+        );
+    }
+
     /// Distinct (key, step) pairs handled.
     fn distinct(&self) -> usize {
         let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
@@ -179,15 +192,7 @@ async fn member_with(
                 if ev.data.step.is_multiple_of(7) {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
-                log.push(
-                    &ev.data.key,
-                    Handling {
-                        step: ev.data.step,
-                        member: id,
-                        start,
-                        end: unix_ns(),
-                    },
-                );
+                log.record(&ev.data, id, start);
                 Ok::<(), HandlerError>(())
             }
         })
@@ -342,15 +347,7 @@ async fn given_a_failing_key_should_hold_up_only_that_key_in_its_partition() -> 
                 if ev.data.key == "poison" && ev.data.step == 0 && log.total() < others {
                     return Err(HandlerError::msg("not yet"));
                 }
-                log.push(
-                    &ev.data.key,
-                    Handling {
-                        step: ev.data.step,
-                        member: 0,
-                        start,
-                        end: unix_ns(),
-                    },
-                );
+                log.record(&ev.data, 0, start);
                 Ok::<(), HandlerError>(())
             }
         })
@@ -415,15 +412,7 @@ async fn parking_member(
                 if ev.data.key == "poison" && failing.load(std::sync::atomic::Ordering::SeqCst) {
                     return Err(HandlerError::msg("not yet"));
                 }
-                log.push(
-                    &ev.data.key,
-                    Handling {
-                        step: ev.data.step,
-                        member: 0,
-                        start,
-                        end: unix_ns(),
-                    },
-                );
+                log.record(&ev.data, 0, start);
                 Ok::<(), HandlerError>(())
             }
         })
@@ -565,15 +554,7 @@ async fn given_a_parked_key_waiting_for_its_retry_should_leave_its_handler_slot_
                     failures.fetch_add(1, Ordering::SeqCst);
                     return Err(HandlerError::msg("never"));
                 }
-                log.push(
-                    &ev.data.key,
-                    Handling {
-                        step: ev.data.step,
-                        member: 0,
-                        start,
-                        end: unix_ns(),
-                    },
-                );
+                log.record(&ev.data, 0, start);
                 Ok::<(), HandlerError>(())
             }
         })
@@ -623,15 +604,7 @@ async fn given_a_parked_event_dead_lettered_its_key_should_move_on_to_its_later_
                 if ev.data.key == "poison" && ev.data.step == 0 {
                     return Err(HandlerError::msg("never"));
                 }
-                log.push(
-                    &ev.data.key,
-                    Handling {
-                        step: ev.data.step,
-                        member: 0,
-                        start,
-                        end: unix_ns(),
-                    },
-                );
+                log.record(&ev.data, 0, start);
                 Ok::<(), HandlerError>(())
             }
         })
