@@ -294,6 +294,10 @@ impl Policy for Subscription {
         None
     }
 
+    fn tracer(&self) -> &telemetry::HopTracer {
+        &self.bus.publisher().tracer
+    }
+
     fn handlers(&self) -> &Handlers {
         &self.handlers
     }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use async_nats::jetstream;
 use bus_core::topology::DEFAULT_ENSURE_DEADLINE;
-use bus_core::{BusConfig, Event, EventBuilder, EventType, Subjects, Topology};
+use bus_core::{BusConfig, Event, EventBuilder, EventType, Subjects, Topology, telemetry};
 
 use crate::broadcast::BroadcastBuilder;
 use crate::connect;
@@ -62,6 +62,7 @@ pub struct BusBuilder {
     source: Option<String>,
     window: usize,
     ensure_topology: bool,
+    tracer: telemetry::HopTracer,
 }
 
 impl BusBuilder {
@@ -104,6 +105,29 @@ impl BusBuilder {
         self
     }
 
+    /// Records the bus's spans (publish, each handling) through `provider` instead of the
+    /// process's: by default the pipeline `bus_core::telemetry::init` installed, else the
+    /// application's global tracer provider (looked at again every second, so that a
+    /// provider installed after connecting is used too). The bus installs no global itself.
+    ///
+    /// ```no_run
+    /// # async fn f(provider: opentelemetry_sdk::trace::SdkTracerProvider) -> Result<(), bus_sdk::ConnectError> {
+    /// let bus = bus_sdk::Bus::builder(bus_core::BusConfig::default())
+    ///     .tracer_provider(&provider)
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn tracer_provider<P, T, S>(mut self, provider: &P) -> Self
+    where
+        P: opentelemetry::trace::TracerProvider<Tracer = T>,
+        T: opentelemetry::trace::Tracer<Span = S> + Send + Sync + 'static,
+        S: opentelemetry::trace::Span + Send + Sync + 'static,
+    {
+        self.tracer = telemetry::HopTracer::from_provider(provider);
+        self
+    }
+
     /// Validates the configuration, connects, and puts the streams in place unless
     /// [`BusBuilder::ensure_topology`] is off. Every option's example ends with it.
     pub async fn connect(self) -> Result<Bus, ConnectError> {
@@ -115,11 +139,15 @@ impl BusBuilder {
                 .ensure(&js, DEFAULT_ENSURE_DEADLINE)
                 .await?;
         }
+        if !self.tracer.is_given() {
+            telemetry::watch_global_provider();
+        }
         let publisher = Publisher {
             js,
             subjects: self.config.subjects(),
             deadline: self.config.nats.publish_deadline,
             server_msg_trace: self.config.nats.server_msg_trace,
+            tracer: self.tracer,
         };
         let source = self.source.unwrap_or_else(default_source);
         Ok(Bus {
@@ -174,6 +202,7 @@ impl Bus {
             source: None,
             window: DEFAULT_PUBLISH_WINDOW,
             ensure_topology: true,
+            tracer: telemetry::HopTracer::default(),
         }
     }
 

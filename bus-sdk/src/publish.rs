@@ -17,7 +17,6 @@ use bus_core::telemetry;
 use bus_core::{Event, Subjects, binary_mode, server_trace};
 use bytes::Bytes;
 use futures::StreamExt;
-use opentelemetry::Context;
 use opentelemetry::trace::{SpanContext, TraceContextExt};
 
 use crate::error::{PublishError, PublishErrorKind};
@@ -52,6 +51,8 @@ pub(crate) struct Publisher {
     pub(crate) deadline: Duration,
     /// `nats.server_msg_trace`: leave sampled messages unmarked ([`server_trace`]).
     pub(crate) server_msg_trace: bool,
+    /// Where this bus records its spans.
+    pub(crate) tracer: telemetry::HopTracer,
 }
 
 /// An event whose first attempt went to the connection, or why it could not.
@@ -128,27 +129,14 @@ impl Publisher {
         let mut span = telemetry::HopSpan::none();
         let mut trace = None;
         let mut baggage = None;
-        if telemetry::is_enabled() {
-            // Parent: the hop this runs in (an HTTP request, a handler; recorded or
-            // not); else the current OpenTelemetry context (a service's own span); else
-            // the context the event already carries; else none.
-            let parent = match telemetry::current_hop() {
-                Some(hop) => hop,
-                None => {
-                    let current = Context::current();
-                    if current.span().span_context().is_valid() {
-                        current
-                    } else {
-                        telemetry::context_from_event(event)
-                    }
-                }
-            };
+        if self.tracer.enabled() {
+            let parent = telemetry::publish_parent(event);
             baggage = telemetry::baggage_value(&parent);
             trace = Some(match telemetry::skip(&parent) {
                 // Not recorded: no span, but the event says so to every later hop.
                 Some(unsampled) => unsampled.span().span_context().clone(),
                 None => {
-                    span = telemetry::HopSpan::publish(&subject, &event.id, &parent);
+                    span = telemetry::HopSpan::publish(&self.tracer, &subject, &event.id, &parent);
                     match span.span_context() {
                         Some(sc) => sc.clone(),
                         None => parent.span().span_context().clone(),

@@ -16,11 +16,14 @@
 // the `otlp` feature.
 #[cfg_attr(not(feature = "otlp"), allow(dead_code))]
 mod batch_encoder;
+mod global_tracer;
+mod hop_tracer;
 #[cfg(feature = "otlp")]
 mod http_export;
 mod json_logs;
 #[cfg_attr(not(feature = "otlp"), allow(dead_code))]
 mod otlp_wire;
+mod parent;
 mod propagation;
 #[cfg_attr(not(feature = "otlp"), allow(dead_code))]
 mod publish_span;
@@ -28,8 +31,11 @@ mod sampling;
 mod setup;
 mod spans;
 
+pub use global_tracer::{LOOK_EVERY, watch as watch_global_provider};
+pub use hop_tracer::HopTracer;
 pub use json_logs::JsonWithTrace;
 pub use opentelemetry_sdk::trace::Sampler;
+pub use parent::publish_parent;
 pub use propagation::{
     HeaderExtractor, HeaderInjector, MAX_BAGGAGE_BYTES, baggage_value, context_from_event,
     context_from_headers, extract_with, extract_with_baggage, header_count, inject_into_event,
@@ -37,7 +43,7 @@ pub use propagation::{
 };
 pub use sampling::{current_hop, skip, within_hop};
 pub use setup::{
-    OtlpExport, OtlpProtocol, SHUTDOWN_DEADLINE, Telemetry, TelemetryError, TelemetrySettings,
-    init, init_with, is_enabled,
+    OtlpExport, OtlpProtocol, Pipeline, SHUTDOWN_DEADLINE, Telemetry, TelemetryError,
+    TelemetrySettings, init, init_with, is_enabled,
 };
 pub use spans::HopSpan;

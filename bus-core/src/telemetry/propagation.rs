@@ -1,6 +1,9 @@
-//! W3C trace context (`traceparent`, `tracestate`) in NATS headers and in the event's
-//! own attributes: read through the globally installed propagator (W3C, installed by
-//! `init`), written into headers directly on the publish path.
+//! W3C trace context (`traceparent`, `tracestate`) and `baggage` in NATS headers and in
+//! the event's own attributes: read through the application's global propagator (`init`
+//! installs the one `OTEL_PROPAGATORS` names), written into headers directly on the
+//! publish path. A service that installed no propagator (the global one is a no-op) still
+//! gets W3C trace context and baggage on the bus's own headers: the SDK installs no
+//! global itself, and a bus whose hops lose their parents would be no use in a trace.
 
 use async_nats::HeaderMap;
 use async_nats::header::{HeaderName, HeaderValue};
@@ -9,9 +12,42 @@ use opentelemetry::global;
 use opentelemetry::propagation::{Extractor, Injector};
 use opentelemetry::trace::{SpanContext, TraceContextExt, TraceFlags, TraceState};
 use std::str::FromStr;
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator};
+use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 
 use crate::event::Event;
 use crate::headers::{BAGGAGE, TRACEPARENT, TRACESTATE};
+
+/// Set once `init` installed the propagator `OTEL_PROPAGATORS` names (`none` included).
+static INSTALLED_BY_INIT: AtomicBool = AtomicBool::new(false);
+
+/// W3C trace context and baggage: what the bus reads and writes when the application
+/// installed no propagator.
+static W3C: LazyLock<TextMapCompositePropagator> = LazyLock::new(|| {
+    TextMapCompositePropagator::new(vec![
+        Box::new(TraceContextPropagator::new()),
+        Box::new(BaggagePropagator::new()),
+    ])
+});
+
+/// Records that `init` installed the global propagator.
+pub(crate) fn installed_by_init() {
+    INSTALLED_BY_INIT.store(true, Ordering::Relaxed);
+}
+
+/// Runs `f` with the application's propagator; with W3C when it installed none.
+fn with_propagator<T>(mut f: impl FnMut(&dyn TextMapPropagator) -> T) -> T {
+    global::get_text_map_propagator(|p| {
+        if INSTALLED_BY_INIT.load(Ordering::Relaxed) || p.fields().next().is_some() {
+            f(p)
+        } else {
+            f(&*W3C)
+        }
+    })
+}
 
 /// Writes trace context into NATS headers.
 #[derive(Debug)]
@@ -93,8 +129,9 @@ pub fn inject_into_headers(sc: &SpanContext, headers: &mut HeaderMap) {
     }
 }
 
-/// The W3C `baggage` header value of `cx`, written by the installed propagator (so only
-/// when it propagates baggage: `OTEL_PROPAGATORS`); `None` when `cx` has no baggage.
+/// The W3C `baggage` header value of `cx`, written by the application's propagator (so
+/// only when it propagates baggage: `OTEL_PROPAGATORS` with `init`); `None` when `cx` has
+/// no baggage.
 pub fn baggage_value(cx: &Context) -> Option<String> {
     use opentelemetry::baggage::BaggageExt as _;
     if cx.baggage().is_empty() {
@@ -109,7 +146,7 @@ pub fn baggage_value(cx: &Context) -> Option<String> {
         }
     }
     let mut only = Only(None);
-    global::get_text_map_propagator(|p| p.inject_context(cx, &mut only));
+    with_propagator(|p| p.inject_context(cx, &mut only));
     // W3C: at most 8192 bytes, which the next hop's propagator enforces by dropping the
     // whole header; and a value a header can carry (NATS and HTTP alike).
     only.0.filter(|v| {
@@ -213,13 +250,13 @@ fn put_hex(out: &mut [u8], bytes: &[u8]) {
 /// Sets the event's `traceparent`/`tracestate` to `sc` (they travel as headers).
 pub fn inject_into_event(sc: &SpanContext, event: &mut Event) {
     let cx = Context::new().with_remote_span_context(sc.clone());
-    global::get_text_map_propagator(|p| p.inject_context(&cx, &mut EventCarrier(event)));
+    with_propagator(|p| p.inject_context(&cx, &mut EventCarrier(&mut *event)));
 }
 
 /// The context carried by a NATS message's `traceparent`/`tracestate` headers; the
 /// current context when they carry none.
 pub fn context_from_headers(headers: &HeaderMap) -> Context {
-    global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)))
+    with_propagator(|p| p.extract(&HeaderExtractor(headers)))
 }
 
 /// The context carried by the event's own `traceparent`/`tracestate`.
@@ -233,7 +270,7 @@ pub fn extract_with(traceparent: Option<&str>, tracestate: Option<&str>) -> Cont
 }
 
 /// Extracts a context from a `traceparent`, `tracestate` and W3C `baggage` (an HTTP
-/// request's headers), through the installed propagator.
+/// request's headers), through the application's propagator.
 pub fn extract_with_baggage(
     traceparent: Option<&str>,
     tracestate: Option<&str>,
@@ -249,7 +286,7 @@ pub fn extract_with_baggage(
         tracestate,
         baggage,
     };
-    global::get_text_map_propagator(|p| p.extract(&pair))
+    with_propagator(|p| p.extract(&pair))
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor};
 use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, TracerProviderBuilder};
 use std::io::IsTerminal;
+use tracing_opentelemetry::OpenTelemetryLayer;
 use tracing_subscriber::Layer;
 use tracing_subscriber::filter::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -43,22 +44,33 @@ use super::http_export::HttpSpanExporter;
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
 
 /// The instrumentation scope of the bus's spans.
-const TRACER_NAME: &str = "bus";
+pub(crate) const TRACER_NAME: &str = "bus";
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 /// The tracer of every span the bus builds; set once, by the one `init_with` that
 /// installs the global subscriber.
 static TRACER: OnceLock<SdkTracer> = OnceLock::new();
 
-/// Whether spans are recorded at all (an exporter is installed and the sampler is not
-/// always-off). One relaxed atomic load: the fast path when tracing is off.
+/// Whether the process records spans: `init` exports and its sampler is not always-off,
+/// or (without `init`'s pipeline) the application's global provider is live. A relaxed
+/// atomic load or two: the fast path when tracing is off. A `Bus` given a provider of its
+/// own records whatever this says ([`super::HopTracer::enabled`]).
 pub fn is_enabled() -> bool {
-    ENABLED.load(Ordering::Relaxed)
+    ENABLED.load(Ordering::Relaxed) || (TRACER.get().is_none() && super::global_tracer::active())
 }
 
-/// The installed tracer while spans are recorded.
+/// `init`'s tracer while it records spans.
 pub(crate) fn tracer() -> Option<&'static SdkTracer> {
-    if is_enabled() { TRACER.get() } else { None }
+    if ENABLED.load(Ordering::Relaxed) {
+        TRACER.get()
+    } else {
+        None
+    }
+}
+
+/// Whether `init` installed a pipeline that exports (sampled or not).
+pub(crate) fn has_pipeline() -> bool {
+    TRACER.get().is_some()
 }
 
 /// Why telemetry could not be installed.
@@ -218,54 +230,159 @@ impl TelemetrySettings {
     }
 }
 
-/// Installs logging and, if configured, trace export, from the `OTEL_*` variables. Call
-/// once, inside the tokio runtime.
+/// The one-call setup for a binary, from the `OTEL_*` variables: installs a
+/// `tracing-subscriber` registry with the log layer (`RUST_LOG`, `BUS_LOG_FORMAT`) and,
+/// when an OTLP endpoint is configured, the `tracing-opentelemetry` layer and the exporter,
+/// as the global subscriber, tracer provider and propagator. Call once, inside the tokio
+/// runtime. A service with a subscriber of its own uses [`Pipeline`] instead.
 pub fn init(service_name: &str) -> Result<Telemetry, TelemetryError> {
     init_with(TelemetrySettings::from_env(service_name)?)
 }
 
-/// Installs logging (filtered by `RUST_LOG`) and, with `settings.export`, trace export.
+/// [`init`] with `settings` instead of the `OTEL_*` variables for what they hold.
 pub fn init_with(settings: TelemetrySettings) -> Result<Telemetry, TelemetryError> {
-    let propagator = propagator_from_env()?;
-    let logs = log_layer()?.with_filter(log_filter());
-    global::set_text_map_propagator(propagator);
-    let Some(export) = settings.export else {
-        tracing_subscriber::registry()
-            .with(logs)
-            .try_init()
-            .map_err(|_| TelemetryError::AlreadyInstalled)?;
-        return Ok(Telemetry { provider: None });
-    };
-    let mut limits = batch_limits()?;
-    if let Some(delay) = export.batch_delay {
-        limits.delay = delay;
+    if tracing::dispatcher::has_been_set() {
+        return Err(TelemetryError::AlreadyInstalled);
     }
-    let off = matches!(settings.sampler, Sampler::AlwaysOff)
-        || matches!(settings.sampler, Sampler::TraceIdRatioBased(r) if r <= 0.0);
-    let sampler = super::sampling::configure(settings.sampler, settings.head_sampling_ratio);
-    let (builder, direct) = with_exporter(SdkTracerProvider::builder(), &export, limits)?;
-    let provider = builder
-        .with_sampler(sampler.clone())
-        .with_resource(
-            Resource::builder()
-                .with_service_name(settings.service_name)
-                .build(),
-        )
-        .build();
+    let logs = log_layer()?.with_filter(log_filter());
+    let pipeline = Pipeline::new(settings)?;
     tracing_subscriber::registry()
         .with(logs)
+        .with(pipeline.layer())
         .try_init()
         .map_err(|_| TelemetryError::AlreadyInstalled)?;
-    // The subscriber is installed once per process, so this is the first and only tracer.
-    let _ = TRACER.set(provider.tracer(TRACER_NAME));
-    if let Some(direct) = direct {
-        super::publish_span::install(direct, sampler);
+    global::set_text_map_propagator(pipeline.propagator());
+    super::propagation::installed_by_init();
+    if let Some(provider) = pipeline.provider() {
+        global::set_tracer_provider(provider.clone());
     }
-    global::set_tracer_provider(provider.clone());
-    ENABLED.store(!off, Ordering::Relaxed);
-    Ok(Telemetry {
-        provider: Some(provider),
-    })
+    Ok(pipeline.into_telemetry())
+}
+
+/// The trace pipeline of [`init`], for a service that installs it in a subscriber of its
+/// own: the tracer provider with the bus's exporter (configured by the `OTEL_*`
+/// variables), the `tracing-opentelemetry` layer on it, and the propagator
+/// `OTEL_PROPAGATORS` names. Building it installs no global; the bus records its own spans
+/// through it from then on (once per process: the first pipeline built is the bus's).
+///
+/// ```no_run
+/// # fn f() -> Result<(), bus_core::telemetry::TelemetryError> {
+/// use tracing_subscriber::layer::SubscriberExt as _;
+/// use tracing_subscriber::util::SubscriberInitExt as _;
+///
+/// let pipeline = bus_core::telemetry::Pipeline::from_env("billing-service")?;
+/// tracing_subscriber::registry()
+///     .with(tracing_subscriber::fmt::layer())
+///     .with(pipeline.layer())
+///     .init();
+/// opentelemetry::global::set_text_map_propagator(pipeline.propagator());
+/// if let Some(provider) = pipeline.provider() {
+///     opentelemetry::global::set_tracer_provider(provider.clone());
+/// }
+/// let telemetry = pipeline.into_telemetry(); // `telemetry.shutdown().await` before exiting
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Pipeline {
+    service_name: String,
+    provider: Option<SdkTracerProvider>,
+    propagator: PropagatorChoice,
+}
+
+/// The propagators `OTEL_PROPAGATORS` names, kept to build the composite again (it is not
+/// `Clone`).
+#[derive(Debug, Clone, Copy)]
+struct PropagatorChoice {
+    trace_context: bool,
+    baggage: bool,
+}
+
+impl Pipeline {
+    /// Reads the `OTEL_*` variables; `service_name` applies unless `OTEL_SERVICE_NAME` is set.
+    pub fn from_env(service_name: &str) -> Result<Self, TelemetryError> {
+        Self::new(TelemetrySettings::from_env(service_name)?)
+    }
+
+    /// Builds the pipeline `settings` describe (no export: no provider).
+    pub fn new(settings: TelemetrySettings) -> Result<Self, TelemetryError> {
+        let propagator = propagator_from_env()?;
+        let Some(export) = settings.export else {
+            return Ok(Self {
+                service_name: settings.service_name,
+                provider: None,
+                propagator,
+            });
+        };
+        let mut limits = batch_limits()?;
+        if let Some(delay) = export.batch_delay {
+            limits.delay = delay;
+        }
+        let off = matches!(settings.sampler, Sampler::AlwaysOff)
+            || matches!(settings.sampler, Sampler::TraceIdRatioBased(r) if r <= 0.0);
+        let sampler = super::sampling::configure(settings.sampler, settings.head_sampling_ratio);
+        let (builder, direct) = with_exporter(SdkTracerProvider::builder(), &export, limits)?;
+        let provider = builder
+            .with_sampler(sampler.clone())
+            .with_resource(
+                Resource::builder()
+                    .with_service_name(settings.service_name.clone())
+                    .build(),
+            )
+            .build();
+        // The first pipeline of the process is the one the bus records through.
+        if TRACER.set(provider.tracer(TRACER_NAME)).is_ok() {
+            if let Some(direct) = direct {
+                super::publish_span::install(direct, sampler);
+            }
+            ENABLED.store(!off, Ordering::Relaxed);
+        }
+        Ok(Self {
+            service_name: settings.service_name,
+            provider: Some(provider),
+            propagator,
+        })
+    }
+
+    /// The tracer provider, while traces are exported.
+    pub fn provider(&self) -> Option<&SdkTracerProvider> {
+        self.provider.as_ref()
+    }
+
+    /// The `tracing-opentelemetry` layer recording the service's own `tracing` spans
+    /// through the provider (scope: the service's name); a layer that does nothing
+    /// without export.
+    pub fn layer<S>(&self) -> Option<OpenTelemetryLayer<S, SdkTracer>>
+    where
+        S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+    {
+        let provider = self.provider.as_ref()?;
+        Some(tracing_opentelemetry::layer().with_tracer(provider.tracer(self.service_name.clone())))
+    }
+
+    /// The propagator `OTEL_PROPAGATORS` names (`tracecontext,baggage` by default).
+    pub fn propagator(&self) -> TextMapCompositePropagator {
+        self.propagator.build()
+    }
+
+    /// The handle that flushes and shuts the pipeline down.
+    pub fn into_telemetry(self) -> Telemetry {
+        Telemetry {
+            provider: self.provider,
+        }
+    }
+}
+
+impl PropagatorChoice {
+    fn build(self) -> TextMapCompositePropagator {
+        let mut propagators: Vec<Box<dyn TextMapPropagator + Send + Sync>> = Vec::new();
+        if self.trace_context {
+            propagators.push(Box::new(TraceContextPropagator::new()));
+        }
+        if self.baggage {
+            propagators.push(Box::new(BaggagePropagator::new()));
+        }
+        TextMapCompositePropagator::new(propagators)
+    }
 }
 
 /// The provider with `export`'s exporter: OTLP/HTTP through the bus's own processor (and
@@ -340,14 +457,20 @@ fn batch_limits() -> Result<BatchLimits, TelemetryError> {
 /// `OTEL_PROPAGATORS` (comma-separated; default `tracecontext,baggage`): `tracecontext`
 /// (W3C trace context), `baggage` (W3C baggage), `none`. Others are refused, naming the
 /// variable.
-fn propagator_from_env() -> Result<TextMapCompositePropagator, TelemetryError> {
+fn propagator_from_env() -> Result<PropagatorChoice, TelemetryError> {
     let value = var("OTEL_PROPAGATORS").unwrap_or_else(|| "tracecontext,baggage".to_owned());
-    let mut propagators: Vec<Box<dyn TextMapPropagator + Send + Sync>> = Vec::new();
+    let mut choice = PropagatorChoice {
+        trace_context: false,
+        baggage: false,
+    };
     for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
         match name {
-            "tracecontext" => propagators.push(Box::new(TraceContextPropagator::new())),
-            "baggage" => propagators.push(Box::new(BaggagePropagator::new())),
-            "none" => propagators.clear(),
+            "tracecontext" => choice.trace_context = true,
+            "baggage" => choice.baggage = true,
+            "none" => {
+                choice.trace_context = false;
+                choice.baggage = false;
+            }
             _ => {
                 return Err(TelemetryError::InvalidVariable {
                     variable: "OTEL_PROPAGATORS",
@@ -357,7 +480,7 @@ fn propagator_from_env() -> Result<TextMapCompositePropagator, TelemetryError> {
             }
         }
     }
-    Ok(TextMapCompositePropagator::new(propagators))
+    Ok(choice)
 }
 
 /// The log lines on stderr: text, or JSON with the hop's trace and span ids

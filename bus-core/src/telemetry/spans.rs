@@ -3,20 +3,25 @@
 //! the HTTP ingress (SERVER). With telemetry off every constructor returns
 //! [`HopSpan::none`] after one atomic load: no span is built.
 //!
-//! Spans are built with the OpenTelemetry SDK directly, not through `tracing` and
-//! `tracing-opentelemetry`: the bridge (a registry entry per span, field visitors, layer
-//! filters, a context lookup per record) cost more per span than the span itself, and
-//! nothing the bus runs needs a hop as a `tracing` span. What runs inside a hop (a
-//! handler, an HTTP request) finds the hop's context through [`super::within_hop`].
+//! Spans are built with the OpenTelemetry API directly (through [`HopTracer`]: a provider
+//! given to the `Bus`, `init`'s pipeline, or the application's global provider), not as
+//! `tracing` spans through `tracing-opentelemetry`: the bridge (a registry entry per span,
+//! field visitors, layer filters, a context lookup per record) cost more per span than the
+//! span itself, and nothing the bus runs needs a hop as a `tracing` span. What runs inside
+//! a hop (a handler, an HTTP request) runs with the hop's context as the current one
+//! ([`super::within_hop`]): spans it opens, `tracing` ones included, are its children.
 
+use opentelemetry::global::BoxedSpan;
+use opentelemetry::trace::Tracer as _;
 use opentelemetry::trace::{
     Span as _, SpanBuilder, SpanContext, SpanKind, Status, TraceContextExt,
 };
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::trace::Span as SdkSpan;
 
+use super::hop_tracer::HopTracer;
 use super::publish_span::{self, PublishSpan};
-use super::setup;
+use super::{global_tracer, setup};
 
 /// The span of one hop; it ends when dropped. Boxed: an SDK span is ~280 bytes, and a
 /// `HopSpan` lives in every publish window slot and every delivery's task, traced or not.
@@ -27,9 +32,12 @@ pub struct HopSpan(Recorder);
 enum Recorder {
     #[default]
     None,
+    /// Through `init`'s pipeline.
     Sdk(Box<SdkSpan>),
-    /// A publish span recorded without the SDK (OTLP/HTTP export).
+    /// A publish span recorded without the SDK (`init`'s OTLP/HTTP export).
     Publish(Box<PublishSpan>),
+    /// Through the application's provider (given to the `Bus`, or the global one).
+    App(BoxedSpan),
 }
 
 /// Attributes a span may add after it starts (PubAck, settle, error): reserved up front
@@ -47,10 +55,11 @@ impl HopSpan {
     /// nothing (and `parent` is not called); for a flow that is not recorded, no span and
     /// the unsampled context, so that what the hop publishes is not recorded either.
     pub fn for_hop(
+        tracer: &HopTracer,
         parent: impl FnOnce() -> Context,
         start: impl FnOnce(&Context) -> HopSpan,
     ) -> (HopSpan, Option<Context>) {
-        if !setup::is_enabled() {
+        if !tracer.enabled() {
             return (Self::none(), None);
         }
         let parent = parent();
@@ -65,14 +74,22 @@ impl HopSpan {
     /// `publish {destination}`, kind PRODUCER, a child of `parent`. Without
     /// `messaging.message.body.size`: the conventions make it opt-in, and every attribute
     /// costs each exported span.
-    pub fn publish(destination: &str, message_id: &str, parent: &Context) -> Self {
-        if !setup::is_enabled() || parent.is_telemetry_suppressed() {
+    pub fn publish(
+        tracer: &HopTracer,
+        destination: &str,
+        message_id: &str,
+        parent: &Context,
+    ) -> Self {
+        if !tracer.enabled() || parent.is_telemetry_suppressed() {
             return Self::none();
         }
-        if let Some(span) = publish_span::start(destination, message_id, parent) {
+        if tracer.given().is_none()
+            && let Some(span) = publish_span::start(destination, message_id, parent)
+        {
             return Self(Recorder::Publish(Box::new(span)));
         }
         Self::start(
+            tracer,
             name("publish", destination),
             SpanKind::Producer,
             [
@@ -91,6 +108,7 @@ impl HopSpan {
     /// the producer's context (so redeliveries and redrives stay in the producer's trace)
     /// and it links to it, as the conventions suggest.
     pub fn process(
+        tracer: &HopTracer,
         destination: &str,
         group: Option<&str>,
         message_id: &str,
@@ -108,6 +126,7 @@ impl HopSpan {
         .into_iter()
         .chain(group.map(|g| KeyValue::new("messaging.consumer.group.name", g.to_owned())));
         Self::start(
+            tracer,
             name("process", destination),
             SpanKind::Consumer,
             attributes,
@@ -119,8 +138,15 @@ impl HopSpan {
     /// `push {destination}`, kind CONSUMER: one event handed to a node's push clients
     /// (SSE, WebSocket), one span per event per node whatever their number (see
     /// [`HopSpan::record_push`]); child of the producer's context and linked to it.
-    pub fn push(destination: &str, message_id: &str, node: &str, producer: &Context) -> Self {
+    pub fn push(
+        tracer: &HopTracer,
+        destination: &str,
+        message_id: &str,
+        node: &str,
+        producer: &Context,
+    ) -> Self {
         Self::start(
+            tracer,
             name("push", destination),
             SpanKind::Consumer,
             [
@@ -138,8 +164,8 @@ impl HopSpan {
 
     /// How many push clients an event reached (`bus.push.clients`).
     pub fn record_push(&mut self, clients: usize) {
-        if let Some(span) = self.recording() {
-            span.set_attribute(KeyValue::new(
+        if let Some(mut span) = self.recording() {
+            span.set(KeyValue::new(
                 "bus.push.clients",
                 i64::try_from(clients).unwrap_or(i64::MAX),
             ));
@@ -148,8 +174,9 @@ impl HopSpan {
 
     /// `{method} {route}`, kind SERVER (the route template, never the path), continuing
     /// the caller's trace when it sent `traceparent`.
-    pub fn server(method: &str, route: &str, caller: &Context) -> Self {
+    pub fn server(tracer: &HopTracer, method: &str, route: &str, caller: &Context) -> Self {
         Self::start(
+            tracer,
             name(method, route),
             SpanKind::Server,
             [
@@ -164,13 +191,14 @@ impl HopSpan {
     /// `POST`, kind CLIENT: one webhook delivery attempt, a child of the handling's
     /// CONSUMER span. `url_full` must carry no secrets (see `url_without_secrets`).
     pub fn client_post(
+        tracer: &HopTracer,
         url_full: &str,
         server: (&str, u16),
         message_id: &str,
         attempt: u32,
         parent: &Context,
     ) -> Self {
-        if !setup::is_enabled() || parent.is_telemetry_suppressed() {
+        if !tracer.enabled() || parent.is_telemetry_suppressed() {
             return Self::none();
         }
         let attributes = [
@@ -187,6 +215,7 @@ impl HopSpan {
                 .then(|| KeyValue::new("http.request.resend_count", i64::from(attempt - 1))),
         );
         Self::start(
+            tracer,
             "POST".to_owned(),
             SpanKind::Client,
             attributes,
@@ -196,13 +225,25 @@ impl HopSpan {
     }
 
     fn start(
+        tracer: &HopTracer,
         name: String,
         kind: SpanKind,
         attributes: impl IntoIterator<Item = KeyValue>,
         parent: &Context,
         link_parent: bool,
     ) -> Self {
-        let Some(tracer) = setup::tracer() else {
+        let global;
+        let via = if let Some(given) = tracer.given() {
+            Via::App(given)
+        } else if let Some(sdk) = setup::tracer() {
+            Via::Sdk(sdk)
+        } else if setup::has_pipeline() {
+            // `init`'s pipeline, its sampler off.
+            return Self::none();
+        } else if let Some(app) = global_tracer::tracer() {
+            global = app;
+            Via::App(&global)
+        } else {
             return Self::none();
         };
         let attributes = attributes.into_iter();
@@ -220,9 +261,12 @@ impl HopSpan {
                 parent_sc.clone(),
             )]);
         }
-        Self(Recorder::Sdk(Box::new(
-            builder.start_with_context(tracer, parent),
-        )))
+        match via {
+            Via::Sdk(sdk) => Self(Recorder::Sdk(Box::new(
+                builder.start_with_context(sdk, parent),
+            ))),
+            Via::App(app) => Self(Recorder::App(app.build_with_context(builder, parent))),
+        }
     }
 
     /// The span's context, to propagate and to parent what runs inside the hop: `None`
@@ -233,6 +277,7 @@ impl HopSpan {
             Recorder::None => None,
             Recorder::Sdk(s) => Some(s.span_context()),
             Recorder::Publish(p) => Some(p.span_context()),
+            Recorder::App(s) => Some(s.span_context()).filter(|sc| sc.is_valid()),
         }
     }
 
@@ -255,9 +300,11 @@ impl HopSpan {
         self.context_in(&Context::new())
     }
 
-    fn recording(&mut self) -> Option<&mut SdkSpan> {
+    /// The span, while it records (an SDK or application span).
+    fn recording(&mut self) -> Option<Recording<'_>> {
         match &mut self.0 {
-            Recorder::Sdk(s) => Some(s.as_mut()).filter(|s| s.is_recording()),
+            Recorder::Sdk(s) if s.is_recording() => Some(Recording::Sdk(s.as_mut())),
+            Recorder::App(s) if s.is_recording() => Some(Recording::App(s)),
             _ => None,
         }
     }
@@ -267,31 +314,31 @@ impl HopSpan {
         if let Recorder::Publish(p) = &mut self.0 {
             return p.record_ack(stream, sequence, duplicate);
         }
-        let Some(span) = self.recording() else {
+        let Some(mut span) = self.recording() else {
             return;
         };
-        span.set_attribute(KeyValue::new("messaging.nats.stream", stream.to_owned()));
-        span.set_attribute(KeyValue::new(
+        span.set(KeyValue::new("messaging.nats.stream", stream.to_owned()));
+        span.set(KeyValue::new(
             "messaging.nats.stream.sequence",
             i64::try_from(sequence).unwrap_or(i64::MAX),
         ));
         if duplicate {
-            span.set_attribute(KeyValue::new("messaging.nats.duplicate", true));
+            span.set(KeyValue::new("messaging.nats.duplicate", true));
         }
     }
 
     /// How a delivery was settled: `ack`, `nak`, `hand_back` (no handler in this member),
     /// `dead_letter`.
     pub fn record_settle(&mut self, outcome: &'static str) {
-        if let Some(span) = self.recording() {
-            span.set_attribute(KeyValue::new("bus.settle", outcome));
+        if let Some(mut span) = self.recording() {
+            span.set(KeyValue::new("bus.settle", outcome));
         }
     }
 
     /// The HTTP status the request got.
     pub fn record_status_code(&mut self, status: u16) {
-        if let Some(span) = self.recording() {
-            span.set_attribute(KeyValue::new(
+        if let Some(mut span) = self.recording() {
+            span.set(KeyValue::new(
                 "http.response.status_code",
                 i64::from(status),
             ));
@@ -303,9 +350,37 @@ impl HopSpan {
         if let Recorder::Publish(p) = &mut self.0 {
             return p.record_error(error_type);
         }
-        if let Some(span) = self.recording() {
-            span.set_status(Status::error(""));
-            span.set_attribute(KeyValue::new("error.type", error_type.to_owned()));
+        if let Some(mut span) = self.recording() {
+            span.fail();
+            span.set(KeyValue::new("error.type", error_type.to_owned()));
+        }
+    }
+}
+
+/// The tracer a span is started with.
+enum Via<'a> {
+    Sdk(&'static opentelemetry_sdk::trace::SdkTracer),
+    App(&'a opentelemetry::global::BoxedTracer),
+}
+
+/// A recording span of either kind (the `Span` trait is not object safe).
+enum Recording<'a> {
+    Sdk(&'a mut SdkSpan),
+    App(&'a mut BoxedSpan),
+}
+
+impl Recording<'_> {
+    fn set(&mut self, attribute: KeyValue) {
+        match self {
+            Recording::Sdk(s) => s.set_attribute(attribute),
+            Recording::App(s) => s.set_attribute(attribute),
+        }
+    }
+
+    fn fail(&mut self) {
+        match self {
+            Recording::Sdk(s) => s.set_status(Status::error("")),
+            Recording::App(s) => s.set_status(Status::error("")),
         }
     }
 }

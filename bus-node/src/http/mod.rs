@@ -154,7 +154,10 @@ async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Res
         .map(|m| m.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
     let method = known_method(request.method());
+    // The node records through the process's pipeline (`init`'s).
+    let tracer = telemetry::HopTracer::default();
     let (mut span, hop) = telemetry::HopSpan::for_hop(
+        &tracer,
         || {
             let headers = request.headers();
             let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
@@ -164,7 +167,7 @@ async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Res
                 header("baggage").filter(|b| telemetry::plausible_baggage(b)),
             )
         },
-        |caller| telemetry::HopSpan::server(method, &route, caller),
+        |caller| telemetry::HopSpan::server(&tracer, method, &route, caller),
     );
     let start = Instant::now();
     let response = match app.request_slots.try_acquire() {

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
 use bus_core::retry::backoff_delay;
-use bus_core::telemetry::{self, HopSpan};
+use bus_core::telemetry::{self, HopSpan, HopTracer};
 use bus_core::{EventPattern, EventType};
 use bus_sdk::Bus;
 use futures::StreamExt;
@@ -389,5 +389,11 @@ fn push_span(
     if telemetry::skip(&producer).is_some() {
         return HopSpan::none();
     }
-    HopSpan::push(message.subject.as_str(), &event.id, node, &producer)
+    HopSpan::push(
+        &HopTracer::default(),
+        message.subject.as_str(),
+        &event.id,
+        node,
+        &producer,
+    )
 }

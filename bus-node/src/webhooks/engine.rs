@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv::{self, Operation};
-use bus_core::telemetry::{HopSpan, baggage_value, current_hop, traceparent_value};
+use bus_core::telemetry::{HopSpan, HopTracer, baggage_value, current_hop, traceparent_value};
 use bus_core::{Event, EventPattern, EventType, structured};
 use bus_sdk::{Bus, EventMeta, Group, HandlerError};
 use bytes::Bytes;
@@ -318,6 +318,7 @@ pub async fn attempt_now(w: &Webhooks, t: &Target, event: &Event, attempt: u32) 
     };
     let parent = current_hop().unwrap_or_default();
     let mut span = HopSpan::client_post(
+        &HopTracer::default(),
         &url_without_secrets(&t.url),
         (
             t.url.host_str().unwrap_or(""),

@@ -42,6 +42,10 @@ impl Policy for Shared {
         Some(&self.name)
     }
 
+    fn tracer(&self) -> &telemetry::HopTracer {
+        &self.bus.publisher().tracer
+    }
+
     fn handlers(&self) -> &Handlers {
         &self.handlers
     }

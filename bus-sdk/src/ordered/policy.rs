@@ -86,6 +86,10 @@ impl Policy for OrderedShared {
         Some(&self.name)
     }
 
+    fn tracer(&self) -> &telemetry::HopTracer {
+        &self.bus.publisher().tracer
+    }
+
     fn handlers(&self) -> &Handlers {
         &self.handlers
     }

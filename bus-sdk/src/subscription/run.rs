@@ -25,6 +25,8 @@ pub(crate) trait Policy: Sync {
     /// The consumer group, on the span and in the handler's `EventMeta` (`None`: not a
     /// group).
     fn group(&self) -> Option<&GroupName>;
+    /// Where the handlings' spans are recorded (the bus's).
+    fn tracer(&self) -> &telemetry::HopTracer;
     fn handlers(&self) -> &Handlers;
     fn handler_timeout(&self) -> Duration;
     /// The interval of in-progress acks while a handler runs (half the ack deadline), or
@@ -48,7 +50,7 @@ pub(crate) trait Policy: Sync {
 
 /// Handles one delivery from its message to its settle.
 pub(crate) async fn handle_delivery<P: Policy>(policy: &P, mut delivery: Delivery) -> P::Settled {
-    let (mut span, hop) = process_span(&delivery, policy.group());
+    let (mut span, hop) = process_span(policy.tracer(), &delivery, policy.group());
     let outcome = match policy.before_dispatch(&mut delivery).await {
         Some(outcome) => outcome,
         // Each arm builds its future in place: a future held in a local and then moved
@@ -166,11 +168,13 @@ pub(crate) async fn ack(message: &Message, kind: AckKind) {
 /// no span and the unsampled context). Built before decoding, so that an event that
 /// cannot be decoded still shows in its trace.
 fn process_span(
+    tracer: &telemetry::HopTracer,
     delivery: &Delivery,
     group: Option<&GroupName>,
 ) -> (telemetry::HopSpan, Option<opentelemetry::Context>) {
     let headers = delivery.headers.as_deref();
     telemetry::HopSpan::for_hop(
+        tracer,
         // No headers, no context to continue: the current one, as the propagator gives.
         || {
             headers.map_or_else(
@@ -186,6 +190,7 @@ fn process_span(
                 .and_then(|h| get_ignore_case(h, CE_ID).or_else(|| get_ignore_case(h, NATS_MSG_ID)))
                 .unwrap_or_default();
             telemetry::HopSpan::process(
+                tracer,
                 delivery.message.subject.as_str(),
                 group.map(GroupName::as_str),
                 id,

@@ -1,0 +1,369 @@
+//! The SDK as an instrumentation library: a service that brings its own telemetry and
+//! never calls `bus_core::telemetry::init` gets the bus's spans in its own pipeline, nested
+//! with its own spans both ways.
+//!
+//! A test target of its own: the in-process tests install the process's global provider,
+//! so each runs in a process of its own (`bus_tests::own_process`).
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bus_core::telemetry;
+use bus_sdk::{HandlerError, Received};
+use bus_tests::fixtures::*;
+use bus_tests::{NatsCluster, OtlpReceiver, ReceivedSpan, SpanKind, wait_until};
+use opentelemetry::trace::{
+    Span as _, SpanKind as OtelKind, TraceContextExt as _, Tracer as _, TracerProvider as _,
+};
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{SdkTracerProvider, Span as SdkSpan, SpanData, SpanProcessor};
+use serde_json::Value;
+
+fn order(order_id: u64) -> OrderCreated {
+    OrderCreated {
+        order_id,
+        customer: format!("c{order_id}"),
+    }
+}
+
+/// Records each `PaymentFailed` handled by the group `alerts`.
+async fn alerts_group(bus: &bus_sdk::Bus, seen: &Recorder) -> anyhow::Result<bus_sdk::Group> {
+    let seen = seen.clone();
+    Ok(bus
+        .group("alerts")
+        .on(move |ev: Received<PaymentFailed>| {
+            let seen = seen.clone();
+            async move {
+                seen.record(0, ev.meta.id());
+                Ok::<(), HandlerError>(())
+            }
+        })
+        .start()
+        .await?)
+}
+
+fn one<'a>(
+    spans: &'a [ReceivedSpan],
+    what: &str,
+    pick: impl Fn(&ReceivedSpan) -> bool,
+) -> anyhow::Result<&'a ReceivedSpan> {
+    let found: Vec<&ReceivedSpan> = spans.iter().filter(|s| pick(s)).collect();
+    match found.as_slice() {
+        [s] => Ok(s),
+        _ => anyhow::bail!("{} spans for {what}: {spans:#?}", found.len()),
+    }
+}
+
+/// The Must-show of the instrumentation library, with the `traced_service` example: its
+/// own provider, OTLP/gRPC exporter and subscriber (JSON logs, `tracing-opentelemetry`
+/// layer), installed before connecting, never `init`. For each order one trace: the
+/// service's span → PRODUCER → CONSUMER → the handler's `#[instrument]` span → PRODUCER
+/// → CONSUMER, and the handler's log lines carry its trace id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_service_with_its_own_pipeline_should_nest_its_spans_and_the_bus_hops_in_one_trace()
+-> anyhow::Result<()> {
+    const ORDERS: usize = 2;
+    let receiver = OtlpReceiver::start().await?;
+    let cluster = NatsCluster::start(1).await?;
+    let child = tokio::process::Command::new(bus_tests::example_binary("traced_service")?)
+        .env("NATS_URL", cluster.client_urls().join(","))
+        .env("ORDERS", ORDERS.to_string())
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.grpc_endpoint())
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .env("RUST_LOG", "info")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_PROTOCOL")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let out = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output()).await??;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    anyhow::ensure!(
+        out.status.success(),
+        "traced_service failed ({}):\n{stderr}",
+        out.status
+    );
+
+    let spans = receiver
+        .wait_for("every order's six spans", Duration::from_secs(30), |s| {
+            s.iter()
+                .filter(|s| s.name == "process bus.evt.shop.order.billed")
+                .count()
+                >= ORDERS
+                && s.iter().filter(|s| s.name == "place_order").count() >= ORDERS
+        })
+        .await?;
+    let logs: Vec<Value> = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    for place in spans.iter().filter(|s| s.name == "place_order") {
+        let trace = &place.trace_id;
+        let in_trace: Vec<ReceivedSpan> = spans
+            .iter()
+            .filter(|s| &s.trace_id == trace)
+            .cloned()
+            .collect();
+        assert_eq!(place.service, "traced-service");
+        assert!(
+            place.parent_span_id.is_empty(),
+            "the service's span is the root"
+        );
+        let publish = one(&in_trace, "PRODUCER of the order", |s| {
+            s.kind == SpanKind::Producer && s.name == "publish bus.evt.shop.order.created"
+        })?;
+        assert_eq!(
+            publish.parent_span_id, place.span_id,
+            "publish in the user's span"
+        );
+        let process = one(&in_trace, "CONSUMER of billing", |s| {
+            s.kind == SpanKind::Consumer
+                && s.attr("messaging.consumer.group.name") == Some("billing")
+        })?;
+        assert_eq!(process.parent_span_id, publish.span_id);
+        let charge = one(&in_trace, "the handler's #[instrument] span", |s| {
+            s.name == "charge"
+        })?;
+        assert_eq!(charge.kind, SpanKind::Internal);
+        assert_eq!(
+            charge.parent_span_id, process.span_id,
+            "a tracing span in a handler is a child of the CONSUMER span"
+        );
+        let billed = one(&in_trace, "PRODUCER made in the handler's span", |s| {
+            s.kind == SpanKind::Producer && s.name == "publish bus.evt.shop.order.billed"
+        })?;
+        assert_eq!(
+            billed.parent_span_id, charge.span_id,
+            "a publish inside the handler's own span is that span's child, not the hop's"
+        );
+        let ledger = one(&in_trace, "CONSUMER of ledger", |s| {
+            s.kind == SpanKind::Consumer
+                && s.attr("messaging.consumer.group.name") == Some("ledger")
+        })?;
+        assert_eq!(ledger.parent_span_id, billed.span_id);
+        for s in [publish, process, billed, ledger] {
+            assert_eq!(s.service, "traced-service", "{}", s.name);
+        }
+
+        // The handler's log lines carry the trace: the one in the hop its CONSUMER span,
+        // the one inside `charge` that span.
+        let line = |message: &str| {
+            logs.iter()
+                .find(|l| l["message"] == message && l["trace_id"].as_str() == Some(trace.as_str()))
+        };
+        let billing = line("billing an order").ok_or_else(|| {
+            anyhow::anyhow!("no 'billing an order' line in trace {trace}:\n{stderr}")
+        })?;
+        assert_eq!(billing["span_id"].as_str(), Some(process.span_id.as_str()));
+        let charged = line("charged")
+            .ok_or_else(|| anyhow::anyhow!("no 'charged' line in trace {trace}:\n{stderr}"))?;
+        assert_eq!(charged["span_id"].as_str(), Some(charge.span_id.as_str()));
+    }
+    assert_eq!(
+        spans.iter().filter(|s| s.name == "place_order").count(),
+        ORDERS
+    );
+    Ok(())
+}
+
+/// Keeps every span the SDK ends.
+#[derive(Debug, Default, Clone)]
+struct Kept(Arc<Mutex<Vec<SpanData>>>);
+
+impl Kept {
+    fn spans(&self) -> Vec<SpanData> {
+        self.0.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    fn provider(&self) -> SdkTracerProvider {
+        SdkTracerProvider::builder()
+            .with_span_processor(self.clone())
+            .build()
+    }
+}
+
+impl SpanProcessor for Kept {
+    fn on_start(&self, _span: &mut SdkSpan, _cx: &opentelemetry::Context) {}
+    fn on_end(&self, span: SpanData) {
+        if let Ok(mut s) = self.0.lock() {
+            s.push(span);
+        }
+    }
+    fn force_flush(&self) -> OTelSdkResult {
+        Ok(())
+    }
+    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
+        Ok(())
+    }
+}
+
+fn kinds(spans: &[SpanData]) -> Vec<(String, OtelKind)> {
+    spans
+        .iter()
+        .map(|s| (s.name.to_string(), s.span_kind.clone()))
+        .collect()
+}
+
+/// A provider given to the `Bus` builder records its hops, while the process has no
+/// global provider (and the bus installs none); a span the service opens through the
+/// OpenTelemetry API is the parent of a publish made while it is current.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_provider_on_the_builder_should_record_the_hops_there_and_install_no_global()
+-> anyhow::Result<()> {
+    if !bus_tests::own_process(
+        "given_a_provider_on_the_builder_should_record_the_hops_there_and_install_no_global",
+    ) {
+        return Ok(());
+    }
+    let kept = Kept::default();
+    let provider = kept.provider();
+    let cluster = NatsCluster::start(1).await?;
+    let bus = bus_sdk::Bus::builder(config_for(&cluster))
+        .tracer_provider(&provider)
+        .connect()
+        .await?;
+    let seen = Recorder::default();
+    let group = alerts_group(&bus, &seen).await?;
+
+    let service_span = provider.tracer("service").start("checkout");
+    let service_cx = opentelemetry::Context::current_with_span(service_span);
+    let checkout_span_id = service_cx.span().span_context().span_id();
+    {
+        let _current = service_cx.clone().attach();
+        bus.publish(&PaymentFailed { order_id: 1 }).await?;
+    }
+    service_cx.span().end();
+    wait_until("the alert handled", Duration::from_secs(30), || {
+        seen.distinct() == 1
+    })
+    .await?;
+    group.shutdown().await;
+
+    let spans = kept.spans();
+    let publish = spans
+        .iter()
+        .find(|s| s.span_kind == OtelKind::Producer)
+        .ok_or_else(|| anyhow::anyhow!("no PRODUCER in {:?}", kinds(&spans)))?;
+    assert_eq!(publish.parent_span_id, checkout_span_id);
+    assert_eq!(publish.instrumentation_scope.name(), "bus");
+    let process = spans
+        .iter()
+        .find(|s| s.span_kind == OtelKind::Consumer)
+        .ok_or_else(|| anyhow::anyhow!("no CONSUMER in {:?}", kinds(&spans)))?;
+    assert_eq!(process.parent_span_id, publish.span_context.span_id());
+    assert_eq!(
+        process.span_context.trace_id(),
+        publish.span_context.trace_id()
+    );
+    // Nothing global: the process's provider is still the no-op one.
+    let probe = opentelemetry::global::tracer("probe").start("probe");
+    assert!(
+        !probe.span_context().is_valid(),
+        "the bus installed a global tracer provider"
+    );
+    Ok(())
+}
+
+/// With no provider at connect, the bus records nothing and works; a global provider the
+/// service installs afterwards gets the bus's spans from the next look (within
+/// `LOOK_EVERY`), a handler's hop parenting a span the handler opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_global_provider_installed_after_connect_should_get_the_bus_spans()
+-> anyhow::Result<()> {
+    if !bus_tests::own_process(
+        "given_a_global_provider_installed_after_connect_should_get_the_bus_spans",
+    ) {
+        return Ok(());
+    }
+    let cluster = NatsCluster::start(1).await?;
+    let bus = bus_for(&cluster).await?;
+    let inner = Arc::new(Mutex::new(Vec::new()));
+    let (publisher, opened) = (bus.clone(), inner.clone());
+    let group = bus
+        .group("billing")
+        .on(move |ev: Received<OrderCreated>| {
+            let (publisher, opened) = (publisher.clone(), opened.clone());
+            async move {
+                // A span the handler opens through the global tracer: a child of its hop.
+                let span = opentelemetry::global::tracer("handler").start("charge");
+                if let Ok(mut o) = opened.lock() {
+                    o.push(span.span_context().span_id());
+                }
+                publisher
+                    .publish(&PaymentFailed {
+                        order_id: ev.data.order_id,
+                    })
+                    .await?;
+                Ok::<(), HandlerError>(())
+            }
+        })
+        .start()
+        .await?;
+    let seen = Recorder::default();
+    let alerts = alerts_group(&bus, &seen).await?;
+    bus.publish(&order(1)).await?;
+    wait_until("the first flow", Duration::from_secs(30), || {
+        seen.distinct() == 1
+    })
+    .await?;
+
+    let kept = Kept::default();
+    opentelemetry::global::set_tracer_provider(kept.provider());
+    // The next look is at most LOOK_EVERY away: publish until the bus records, within
+    // ten looks.
+    let mut order_id = 2;
+    let deadline = tokio::time::Instant::now() + telemetry::LOOK_EVERY * 10;
+    while !kept
+        .spans()
+        .iter()
+        .any(|s| s.span_kind == OtelKind::Producer)
+    {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the bus never recorded into the provider installed after connect"
+        );
+        bus.publish(&order(order_id)).await?;
+        order_id += 1;
+        tokio::time::sleep(telemetry::LOOK_EVERY / 4).await;
+    }
+    let traced = order_id - 1;
+    wait_until("the traced flow", Duration::from_secs(30), || {
+        seen.distinct() == usize::try_from(traced).unwrap_or(usize::MAX)
+    })
+    .await?;
+    group.shutdown().await;
+    alerts.shutdown().await;
+
+    let spans = kept.spans();
+    let trace_of = |name: &str, kind: OtelKind| {
+        spans
+            .iter()
+            .rfind(|s| s.name == name && s.span_kind == kind)
+            .cloned()
+    };
+    let publish = trace_of("publish bus.evt.shop.order.created", OtelKind::Producer)
+        .ok_or_else(|| anyhow::anyhow!("no PRODUCER: {:?}", kinds(&spans)))?;
+    let process = spans
+        .iter()
+        .find(|s| {
+            s.span_kind == OtelKind::Consumer && s.parent_span_id == publish.span_context.span_id()
+        })
+        .ok_or_else(|| anyhow::anyhow!("no CONSUMER under the PRODUCER: {:?}", kinds(&spans)))?;
+    let charge = spans
+        .iter()
+        .find(|s| s.name == "charge" && s.parent_span_id == process.span_context.span_id())
+        .ok_or_else(|| anyhow::anyhow!("the handler's span is not under its CONSUMER"))?;
+    let opened_ids = inner.lock().map(|o| o.clone()).unwrap_or_default();
+    assert!(opened_ids.contains(&charge.span_context.span_id()));
+    let second = spans
+        .iter()
+        .find(|s| {
+            s.span_kind == OtelKind::Producer && s.parent_span_id == process.span_context.span_id()
+        })
+        .ok_or_else(|| anyhow::anyhow!("the handler's publish is not under its CONSUMER"))?;
+    assert_eq!(second.name, "publish bus.evt.shop.payment.failed");
+    Ok(())
+}
