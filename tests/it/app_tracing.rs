@@ -12,7 +12,7 @@ use std::time::Duration;
 use bus_core::telemetry;
 use bus_sdk::{HandlerError, Received};
 use bus_tests::fixtures::*;
-use bus_tests::{NatsCluster, OtlpReceiver, ReceivedSpan, SpanKind, wait_until};
+use bus_tests::{NatsCluster, OtlpReceiver, SpanKind, wait_until};
 use opentelemetry::trace::{
     Span as _, SpanKind as OtelKind, TraceContextExt as _, Tracer as _, TracerProvider as _,
 };
@@ -41,18 +41,6 @@ async fn alerts_group(bus: &bus_sdk::Bus, seen: &Recorder) -> anyhow::Result<bus
         })
         .start()
         .await?)
-}
-
-fn one<'a>(
-    spans: &'a [ReceivedSpan],
-    what: &str,
-    pick: impl Fn(&ReceivedSpan) -> bool,
-) -> anyhow::Result<&'a ReceivedSpan> {
-    let found: Vec<&ReceivedSpan> = spans.iter().filter(|s| pick(s)).collect();
-    match found.as_slice() {
-        [s] => Ok(s),
-        _ => anyhow::bail!("{} spans for {what}: {spans:#?}", found.len()),
-    }
 }
 
 /// The Must-show of the instrumentation library, with the `traced_service` example: its
@@ -102,49 +90,29 @@ async fn given_a_service_with_its_own_pipeline_should_nest_its_spans_and_the_bus
         .collect();
     for place in spans.iter().filter(|s| s.name == "place_order") {
         let trace = &place.trace_id;
-        let in_trace: Vec<ReceivedSpan> = spans
-            .iter()
-            .filter(|s| &s.trace_id == trace)
-            .cloned()
-            .collect();
-        assert_eq!(place.service, "traced-service");
-        assert!(
-            place.parent_span_id.is_empty(),
-            "the service's span is the root"
-        );
-        let publish = one(&in_trace, "PRODUCER of the order", |s| {
-            s.kind == SpanKind::Producer && s.name == "publish bus.evt.shop.order.created"
-        })?;
+        let flow = nested_flow(
+            &spans,
+            place,
+            "shop.order.created",
+            "charge",
+            "shop.order.billed",
+        )?;
+        assert_eq!(flow.inner.kind, SpanKind::Internal);
         assert_eq!(
-            publish.parent_span_id, place.span_id,
-            "publish in the user's span"
+            flow.process.attr("messaging.consumer.group.name"),
+            Some("billing")
         );
-        let process = one(&in_trace, "CONSUMER of billing", |s| {
-            s.kind == SpanKind::Consumer
-                && s.attr("messaging.consumer.group.name") == Some("billing")
-        })?;
-        assert_eq!(process.parent_span_id, publish.span_id);
-        let charge = one(&in_trace, "the handler's #[instrument] span", |s| {
-            s.name == "charge"
-        })?;
-        assert_eq!(charge.kind, SpanKind::Internal);
         assert_eq!(
-            charge.parent_span_id, process.span_id,
-            "a tracing span in a handler is a child of the CONSUMER span"
+            flow.second_process.attr("messaging.consumer.group.name"),
+            Some("ledger")
         );
-        let billed = one(&in_trace, "PRODUCER made in the handler's span", |s| {
-            s.kind == SpanKind::Producer && s.name == "publish bus.evt.shop.order.billed"
-        })?;
-        assert_eq!(
-            billed.parent_span_id, charge.span_id,
-            "a publish inside the handler's own span is that span's child, not the hop's"
-        );
-        let ledger = one(&in_trace, "CONSUMER of ledger", |s| {
-            s.kind == SpanKind::Consumer
-                && s.attr("messaging.consumer.group.name") == Some("ledger")
-        })?;
-        assert_eq!(ledger.parent_span_id, billed.span_id);
-        for s in [publish, process, billed, ledger] {
+        for s in [
+            flow.root,
+            flow.publish,
+            flow.process,
+            flow.inner,
+            flow.second_publish,
+        ] {
             assert_eq!(s.service, "traced-service", "{}", s.name);
         }
 
@@ -157,10 +125,16 @@ async fn given_a_service_with_its_own_pipeline_should_nest_its_spans_and_the_bus
         let billing = line("billing an order").ok_or_else(|| {
             anyhow::anyhow!("no 'billing an order' line in trace {trace}:\n{stderr}")
         })?;
-        assert_eq!(billing["span_id"].as_str(), Some(process.span_id.as_str()));
+        assert_eq!(
+            billing["span_id"].as_str(),
+            Some(flow.process.span_id.as_str())
+        );
         let charged = line("charged")
             .ok_or_else(|| anyhow::anyhow!("no 'charged' line in trace {trace}:\n{stderr}"))?;
-        assert_eq!(charged["span_id"].as_str(), Some(charge.span_id.as_str()));
+        assert_eq!(
+            charged["span_id"].as_str(),
+            Some(flow.inner.span_id.as_str())
+        );
     }
     assert_eq!(
         spans.iter().filter(|s| s.name == "place_order").count(),
@@ -365,5 +339,67 @@ async fn given_a_global_provider_installed_after_connect_should_get_the_bus_span
         })
         .ok_or_else(|| anyhow::anyhow!("the handler's publish is not under its CONSUMER"))?;
     assert_eq!(second.name, "publish bus.evt.shop.payment.failed");
+    Ok(())
+}
+
+/// The composable form: a service's own subscriber with `Pipeline::layer`, never `init`,
+/// and no global provider or propagator at all: the bus records through the pipeline, and
+/// the service's `tracing` spans nest with the hops both ways, even with the layer's
+/// context activation off (its spans then never become the current OpenTelemetry context:
+/// a publish finds its parent through the `tracing` span itself).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_the_pipeline_in_a_subscriber_of_the_service_should_nest_its_spans_and_the_hops()
+-> anyhow::Result<()> {
+    if !bus_tests::own_process(
+        "given_the_pipeline_in_a_subscriber_of_the_service_should_nest_its_spans_and_the_hops",
+    ) {
+        return Ok(());
+    }
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
+    let receiver = OtlpReceiver::start().await?;
+    let pipeline = telemetry::Pipeline::new(telemetry::TelemetrySettings {
+        service_name: "pipeline-test".into(),
+        export: Some(telemetry::OtlpExport {
+            endpoint: Some(receiver.http_endpoint()),
+            protocol: telemetry::OtlpProtocol::HttpProtobuf,
+            batch_delay: Some(Duration::from_millis(100)),
+        }),
+        sampler: telemetry::Sampler::AlwaysOn,
+        head_sampling_ratio: None,
+    })?;
+    tracing_subscriber::registry()
+        .with(pipeline.layer().map(|l| l.with_context_activation(false)))
+        .try_init()?;
+    let telemetry = pipeline.into_telemetry();
+    let cluster = NatsCluster::start(1).await?;
+    let bus = bus_for(&cluster).await?;
+    let (billing, alerts, seen) = nested_groups(&bus).await?;
+    place_order(&bus, 1).await?;
+    wait_until("the flow handled", Duration::from_secs(30), || {
+        seen.distinct() == 1
+    })
+    .await?;
+    billing.shutdown().await;
+    alerts.shutdown().await;
+    telemetry.flush().await;
+
+    let spans = receiver
+        .wait_for("the six spans", Duration::from_secs(30), |s| s.len() >= 6)
+        .await?;
+    let root = spans
+        .iter()
+        .find(|s| s.name == "place_order")
+        .ok_or_else(|| anyhow::anyhow!("no place_order span: {spans:#?}"))?;
+    let flow = nested_flow(
+        &spans,
+        root,
+        "shop.order.created",
+        "charge",
+        "shop.payment.failed",
+    )?;
+    assert_eq!(flow.second_process.service, "pipeline-test");
+    telemetry.shutdown().await;
     Ok(())
 }

@@ -419,6 +419,47 @@ async fn given_a_service_span_in_the_current_context_a_publish_should_be_its_chi
     Ok(())
 }
 
+/// `init` installs the `tracing-opentelemetry` layer: a service's `tracing` spans are
+/// exported with the hops, a span opened in a handler is a child of its CONSUMER span,
+/// and a publish in it is its child.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_init_tracing_spans_of_the_service_should_nest_with_the_hops_both_ways()
+-> anyhow::Result<()> {
+    if !bus_tests::own_process(
+        "given_init_tracing_spans_of_the_service_should_nest_with_the_hops_both_ways",
+    ) {
+        return Ok(());
+    }
+    let receiver = OtlpReceiver::start().await?;
+    let telemetry = telemetry::init_with(settings(receiver.http_endpoint()))?;
+    let cluster = NatsCluster::start(1).await?;
+    let bus = bus_for(&cluster).await?;
+    let (billing, alerts, seen) = nested_groups(&bus).await?;
+    place_order(&bus, 1).await?;
+    wait_until("the flow handled", Duration::from_secs(30), || {
+        seen.distinct() == 1
+    })
+    .await?;
+    billing.shutdown().await;
+    alerts.shutdown().await;
+    telemetry.flush().await;
+
+    let spans = receiver
+        .wait_for("the six spans", Duration::from_secs(30), |s| s.len() >= 6)
+        .await?;
+    let root = one(&spans, "the service's span", |s| s.name == "place_order")?;
+    let flow = nested_flow(
+        &spans,
+        root,
+        "shop.order.created",
+        "charge",
+        "shop.payment.failed",
+    )?;
+    assert_eq!(flow.inner.service, "trace-test");
+    telemetry.shutdown().await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn given_the_sampler_always_off_events_should_carry_no_trace_context_and_no_span_be_exported()
 -> anyhow::Result<()> {
