@@ -33,3 +33,5 @@ pub use event_type::{EventPattern, EventType, EventTypeError};
 pub use group_name::{GroupName, GroupNameError};
 pub use subjects::Subjects;
 pub use topology::{Topology, TopologyError};
+// `telemetry::Pipeline::layer` returns its layer type.
+pub use tracing_opentelemetry;

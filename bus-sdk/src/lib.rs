@@ -91,6 +91,7 @@ pub use typed::{EventMeta, EventPayload, Received};
 // drift from the SDK's.
 pub use async_nats;
 pub use bus_core;
+pub use bus_core::tracing_opentelemetry;
 pub use bus_core::{
     BusConfig, Event, EventBuilder, EventPattern, EventType, EventTypeError, GroupName,
     GroupNameError,

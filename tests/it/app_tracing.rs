@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bus_core::telemetry;
+use bus_sdk::tracing_opentelemetry;
 use bus_sdk::{HandlerError, Received};
 use bus_tests::fixtures::*;
 use bus_tests::{NatsCluster, OtlpReceiver, SpanKind, wait_until};
@@ -181,19 +182,22 @@ fn kinds(spans: &[SpanData]) -> Vec<(String, OtelKind)> {
         .collect()
 }
 
-/// A provider given to the `Bus` builder records its hops, while the process has no
-/// global provider (and the bus installs none); a span the service opens through the
-/// OpenTelemetry API is the parent of a publish made while it is current.
+/// A provider given to the `Bus` builder records its hops, not the process's global
+/// provider; a span the service opens through the OpenTelemetry API is the parent of a
+/// publish made while it is current.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn given_a_provider_on_the_builder_should_record_the_hops_there_and_install_no_global()
+async fn given_a_provider_on_the_builder_should_record_the_hops_there_not_in_the_global_one()
 -> anyhow::Result<()> {
     if !bus_tests::own_process(
-        "given_a_provider_on_the_builder_should_record_the_hops_there_and_install_no_global",
+        "given_a_provider_on_the_builder_should_record_the_hops_there_not_in_the_global_one",
     ) {
         return Ok(());
     }
     let kept = Kept::default();
     let provider = kept.provider();
+    // A live global provider too: the one given to the builder wins.
+    let global = Kept::default();
+    opentelemetry::global::set_tracer_provider(global.provider());
     let cluster = NatsCluster::start(1).await?;
     let bus = bus_sdk::Bus::builder(config_for(&cluster))
         .tracer_provider(&provider)
@@ -232,12 +236,14 @@ async fn given_a_provider_on_the_builder_should_record_the_hops_there_and_instal
         process.span_context.trace_id(),
         publish.span_context.trace_id()
     );
-    // Nothing global: the process's provider is still the no-op one.
-    let probe = opentelemetry::global::tracer("probe").start("probe");
     assert!(
-        !probe.span_context().is_valid(),
-        "the bus installed a global tracer provider"
+        global.spans().is_empty(),
+        "the global provider recorded {:?}",
+        kinds(&global.spans())
     );
+    // The bus installs no global propagator (the service installed none either).
+    let fields = opentelemetry::global::get_text_map_propagator(|p| p.fields().count());
+    assert_eq!(fields, 0, "the bus installed a global propagator");
     Ok(())
 }
 
@@ -312,6 +318,10 @@ async fn given_a_global_provider_installed_after_connect_should_get_the_bus_span
     alerts.shutdown().await;
 
     let spans = kept.spans();
+    assert!(
+        !spans.iter().any(|s| s.name == "bus.probe"),
+        "the watcher's probe was recorded"
+    );
     let trace_of = |name: &str, kind: OtelKind| {
         spans
             .iter()
@@ -370,7 +380,13 @@ async fn given_the_pipeline_in_a_subscriber_of_the_service_should_nest_its_spans
         head_sampling_ratio: None,
     })?;
     tracing_subscriber::registry()
-        .with(pipeline.layer().map(|l| l.with_context_activation(false)))
+        .with(pipeline.tracer().map(|tracer| {
+            use tracing_subscriber::Layer as _;
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_context_activation(false)
+                .with_filter(telemetry::span_filter())
+        }))
         .try_init()?;
     let telemetry = pipeline.into_telemetry();
     let cluster = NatsCluster::start(1).await?;

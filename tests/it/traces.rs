@@ -505,6 +505,42 @@ async fn given_the_sampler_always_off_events_should_carry_no_trace_context_and_n
     Ok(())
 }
 
+/// A bus connected before `init` (its watcher of the global provider already running):
+/// `init`'s provider, its sampler off, is the bus's pipeline and not "an application's
+/// provider" to record through; events carry no trace context.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_bus_connected_before_init_with_the_sampler_off_events_should_carry_no_trace_context()
+-> anyhow::Result<()> {
+    if !bus_tests::own_process(
+        "given_a_bus_connected_before_init_with_the_sampler_off_events_should_carry_no_trace_context",
+    ) {
+        return Ok(());
+    }
+    use bus_core::headers::{TRACEPARENT, TRACESTATE};
+
+    let receiver = OtlpReceiver::start().await?;
+    let cluster = NatsCluster::start(1).await?;
+    let bus = bus_for(&cluster).await?;
+    let mut s = settings(receiver.http_endpoint());
+    s.sampler = Sampler::AlwaysOff;
+    let telemetry = telemetry::init_with(s)?;
+    // Not readiness: the watcher's next looks, which must not take init's provider up.
+    tokio::time::sleep(telemetry::LOOK_EVERY * 2).await;
+    let receipt = bus.publish(&order(1)).await?;
+    let stream = bus.jetstream().get_stream(&receipt.stream).await?;
+    let headers = stream.get_raw_message(receipt.seq).await?.headers;
+    for name in [TRACEPARENT, TRACESTATE] {
+        assert!(
+            headers.get(name).is_none(),
+            "the event carries {name}: {headers:?}"
+        );
+    }
+    telemetry.flush().await;
+    assert!(receiver.spans().is_empty(), "no span exported");
+    telemetry.shutdown().await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn given_push_clients_each_event_should_have_one_push_span_per_node_in_its_trace()
 -> anyhow::Result<()> {

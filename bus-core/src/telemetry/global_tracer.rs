@@ -3,19 +3,24 @@
 //! OpenTelemetry convention for instrumentation libraries).
 //!
 //! Rust's global provider does not delegate: a tracer taken before the application sets
-//! its provider stays a no-op. Taking the provider per span costs a lock and a reference
-//! count on every hop, and building a span for a no-op tracer costs as much as building a
-//! real one; so a watcher looks at the global provider once at [`watch`] (every
-//! `Bus::connect`) and then once a second from a thread of its own, and keeps a tracer
-//! only when the provider is a live one. The hot path reads one atomic: with no provider
-//! installed, no hop builds anything. A provider installed after connecting is used from
-//! the next look (within [`LOOK_EVERY`]).
+//! its provider stays a no-op. Whether the provider is a no-op cannot be asked, and
+//! building a span for a no-op tracer costs as much as building a real one; so a watcher
+//! looks at the global provider once at [`watch`] (every `Bus::connect`) and then once a
+//! second from a thread of its own (one per process, named `bus-otel-global`), and keeps
+//! a tracer only when the provider is a live one. With no provider installed the hot path
+//! reads one atomic and no hop builds anything; a recorded hop takes the tracer under a
+//! read lock (a lock and a reference count, beside the span's ~2 µs). A provider installed
+//! after connecting is used from the next look (within [`LOOK_EVERY`]). The watcher is not
+//! started in a process that called `init` (its pipeline is the bus's, or it chose to
+//! export nothing), and stops once a pipeline is built ([`super::Pipeline`]).
 //!
 //! No-op or live: the no-op tracer hands a span its parent's span context back, while a
 //! live one makes a span of its own, so a probe is started under a *remote, unsampled,
-//! telemetry-suppressed* parent. The SDK answers a suppressed parent with an empty
-//! context (and records nothing); a parent-based sampler drops an unsampled parent: the
-//! probe is never exported by any of them.
+//! telemetry-suppressed* parent. The OpenTelemetry SDK answers a suppressed parent with
+//! an empty context and records nothing (a provider that ignores suppression would still
+//! drop the unsampled parent with a parent-based sampler). A provider the application
+//! shut down but left installed still looks live: the bus then builds spans that go
+//! nowhere until the process exits.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Once, RwLock};
@@ -46,7 +51,7 @@ pub(crate) fn scope() -> InstrumentationScope {
 /// when `init` (or a [`super::Pipeline`]) installed the bus's pipeline, which then records
 /// every hop.
 pub fn watch() {
-    if super::setup::has_pipeline() {
+    if super::setup::init_called() {
         return;
     }
     look();
@@ -56,7 +61,15 @@ pub fn watch() {
             .spawn(|| {
                 loop {
                     std::thread::sleep(LOOK_EVERY);
-                    look();
+                    // A provider's tracer that panics is no reason to stop watching.
+                    let looked = std::panic::catch_unwind(look);
+                    if looked.is_err() {
+                        tracing::warn!("looking at the global tracer provider panicked");
+                    }
+                    if super::setup::has_pipeline() {
+                        ACTIVE.store(false, Ordering::Relaxed);
+                        return;
+                    }
                 }
             });
         if let Err(e) = started {
@@ -79,6 +92,10 @@ pub(crate) fn tracer() -> Option<Arc<BoxedTracer>> {
 }
 
 fn look() {
+    if super::setup::has_pipeline() {
+        ACTIVE.store(false, Ordering::Relaxed);
+        return;
+    }
     let tracer = global::tracer_provider().tracer_with_scope(scope());
     let live = is_live(&tracer);
     if let Ok(mut slot) = TRACER.write() {

@@ -31,10 +31,13 @@ mod sampling;
 mod setup;
 mod spans;
 
-pub use global_tracer::{LOOK_EVERY, watch as watch_global_provider};
+pub use global_tracer::LOOK_EVERY;
+#[doc(hidden)]
+pub use global_tracer::watch as watch_global_provider;
 pub use hop_tracer::HopTracer;
 pub use json_logs::JsonWithTrace;
 pub use opentelemetry_sdk::trace::Sampler;
+#[doc(hidden)]
 pub use parent::publish_parent;
 pub use propagation::{
     HeaderExtractor, HeaderInjector, MAX_BAGGAGE_BYTES, baggage_value, context_from_event,
@@ -44,6 +47,6 @@ pub use propagation::{
 pub use sampling::{current_hop, skip, within_hop};
 pub use setup::{
     OtlpExport, OtlpProtocol, Pipeline, SHUTDOWN_DEADLINE, Telemetry, TelemetryError,
-    TelemetrySettings, init, init_with, is_enabled,
+    TelemetrySettings, init, init_with, is_enabled, span_filter,
 };
 pub use spans::HopSpan;

@@ -17,8 +17,6 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-#[cfg(feature = "otlp")]
-use opentelemetry::InstrumentationScope;
 use opentelemetry::global;
 use opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator};
 use opentelemetry::trace::TracerProvider as _;
@@ -30,7 +28,7 @@ use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, TracerProv
 use std::io::IsTerminal;
 use tracing_opentelemetry::OpenTelemetryLayer;
 use tracing_subscriber::Layer;
-use tracing_subscriber::filter::EnvFilter;
+use tracing_subscriber::filter::{EnvFilter, Filtered};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -47,9 +45,14 @@ pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
 pub(crate) const TRACER_NAME: &str = "bus";
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
-/// The tracer of every span the bus builds; set once, by the one `init_with` that
-/// installs the global subscriber.
+/// The tracer of every span the bus builds through its own pipeline; set once, by the one
+/// exporting [`Pipeline`] of the process (`init` builds one).
 static TRACER: OnceLock<SdkTracer> = OnceLock::new();
+/// Taken by the exporting pipeline being built: there is one per process.
+static PIPELINE_CLAIMED: AtomicBool = AtomicBool::new(false);
+/// Set by `init`: the process set its telemetry up with the bus's one-call setup, and the
+/// application's global provider is not watched.
+static INIT_CALLED: AtomicBool = AtomicBool::new(false);
 
 /// Whether the process records spans: `init` exports and its sampler is not always-off,
 /// or (without `init`'s pipeline) the application's global provider is live. A relaxed
@@ -68,9 +71,14 @@ pub(crate) fn tracer() -> Option<&'static SdkTracer> {
     }
 }
 
-/// Whether `init` installed a pipeline that exports (sampled or not).
+/// Whether the bus's own pipeline exports (sampled or not).
 pub(crate) fn has_pipeline() -> bool {
     TRACER.get().is_some()
+}
+
+/// Whether `init` was called in this process.
+pub(crate) fn init_called() -> bool {
+    INIT_CALLED.load(Ordering::Relaxed)
 }
 
 /// Why telemetry could not be installed.
@@ -94,6 +102,12 @@ pub enum TelemetryError {
     /// process.
     #[error("a global tracing subscriber is already installed")]
     AlreadyInstalled,
+    /// An exporting pipeline (`init`, or a [`Pipeline`]) was built before: the bus records
+    /// through one per process.
+    #[error(
+        "the bus's trace pipeline was already built in this process (init or Pipeline: once per process)"
+    )]
+    PipelineBuilt,
 }
 
 /// Installed telemetry; call [`Telemetry::shutdown`] before exiting to flush spans.
@@ -245,6 +259,7 @@ pub fn init_with(settings: TelemetrySettings) -> Result<Telemetry, TelemetryErro
         return Err(TelemetryError::AlreadyInstalled);
     }
     let logs = log_layer()?.with_filter(log_filter());
+    INIT_CALLED.store(true, Ordering::Relaxed);
     let pipeline = Pipeline::new(settings)?;
     tracing_subscriber::registry()
         .with(logs)
@@ -252,7 +267,6 @@ pub fn init_with(settings: TelemetrySettings) -> Result<Telemetry, TelemetryErro
         .try_init()
         .map_err(|_| TelemetryError::AlreadyInstalled)?;
     global::set_text_map_propagator(pipeline.propagator());
-    super::propagation::installed_by_init();
     if let Some(provider) = pipeline.provider() {
         global::set_tracer_provider(provider.clone());
     }
@@ -262,8 +276,9 @@ pub fn init_with(settings: TelemetrySettings) -> Result<Telemetry, TelemetryErro
 /// The trace pipeline of [`init`], for a service that installs it in a subscriber of its
 /// own: the tracer provider with the bus's exporter (configured by the `OTEL_*`
 /// variables), the `tracing-opentelemetry` layer on it, and the propagator
-/// `OTEL_PROPAGATORS` names. Building it installs no global; the bus records its own spans
-/// through it from then on (once per process: the first pipeline built is the bus's).
+/// `OTEL_PROPAGATORS` names. Building it installs no global subscriber, provider or
+/// propagator; the bus records its own spans through it from then on. One exporting
+/// pipeline per process (a second is refused with [`TelemetryError::PipelineBuilt`]).
 ///
 /// ```no_run
 /// # fn f() -> Result<(), bus_core::telemetry::TelemetryError> {
@@ -313,31 +328,54 @@ impl Pipeline {
                 propagator,
             });
         };
+        if PIPELINE_CLAIMED.swap(true, Ordering::SeqCst) {
+            return Err(TelemetryError::PipelineBuilt);
+        }
+        let built = Self::build(
+            settings.service_name,
+            &export,
+            settings.sampler,
+            settings.head_sampling_ratio,
+            propagator,
+        );
+        if built.is_err() {
+            PIPELINE_CLAIMED.store(false, Ordering::SeqCst);
+        }
+        built
+    }
+
+    /// The exporting pipeline, once this call holds the claim.
+    fn build(
+        service_name: String,
+        export: &OtlpExport,
+        sampler: Sampler,
+        head_sampling_ratio: Option<f64>,
+        propagator: PropagatorChoice,
+    ) -> Result<Self, TelemetryError> {
         let mut limits = batch_limits()?;
         if let Some(delay) = export.batch_delay {
             limits.delay = delay;
         }
-        let off = matches!(settings.sampler, Sampler::AlwaysOff)
-            || matches!(settings.sampler, Sampler::TraceIdRatioBased(r) if r <= 0.0);
-        let sampler = super::sampling::configure(settings.sampler, settings.head_sampling_ratio);
-        let (builder, direct) = with_exporter(SdkTracerProvider::builder(), &export, limits)?;
+        let off = matches!(sampler, Sampler::AlwaysOff)
+            || matches!(sampler, Sampler::TraceIdRatioBased(r) if r <= 0.0);
+        let (builder, direct) = with_exporter(SdkTracerProvider::builder(), export, limits)?;
+        let sampler = super::sampling::configure(sampler, head_sampling_ratio);
         let provider = builder
             .with_sampler(sampler.clone())
             .with_resource(
                 Resource::builder()
-                    .with_service_name(settings.service_name.clone())
+                    .with_service_name(service_name.clone())
                     .build(),
             )
             .build();
-        // The first pipeline of the process is the one the bus records through.
-        if TRACER.set(provider.tracer(TRACER_NAME)).is_ok() {
-            if let Some(direct) = direct {
-                super::publish_span::install(direct, sampler);
-            }
-            ENABLED.store(!off, Ordering::Relaxed);
+        // This call holds the claim: the tracer is not set yet.
+        let _ = TRACER.set(provider.tracer_with_scope(super::global_tracer::scope()));
+        if let Some(direct) = direct {
+            super::publish_span::install(direct, sampler);
         }
+        ENABLED.store(!off, Ordering::Relaxed);
         Ok(Self {
-            service_name: settings.service_name,
+            service_name,
             provider: Some(provider),
             propagator,
         })
@@ -350,17 +388,33 @@ impl Pipeline {
 
     /// The `tracing-opentelemetry` layer recording the service's own `tracing` spans
     /// through the provider (scope: the service's name); a layer that does nothing
-    /// without export.
-    pub fn layer<S>(&self) -> Option<OpenTelemetryLayer<S, SdkTracer>>
+    /// without export. Filtered by `RUST_LOG` (default `info`), and never the exporter's
+    /// own stack (`h2`, `hyper`, `tonic`, `tower`, `reqwest`: their spans would be
+    /// exported by the export they trace): without a filter of its own, the layer would
+    /// turn every `trace!` of every crate on, and async-nats writes several per message.
+    pub fn layer<S>(&self) -> Option<Filtered<OpenTelemetryLayer<S, SdkTracer>, EnvFilter, S>>
     where
         S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
     {
-        let provider = self.provider.as_ref()?;
-        Some(tracing_opentelemetry::layer().with_tracer(provider.tracer(self.service_name.clone())))
+        Some(
+            tracing_opentelemetry::layer()
+                .with_tracer(self.tracer()?)
+                .with_filter(span_filter()),
+        )
     }
 
-    /// The propagator `OTEL_PROPAGATORS` names (`tracecontext,baggage` by default).
+    /// The tracer [`Pipeline::layer`] records the service's spans with, for a service that
+    /// builds its `tracing-opentelemetry` layer itself (other options; filter it with
+    /// [`span_filter`]).
+    pub fn tracer(&self) -> Option<SdkTracer> {
+        Some(self.provider.as_ref()?.tracer(self.service_name.clone()))
+    }
+
+    /// The propagator `OTEL_PROPAGATORS` names (`tracecontext,baggage` by default), to
+    /// install as the global one; the bus's own headers follow it from then on (`none`
+    /// included).
     pub fn propagator(&self) -> TextMapCompositePropagator {
+        super::propagation::installed_by_init();
         self.propagator.build()
     }
 
@@ -398,7 +452,7 @@ fn with_exporter(
             let exporter = HttpSpanExporter::new(export.endpoint.as_deref())?;
             let encoder = BatchEncoder::start(exporter, limits)
                 .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
-            let direct = encoder.direct(InstrumentationScope::builder(TRACER_NAME).build());
+            let direct = encoder.direct(super::global_tracer::scope());
             (builder.with_span_processor(encoder), Some(direct))
         }
         OtlpProtocol::Grpc => {
@@ -506,6 +560,24 @@ fn log_layer() -> Result<Box<dyn Layer<tracing_subscriber::Registry> + Send + Sy
             reason: "text or json",
         }),
     }
+}
+
+/// What [`Pipeline::layer`] records: `RUST_LOG` (default `info`), without the crates an
+/// export runs on (`h2`, `hyper`, `tonic`, `tower`, `reqwest`).
+pub fn span_filter() -> EnvFilter {
+    let mut filter = log_filter();
+    for quiet in [
+        "h2=off",
+        "hyper=off",
+        "tonic=off",
+        "tower=off",
+        "reqwest=off",
+    ] {
+        if let Ok(directive) = quiet.parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
+    filter
 }
 
 /// `RUST_LOG`, by default `info`.

@@ -80,6 +80,10 @@ pub struct Args {
     /// so that receiving the spans is not counted as the bus's cost).
     #[arg(long)]
     pub otlp_endpoint: Option<String>,
+    /// OTLP/gRPC endpoint for the `app-*` telemetry modes (the service's own exporter);
+    /// as `--otlp-endpoint`.
+    #[arg(long)]
+    pub otlp_grpc_endpoint: Option<String>,
     /// Run no benchmark: serve a span-counting OTLP receiver, print its endpoints, and on
     /// Ctrl-C print how many spans it received (for profiling a `--telemetry always` run
     /// with its collector in another process).

@@ -53,7 +53,12 @@ async fn main() -> Result<()> {
         return bare_fanout::serve(url, args.bare_nagle).await;
     }
     let plan = Plan::new(&args);
-    let telemetry = tracing_cost::install(args.telemetry, args.otlp_endpoint.clone()).await?;
+    let telemetry = tracing_cost::install(
+        args.telemetry,
+        args.otlp_endpoint.clone(),
+        args.otlp_grpc_endpoint.clone(),
+    )
+    .await?;
     let started = Instant::now();
     eprintln!(
         "bus-bench: starting {} nats-server node(s) ({})",

@@ -12,6 +12,11 @@
 //! `bus_core::server_trace`). Part of what `always` costs is carrying W3C context at all
 //! (about 100 bytes on the wire per message, for async-nats, the kernel and the server to
 //! handle), which any traced client pays; this mode's cost is what the bus adds on top.
+//! `app-always` and `app-sampler-off`: a service that brings its own pipeline and never
+//! calls `init` (the SDK as an instrumentation library): its own SDK tracer provider with
+//! the batch processor and the upstream OTLP/gRPC exporter, installed as the global
+//! provider, and a `tracing` subscriber with the `tracing-opentelemetry` layer; the bus
+//! records through that provider, with no span of the service's own around it.
 //! The receiver runs in the parent process, as a collector would run outside the
 //! service, and only counts the spans (reading lengths, not decoding): it shares the
 //! machine's two cores with the measured process and the servers, and should take as
@@ -38,6 +43,10 @@ pub enum TelemetryMode {
     Always,
     /// `always`, and the raw side's messages carry the same trace headers too.
     AlwaysRawContext,
+    /// The service's own provider (every span sampled) and subscriber, never `init`.
+    AppAlways,
+    /// The service's own provider, its sampler `always_off`, and subscriber.
+    AppSamplerOff,
 }
 
 impl TelemetryMode {
@@ -48,6 +57,8 @@ impl TelemetryMode {
             TelemetryMode::Ratio => "ratio",
             TelemetryMode::Always => "always",
             TelemetryMode::AlwaysRawContext => "always-raw-context",
+            TelemetryMode::AppAlways => "app-always",
+            TelemetryMode::AppSamplerOff => "app-sampler-off",
         }
     }
 }
@@ -55,6 +66,8 @@ impl TelemetryMode {
 /// Installed telemetry of this process (and the receiver it exports to).
 pub struct Installed {
     telemetry: Option<bus_core::telemetry::Telemetry>,
+    /// The service's own provider (`app-*` modes).
+    app: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
     _receiver: Option<bus_tests::OtlpReceiver>,
 }
 
@@ -63,29 +76,77 @@ impl Installed {
         if let Some(t) = self.telemetry {
             t.shutdown().await;
         }
+        if let Some(p) = self.app {
+            let _ = tokio::task::spawn_blocking(move || p.shutdown()).await;
+        }
     }
+}
+
+/// What a service sets up for itself (see the module docs), exporting to `grpc_endpoint`.
+fn app_pipeline(
+    grpc_endpoint: String,
+    sampler: opentelemetry_sdk::trace::Sampler,
+) -> Result<opentelemetry_sdk::trace::SdkTracerProvider> {
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::WithExportConfig as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(grpc_endpoint)
+        .build()?;
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_sampler(sampler)
+        .build();
+    opentelemetry::global::set_tracer_provider(provider.clone());
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::EnvFilter::new("warn"))
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("bus-bench")))
+        .try_init()?;
+    Ok(provider)
 }
 
 /// Sets this process's telemetry up for `mode`, exporting to `endpoint` (or to a receiver
 /// started here).
-pub async fn install(mode: TelemetryMode, endpoint: Option<String>) -> Result<Installed> {
+pub async fn install(
+    mode: TelemetryMode,
+    endpoint: Option<String>,
+    grpc_endpoint: Option<String>,
+) -> Result<Installed> {
     use bus_core::telemetry::{OtlpExport, OtlpProtocol, Sampler, TelemetrySettings, init_with};
     crate::raw_side::carry_context(mode == TelemetryMode::AlwaysRawContext);
     if mode == TelemetryMode::None {
         return Ok(Installed {
             telemetry: None,
+            app: None,
             _receiver: None,
         });
     }
-    let receiver = match endpoint {
-        Some(_) => None,
-        None => Some(bus_tests::OtlpReceiver::start_counting().await?),
+    let receiver = match (&endpoint, &grpc_endpoint) {
+        (Some(_), Some(_)) => None,
+        _ => Some(bus_tests::OtlpReceiver::start_counting().await?),
     };
-    let endpoint = match (endpoint, &receiver) {
-        (Some(e), _) => e,
-        (None, Some(r)) => r.http_endpoint(),
-        (None, None) => anyhow::bail!("no OTLP endpoint"),
+    let (endpoint, grpc_endpoint) = match (endpoint, grpc_endpoint, &receiver) {
+        (Some(e), Some(g), _) => (e, g),
+        (_, _, Some(r)) => (r.http_endpoint(), r.grpc_endpoint()),
+        _ => anyhow::bail!("no OTLP endpoint"),
     };
+    if matches!(
+        mode,
+        TelemetryMode::AppAlways | TelemetryMode::AppSamplerOff
+    ) {
+        let sampler = match mode {
+            TelemetryMode::AppSamplerOff => Sampler::AlwaysOff,
+            _ => Sampler::AlwaysOn,
+        };
+        return Ok(Installed {
+            telemetry: None,
+            app: Some(app_pipeline(grpc_endpoint, sampler)?),
+            _receiver: receiver,
+        });
+    }
     let sampler = match mode {
         TelemetryMode::SamplerOff => Sampler::AlwaysOff,
         TelemetryMode::Ratio => Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(0.1))),
@@ -103,6 +164,7 @@ pub async fn install(mode: TelemetryMode, endpoint: Option<String>) -> Result<In
     })?;
     Ok(Installed {
         telemetry: Some(telemetry),
+        app: None,
         _receiver: receiver,
     })
 }
@@ -139,6 +201,7 @@ pub async fn run(args: &Args) -> Result<String> {
                 .args(["--workloads", "publish,e2e"])
                 .args(["--only", &rows])
                 .args(["--otlp-endpoint", &receiver.http_endpoint()])
+                .args(["--otlp-grpc-endpoint", &receiver.grpc_endpoint()])
                 .arg("--out")
                 .arg(&report)
                 .stdout(std::process::Stdio::null());
