@@ -298,6 +298,10 @@ impl Policy for Subscription {
         &self.bus.publisher().tracer
     }
 
+    fn meters(&self) -> &telemetry::BusMeters {
+        &self.bus.publisher().meters
+    }
+
     fn handlers(&self) -> &Handlers {
         &self.handlers
     }

@@ -63,6 +63,7 @@ pub struct BusBuilder {
     window: usize,
     ensure_topology: bool,
     tracer: telemetry::HopTracer,
+    meters: telemetry::BusMeters,
 }
 
 impl BusBuilder {
@@ -128,6 +129,24 @@ impl BusBuilder {
         self
     }
 
+    /// Records the bus's OpenTelemetry messaging metrics (publish and handling durations,
+    /// messages sent and consumed; see `bus_core::telemetry::MessagingMetrics`) through
+    /// `provider` instead of the application's global meter provider (the default, looked
+    /// at again every second).
+    ///
+    /// ```no_run
+    /// # async fn f(provider: opentelemetry_sdk::metrics::SdkMeterProvider) -> Result<(), bus_sdk::ConnectError> {
+    /// let bus = bus_sdk::Bus::builder(bus_core::BusConfig::default())
+    ///     .meter_provider(&provider)
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn meter_provider(mut self, provider: &impl opentelemetry::metrics::MeterProvider) -> Self {
+        self.meters = telemetry::BusMeters::from_provider(provider);
+        self
+    }
+
     /// Validates the configuration, connects, and puts the streams in place unless
     /// [`BusBuilder::ensure_topology`] is off. Every option's example ends with it.
     pub async fn connect(self) -> Result<Bus, ConnectError> {
@@ -139,15 +158,14 @@ impl BusBuilder {
                 .ensure(&js, DEFAULT_ENSURE_DEADLINE)
                 .await?;
         }
-        if !self.tracer.is_given() {
-            telemetry::watch_global_provider();
-        }
+        telemetry::watch_global_provider();
         let publisher = Publisher {
             js,
             subjects: self.config.subjects(),
             deadline: self.config.nats.publish_deadline,
             server_msg_trace: self.config.nats.server_msg_trace,
             tracer: self.tracer,
+            meters: self.meters,
         };
         let source = self.source.unwrap_or_else(default_source);
         Ok(Bus {
@@ -203,6 +221,7 @@ impl Bus {
             window: DEFAULT_PUBLISH_WINDOW,
             ensure_topology: true,
             tracer: telemetry::HopTracer::default(),
+            meters: telemetry::BusMeters::default(),
         }
     }
 

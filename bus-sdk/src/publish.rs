@@ -53,6 +53,8 @@ pub(crate) struct Publisher {
     pub(crate) server_msg_trace: bool,
     /// Where this bus records its spans.
     pub(crate) tracer: telemetry::HopTracer,
+    /// Where this bus records its metrics.
+    pub(crate) meters: telemetry::BusMeters,
 }
 
 /// An event whose first attempt went to the connection, or why it could not.
@@ -262,6 +264,14 @@ impl Publisher {
             }
             _ => Stored::default(),
         };
+        if let Some(metrics) = self.meters.current() {
+            let error_type = result.as_ref().err().map(|e| format!("{:?}", e.kind()));
+            metrics.record_send(
+                &self.subjects.event(&prepared.event.event_type),
+                start.elapsed(),
+                error_type.as_deref(),
+            );
+        }
         prepared.receipt(result, stored)
     }
 

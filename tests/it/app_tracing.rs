@@ -419,3 +419,173 @@ async fn given_the_pipeline_in_a_subscriber_of_the_service_should_nest_its_spans
     telemetry.shutdown().await;
     Ok(())
 }
+
+/// One data point a meter provider exported: the instrument, its unit, the point's
+/// attributes, and its value (a sum's) or count (a histogram's).
+#[derive(Debug, Clone)]
+struct Point {
+    name: String,
+    unit: String,
+    attributes: std::collections::BTreeMap<String, String>,
+    value: u64,
+}
+
+/// Keeps what the meter provider exports (cumulative: the last export has every point).
+#[derive(Debug, Default, Clone)]
+struct KeptMetrics(Arc<Mutex<Vec<Point>>>);
+
+impl opentelemetry_sdk::metrics::exporter::PushMetricExporter for KeptMetrics {
+    async fn export(
+        &self,
+        metrics: &opentelemetry_sdk::metrics::data::ResourceMetrics,
+    ) -> OTelSdkResult {
+        use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+        let mut points = Vec::new();
+        for scope in metrics.scope_metrics() {
+            for metric in scope.metrics() {
+                let mut push = |attributes: &mut dyn Iterator<Item = &opentelemetry::KeyValue>,
+                                value: u64| {
+                    points.push(Point {
+                        name: metric.name().to_owned(),
+                        unit: metric.unit().to_owned(),
+                        attributes: attributes
+                            .map(|kv| (kv.key.to_string(), kv.value.to_string()))
+                            .collect(),
+                        value,
+                    })
+                };
+                match metric.data() {
+                    AggregatedMetrics::U64(MetricData::Sum(sum)) => {
+                        for p in sum.data_points() {
+                            push(&mut p.attributes(), p.value());
+                        }
+                    }
+                    AggregatedMetrics::F64(MetricData::Histogram(h)) => {
+                        for p in h.data_points() {
+                            push(&mut p.attributes(), p.count());
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if let Ok(mut kept) = self.0.lock() {
+            *kept = points;
+        }
+        Ok(())
+    }
+    fn force_flush(&self) -> OTelSdkResult {
+        Ok(())
+    }
+    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
+        Ok(())
+    }
+    fn temporality(&self) -> opentelemetry_sdk::metrics::Temporality {
+        opentelemetry_sdk::metrics::Temporality::Cumulative
+    }
+}
+
+/// The messaging metrics of the conventions go through the application's global meter
+/// provider (the bus installs none): publishes with their duration, deliveries consumed
+/// and their processing duration, a failed handling with its `error.type`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_global_meter_provider_the_bus_should_record_the_messaging_metrics()
+-> anyhow::Result<()> {
+    if !bus_tests::own_process(
+        "given_a_global_meter_provider_the_bus_should_record_the_messaging_metrics",
+    ) {
+        return Ok(());
+    }
+    let kept = KeptMetrics::default();
+    let reader = opentelemetry_sdk::metrics::PeriodicReader::builder(kept.clone()).build();
+    let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+        .with_reader(reader)
+        .build();
+    opentelemetry::global::set_meter_provider(provider.clone());
+    let cluster = NatsCluster::start(1).await?;
+    let bus = bus_for(&cluster).await?;
+    let seen = Recorder::default();
+    let (recorded, failed_once) = (
+        seen.clone(),
+        Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    );
+    let group = bus
+        .group("billing")
+        .backoff([Duration::from_millis(50)])
+        .on(move |ev: Received<OrderCreated>| {
+            let (seen, failed_once) = (recorded.clone(), failed_once.clone());
+            async move {
+                if ev.data.order_id == 2
+                    && !failed_once.swap(true, std::sync::atomic::Ordering::SeqCst)
+                {
+                    return Err(HandlerError::msg("the first attempt fails"));
+                }
+                seen.record(0, ev.meta.id());
+                Ok::<(), HandlerError>(())
+            }
+        })
+        .start()
+        .await?;
+    for id in 1..=3 {
+        bus.publish(&order(id)).await?;
+    }
+    wait_until("three orders handled", Duration::from_secs(30), || {
+        seen.distinct() == 3
+    })
+    .await?;
+    group.shutdown().await;
+    provider.force_flush()?;
+
+    let points = kept.0.lock().map(|p| p.clone()).unwrap_or_default();
+    let total = |name: &str, extra: &[(&str, &str)]| -> u64 {
+        points
+            .iter()
+            .filter(|p| p.name == name)
+            .filter(|p| {
+                extra
+                    .iter()
+                    .all(|(k, v)| p.attributes.get(*k).map(String::as_str) == Some(*v))
+            })
+            .map(|p| p.value)
+            .sum()
+    };
+    let sent = [
+        ("messaging.system", "nats"),
+        ("messaging.operation.name", "publish"),
+        ("messaging.destination.name", "bus.evt.shop.order.created"),
+    ];
+    assert_eq!(
+        total("messaging.client.sent.messages", &sent),
+        3,
+        "{points:#?}"
+    );
+    assert_eq!(total("messaging.client.operation.duration", &sent), 3);
+    let handled = [
+        ("messaging.system", "nats"),
+        ("messaging.operation.name", "process"),
+        ("messaging.destination.name", "bus.evt.shop.order.created"),
+        ("messaging.consumer.group.name", "billing"),
+    ];
+    assert_eq!(
+        total("messaging.client.consumed.messages", &handled),
+        4,
+        "{points:#?}"
+    );
+    assert_eq!(total("messaging.process.duration", &handled), 4);
+    assert_eq!(
+        total(
+            "messaging.process.duration",
+            &[("error.type", "handler_error")]
+        ),
+        1
+    );
+    for p in &points {
+        let unit = if p.name.ends_with(".duration") {
+            "s"
+        } else {
+            "{message}"
+        };
+        assert_eq!(p.unit, unit, "{}", p.name);
+    }
+    Ok(())
+}

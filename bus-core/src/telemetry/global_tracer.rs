@@ -10,9 +10,10 @@
 //! a tracer only when the provider is a live one. With no provider installed the hot path
 //! reads one atomic and no hop builds anything; a recorded hop takes the tracer under a
 //! read lock (a lock and a reference count, beside the span's ~2 µs). A provider installed
-//! after connecting is used from the next look (within [`LOOK_EVERY`]). The watcher is not
-//! started in a process that called `init` (its pipeline is the bus's, or it chose to
-//! export nothing), and stops once a pipeline is built ([`super::Pipeline`]).
+//! after connecting is used from the next look (within [`LOOK_EVERY`]). The tracer
+//! provider is not looked at in a process that called `init` (its pipeline is the bus's,
+//! or it chose to export nothing) nor once a pipeline is built ([`super::Pipeline`]); the
+//! same thread looks at the global meter provider ([`super::messaging_metrics`]).
 //!
 //! No-op or live: the no-op tracer hands a span its parent's span context back, while a
 //! live one makes a span of its own, so a probe is started under a *remote, unsampled,
@@ -47,35 +48,33 @@ pub(crate) fn scope() -> InstrumentationScope {
         .build()
 }
 
-/// Looks at the global provider now, and starts the watcher (once per process); nothing
-/// when `init` (or a [`super::Pipeline`]) installed the bus's pipeline, which then records
-/// every hop.
+/// Looks at the global tracer and meter providers now, and starts the watcher (once per
+/// process). The tracer provider is not looked at in a process that called `init`, nor
+/// once the bus's own pipeline exists (it then records every hop); the meter provider
+/// always is.
 pub fn watch() {
-    if super::setup::init_called() {
-        return;
-    }
-    look();
+    look_all();
     WATCHER.call_once(|| {
         let started = std::thread::Builder::new()
             .name("bus-otel-global".into())
             .spawn(|| {
                 loop {
                     std::thread::sleep(LOOK_EVERY);
-                    // A provider's tracer that panics is no reason to stop watching.
-                    let looked = std::panic::catch_unwind(look);
-                    if looked.is_err() {
-                        tracing::warn!("looking at the global tracer provider panicked");
-                    }
-                    if super::setup::has_pipeline() {
-                        ACTIVE.store(false, Ordering::Relaxed);
-                        return;
+                    // A provider that panics is no reason to stop watching.
+                    if std::panic::catch_unwind(look_all).is_err() {
+                        tracing::warn!("looking at the global OpenTelemetry providers panicked");
                     }
                 }
             });
         if let Err(e) = started {
-            tracing::warn!(error = %e, "cannot watch the global tracer provider; a provider installed from now on is not used");
+            tracing::warn!(error = %e, "cannot watch the global OpenTelemetry providers; one installed from now on is not used");
         }
     });
+}
+
+fn look_all() {
+    look();
+    super::messaging_metrics::look();
 }
 
 /// Whether the global provider was live at the last look.
@@ -92,7 +91,7 @@ pub(crate) fn tracer() -> Option<Arc<BoxedTracer>> {
 }
 
 fn look() {
-    if super::setup::has_pipeline() {
+    if super::setup::init_called() || super::setup::has_pipeline() {
         ACTIVE.store(false, Ordering::Relaxed);
         return;
     }

@@ -3,6 +3,11 @@
 //! process, HTTP server) that every hop records, following the OpenTelemetry messaging
 //! semantic conventions. Used by `bus-node` and, through `bus-sdk`, by services.
 //!
+//! The hops are recorded through the application's tracer provider (see [`HopTracer`]):
+//! a service with a pipeline of its own needs nothing from here. A binary sets tracing up
+//! in one call with [`init`]; a service with a subscriber of its own can build the same
+//! pipeline as a [`Pipeline`] and add its layer.
+//!
 //! ```no_run
 //! # async fn f() -> Result<(), bus_core::telemetry::TelemetryError> {
 //! // In a service's main, inside the tokio runtime:
@@ -21,6 +26,7 @@ mod hop_tracer;
 #[cfg(feature = "otlp")]
 mod http_export;
 mod json_logs;
+mod messaging_metrics;
 #[cfg_attr(not(feature = "otlp"), allow(dead_code))]
 mod otlp_wire;
 mod parent;
@@ -36,6 +42,7 @@ pub use global_tracer::LOOK_EVERY;
 pub use global_tracer::watch as watch_global_provider;
 pub use hop_tracer::HopTracer;
 pub use json_logs::JsonWithTrace;
+pub use messaging_metrics::{BusMeters, MessagingMetrics};
 pub use opentelemetry_sdk::trace::Sampler;
 #[doc(hidden)]
 pub use parent::publish_parent;

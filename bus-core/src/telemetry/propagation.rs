@@ -130,8 +130,8 @@ pub fn inject_into_headers(sc: &SpanContext, headers: &mut HeaderMap) {
 }
 
 /// The W3C `baggage` header value of `cx`, written by the application's propagator (so
-/// only when it propagates baggage: `OTEL_PROPAGATORS` with `init`); `None` when `cx` has
-/// no baggage.
+/// only when it propagates baggage; W3C when none is installed); `None` when `cx` has no
+/// baggage.
 pub fn baggage_value(cx: &Context) -> Option<String> {
     use opentelemetry::baggage::BaggageExt as _;
     if cx.baggage().is_empty() {

@@ -8,7 +8,8 @@
 //!
 //! The hop task-local ([`within_hop`], [`current_hop`]) is how work running inside a hop
 //! (a handler, an HTTP request) finds the hop's context, recorded or not: the parent of
-//! the events it publishes.
+//! the events it publishes unless it opened a span of its own in the hop's trace
+//! ([`super::publish_parent`]), and of each webhook attempt.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 

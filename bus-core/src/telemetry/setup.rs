@@ -1,5 +1,7 @@
-//! Installing the `tracing` subscriber (logs by `RUST_LOG`) and, when an OTLP endpoint
-//! is configured, the trace exporter. Reads the standard variables:
+//! The bus's own pipeline: `init` installs the `tracing` subscriber (logs by `RUST_LOG`)
+//! and, when an OTLP endpoint is configured, the `tracing-opentelemetry` layer and the
+//! trace exporter; [`Pipeline`] builds the same without installing it. Reads the standard
+//! variables:
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (no endpoint:
 //! no export), `OTEL_EXPORTER_OTLP_PROTOCOL` (`grpc` or `http/protobuf`),
 //! `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_EXPORTER_OTLP_TIMEOUT`, `OTEL_SERVICE_NAME`,

@@ -1,7 +1,7 @@
 //! The spans of each hop, per the OpenTelemetry messaging conventions: `publish`
 //! (PRODUCER), `process` (CONSUMER, child of the producer's context and linked to it), and
 //! the HTTP ingress (SERVER). With telemetry off every constructor returns
-//! [`HopSpan::none`] after one atomic load: no span is built.
+//! [`HopSpan::none`] after a few relaxed atomic loads: no span is built.
 //!
 //! Spans are built with the OpenTelemetry API directly (through [`HopTracer`]: a provider
 //! given to the `Bus`, `init`'s pipeline, or the application's global provider), not as

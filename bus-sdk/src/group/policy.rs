@@ -46,6 +46,10 @@ impl Policy for Shared {
         &self.bus.publisher().tracer
     }
 
+    fn meters(&self) -> &telemetry::BusMeters {
+        &self.bus.publisher().meters
+    }
+
     fn handlers(&self) -> &Handlers {
         &self.handlers
     }

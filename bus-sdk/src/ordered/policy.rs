@@ -90,6 +90,10 @@ impl Policy for OrderedShared {
         &self.bus.publisher().tracer
     }
 
+    fn meters(&self) -> &telemetry::BusMeters {
+        &self.bus.publisher().meters
+    }
+
     fn handlers(&self) -> &Handlers {
         &self.handlers
     }

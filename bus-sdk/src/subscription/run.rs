@@ -27,6 +27,8 @@ pub(crate) trait Policy: Sync {
     fn group(&self) -> Option<&GroupName>;
     /// Where the handlings' spans are recorded (the bus's).
     fn tracer(&self) -> &telemetry::HopTracer;
+    /// Where the handlings' metrics are recorded (the bus's).
+    fn meters(&self) -> &telemetry::BusMeters;
     fn handlers(&self) -> &Handlers;
     fn handler_timeout(&self) -> Duration;
     /// The interval of in-progress acks while a handler runs (half the ack deadline), or
@@ -53,12 +55,23 @@ pub(crate) async fn handle_delivery<P: Policy>(policy: &P, mut delivery: Deliver
     let (mut span, hop) = process_span(policy.tracer(), &delivery, policy.group());
     let outcome = match policy.before_dispatch(&mut delivery).await {
         Some(outcome) => outcome,
-        // Each arm builds its future in place: a future held in a local and then moved
-        // into another is stored twice in this task (see "Profile" in BENCHMARKS.md).
-        None => match hop {
-            Some(cx) => telemetry::within_hop(cx, dispatch(policy, &delivery)).await,
-            None => dispatch(policy, &delivery).await,
-        },
+        None => {
+            let metrics = policy.meters().current();
+            let started = metrics.as_ref().map(|_| std::time::Instant::now());
+            // Each arm builds its future in place: a future held in a local and then moved
+            // into another is stored twice in this task (see "Profile" in BENCHMARKS.md).
+            let outcome = match hop {
+                Some(cx) => telemetry::within_hop(cx, dispatch(policy, &delivery)).await,
+                None => dispatch(policy, &delivery).await,
+            };
+            if let (Some(metrics), Some(started)) = (metrics, started) {
+                let destination = delivery.message.subject.as_str();
+                let group = policy.group().map(GroupName::as_str);
+                metrics.record_consumed(destination, group);
+                metrics.record_process(destination, group, started.elapsed(), outcome.error_type());
+            }
+            outcome
+        }
     };
     if let Some(error_type) = outcome.error_type() {
         span.record_error(error_type);
