@@ -142,7 +142,10 @@ impl BusBuilder {
     ///     .await?;
     /// # Ok(()) }
     /// ```
-    pub fn meter_provider(mut self, provider: &impl opentelemetry::metrics::MeterProvider) -> Self {
+    pub fn meter_provider(
+        mut self,
+        provider: &(impl opentelemetry::metrics::MeterProvider + ?Sized),
+    ) -> Self {
         self.meters = telemetry::BusMeters::from_provider(provider);
         self
     }

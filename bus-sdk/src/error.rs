@@ -53,6 +53,22 @@ pub enum PublishErrorKind {
     Rejected,
 }
 
+impl PublishErrorKind {
+    /// The kind in snake case, as spans and metrics give it (`error.type`):
+    /// `invalid_event_type`, `invalid_event`, `serialize`, `too_large`, `unavailable`,
+    /// `rejected`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidEventType => "invalid_event_type",
+            Self::InvalidEvent => "invalid_event",
+            Self::Serialize => "serialize",
+            Self::TooLarge => "too_large",
+            Self::Unavailable => "unavailable",
+            Self::Rejected => "rejected",
+        }
+    }
+}
+
 /// A publish failed; see [`PublishError::kind`].
 ///
 /// ```no_run

@@ -104,7 +104,7 @@ impl Prepared<'_> {
         let ack = match result {
             Ok(ack) => ack,
             Err(e) => {
-                self.span.record_error(&format!("{:?}", e.kind()));
+                self.span.record_error(e.kind().as_str());
                 return Err(e);
             }
         };
@@ -247,6 +247,11 @@ impl Publisher {
                 Box::pin(retries).await
             }
         };
+        self.record_send(
+            || self.subjects.event(&prepared.event.event_type),
+            start,
+            result.as_ref().err().map(PublishError::kind),
+        );
         let stored = match &result {
             Ok(ack) if ack.duplicate => {
                 let copy = Box::pin(self.stored_copy(ack)).await;
@@ -264,14 +269,6 @@ impl Publisher {
             }
             _ => Stored::default(),
         };
-        if let Some(metrics) = self.meters.current() {
-            let error_type = result.as_ref().err().map(|e| format!("{:?}", e.kind()));
-            metrics.record_send(
-                &self.subjects.event(&prepared.event.event_type),
-                start.elapsed(),
-                error_type.as_deref(),
-            );
-        }
         prepared.receipt(result, stored)
     }
 
@@ -316,8 +313,38 @@ impl Publisher {
         let first = (headers.clone(), payload.clone());
         let rebuild = || Ok((headers.clone(), payload.clone()));
         let start = tokio::time::Instant::now();
-        self.publish_with_retries(start, subject, Some(first), rebuild, id)
-            .await
+        let destination = self.meters.current().map(|_| subject.clone());
+        let result = self
+            .publish_with_retries(start, subject, Some(first), rebuild, id)
+            .await;
+        if let Some(destination) = destination {
+            self.record_send(
+                || destination,
+                start,
+                result.as_ref().err().map(PublishError::kind),
+            );
+        }
+        result
+    }
+
+    /// Records one send in the messaging metrics, if any are recorded: one that reached
+    /// the connection (a payload refused as too large before it left is none).
+    fn record_send(
+        &self,
+        destination: impl FnOnce() -> String,
+        start: tokio::time::Instant,
+        error: Option<PublishErrorKind>,
+    ) {
+        if error == Some(PublishErrorKind::TooLarge) {
+            return;
+        }
+        if let Some(metrics) = self.meters.current() {
+            metrics.record_send(
+                &destination(),
+                start.elapsed(),
+                error.map(PublishErrorKind::as_str),
+            );
+        }
     }
 
     /// The retry loop, until `start` + the publish deadline: the first attempt sends

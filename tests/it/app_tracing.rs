@@ -385,7 +385,7 @@ async fn given_the_pipeline_in_a_subscriber_of_the_service_should_nest_its_spans
             tracing_opentelemetry::layer()
                 .with_tracer(tracer)
                 .with_context_activation(false)
-                .with_filter(telemetry::span_filter())
+                .with_filter(telemetry::SpanFilter::from_env())
         }))
         .try_init()?;
     let telemetry = pipeline.into_telemetry();

@@ -8,12 +8,12 @@
 //! looks at the global provider once at [`watch`] (every `Bus::connect`) and then once a
 //! second from a thread of its own (one per process, named `bus-otel-global`), and keeps
 //! a tracer only when the provider is a live one. With no provider installed the hot path
-//! reads one atomic and no hop builds anything; a recorded hop takes the tracer under a
+//! reads a few relaxed atomics and no hop builds anything; a recorded hop takes the tracer under a
 //! read lock (a lock and a reference count, beside the span's ~2 µs). A provider installed
 //! after connecting is used from the next look (within [`LOOK_EVERY`]). The tracer
-//! provider is not looked at in a process that called `init` (its pipeline is the bus's,
-//! or it chose to export nothing) nor once a pipeline is built ([`super::Pipeline`]); the
-//! same thread looks at the global meter provider ([`super::messaging_metrics`]).
+//! provider is not used once the bus's own pipeline exists (`init` exporting, or a
+//! [`super::Pipeline`]); the same thread looks at the global meter provider
+//! ([`super::messaging_metrics`]).
 //!
 //! No-op or live: the no-op tracer hands a span its parent's span context back, while a
 //! live one makes a span of its own, so a probe is started under a *remote, unsampled,
@@ -49,9 +49,8 @@ pub(crate) fn scope() -> InstrumentationScope {
 }
 
 /// Looks at the global tracer and meter providers now, and starts the watcher (once per
-/// process). The tracer provider is not looked at in a process that called `init`, nor
-/// once the bus's own pipeline exists (it then records every hop); the meter provider
-/// always is.
+/// process). The tracer provider is not used once the bus's own pipeline exists (it then
+/// records every hop); the meter provider always is.
 pub fn watch() {
     look_all();
     WATCHER.call_once(|| {
@@ -60,10 +59,7 @@ pub fn watch() {
             .spawn(|| {
                 loop {
                     std::thread::sleep(LOOK_EVERY);
-                    // A provider that panics is no reason to stop watching.
-                    if std::panic::catch_unwind(look_all).is_err() {
-                        tracing::warn!("looking at the global OpenTelemetry providers panicked");
-                    }
+                    look_all();
                 }
             });
         if let Err(e) = started {
@@ -72,9 +68,15 @@ pub fn watch() {
     });
 }
 
+/// Each look on its own: a provider that panics stops neither the other's look nor the
+/// caller (`Bus::connect`).
 fn look_all() {
-    look();
-    super::messaging_metrics::look();
+    if std::panic::catch_unwind(look).is_err() {
+        tracing::warn!("looking at the global tracer provider panicked");
+    }
+    if std::panic::catch_unwind(super::messaging_metrics::look).is_err() {
+        tracing::warn!("looking at the global meter provider panicked");
+    }
 }
 
 /// Whether the global provider was live at the last look.
@@ -87,20 +89,23 @@ pub(crate) fn tracer() -> Option<Arc<BoxedTracer>> {
     if !active() {
         return None;
     }
-    TRACER.read().ok().and_then(|t| t.clone())
+    TRACER
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
 }
 
 fn look() {
-    if super::setup::init_called() || super::setup::has_pipeline() {
+    if super::setup::has_pipeline() {
         ACTIVE.store(false, Ordering::Relaxed);
         return;
     }
     let tracer = global::tracer_provider().tracer_with_scope(scope());
     let live = is_live(&tracer);
-    if let Ok(mut slot) = TRACER.write() {
-        *slot = live.then(|| Arc::new(tracer));
-        ACTIVE.store(live, Ordering::Relaxed);
-    }
+    *TRACER
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = live.then(|| Arc::new(tracer));
+    ACTIVE.store(live, Ordering::Relaxed);
 }
 
 /// Whether `tracer` makes spans of its own (see the module docs).

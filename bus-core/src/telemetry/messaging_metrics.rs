@@ -5,13 +5,15 @@
 //! |---|---|---|---|
 //! | `messaging.client.operation.duration` | histogram | s | each publish, from send to PubAck (retries included) |
 //! | `messaging.client.sent.messages` | counter | `{message}` | each publish, stored or failed |
-//! | `messaging.client.consumed.messages` | counter | `{message}` | each delivery handed to a handler |
+//! | `messaging.client.consumed.messages` | counter | `{message}` | each delivery received (each try of an ordered group's in-place retry) |
 //! | `messaging.process.duration` | histogram | s | each handling |
 //!
 //! Attributes: `messaging.system` (`nats`), `messaging.operation.name` (`publish`,
 //! `process`), `messaging.operation.type` (`send`, `process`),
-//! `messaging.destination.name` (the subject, `bus.evt.<type>`),
-//! `messaging.consumer.group.name` (groups), `error.type` (when it failed).
+//! `messaging.destination.name` (the subject: `bus.evt.<type>`, a dead letter's or a
+//! redrive's; for an ordered group `bus.ord.<group>`), `messaging.consumer.group.name`
+//! (groups), `error.type` (when it failed: a publish's `PublishErrorKind` in snake case, a
+//! handling's outcome). A publish refused before it left (too large) is not counted.
 //!
 //! The global meter provider is looked at with the global tracer provider (see
 //! [`super::global_tracer`]): the instruments are made again when the application installs
@@ -168,31 +170,37 @@ fn global() -> Option<Arc<MessagingMetrics>> {
     }
     GLOBAL
         .read()
-        .ok()
-        .and_then(|m| m.as_ref().map(|(_, metrics)| metrics.clone()))
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .as_ref()
+        .map(|(_, metrics)| metrics.clone())
 }
 
 /// Looks at the global meter provider: instruments made again when it is another one,
 /// none while it is the no-op provider.
 pub(crate) fn look() {
     let provider: GlobalProvider = opentelemetry::global::meter_provider();
-    let live = is_live(&*provider);
-    let Ok(mut slot) = GLOBAL.write() else {
-        return;
+    let slot = || {
+        GLOBAL
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     };
-    if !live {
+    if !is_live(&*provider) {
         GLOBAL_ACTIVE.store(false, Ordering::Relaxed);
-        *slot = None;
+        *slot() = None;
         return;
     }
-    if slot
+    let seen = GLOBAL
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
         .as_ref()
-        .is_some_and(|(seen, _)| Arc::ptr_eq(seen, &provider))
-    {
+        .is_some_and(|(seen, _)| Arc::ptr_eq(seen, &provider));
+    if seen {
         return;
     }
+    // The application's code runs outside the lock.
     let meter = provider.meter_with_scope(super::global_tracer::scope());
-    *slot = Some((provider, Arc::new(MessagingMetrics::new(&meter))));
+    let metrics = Arc::new(MessagingMetrics::new(&meter));
+    *slot() = Some((provider, metrics));
     GLOBAL_ACTIVE.store(true, Ordering::Relaxed);
 }
 

@@ -35,6 +35,7 @@ mod propagation;
 mod publish_span;
 mod sampling;
 mod setup;
+mod span_filter;
 mod spans;
 
 pub use global_tracer::LOOK_EVERY;
@@ -54,6 +55,7 @@ pub use propagation::{
 pub use sampling::{current_hop, skip, within_hop};
 pub use setup::{
     OtlpExport, OtlpProtocol, Pipeline, SHUTDOWN_DEADLINE, Telemetry, TelemetryError,
-    TelemetrySettings, init, init_with, is_enabled, span_filter,
+    TelemetrySettings, init, init_with, is_enabled,
 };
+pub use span_filter::SpanFilter;
 pub use spans::HopSpan;

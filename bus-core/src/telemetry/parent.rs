@@ -17,6 +17,8 @@ use crate::event::Event;
 /// are in the hop's trace: a span entered across an `.await` by code the handler does
 /// not own (a library's) stays "current" for whatever that thread polls next, and must
 /// not take a handler's publish into another trace. The baggage is the chosen context's.
+/// Asking a `tracing` span for its context starts its OpenTelemetry span (the layer builds
+/// them lazily): a span published in cannot be given another parent afterwards.
 pub fn publish_parent(event: &Event) -> Context {
     let hop = super::current_hop();
     let hop_trace = hop

@@ -19,6 +19,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use super::span_filter::SpanFilter;
 use opentelemetry::global;
 use opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator};
 use opentelemetry::trace::TracerProvider as _;
@@ -52,9 +53,6 @@ static ENABLED: AtomicBool = AtomicBool::new(false);
 static TRACER: OnceLock<SdkTracer> = OnceLock::new();
 /// Taken by the exporting pipeline being built: there is one per process.
 static PIPELINE_CLAIMED: AtomicBool = AtomicBool::new(false);
-/// Set by `init`: the process set its telemetry up with the bus's one-call setup, and the
-/// application's global provider is not watched.
-static INIT_CALLED: AtomicBool = AtomicBool::new(false);
 
 /// Whether the process records spans: `init` exports and its sampler is not always-off,
 /// or (without `init`'s pipeline) the application's global provider is live. A relaxed
@@ -76,11 +74,6 @@ pub(crate) fn tracer() -> Option<&'static SdkTracer> {
 /// Whether the bus's own pipeline exports (sampled or not).
 pub(crate) fn has_pipeline() -> bool {
     TRACER.get().is_some()
-}
-
-/// Whether `init` was called in this process.
-pub(crate) fn init_called() -> bool {
-    INIT_CALLED.load(Ordering::Relaxed)
 }
 
 /// Why telemetry could not be installed.
@@ -261,14 +254,23 @@ pub fn init_with(settings: TelemetrySettings) -> Result<Telemetry, TelemetryErro
         return Err(TelemetryError::AlreadyInstalled);
     }
     let logs = log_layer()?.with_filter(log_filter());
-    INIT_CALLED.store(true, Ordering::Relaxed);
     let pipeline = Pipeline::new(settings)?;
-    tracing_subscriber::registry()
+    let installed = tracing_subscriber::registry()
         .with(logs)
         .with(pipeline.layer())
-        .try_init()
-        .map_err(|_| TelemetryError::AlreadyInstalled)?;
+        .try_init();
+    if let Err(e) = installed {
+        // `try_init` installs the subscriber, then the bridge of the `log` crate's records;
+        // the second fails when the process has a `log` logger already, which leaves the
+        // subscriber (and this pipeline) installed. Otherwise another subscriber came in
+        // between (the pipeline is then built but not installed: see `PipelineBuilt`).
+        if !tracing::dispatcher::has_been_set() {
+            return Err(TelemetryError::AlreadyInstalled);
+        }
+        tracing::warn!(error = %e, "records of the log crate are not turned into tracing events: a logger is installed");
+    }
     global::set_text_map_propagator(pipeline.propagator());
+    super::propagation::installed_by_init();
     if let Some(provider) = pipeline.provider() {
         global::set_tracer_provider(provider.clone());
     }
@@ -389,34 +391,34 @@ impl Pipeline {
     }
 
     /// The `tracing-opentelemetry` layer recording the service's own `tracing` spans
-    /// through the provider (scope: the service's name); a layer that does nothing
-    /// without export. Filtered by `RUST_LOG` (default `info`), and never the exporter's
-    /// own stack (`h2`, `hyper`, `tonic`, `tower`, `reqwest`: their spans would be
-    /// exported by the export they trace): without a filter of its own, the layer would
-    /// turn every `trace!` of every crate on, and async-nats writes several per message.
-    pub fn layer<S>(&self) -> Option<Filtered<OpenTelemetryLayer<S, SdkTracer>, EnvFilter, S>>
+    /// through the provider (scope: the service's name), filtered by [`SpanFilter`];
+    /// `None` without export (`Option<Layer>` is a layer that does nothing).
+    pub fn layer<S>(&self) -> Option<Filtered<OpenTelemetryLayer<S, SdkTracer>, SpanFilter, S>>
     where
         S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
     {
         Some(
             tracing_opentelemetry::layer()
                 .with_tracer(self.tracer()?)
-                .with_filter(span_filter()),
+                .with_filter(SpanFilter::from_env()),
         )
     }
 
     /// The tracer [`Pipeline::layer`] records the service's spans with, for a service that
     /// builds its `tracing-opentelemetry` layer itself (other options; filter it with
-    /// [`span_filter`]).
+    /// [`SpanFilter`]).
     pub fn tracer(&self) -> Option<SdkTracer> {
         Some(self.provider.as_ref()?.tracer(self.service_name.clone()))
     }
 
     /// The propagator `OTEL_PROPAGATORS` names (`tracecontext,baggage` by default), to
-    /// install as the global one; the bus's own headers follow it from then on (`none`
-    /// included).
+    /// install as the global one; the bus's own headers follow the global propagator.
+    /// With `none`, asking for it is enough for the bus to carry no context (it would
+    /// otherwise write W3C context when no propagator is installed).
     pub fn propagator(&self) -> TextMapCompositePropagator {
-        super::propagation::installed_by_init();
+        if !self.propagator.trace_context && !self.propagator.baggage {
+            super::propagation::installed_by_init();
+        }
         self.propagator.build()
     }
 
@@ -564,26 +566,8 @@ fn log_layer() -> Result<Box<dyn Layer<tracing_subscriber::Registry> + Send + Sy
     }
 }
 
-/// What [`Pipeline::layer`] records: `RUST_LOG` (default `info`), without the crates an
-/// export runs on (`h2`, `hyper`, `tonic`, `tower`, `reqwest`).
-pub fn span_filter() -> EnvFilter {
-    let mut filter = log_filter();
-    for quiet in [
-        "h2=off",
-        "hyper=off",
-        "tonic=off",
-        "tower=off",
-        "reqwest=off",
-    ] {
-        if let Ok(directive) = quiet.parse() {
-            filter = filter.add_directive(directive);
-        }
-    }
-    filter
-}
-
 /// `RUST_LOG`, by default `info`.
-fn log_filter() -> EnvFilter {
+pub(crate) fn log_filter() -> EnvFilter {
     std::env::var(EnvFilter::DEFAULT_ENV)
         .ok()
         .and_then(|v| EnvFilter::try_new(v).ok())

@@ -94,6 +94,11 @@ impl Policy for OrderedShared {
         &self.bus.publisher().meters
     }
 
+    /// `bus.ord.<group>`: the group's copies, whatever their partition or parked key.
+    fn destination<'a>(&self, _delivery: &'a Delivery) -> std::borrow::Cow<'a, str> {
+        std::borrow::Cow::Owned(format!("bus.ord.{}", self.name))
+    }
+
     fn handlers(&self) -> &Handlers {
         &self.handlers
     }

@@ -29,6 +29,11 @@ pub(crate) trait Policy: Sync {
     fn tracer(&self) -> &telemetry::HopTracer;
     /// Where the handlings' metrics are recorded (the bus's).
     fn meters(&self) -> &telemetry::BusMeters;
+    /// The `messaging.destination.name` of a delivery's metrics: a bounded set of names
+    /// (an ordered group's partition and parked-key subjects are not).
+    fn destination<'a>(&self, delivery: &'a Delivery) -> std::borrow::Cow<'a, str> {
+        std::borrow::Cow::Borrowed(delivery.message.subject.as_str())
+    }
     fn handlers(&self) -> &Handlers;
     fn handler_timeout(&self) -> Duration;
     /// The interval of in-progress acks while a handler runs (half the ack deadline), or
@@ -53,22 +58,34 @@ pub(crate) trait Policy: Sync {
 /// Handles one delivery from its message to its settle.
 pub(crate) async fn handle_delivery<P: Policy>(policy: &P, mut delivery: Delivery) -> P::Settled {
     let (mut span, hop) = process_span(policy.tracer(), &delivery, policy.group());
+    // Counted as received; the start of its handling only kept while metrics are recorded
+    // (this task's future is copied per delivery: it holds no more than it needs).
+    let started = match policy.meters().current() {
+        Some(metrics) => {
+            metrics.record_consumed(
+                &policy.destination(&delivery),
+                policy.group().map(GroupName::as_str),
+            );
+            Some(std::time::Instant::now())
+        }
+        None => None,
+    };
     let outcome = match policy.before_dispatch(&mut delivery).await {
         Some(outcome) => outcome,
         None => {
-            let metrics = policy.meters().current();
-            let started = metrics.as_ref().map(|_| std::time::Instant::now());
             // Each arm builds its future in place: a future held in a local and then moved
             // into another is stored twice in this task (see "Profile" in BENCHMARKS.md).
             let outcome = match hop {
                 Some(cx) => telemetry::within_hop(cx, dispatch(policy, &delivery)).await,
                 None => dispatch(policy, &delivery).await,
             };
-            if let (Some(metrics), Some(started)) = (metrics, started) {
-                let destination = delivery.message.subject.as_str();
-                let group = policy.group().map(GroupName::as_str);
-                metrics.record_consumed(destination, group);
-                metrics.record_process(destination, group, started.elapsed(), outcome.error_type());
+            if let (Some(metrics), Some(started)) = (policy.meters().current(), started) {
+                metrics.record_process(
+                    &policy.destination(&delivery),
+                    policy.group().map(GroupName::as_str),
+                    started.elapsed(),
+                    outcome.error_type(),
+                );
             }
             outcome
         }
