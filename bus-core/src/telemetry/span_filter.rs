@@ -15,7 +15,8 @@ use tracing_subscriber::registry::LookupSpan;
 /// server spans stay).
 const EXPORT_CRATES: [&str; 6] = ["h2", "hyper", "hyper_util", "tonic", "tower", "reqwest"];
 
-/// `RUST_LOG`, without [`EXPORT_CRATES`].
+/// `RUST_LOG`, without the crates of an export (`h2`, `hyper`, `hyper_util`, `tonic`,
+/// `tower`, `reqwest`).
 #[derive(Debug)]
 pub struct SpanFilter(EnvFilter);
 
