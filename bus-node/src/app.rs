@@ -14,6 +14,8 @@ pub struct App {
     pub config: NodeConfig,
     pub auth: Auth,
     pub metrics: Metrics,
+    /// Whether this node exports the cluster-wide group numbers.
+    pub reporter: crate::cluster_reporter::Reporter,
     /// Requests served at once (`http.max_connections`); past it, `503` at once.
     pub request_slots: Semaphore,
     bus: OnceCell<Bus>,
@@ -32,6 +34,7 @@ impl App {
         Self {
             auth: Auth::new(&config.auth),
             metrics: Metrics::new(),
+            reporter: crate::cluster_reporter::Reporter::new(&config.node.id),
             request_slots: Semaphore::new(config.http.max_connections),
             bus: OnceCell::new(),
             webhooks: OnceCell::new(),

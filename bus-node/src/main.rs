@@ -3,6 +3,7 @@
 mod app;
 mod auth;
 mod cli;
+mod cluster_reporter;
 mod config;
 mod dev;
 mod failed_auth;

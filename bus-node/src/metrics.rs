@@ -2,6 +2,15 @@
 //! `_seconds` histograms); label values are bounded: routes are templates, not paths, and
 //! methods are the standard ones or `_OTHER` (any method a client makes up would be a new
 //! series otherwise, before any API key is checked).
+//!
+//! What the OpenTelemetry semantic conventions name has their name, as Prometheus spells
+//! it (dots to underscores, the unit as a suffix): `http_server_request_duration_seconds`
+//! (`http_request_method`, `http_route`, `http_response_status_code`),
+//! `messaging_client_sent_messages_total` and `messaging_client_operation_duration_seconds`
+//! (`messaging_system`, `messaging_operation_name`, `error_type`). The rest is the bus's
+//! own, prefixed `bus_`. The destination (`messaging_destination_name`) is left out of the
+//! node's publish metrics: the event types a client posts are its choice, and each would
+//! be a series.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -10,16 +19,32 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+/// `http.server.request.duration`'s attributes.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    pub method: &'static str,
-    pub route: String,
-    pub status: u16,
+    pub http_request_method: &'static str,
+    pub http_route: String,
+    pub http_response_status_code: u16,
 }
 
+/// The messaging metrics' attributes on a node's publishes.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RouteLabels {
-    pub route: String,
+pub struct SendLabels {
+    pub messaging_system: &'static str,
+    pub messaging_operation_name: &'static str,
+    /// Empty (no label, to Prometheus) when the publish was stored.
+    pub error_type: Option<&'static str>,
+}
+
+impl SendLabels {
+    /// A publish through NATS; `error_type` when it failed.
+    pub fn publish(error_type: Option<&'static str>) -> Self {
+        Self {
+            messaging_system: "nats",
+            messaging_operation_name: "publish",
+            error_type,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -105,13 +130,21 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
 
+/// The bucket bounds the conventions advise for `http.server.request.duration` and the
+/// messaging durations, in seconds.
+fn semconv_histogram() -> Histogram {
+    Histogram::new([
+        0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    ])
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    pub http_requests: Family<RequestLabels, Counter>,
-    pub http_duration: HistogramFamily<RouteLabels>,
+    pub http_duration: HistogramFamily<RequestLabels>,
     pub publishes: Family<OutcomeLabels, Counter>,
-    pub publish_duration: Histogram,
+    pub sent: Family<SendLabels, Counter>,
+    pub publish_duration: HistogramFamily<SendLabels>,
     pub group_pending: Family<GroupLabels, Gauge>,
     pub group_in_flight: Family<GroupLabels, Gauge>,
     pub group_redelivered: Family<GroupLabels, Gauge>,
@@ -121,6 +154,8 @@ pub struct Metrics {
     pub partition_oldest_age: Family<PartitionLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub partition_parked: Family<PartitionLabels, Gauge>,
     pub nats_connected: Gauge,
+    /// 1 while this node exports the cluster-wide numbers (`cluster_reporter`).
+    pub cluster_reporter: Gauge,
     pub webhook_attempts: Family<OutcomeLabels, Counter>,
     pub webhook_attempt_duration: Histogram,
     pub push: PushMetrics,
@@ -128,12 +163,31 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("bus");
-        let http_requests = Family::<RequestLabels, Counter>::default();
-        let http_duration: HistogramFamily<RouteLabels> =
-            Family::new_with_constructor(latency_histogram);
+        let mut root = Registry::default();
+        let http_duration: HistogramFamily<RequestLabels> =
+            Family::new_with_constructor(semconv_histogram);
+        root.register_with_unit(
+            "http_server_request_duration",
+            "Duration of HTTP server requests",
+            prometheus_client::registry::Unit::Seconds,
+            http_duration.clone(),
+        );
+        let sent = Family::<SendLabels, Counter>::default();
+        root.register(
+            "messaging_client_sent_messages",
+            "Number of messages the node attempted to send to the broker (events posted over HTTP)",
+            sent.clone(),
+        );
+        let publish_duration: HistogramFamily<SendLabels> =
+            Family::new_with_constructor(semconv_histogram);
+        root.register_with_unit(
+            "messaging_client_operation_duration",
+            "Duration of a publish, from sending a request's events to their PubAcks (retries included)",
+            prometheus_client::registry::Unit::Seconds,
+            publish_duration.clone(),
+        );
+        let registry = root.sub_registry_with_prefix("bus");
         let publishes = Family::<OutcomeLabels, Counter>::default();
-        let publish_duration = latency_histogram();
         let group_pending = Family::<GroupLabels, Gauge>::default();
         let group_in_flight = Family::<GroupLabels, Gauge>::default();
         let group_redelivered = Family::<GroupLabels, Gauge>::default();
@@ -171,7 +225,7 @@ impl Metrics {
         );
         let nats_connected = Gauge::default();
         let push = PushMetrics::default();
-        push.register(&mut registry);
+        push.register(registry);
         let webhook_attempts = Family::<OutcomeLabels, Counter>::default();
         let webhook_attempt_duration = latency_histogram();
         registry.register(
@@ -185,24 +239,9 @@ impl Metrics {
             webhook_attempt_duration.clone(),
         );
         registry.register(
-            "http_requests",
-            "HTTP requests served",
-            http_requests.clone(),
-        );
-        registry.register(
-            "http_request_duration_seconds",
-            "HTTP request latency",
-            http_duration.clone(),
-        );
-        registry.register(
             "publishes",
-            "Events published, by outcome (stored, duplicate, failed)",
+            "Events published, by outcome (stored, duplicate, failed, unknown)",
             publishes.clone(),
-        );
-        registry.register(
-            "publish_duration_seconds",
-            "Time from publish to PubAck, retries included",
-            publish_duration.clone(),
         );
         registry.register(
             "group_pending_events",
@@ -224,11 +263,17 @@ impl Metrics {
             "1 while the node's NATS connection is up",
             nats_connected.clone(),
         );
+        let cluster_reporter = Gauge::default();
+        registry.register(
+            "cluster_reporter",
+            "1 while this node is the one that exports the cluster-wide group and partition numbers (one node at a time: sum them over nodes safely)",
+            cluster_reporter.clone(),
+        );
         Self {
-            registry,
-            http_requests,
+            registry: root,
             http_duration,
             publishes,
+            sent,
             publish_duration,
             group_pending,
             group_in_flight,
@@ -239,10 +284,24 @@ impl Metrics {
             partition_oldest_age,
             partition_parked,
             nats_connected,
+            cluster_reporter,
             webhook_attempts,
             webhook_attempt_duration,
             push,
         }
+    }
+
+    /// Drops the cluster-wide series (groups', ordered partitions'), before they are set
+    /// again or while another node exports them.
+    pub fn clear_cluster_numbers(&self) {
+        self.group_pending.clear();
+        self.group_in_flight.clear();
+        self.group_redelivered.clear();
+        self.group_oldest_age.clear();
+        self.partition_pending.clear();
+        self.partition_in_flight.clear();
+        self.partition_oldest_age.clear();
+        self.partition_parked.clear();
     }
 
     /// The text exposition format.

@@ -99,6 +99,7 @@ pub async fn run(config: NodeConfig, extras: Extras) -> anyhow::Result<()> {
     if let Some(m) = metrics_server {
         m.abort();
     }
+    crate::cluster_reporter::give_up(&app).await;
     if let Some(bus) = app.bus() {
         bus.close().await;
     }
@@ -123,6 +124,7 @@ async fn connect(app: Arc<App>, cancel: CancellationToken, log_events: bool) {
                 if log_events {
                     spawn_event_log(&bus, cancel.clone()).await;
                 }
+                crate::cluster_reporter::start(app.clone(), &bus, cancel.clone()).await;
                 app.set_bus(bus.clone());
                 start_push(&app, bus.clone(), cancel.clone());
                 start_webhooks(&app, bus, cancel).await;

@@ -22,7 +22,7 @@ use super::body::read_bounded;
 use super::problem::Problem;
 use super::server::{ClientAddr, client_ip};
 use crate::app::App;
-use crate::metrics::OutcomeLabels;
+use crate::metrics::{OutcomeLabels, SendLabels};
 
 pub const STRUCTURED: &str = "application/cloudevents+json";
 pub const BATCH: &str = "application/cloudevents-batch+json";
@@ -102,10 +102,20 @@ pub async fn post_events(
             .publishes
             .get_or_create(&OutcomeLabels { outcome: "unknown" })
             .inc();
+        let timed_out = SendLabels::publish(Some("timeout"));
+        app.metrics.sent.get_or_create(&timed_out).inc();
+        app.metrics
+            .publish_duration
+            .get_or_create(&timed_out)
+            .observe(start.elapsed().as_secs_f64());
         return Err(outcome_unknown(format!("no PubAck within {deadline:?}")));
     };
+    let failed = results
+        .iter()
+        .find_map(|r| r.as_ref().err().map(|e| e.kind().as_str()));
     app.metrics
         .publish_duration
+        .get_or_create(&SendLabels::publish(failed))
         .observe(start.elapsed().as_secs_f64());
     let mut receipts = Vec::with_capacity(results.len());
     let mut first_error = None;
@@ -118,6 +128,11 @@ pub async fn post_events(
         app.metrics
             .publishes
             .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+        let error_type = r.as_ref().err().map(|e| e.kind().as_str());
+        app.metrics
+            .sent
+            .get_or_create(&SendLabels::publish(error_type))
             .inc();
         match r {
             Ok(receipt) => receipts.push(receipt_json(&receipt)),

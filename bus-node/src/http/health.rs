@@ -84,13 +84,17 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
         .bus()
         .is_some_and(|b| b.client().connection_state() == async_nats::connection::State::Connected);
     app.metrics.nats_connected.set(i64::from(connected));
-    if let Some(bus) = app.bus().filter(|_| connected) {
+    // The cluster-wide numbers from one node only (`cluster_reporter`): the others leave
+    // them out, so that a sum over nodes counts each group once.
+    let reporting = app.reporter.is_reporter();
+    app.metrics.cluster_reporter.set(i64::from(reporting));
+    if !reporting {
+        app.metrics.clear_cluster_numbers();
+    }
+    if let Some(bus) = app.bus().filter(|_| connected && reporting) {
         match tokio::time::timeout(GROUP_STATS_TIMEOUT, bus.groups()).await {
             Ok(Ok(groups)) => {
-                app.metrics.group_pending.clear();
-                app.metrics.group_in_flight.clear();
-                app.metrics.group_redelivered.clear();
-                app.metrics.group_oldest_age.clear();
+                app.metrics.clear_cluster_numbers();
                 let ages = oldest_ages(bus, &groups).await;
                 for (name, age) in ages {
                     app.metrics
@@ -98,10 +102,6 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
                         .get_or_create(&GroupLabels { group: name })
                         .set(age);
                 }
-                app.metrics.partition_pending.clear();
-                app.metrics.partition_in_flight.clear();
-                app.metrics.partition_oldest_age.clear();
-                app.metrics.partition_parked.clear();
                 for g in &groups {
                     for p in g.partitions.iter().flatten() {
                         let l = PartitionLabels {

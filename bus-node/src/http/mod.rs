@@ -26,7 +26,7 @@ use axum::routing::{get, post};
 use bus_core::telemetry;
 
 use crate::app::App;
-use crate::metrics::{RequestLabels, RouteLabels};
+use crate::metrics::RequestLabels;
 use problem::Problem;
 
 /// The node's API on `http.listen`; `/metrics` too unless `http.metrics_listen` is set.
@@ -199,16 +199,12 @@ async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Res
         span.record_error(&status.to_string());
     }
     app.metrics
-        .http_requests
-        .get_or_create(&RequestLabels {
-            method,
-            route: route.clone(),
-            status,
-        })
-        .inc();
-    app.metrics
         .http_duration
-        .get_or_create(&RouteLabels { route })
+        .get_or_create(&RequestLabels {
+            http_request_method: method,
+            http_route: route,
+            http_response_status_code: status,
+        })
         .observe(start.elapsed().as_secs_f64());
     response
 }

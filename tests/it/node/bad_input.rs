@@ -283,7 +283,7 @@ async fn given_bad_inputs_should_answer_each_with_its_status_and_problem_json_an
     // the whole body (a crashed or hung node, or one reading everything, fails here).
     // Sent again (a bounded number of times) while the client does not get to read the
     // answer, as `send_until_answered` does for bodies that can be resent.
-    let refused_413 = r#"bus_http_requests_total{method="POST",route="/v1/events",status="413"}"#;
+    let refused_413 = r#"http_server_request_duration_seconds_count{http_request_method="POST",http_route="/v1/events",http_response_status_code="413"}"#;
     let stored_before = stream_messages(&bus, "BUS_EVENTS").await?;
     let mut cut_off = Vec::new();
     for attempt in 1..=5 {

@@ -267,7 +267,12 @@ async fn given_a_metrics_listener_should_serve_metrics_there_only() -> anyhow::R
     assert_eq!(main.status(), 404, "not on http.listen");
     let apart = client.get(format!("http://{addr}/metrics")).send().await?;
     assert_eq!(apart.status(), 200);
-    assert!(apart.text().await?.contains("bus_http_requests_total"));
+    assert!(
+        apart
+            .text()
+            .await?
+            .contains("http_server_request_duration_seconds_count")
+    );
     let events = client
         .get(format!("http://{addr}/v1/groups"))
         .send()

@@ -157,5 +157,19 @@ async fn given_binary_and_batch_modes_should_store_the_events_as_sent() -> anyho
         serde_json::from_slice::<Value>(&m.payload)?,
         json!({"n": 2})
     );
+
+    // Three events sent, by the messaging conventions' names; two requests timed.
+    let metrics = metrics_text(&client, &node).await?;
+    let stored = r#"{messaging_system="nats",messaging_operation_name="publish",error_type=""}"#;
+    assert!(
+        metrics.contains(&format!("messaging_client_sent_messages_total{stored} 3")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "messaging_client_operation_duration_seconds_count{stored} 2"
+        )),
+        "{metrics}"
+    );
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! (HTTP ingress, bad input, connections, the process itself, secrets from files).
 
 mod bad_input;
+mod cluster_metrics;
 mod connections;
 mod edges;
 mod freeze;

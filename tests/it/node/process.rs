@@ -460,7 +460,13 @@ async fn given_dead_letters_the_admin_api_should_list_groups_and_dead_letters_an
     assert_eq!(after["dead_letters"].as_array().map(Vec::len), Some(0));
 
     let metrics = metrics_text(&client, &node).await?;
-    assert!(metrics.contains("bus_http_requests_total{"), "{metrics}");
+    // HTTP by the semantic conventions' name and attributes.
+    assert!(
+        metrics.contains(
+            "http_server_request_duration_seconds_count{http_request_method=\"GET\",http_route=\"/v1/dlq\",http_response_status_code=\"200\"}"
+        ),
+        "{metrics}"
+    );
     assert!(
         metrics.contains("bus_group_pending_events{group=\"billing\"}"),
         "{metrics}"

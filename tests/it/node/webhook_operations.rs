@@ -369,13 +369,9 @@ async fn given_a_disabled_subscription_reenabled_it_should_get_what_it_missed_an
         publish(&b, m).await?;
     }
     assert_eq!(r.at("/ok").len(), 1, "nothing delivered while disabled");
-    // Its backlog and the age of its oldest undelivered event show in the metrics.
-    let metrics = http()?
-        .get(format!("{}/metrics", a.url()))
-        .send()
-        .await?
-        .text()
-        .await?;
+    // Its backlog and the age of its oldest undelivered event show in the metrics (of
+    // the node that exports the cluster-wide numbers).
+    let metrics = reporter_metrics(&http()?, &[&a, &b]).await?;
     let metric = |name: &str| -> Option<f64> {
         let prefix = format!("{name}{{group=\"webhook-{id}\"}} ");
         metrics
