@@ -301,10 +301,13 @@ pub(crate) fn grpc_tls(
         return Ok(None);
     }
     crate::tls::install_crypto_provider();
-    let mut config = ClientTlsConfig::new().with_native_roots();
-    if let Some((_, _, pem)) = files.ca {
-        config = config.ca_certificate(Certificate::from_pem(pem));
-    }
+    // tonic refuses to connect when the system has no roots at all (a scratch image), even
+    // with a CA given: with `..._CERTIFICATE`, that CA alone is trusted over gRPC.
+    let mut config = ClientTlsConfig::new();
+    config = match files.ca {
+        Some((_, _, pem)) => config.ca_certificate(Certificate::from_pem(pem)),
+        None => config.with_native_roots(),
+    };
     if let Some((_, _, cert, key)) = files.client {
         config = config.identity(Identity::from_pem(cert, key));
     }
