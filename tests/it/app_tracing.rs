@@ -28,22 +28,6 @@ fn order(order_id: u64) -> OrderCreated {
     }
 }
 
-/// Records each `PaymentFailed` handled by the group `alerts`.
-async fn alerts_group(bus: &bus_sdk::Bus, seen: &Recorder) -> anyhow::Result<bus_sdk::Group> {
-    let seen = seen.clone();
-    Ok(bus
-        .group("alerts")
-        .on(move |ev: Received<PaymentFailed>| {
-            let seen = seen.clone();
-            async move {
-                seen.record(0, ev.meta.id());
-                Ok::<(), HandlerError>(())
-            }
-        })
-        .start()
-        .await?)
-}
-
 /// The Must-show of the instrumentation library, with the `traced_service` example: its
 /// own provider, OTLP/gRPC exporter and subscriber (JSON logs, `tracing-opentelemetry`
 /// layer), installed before connecting, never `init`. For each order one trace: the
@@ -391,23 +375,8 @@ async fn given_the_pipeline_in_a_subscriber_of_the_service_should_nest_its_spans
     let telemetry = pipeline.into_telemetry();
     let cluster = NatsCluster::start(1).await?;
     let bus = bus_for(&cluster).await?;
-    let (billing, alerts, seen) = nested_groups(&bus).await?;
-    place_order(&bus, 1).await?;
-    wait_until("the flow handled", Duration::from_secs(30), || {
-        seen.distinct() == 1
-    })
-    .await?;
-    billing.shutdown().await;
-    alerts.shutdown().await;
-    telemetry.flush().await;
-
-    let spans = receiver
-        .wait_for("the six spans", Duration::from_secs(30), |s| s.len() >= 6)
-        .await?;
-    let root = spans
-        .iter()
-        .find(|s| s.name == "place_order")
-        .ok_or_else(|| anyhow::anyhow!("no place_order span: {spans:#?}"))?;
+    let spans = record_nested_flow(&bus, &telemetry, &receiver).await?;
+    let root = root_span(&spans)?;
     let flow = nested_flow(
         &spans,
         root,

@@ -49,22 +49,6 @@ async fn billing_group(bus: &bus_sdk::Bus) -> anyhow::Result<bus_sdk::Group> {
         .await?)
 }
 
-/// Group B of the flows: records each `PaymentFailed` it handles.
-async fn alerts_group(bus: &bus_sdk::Bus, seen: &Recorder) -> anyhow::Result<bus_sdk::Group> {
-    let seen = seen.clone();
-    Ok(bus
-        .group("alerts")
-        .on(move |ev: Received<PaymentFailed>| {
-            let seen = seen.clone();
-            async move {
-                seen.record(0, ev.meta.id());
-                Ok::<(), HandlerError>(())
-            }
-        })
-        .start()
-        .await?)
-}
-
 /// The flow of two hops: group A publishes from its handler (inside a hop), group B
 /// records what reaches it in the returned recorder.
 async fn two_hop_flow(
@@ -434,20 +418,8 @@ async fn given_init_tracing_spans_of_the_service_should_nest_with_the_hops_both_
     let telemetry = telemetry::init_with(settings(receiver.http_endpoint()))?;
     let cluster = NatsCluster::start(1).await?;
     let bus = bus_for(&cluster).await?;
-    let (billing, alerts, seen) = nested_groups(&bus).await?;
-    place_order(&bus, 1).await?;
-    wait_until("the flow handled", Duration::from_secs(30), || {
-        seen.distinct() == 1
-    })
-    .await?;
-    billing.shutdown().await;
-    alerts.shutdown().await;
-    telemetry.flush().await;
-
-    let spans = receiver
-        .wait_for("the six spans", Duration::from_secs(30), |s| s.len() >= 6)
-        .await?;
-    let root = one(&spans, "the service's span", |s| s.name == "place_order")?;
+    let spans = record_nested_flow(&bus, &telemetry, &receiver).await?;
+    let root = root_span(&spans)?;
     let flow = nested_flow(
         &spans,
         root,

@@ -14,6 +14,23 @@ fn shows_the_group(metrics: &str) -> bool {
     metrics.contains("bus_group_pending_events{group=\"billing\"}")
 }
 
+/// Polls until `node` exports the cluster-wide numbers, the group's among them.
+async fn wait_reporting(
+    client: &reqwest::Client,
+    node: &bus_tests::BusNode,
+    deadline: Duration,
+) -> anyhow::Result<()> {
+    try_poll_until("the other node to report", deadline, || async move {
+        let text = metrics_text(client, node).await?;
+        Ok(if reporting(&text) && shows_the_group(&text) {
+            Probe::Ready(())
+        } else {
+            Probe::NotYet("not reporting yet".to_owned())
+        })
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn given_two_nodes_one_should_export_the_group_numbers_and_the_other_take_over_when_it_stops()
 -> anyhow::Result<()> {
@@ -48,20 +65,7 @@ async fn given_two_nodes_one_should_export_the_group_numbers_and_the_other_take_
 
     // The reporter stops (and gives the lease up): the other takes over at its next round.
     reporter.stop().await?;
-    let (client, other) = (&client, &other);
-    try_poll_until(
-        "the other node to report",
-        Duration::from_secs(20),
-        || async move {
-            let text = metrics_text(client, other).await?;
-            Ok::<_, anyhow::Error>(if reporting(&text) && shows_the_group(&text) {
-                Probe::Ready(())
-            } else {
-                Probe::NotYet("not reporting yet".to_owned())
-            })
-        },
-    )
-    .await?;
+    wait_reporting(&client, &other, Duration::from_secs(20)).await?;
     group.shutdown().await;
     Ok(())
 }
@@ -84,21 +88,8 @@ async fn given_the_reporting_node_killed_the_other_should_take_over_once_its_lea
         (b, a)
     };
     reporter.kill()?;
-    let (client, other) = (&client, &other);
     // The lease (15 s) and a round (5 s), with room for a loaded box.
-    try_poll_until(
-        "the other node to report",
-        Duration::from_secs(40),
-        || async move {
-            let text = metrics_text(client, other).await?;
-            Ok::<_, anyhow::Error>(if reporting(&text) && shows_the_group(&text) {
-                Probe::Ready(())
-            } else {
-                Probe::NotYet("not reporting yet".to_owned())
-            })
-        },
-    )
-    .await?;
+    wait_reporting(&client, &other, Duration::from_secs(40)).await?;
     group.shutdown().await;
     Ok(())
 }
