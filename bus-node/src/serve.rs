@@ -86,6 +86,8 @@ pub async fn run(config: NodeConfig, extras: Extras) -> anyhow::Result<()> {
     // Readiness fails first, then the listener closes and in-flight requests finish.
     app.start_draining();
     cancel.cancel();
+    // Another node exports the cluster-wide numbers from its next round.
+    crate::cluster_reporter::give_up(&app).await;
     let _ = stop_tx.send(());
     if tokio::time::timeout(grace, &mut server).await.is_err() {
         tracing::warn!(
@@ -99,7 +101,6 @@ pub async fn run(config: NodeConfig, extras: Extras) -> anyhow::Result<()> {
     if let Some(m) = metrics_server {
         m.abort();
     }
-    crate::cluster_reporter::give_up(&app).await;
     if let Some(bus) = app.bus() {
         bus.close().await;
     }

@@ -98,12 +98,14 @@ pub async fn post_events(
     let deadline =
         publish_deadline(app.config.http.request_timeout).saturating_sub(began.elapsed());
     let Ok(results) = tokio::time::timeout(deadline, publish).await else {
+        // Each event's outcome is unknown.
+        let count = u64::try_from(events.len()).unwrap_or(u64::MAX);
         app.metrics
             .publishes
             .get_or_create(&OutcomeLabels { outcome: "unknown" })
-            .inc();
+            .inc_by(count);
         let timed_out = SendLabels::publish(Some("timeout"));
-        app.metrics.sent.get_or_create(&timed_out).inc();
+        app.metrics.sent.get_or_create(&timed_out).inc_by(count);
         app.metrics
             .publish_duration
             .get_or_create(&timed_out)
