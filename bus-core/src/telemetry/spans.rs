@@ -296,11 +296,6 @@ impl HopSpan {
         Some(parent.with_remote_span_context(local))
     }
 
-    /// A context whose span is this one (local, not remote), and nothing else.
-    pub fn context(&self) -> Option<Context> {
-        self.context_in(&Context::new())
-    }
-
     /// The span, while it records (an SDK or application span).
     fn recording(&mut self) -> Option<Recording<'_>> {
         match &mut self.0 {
