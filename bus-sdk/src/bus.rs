@@ -107,7 +107,8 @@ impl BusBuilder {
     }
 
     /// Records the bus's spans (publish, each handling) through `provider` instead of the
-    /// process's: by default the pipeline `bus_core::telemetry::init` installed, else the
+    /// process's: by default the pipeline `bus_core::telemetry::init` installed (the `otlp`
+    /// feature), else the
     /// application's global tracer provider (looked at again every second, so that a
     /// provider installed after connecting is used too). The bus installs no global itself.
     ///

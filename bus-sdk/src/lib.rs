@@ -52,8 +52,8 @@
 //!   and [`Received::new`].
 //! - The crates the API exposes are re-exported, so a service needs only this one:
 //!   [`async_nats`] ([`Bus::client`], [`Bus::jetstream`]), [`bus_core`] (configuration,
-//!   the event envelope, names, subjects; [`bus_core::telemetry::init`] sets tracing up
-//!   for a binary), [`opentelemetry`] and [`tracing_opentelemetry`]. The SDK records its
+//!   the event envelope, names, subjects; `bus_core::telemetry::init`, with the default
+//!   `otlp` feature, sets tracing up for a binary), [`opentelemetry`] and [`tracing_opentelemetry`]. The SDK records its
 //!   spans through the application's tracer provider (the global one, or
 //!   [`BusBuilder::tracer_provider`]) and installs no global; a publish is a child of the
 //!   current `tracing` span or OpenTelemetry context (README, "Your own telemetry").

@@ -27,7 +27,6 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{Span, SpanData, SpanProcessor};
 
-#[cfg(feature = "otlp")]
 use super::http_export::HttpSpanExporter;
 use super::otlp_wire::{self, EncodedResource};
 
@@ -56,7 +55,6 @@ pub(crate) trait Sink: Send + 'static {
     fn timeout(&self) -> Duration;
 }
 
-#[cfg(feature = "otlp")]
 impl Sink for HttpSpanExporter {
     fn send(&self, request: Vec<u8>) -> Result<(), String> {
         self.post(request)

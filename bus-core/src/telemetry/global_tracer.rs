@@ -43,7 +43,7 @@ static WATCHER: Once = Once::new();
 
 /// The instrumentation scope of every span the bus records.
 pub(crate) fn scope() -> InstrumentationScope {
-    InstrumentationScope::builder(super::setup::TRACER_NAME)
+    InstrumentationScope::builder(super::own_pipeline::TRACER_NAME)
         .with_version(env!("CARGO_PKG_VERSION"))
         .build()
 }
@@ -96,7 +96,7 @@ pub(crate) fn tracer() -> Option<Arc<BoxedTracer>> {
 }
 
 fn look() {
-    if super::setup::has_pipeline() {
+    if super::own_pipeline::has_pipeline() {
         ACTIVE.store(false, Ordering::Relaxed);
         return;
     }

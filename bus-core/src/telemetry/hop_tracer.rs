@@ -7,7 +7,7 @@ use std::sync::Arc;
 use opentelemetry::global::BoxedTracer;
 use opentelemetry::trace::{Span, Tracer, TracerProvider};
 
-use super::{global_tracer, setup};
+use super::{global_tracer, own_pipeline};
 
 /// Where a `Bus` records its spans. The default follows the process: `init`'s pipeline
 /// when `init` exports, else the application's global provider (see
@@ -29,7 +29,7 @@ impl HopTracer {
 
     /// Whether a hop records anything: a few relaxed atomic loads when nothing is installed.
     pub fn enabled(&self) -> bool {
-        self.0.is_some() || setup::is_enabled()
+        self.0.is_some() || own_pipeline::is_enabled()
     }
 
     /// Whether spans go through a provider given to the `Bus`.

@@ -17,26 +17,32 @@
 //! # Ok(()) }
 //! ```
 
-// The lean OTLP/HTTP path: built always (its span recorder is shared), used only with
-// the `otlp` feature.
-#[cfg_attr(not(feature = "otlp"), allow(dead_code))]
+// The bus's own pipeline (`init`, `Pipeline`) and its exporters: the `otlp` feature,
+// which holds the OpenTelemetry SDK, tonic and reqwest. Without it the bus records through
+// the application's provider and propagates W3C context itself.
+#[cfg(feature = "otlp")]
 mod batch_encoder;
 mod global_tracer;
+#[cfg(feature = "otlp")]
+mod head_sampling;
 mod hop_tracer;
 #[cfg(feature = "otlp")]
 mod http_export;
 mod json_logs;
 mod messaging_metrics;
-#[cfg_attr(not(feature = "otlp"), allow(dead_code))]
+#[cfg(feature = "otlp")]
 mod otlp_wire;
+mod own_pipeline;
 mod parent;
 mod propagation;
-#[cfg_attr(not(feature = "otlp"), allow(dead_code))]
+#[cfg(feature = "otlp")]
 mod publish_span;
 mod sampling;
+#[cfg(feature = "otlp")]
 mod setup;
 mod span_filter;
 mod spans;
+mod w3c;
 
 pub use global_tracer::LOOK_EVERY;
 #[doc(hidden)]
@@ -44,7 +50,9 @@ pub use global_tracer::watch as watch_global_provider;
 pub use hop_tracer::HopTracer;
 pub use json_logs::JsonWithTrace;
 pub use messaging_metrics::{BusMeters, MessagingMetrics};
+#[cfg(feature = "otlp")]
 pub use opentelemetry_sdk::trace::Sampler;
+pub use own_pipeline::is_enabled;
 #[doc(hidden)]
 pub use parent::publish_parent;
 pub use propagation::{
@@ -53,9 +61,10 @@ pub use propagation::{
     inject_into_headers, plausible_baggage, traceparent_value,
 };
 pub use sampling::{current_hop, skip, within_hop};
+#[cfg(feature = "otlp")]
 pub use setup::{
     OtlpExport, OtlpProtocol, Pipeline, SHUTDOWN_DEADLINE, Telemetry, TelemetryError,
-    TelemetrySettings, init, init_with, is_enabled,
+    TelemetrySettings, init, init_with,
 };
 pub use span_filter::SpanFilter;
 pub use spans::HopSpan;

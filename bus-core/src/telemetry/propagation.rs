@@ -16,7 +16,8 @@ use std::sync::LazyLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator};
-use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+
+use super::w3c;
 
 use crate::event::Event;
 use crate::headers::{BAGGAGE, TRACEPARENT, TRACESTATE};
@@ -27,13 +28,11 @@ static INSTALLED_BY_INIT: AtomicBool = AtomicBool::new(false);
 /// W3C trace context and baggage: what the bus reads and writes when the application
 /// installed no propagator.
 static W3C: LazyLock<TextMapCompositePropagator> = LazyLock::new(|| {
-    TextMapCompositePropagator::new(vec![
-        Box::new(TraceContextPropagator::new()),
-        Box::new(BaggagePropagator::new()),
-    ])
+    TextMapCompositePropagator::new(vec![Box::new(w3c::TraceContext), Box::new(w3c::Baggage)])
 });
 
 /// Records that `init` installed the global propagator.
+#[cfg(feature = "otlp")]
 pub(crate) fn installed_by_init() {
     INSTALLED_BY_INIT.store(true, Ordering::Relaxed);
 }
@@ -206,7 +205,7 @@ const TRACESTATE_NAME: HeaderName = HeaderName::from_static(TRACESTATE);
 
 /// `00-<trace id>-<span id>-<flags>`, as `TraceContextPropagator` writes it (only the
 /// sampled flag is propagated).
-fn traceparent(sc: &SpanContext) -> String {
+pub(super) fn traceparent(sc: &SpanContext) -> String {
     let mut out = [b'-'; 55];
     out[..2].copy_from_slice(b"00");
     put_hex(&mut out[3..35], &sc.trace_id().to_bytes());

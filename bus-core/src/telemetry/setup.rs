@@ -15,7 +15,6 @@
 //! SDK's batch processor and the upstream exporter; both take the same `OTEL_BSP_*`
 //! limits, and a value that is not a positive number stops `init` naming the variable.
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -25,56 +24,23 @@ use opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
-#[cfg(feature = "otlp")]
 use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor};
 use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, TracerProviderBuilder};
 use std::io::IsTerminal;
 use tracing_opentelemetry::OpenTelemetryLayer;
 use tracing_subscriber::Layer;
-use tracing_subscriber::filter::{EnvFilter, Filtered};
+use tracing_subscriber::filter::Filtered;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-#[cfg(feature = "otlp")]
-use super::batch_encoder::BatchEncoder;
-use super::batch_encoder::{BatchLimits, Direct};
-#[cfg(feature = "otlp")]
+use super::batch_encoder::{BatchEncoder, BatchLimits, Direct};
 use super::http_export::HttpSpanExporter;
 
 /// How long `shutdown` may spend flushing spans.
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
 
-/// The instrumentation scope of the bus's spans.
-pub(crate) const TRACER_NAME: &str = "bus";
-
-static ENABLED: AtomicBool = AtomicBool::new(false);
-/// The tracer of every span the bus builds through its own pipeline; set once, by the one
-/// exporting [`Pipeline`] of the process (`init` builds one).
-static TRACER: OnceLock<SdkTracer> = OnceLock::new();
 /// Taken by the exporting pipeline being built: there is one per process.
 static PIPELINE_CLAIMED: AtomicBool = AtomicBool::new(false);
-
-/// Whether the process records spans: `init` exports and its sampler is not always-off,
-/// or (without `init`'s pipeline) the application's global provider is live. A relaxed
-/// atomic load or two: the fast path when tracing is off. A `Bus` given a provider of its
-/// own records whatever this says ([`super::HopTracer::enabled`]).
-pub fn is_enabled() -> bool {
-    ENABLED.load(Ordering::Relaxed) || (TRACER.get().is_none() && super::global_tracer::active())
-}
-
-/// `init`'s tracer while it records spans.
-pub(crate) fn tracer() -> Option<&'static SdkTracer> {
-    if ENABLED.load(Ordering::Relaxed) {
-        TRACER.get()
-    } else {
-        None
-    }
-}
-
-/// Whether the bus's own pipeline exports (sampled or not).
-pub(crate) fn has_pipeline() -> bool {
-    TRACER.get().is_some()
-}
 
 /// Why telemetry could not be installed.
 #[derive(Debug, thiserror::Error)]
@@ -136,7 +102,7 @@ impl Telemetry {
         let Some(provider) = self.provider else {
             return;
         };
-        ENABLED.store(false, Ordering::Relaxed);
+        super::own_pipeline::stop_recording();
         let flush =
             tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(SHUTDOWN_DEADLINE));
         match tokio::time::timeout(SHUTDOWN_DEADLINE + Duration::from_secs(1), flush).await {
@@ -253,7 +219,7 @@ pub fn init_with(settings: TelemetrySettings) -> Result<Telemetry, TelemetryErro
     if tracing::dispatcher::has_been_set() {
         return Err(TelemetryError::AlreadyInstalled);
     }
-    let logs = log_layer()?.with_filter(log_filter());
+    let logs = log_layer()?.with_filter(super::span_filter::log_filter());
     let pipeline = Pipeline::new(settings)?;
     let installed = tracing_subscriber::registry()
         .with(logs)
@@ -363,7 +329,7 @@ impl Pipeline {
         let off = matches!(sampler, Sampler::AlwaysOff)
             || matches!(sampler, Sampler::TraceIdRatioBased(r) if r <= 0.0);
         let (builder, direct) = with_exporter(SdkTracerProvider::builder(), export, limits)?;
-        let sampler = super::sampling::configure(sampler, head_sampling_ratio);
+        let sampler = super::head_sampling::configure(sampler, head_sampling_ratio);
         let provider = builder
             .with_sampler(sampler.clone())
             .with_resource(
@@ -372,12 +338,14 @@ impl Pipeline {
                     .build(),
             )
             .build();
-        // This call holds the claim: the tracer is not set yet.
-        let _ = TRACER.set(provider.tracer_with_scope(super::global_tracer::scope()));
         if let Some(direct) = direct {
             super::publish_span::install(direct, sampler);
         }
-        ENABLED.store(!off, Ordering::Relaxed);
+        // This call holds the claim: the tracer is not set yet.
+        super::own_pipeline::install(
+            provider.tracer_with_scope(super::global_tracer::scope()),
+            !off,
+        );
         Ok(Self {
             service_name,
             provider: Some(provider),
@@ -445,7 +413,6 @@ impl PropagatorChoice {
 
 /// The provider with `export`'s exporter: OTLP/HTTP through the bus's own processor (and
 /// the direct recorder of publish spans), OTLP/gRPC through the SDK's batch processor.
-#[cfg(feature = "otlp")]
 fn with_exporter(
     builder: TracerProviderBuilder,
     export: &OtlpExport,
@@ -471,18 +438,6 @@ fn with_exporter(
             (builder.with_span_processor(processor), None)
         }
     })
-}
-
-/// Built without the `otlp` feature: no exporter to build.
-#[cfg(not(feature = "otlp"))]
-fn with_exporter(
-    _builder: TracerProviderBuilder,
-    _export: &OtlpExport,
-    _limits: BatchLimits,
-) -> Result<(TracerProviderBuilder, Option<Direct>), TelemetryError> {
-    Err(TelemetryError::Exporter(
-        "built without an OTLP exporter: enable the `otlp` feature of bus-core (a default of bus-sdk)".into(),
-    ))
 }
 
 /// `OTEL_BSP_MAX_QUEUE_SIZE` (default 2048), `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` (512, at
@@ -566,19 +521,10 @@ fn log_layer() -> Result<Box<dyn Layer<tracing_subscriber::Registry> + Send + Sy
     }
 }
 
-/// `RUST_LOG`, by default `info`.
-pub(crate) fn log_filter() -> EnvFilter {
-    std::env::var(EnvFilter::DEFAULT_ENV)
-        .ok()
-        .and_then(|v| EnvFilter::try_new(v).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"))
-}
-
 /// The upstream OTLP/gRPC exporter (`OTEL_EXPORTER_OTLP_PROTOCOL=grpc`): it reads the
 /// compression, headers and timeout variables and retries itself; the certificates are
 /// read here (`http_export::grpc_tls`). OTLP/HTTP, the default, goes through the bus's
 /// own exporter (`http_export`), which encodes spans without the upstream conversion.
-#[cfg(feature = "otlp")]
 fn grpc_exporter(export: &OtlpExport) -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
     use opentelemetry_otlp::{Protocol, WithExportConfig, WithTonicConfig};
     let mut b = opentelemetry_otlp::SpanExporter::builder()

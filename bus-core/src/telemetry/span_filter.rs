@@ -23,8 +23,16 @@ pub struct SpanFilter(EnvFilter);
 impl SpanFilter {
     /// With `RUST_LOG` (default `info`).
     pub fn from_env() -> Self {
-        Self(super::setup::log_filter())
+        Self(log_filter())
     }
+}
+
+/// `RUST_LOG`, by default `info`.
+pub(crate) fn log_filter() -> EnvFilter {
+    std::env::var(EnvFilter::DEFAULT_ENV)
+        .ok()
+        .and_then(|v| EnvFilter::try_new(v).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"))
 }
 
 /// Whether `target` is in one of [`EXPORT_CRATES`].

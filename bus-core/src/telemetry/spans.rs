@@ -17,11 +17,13 @@ use opentelemetry::trace::{
     Span as _, SpanBuilder, SpanContext, SpanKind, Status, TraceContextExt,
 };
 use opentelemetry::{Context, KeyValue};
+#[cfg(feature = "otlp")]
 use opentelemetry_sdk::trace::Span as SdkSpan;
 
 use super::hop_tracer::HopTracer;
+#[cfg(feature = "otlp")]
 use super::publish_span::{self, PublishSpan};
-use super::{global_tracer, setup};
+use super::{global_tracer, own_pipeline};
 
 /// The span of one hop; it ends when dropped. Boxed: an SDK span is ~280 bytes, and a
 /// `HopSpan` lives in every publish window slot and every delivery's task, traced or not
@@ -34,8 +36,10 @@ enum Recorder {
     #[default]
     None,
     /// Through `init`'s pipeline.
+    #[cfg(feature = "otlp")]
     Sdk(Box<SdkSpan>),
     /// A publish span recorded without the SDK (`init`'s OTLP/HTTP export).
+    #[cfg(feature = "otlp")]
     Publish(Box<PublishSpan>),
     /// Through the application's provider (given to the `Bus`, or the global one).
     App(BoxedSpan),
@@ -84,6 +88,7 @@ impl HopSpan {
         if !tracer.enabled() || parent.is_telemetry_suppressed() {
             return Self::none();
         }
+        #[cfg(feature = "otlp")]
         if tracer.given().is_none()
             && let Some(span) = publish_span::start(destination, message_id, parent)
         {
@@ -236,11 +241,12 @@ impl HopSpan {
         let global;
         let via = if let Some(given) = tracer.given() {
             Via::App(given)
-        } else if let Some(sdk) = setup::tracer() {
-            Via::Sdk(sdk)
-        } else if setup::has_pipeline() {
-            // `init`'s pipeline, its sampler off.
-            return Self::none();
+        } else if own_pipeline::has_pipeline() {
+            // `init`'s pipeline; nothing while its sampler is off.
+            match own_pipeline_via() {
+                Some(via) => via,
+                None => return Self::none(),
+            }
         } else if let Some(app) = global_tracer::tracer() {
             global = app;
             Via::App(&global)
@@ -263,6 +269,7 @@ impl HopSpan {
             )]);
         }
         match via {
+            #[cfg(feature = "otlp")]
             Via::Sdk(sdk) => Self(Recorder::Sdk(Box::new(
                 builder.start_with_context(sdk, parent),
             ))),
@@ -276,7 +283,9 @@ impl HopSpan {
     pub fn span_context(&self) -> Option<&SpanContext> {
         match &self.0 {
             Recorder::None => None,
+            #[cfg(feature = "otlp")]
             Recorder::Sdk(s) => Some(s.span_context()),
+            #[cfg(feature = "otlp")]
             Recorder::Publish(p) => Some(p.span_context()),
             Recorder::App(s) => Some(s.span_context()).filter(|sc| sc.is_valid()),
         }
@@ -299,6 +308,7 @@ impl HopSpan {
     /// The span, while it records (an SDK or application span).
     fn recording(&mut self) -> Option<Recording<'_>> {
         match &mut self.0 {
+            #[cfg(feature = "otlp")]
             Recorder::Sdk(s) if s.is_recording() => Some(Recording::Sdk(s.as_mut())),
             Recorder::App(s) if s.is_recording() => Some(Recording::App(s)),
             _ => None,
@@ -307,6 +317,7 @@ impl HopSpan {
 
     /// Adds what the PubAck said (`messaging.nats.duplicate` only when it was one).
     pub fn record_ack(&mut self, stream: &str, sequence: u64, duplicate: bool) {
+        #[cfg(feature = "otlp")]
         if let Recorder::Publish(p) = &mut self.0 {
             return p.record_ack(stream, sequence, duplicate);
         }
@@ -343,6 +354,7 @@ impl HopSpan {
 
     /// Marks the span failed, with a short error type.
     pub fn record_error(&mut self, error_type: &str) {
+        #[cfg(feature = "otlp")]
         if let Recorder::Publish(p) = &mut self.0 {
             return p.record_error(error_type);
         }
@@ -355,12 +367,14 @@ impl HopSpan {
 
 /// The tracer a span is started with.
 enum Via<'a> {
+    #[cfg(feature = "otlp")]
     Sdk(&'static opentelemetry_sdk::trace::SdkTracer),
     App(&'a opentelemetry::global::BoxedTracer),
 }
 
 /// A recording span of either kind (the `Span` trait is not object safe).
 enum Recording<'a> {
+    #[cfg(feature = "otlp")]
     Sdk(&'a mut SdkSpan),
     App(&'a mut BoxedSpan),
 }
@@ -368,6 +382,7 @@ enum Recording<'a> {
 impl Recording<'_> {
     fn set(&mut self, attribute: KeyValue) {
         match self {
+            #[cfg(feature = "otlp")]
             Recording::Sdk(s) => s.set_attribute(attribute),
             Recording::App(s) => s.set_attribute(attribute),
         }
@@ -375,10 +390,23 @@ impl Recording<'_> {
 
     fn fail(&mut self) {
         match self {
+            #[cfg(feature = "otlp")]
             Recording::Sdk(s) => s.set_status(Status::error("")),
             Recording::App(s) => s.set_status(Status::error("")),
         }
     }
+}
+
+/// The bus's own pipeline's tracer, while it records (`init`; the `otlp` feature).
+#[cfg(feature = "otlp")]
+fn own_pipeline_via() -> Option<Via<'static>> {
+    own_pipeline::tracer().map(Via::Sdk)
+}
+
+/// Built without the `otlp` feature: the bus has no pipeline of its own.
+#[cfg(not(feature = "otlp"))]
+fn own_pipeline_via() -> Option<Via<'static>> {
+    None
 }
 
 /// `{first} {second}`, without `format!` (which cost ~900 instructions per span here).
