@@ -130,7 +130,7 @@ impl Publisher {
         let subject = self.subjects.event(&event.event_type);
         let mut span = telemetry::HopSpan::none();
         let mut trace = None;
-        let mut baggage = None;
+        let baggage;
         if self.tracer.enabled() {
             let parent = telemetry::publish_parent(event);
             baggage = telemetry::baggage_value(&parent);
@@ -145,6 +145,9 @@ impl Publisher {
                     }
                 }
             });
+        } else {
+            // Baggage travels whether or not traces are recorded.
+            baggage = telemetry::untraced_baggage();
         }
         let mark_sampled = !self.server_msg_trace;
         let publish_id = new_publish_id();

@@ -647,3 +647,89 @@ async fn given_baggage_at_publish_each_attempt_of_the_handler_should_read_it_and
     telemetry.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_no_telemetry_at_all_baggage_should_reach_each_attempt_and_the_next_hop()
+-> anyhow::Result<()> {
+    if !bus_tests::own_process(
+        "given_no_telemetry_at_all_baggage_should_reach_each_attempt_and_the_next_hop",
+    ) {
+        return Ok(());
+    }
+    use opentelemetry::baggage::BaggageExt as _;
+    use opentelemetry::context::FutureExt as _;
+
+    fn tenant() -> Option<String> {
+        opentelemetry::Context::current()
+            .baggage()
+            .get("tenant")
+            .map(|v| v.as_str().to_owned())
+    }
+
+    // No init, no provider, no propagator: the bus records nothing.
+    let cluster = NatsCluster::start(1).await?;
+    let bus = bus_for(&cluster).await?;
+    assert!(!telemetry::is_enabled());
+    let seen_a = Arc::new(std::sync::Mutex::new(Vec::<Option<String>>::new()));
+    let seen_b = Arc::new(std::sync::Mutex::new(Vec::<Option<String>>::new()));
+    let (in_a, in_b) = (seen_a.clone(), seen_b.clone());
+    let publisher = bus.clone();
+    // Group A fails its first attempt, then publishes from the second.
+    let group_a = bus
+        .group("billing")
+        .backoff([Duration::from_millis(50)])
+        .on(move |ev: Received<OrderCreated>| {
+            let (seen, publisher) = (in_a.clone(), publisher.clone());
+            async move {
+                let first = {
+                    let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+                    seen.push(tenant());
+                    seen.len() == 1
+                };
+                if first {
+                    return Err(HandlerError::msg("first attempt"));
+                }
+                publisher
+                    .publish(&PaymentFailed {
+                        order_id: ev.data.order_id,
+                    })
+                    .await?;
+                Ok(())
+            }
+        })
+        .start()
+        .await?;
+    let group_b = bus
+        .group("alerts")
+        .on(move |_: Received<PaymentFailed>| {
+            let seen = in_b.clone();
+            async move {
+                seen.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(tenant());
+                Ok::<(), HandlerError>(())
+            }
+        })
+        .start()
+        .await?;
+    let cx = opentelemetry::Context::current_with_baggage([opentelemetry::KeyValue::new(
+        "tenant", "acme",
+    )]);
+    bus.publish(&order(1)).with_context(cx).await?;
+    wait_until("the next hop handled it", Duration::from_secs(30), || {
+        seen_b.lock().map(|s| !s.is_empty()).unwrap_or(false)
+    })
+    .await?;
+    let acme = Some("acme".to_owned());
+    let a = seen_a.lock().map(|s| s.clone()).unwrap_or_default();
+    assert_eq!(a, vec![acme.clone(); 2], "each attempt reads it");
+    let b = seen_b.lock().map(|s| s.clone()).unwrap_or_default();
+    assert_eq!(
+        b,
+        vec![acme],
+        "the event published in the handler carries it"
+    );
+    group_a.shutdown().await;
+    group_b.shutdown().await;
+    Ok(())
+}

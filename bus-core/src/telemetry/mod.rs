@@ -58,7 +58,7 @@ pub use parent::publish_parent;
 pub use propagation::{
     HeaderExtractor, HeaderInjector, MAX_BAGGAGE_BYTES, baggage_value, context_from_event,
     context_from_headers, extract_with, extract_with_baggage, header_count, inject_into_event,
-    inject_into_headers, plausible_baggage, traceparent_value,
+    inject_into_headers, plausible_baggage, traceparent_value, untraced_baggage,
 };
 pub use sampling::{current_hop, skip, within_hop};
 #[cfg(feature = "otlp")]

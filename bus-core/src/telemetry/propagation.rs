@@ -153,6 +153,14 @@ pub fn baggage_value(cx: &Context) -> Option<String> {
     })
 }
 
+/// The W3C `baggage` header value a publish carries while no trace is recorded: the
+/// current OpenTelemetry context's baggage (a handler's hop is its current context), else
+/// the hop's; `None` without baggage (a thread-local read and a task-local one).
+pub fn untraced_baggage() -> Option<String> {
+    Context::map_current(baggage_value)
+        .or_else(|| super::current_hop().and_then(|hop| baggage_value(&hop)))
+}
+
 /// The largest `baggage` header value W3C baggage allows.
 pub const MAX_BAGGAGE_BYTES: usize = 8192;
 

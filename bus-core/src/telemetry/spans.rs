@@ -11,6 +11,7 @@
 //! a hop (a handler, an HTTP request) runs with the hop's context as the current one
 //! ([`super::within_hop`]): spans it opens, `tracing` ones included, are its children.
 
+use opentelemetry::baggage::BaggageExt as _;
 use opentelemetry::global::BoxedSpan;
 use opentelemetry::trace::Tracer as _;
 use opentelemetry::trace::{
@@ -56,16 +57,22 @@ impl HopSpan {
     }
 
     /// The span of a hop whose parent is `parent()`, built by `start`, and the context the
-    /// work inside the hop runs under (see [`super::within_hop`]): with telemetry off,
-    /// nothing (and `parent` is not called); for a flow that is not recorded, no span and
-    /// the unsampled context, so that what the hop publishes is not recorded either.
+    /// work inside the hop runs under (see [`super::within_hop`]): for a flow that is not
+    /// recorded, no span and the unsampled context, so that what the hop publishes is not
+    /// recorded either. With telemetry off, no span, and a context only when the carrier
+    /// has a `baggage` header (`carries_baggage`) and it holds any: baggage is a signal of
+    /// its own, carried whether or not traces are recorded. Otherwise `parent` is not called.
     pub fn for_hop(
         tracer: &HopTracer,
+        carries_baggage: bool,
         parent: impl FnOnce() -> Context,
         start: impl FnOnce(&Context) -> HopSpan,
     ) -> (HopSpan, Option<Context>) {
         if !tracer.enabled() {
-            return (Self::none(), None);
+            let hop = carries_baggage
+                .then(parent)
+                .filter(|cx| !cx.baggage().is_empty());
+            return (Self::none(), hop);
         }
         let parent = parent();
         if let Some(unsampled) = super::skip(&parent) {

@@ -205,6 +205,7 @@ fn process_span(
     let headers = delivery.headers.as_deref();
     telemetry::HopSpan::for_hop(
         tracer,
+        headers.is_some_and(|h| get_ignore_case(h, bus_core::headers::BAGGAGE).is_some()),
         // No headers, no context to continue: the current one, as the propagator gives.
         || {
             headers.map_or_else(

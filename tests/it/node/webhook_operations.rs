@@ -819,3 +819,41 @@ async fn given_tracing_each_attempt_should_be_a_client_span_in_the_event_trace_a
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_no_tracing_baggage_on_the_request_should_still_reach_each_attempt()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cluster = NatsCluster::start(1).await?;
+    // No OTLP endpoint: the node records no span; baggage is a signal of its own.
+    let env = hook_env(&cluster, dir.path(), &[])?;
+    let node = start("untraced-hooks", &env).await?;
+    let r = Arc::new(Receiver::default());
+    set(&r.flaky_left, 1);
+    let base = receiver(r.clone()).await?;
+    subscribe(&node, &format!("{base}/flaky"), &["shop.>"]).await?;
+    let posted = http()?
+        .post(format!("{}/v1/events", node.url()))
+        .header("x-api-key", ADMIN)
+        .header("content-type", "application/cloudevents+json")
+        .header("baggage", "tenant=acme,region=eu%20west")
+        .body(ce("untraced-1", "shop.order.created", json!({"n": 1})).to_string())
+        .send()
+        .await?;
+    assert_eq!(posted.status(), 202);
+    wait_until("delivered after a 503", Duration::from_secs(20), || {
+        r.at("/flaky").len() >= 2
+    })
+    .await?;
+    for got in r.at("/flaky") {
+        let mut entries: Vec<&str> = got.header("baggage").split(',').collect();
+        entries.sort_unstable();
+        assert_eq!(entries, ["region=eu%20west", "tenant=acme"], "each attempt");
+        assert_eq!(
+            got.header("traceparent"),
+            "",
+            "no trace recorded, none sent"
+        );
+    }
+    Ok(())
+}
