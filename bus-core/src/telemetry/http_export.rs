@@ -15,6 +15,11 @@
 //! request, milliseconds, default 10 000), `OTEL_EXPORTER_OTLP[_TRACES]_COMPRESSION`
 //! (`gzip` or `none`) and `OTEL_BSP_EXPORT_TIMEOUT` (one batch with its retries,
 //! milliseconds, default 30 000).
+//!
+//! A TLS failure (the collector's certificate not trusted, a client certificate refused)
+//! is not retried: it will not pass by itself, and the batch is dropped at once with the
+//! reason logged. The endpoint shows in logs and errors without its user, password and
+//! query values (a collector URL may carry credentials).
 
 use std::io::Write as _;
 use std::time::{Duration, Instant};
@@ -44,6 +49,8 @@ const MAX_RESPONSE_READ: u64 = 64 * 1024;
 pub(crate) struct HttpSpanExporter {
     client: reqwest::blocking::Client,
     url: String,
+    /// `url` as logs show it: without credentials ([`shown`]).
+    shown: String,
     /// One request.
     request_timeout: Duration,
     /// One batch, its retries included.
@@ -71,7 +78,7 @@ impl HttpSpanExporter {
         if !reqwest::Url::parse(&url).is_ok_and(|u| matches!(u.scheme(), "http" | "https")) {
             return Err(TelemetryError::InvalidVariable {
                 variable,
-                value: url,
+                value: shown(&url),
                 reason: "an http:// or https:// URL",
             });
         }
@@ -131,6 +138,7 @@ impl HttpSpanExporter {
         .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
         Ok(Self {
             client,
+            shown: shown(&url),
             url,
             request_timeout,
             export_timeout,
@@ -158,7 +166,7 @@ impl HttpSpanExporter {
             if left.is_zero() {
                 return Err(format!(
                     "OTLP/HTTP export: {} not accepted within the export timeout",
-                    self.url
+                    self.shown
                 ));
             }
             let sent = self
@@ -169,7 +177,7 @@ impl HttpSpanExporter {
                 .send();
             let wait = match sent {
                 Ok(response) if response.status().is_success() => {
-                    log_partial_success(&self.url, response);
+                    log_partial_success(&self.shown, response);
                     return Ok(());
                 }
                 Ok(response) if retryable(response.status()) => {
@@ -177,27 +185,41 @@ impl HttpSpanExporter {
                     // `Retry-After: 0` is not a reason to hammer the collector.
                     let wait = retry_after(response.headers())
                         .map_or_else(|| backoff(attempt), |after| after.max(backoff(attempt)));
-                    tracing::debug!(url = %self.url, %status, ?wait, "OTLP/HTTP export: retrying");
+                    tracing::debug!(url = %self.shown, %status, ?wait, "OTLP/HTTP export: retrying");
                     wait
                 }
                 Ok(response) => {
                     return Err(format!(
                         "OTLP/HTTP export: {} answered {}",
-                        self.url,
+                        self.shown,
                         response.status()
                     ));
                 }
+                Err(e) if tls_failure(&e) => {
+                    return Err(format!(
+                        "OTLP/HTTP export: TLS with {} failed (not retried): {}",
+                        self.shown,
+                        chain(&e.without_url())
+                    ));
+                }
                 Err(e) if e.is_connect() || e.is_timeout() => {
-                    tracing::debug!(url = %self.url, error = %e, "OTLP/HTTP export: retrying");
+                    let e = e.without_url();
+                    tracing::debug!(url = %self.shown, error = %chain(&e), "OTLP/HTTP export: retrying");
                     backoff(attempt)
                 }
-                Err(e) => return Err(format!("OTLP/HTTP export: {e}")),
+                Err(e) => {
+                    return Err(format!(
+                        "OTLP/HTTP export: {}: {}",
+                        self.shown,
+                        chain(&e.without_url())
+                    ));
+                }
             };
             // Compared, not added: a huge `Retry-After` must not overflow the clock.
             if wait >= deadline.saturating_duration_since(Instant::now()) {
                 return Err(format!(
                     "OTLP/HTTP export: {} not accepted within the export timeout",
-                    self.url
+                    self.shown
                 ));
             }
             std::thread::sleep(wait);
@@ -468,6 +490,69 @@ fn varint(buf: &mut &[u8]) -> Option<u64> {
     None
 }
 
+/// `url` without what may be a credential: its user and password, and its query values.
+/// Text that is no URL is shown up to its scheme's `://` and after its last `@`.
+fn shown(url: &str) -> String {
+    let Ok(mut u) = reqwest::Url::parse(url) else {
+        return match (url.find("://"), url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}REDACTED{}", &url[..scheme + 3], &url[at..])
+            }
+            _ => url.to_owned(),
+        };
+    };
+    if !u.username().is_empty() {
+        let _ = u.set_username("REDACTED");
+    }
+    if u.password().is_some() {
+        let _ = u.set_password(Some("REDACTED"));
+    }
+    if u.query().is_some() {
+        let keys: Vec<String> = u.query_pairs().map(|(k, _)| k.into_owned()).collect();
+        let mut query = u.query_pairs_mut();
+        query.clear();
+        for k in keys {
+            query.append_pair(&k, "REDACTED");
+        }
+    }
+    u.to_string()
+}
+
+/// Whether a request failed in TLS (a certificate not trusted or refused, a protocol
+/// the collector does not speak): rustls' error somewhere in the chain. An `io::Error`
+/// hides what it wraps from `source` (reqwest's chain ends in an `io::Error` holding an
+/// `io::Error` holding rustls' error), so each is opened.
+fn tls_failure(e: &reqwest::Error) -> bool {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        if err.is::<rustls::Error>() {
+            return true;
+        }
+        next = match err.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    false
+}
+
+/// An error with its causes (`a: b: c`), each once.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = cause.source();
+    }
+    out
+}
+
 /// `<base>/v1/traces`.
 fn traces_url(base: &str) -> String {
     format!("{}/v1/traces", base.trim_end_matches('/'))
@@ -610,6 +695,26 @@ mod tests {
         flate2::read::GzDecoder::new(&gzip(&body)?[..]).read_to_end(&mut back)?;
         assert_eq!(back, body);
         Ok(())
+    }
+
+    #[test]
+    fn an_endpoint_shows_without_user_password_or_query_values() {
+        assert_eq!(
+            shown("https://key:s3cret@collector:4318/v1/traces?token=abc&x=1"),
+            "https://REDACTED:REDACTED@collector:4318/v1/traces?token=REDACTED&x=REDACTED"
+        );
+        assert_eq!(
+            shown("http://collector:4318/v1/traces"),
+            "http://collector:4318/v1/traces"
+        );
+        assert_eq!(
+            shown("http://key:s3cret@bad host"),
+            "http://REDACTED@bad host"
+        );
+        match HttpSpanExporter::new(Some("http://key:s3cret@bad host")) {
+            Err(e) => assert!(!e.to_string().contains("s3cret"), "{e}"),
+            Ok(_) => panic!("a host with a space was taken"),
+        }
     }
 
     #[test]

@@ -150,3 +150,63 @@ async fn given_a_collector_answering_503_twice_the_node_should_deliver_the_batch
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_collector_whose_certificate_is_not_trusted_the_node_should_drop_the_batch_at_once_and_log_no_credential()
+-> anyhow::Result<()> {
+    let ca = TestCa::new()?;
+    let collector = ca.issue("collector", &["127.0.0.1"])?;
+    let receiver = OtlpReceiver::start_with_options(ReceiverOptions {
+        tls: Some((collector, None)),
+        ..ReceiverOptions::default()
+    })
+    .await?;
+    // Credentials in the endpoint, and no OTEL_EXPORTER_OTLP_CERTIFICATE: the collector's
+    // CA is not among the system's roots.
+    let port = receiver
+        .http_endpoint()
+        .rsplit(':')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let endpoint = format!("https://key:s3cret@127.0.0.1:{port}/v1/traces?token=t0ken");
+    let cluster = NatsCluster::start(1).await?;
+    let node = traced_node(
+        &cluster,
+        &receiver.http_endpoint(),
+        &[
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint),
+            // Retried, a failure would be logged after a minute.
+            ("OTEL_BSP_EXPORT_TIMEOUT", "60000".into()),
+        ],
+    )
+    .await?;
+    one_event(&node).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !node.log().contains("not retried") {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the TLS failure was not logged within 20 s: {}",
+            node.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = node.log();
+    assert!(
+        log.contains("https://REDACTED:REDACTED@127.0.0.1") && log.contains("token=REDACTED"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("s3cret") && !log.contains("t0ken"),
+        "a credential was logged: {log}"
+    );
+    let failure = log
+        .lines()
+        .find(|l| l.contains("not retried"))
+        .unwrap_or_default();
+    assert!(
+        failure.contains("UnknownIssuer"),
+        "the reason is in the line: {failure}"
+    );
+    Ok(())
+}
