@@ -272,6 +272,9 @@ pub struct Pipeline {
     service_name: String,
     provider: Option<SdkTracerProvider>,
     propagator: PropagatorChoice,
+    /// Propagators `OTEL_PROPAGATORS` named that the bus does not implement, warned about
+    /// when the propagator is taken (the service's subscriber is installed by then).
+    ignored_propagators: Vec<String>,
 }
 
 /// The propagators `OTEL_PROPAGATORS` names, kept to build the composite again (it is not
@@ -290,12 +293,13 @@ impl Pipeline {
 
     /// Builds the pipeline `settings` describe (no export: no provider).
     pub fn new(settings: TelemetrySettings) -> Result<Self, TelemetryError> {
-        let propagator = propagator_from_env()?;
+        let (propagator, ignored_propagators) = propagator_from_env()?;
         let Some(export) = settings.export else {
             return Ok(Self {
                 service_name: settings.service_name,
                 provider: None,
                 propagator,
+                ignored_propagators,
             });
         };
         if PIPELINE_CLAIMED.swap(true, Ordering::SeqCst) {
@@ -307,7 +311,11 @@ impl Pipeline {
             settings.sampler,
             settings.head_sampling_ratio,
             propagator,
-        );
+        )
+        .map(|pipeline| Self {
+            ignored_propagators,
+            ..pipeline
+        });
         if built.is_err() {
             PIPELINE_CLAIMED.store(false, Ordering::SeqCst);
         }
@@ -350,6 +358,7 @@ impl Pipeline {
             service_name,
             provider: Some(provider),
             propagator,
+            ignored_propagators: Vec::new(),
         })
     }
 
@@ -384,6 +393,12 @@ impl Pipeline {
     /// With `none`, asking for it is enough for the bus to carry no context (it would
     /// otherwise write W3C context when no propagator is installed).
     pub fn propagator(&self) -> TextMapCompositePropagator {
+        if !self.ignored_propagators.is_empty() {
+            tracing::warn!(
+                ignored = %self.ignored_propagators.join(","),
+                "OTEL_PROPAGATORS names propagators the bus does not implement: they are ignored"
+            );
+        }
         if !self.propagator.trace_context && !self.propagator.baggage {
             super::propagation::installed_by_init();
         }
@@ -467,33 +482,57 @@ fn batch_limits() -> Result<BatchLimits, TelemetryError> {
     })
 }
 
-/// `OTEL_PROPAGATORS` (comma-separated; default `tracecontext,baggage`): `tracecontext`
-/// (W3C trace context), `baggage` (W3C baggage), `none`. Others are refused, naming the
-/// variable.
-fn propagator_from_env() -> Result<PropagatorChoice, TelemetryError> {
-    let value = var("OTEL_PROPAGATORS").unwrap_or_else(|| "tracecontext,baggage".to_owned());
+/// The propagators of the specification that the bus does not implement: named in
+/// `OTEL_PROPAGATORS`, each is ignored with a warning (a fleet-wide setting such as
+/// `tracecontext,baggage,b3` must not stop the node), as the specification asks of a value
+/// it knows but the implementation lacks.
+const NOT_IMPLEMENTED: [&str; 5] = ["b3", "b3multi", "jaeger", "xray", "ottrace"];
+
+/// `OTEL_PROPAGATORS` (comma-separated, case-insensitive; default `tracecontext,baggage`):
+/// `tracecontext` (W3C trace context), `baggage` (W3C baggage), `none`; the specification's
+/// others ([`NOT_IMPLEMENTED`]) are returned to be warned about and ignored. Anything else
+/// (a typo) is refused, naming the variable.
+fn propagator_from_env() -> Result<(PropagatorChoice, Vec<String>), TelemetryError> {
+    propagators(var("OTEL_PROPAGATORS"))
+}
+
+fn propagators(value: Option<String>) -> Result<(PropagatorChoice, Vec<String>), TelemetryError> {
+    let value = value.unwrap_or_else(|| "tracecontext,baggage".to_owned());
     let mut choice = PropagatorChoice {
         trace_context: false,
         baggage: false,
     };
+    let mut ignored = Vec::new();
+    let mut named = false;
     for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-        match name {
-            "tracecontext" => choice.trace_context = true,
-            "baggage" => choice.baggage = true,
+        match name.to_ascii_lowercase().as_str() {
+            "tracecontext" => (choice.trace_context, named) = (true, true),
+            "baggage" => (choice.baggage, named) = (true, true),
             "none" => {
-                choice.trace_context = false;
-                choice.baggage = false;
+                let nothing = PropagatorChoice {
+                    trace_context: false,
+                    baggage: false,
+                };
+                return Ok((nothing, Vec::new()));
             }
+            known if NOT_IMPLEMENTED.contains(&known) => ignored.push(known.to_owned()),
             _ => {
                 return Err(TelemetryError::InvalidVariable {
                     variable: "OTEL_PROPAGATORS",
                     value,
-                    reason: "a comma-separated list of tracecontext, baggage or none",
+                    reason: "a comma-separated list of tracecontext, baggage or none (b3, b3multi, jaeger, xray and ottrace are ignored)",
                 });
             }
         }
     }
-    Ok(choice)
+    if !named {
+        // Only propagators the bus lacks: the setting is ignored as a whole.
+        choice = PropagatorChoice {
+            trace_context: true,
+            baggage: true,
+        };
+    }
+    Ok((choice, ignored))
 }
 
 /// The log lines on stderr: text, or JSON with the hop's trace and span ids
@@ -599,4 +638,46 @@ fn sampler_from_env() -> Result<(Sampler, bool), TelemetryError> {
             });
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(value: &str) -> Result<(bool, bool, Vec<String>), TelemetryError> {
+        propagators(Some(value.to_owned())).map(|(c, i)| (c.trace_context, c.baggage, i))
+    }
+
+    #[test]
+    fn propagators_the_bus_lacks_are_ignored_and_a_typo_is_refused() -> Result<(), TelemetryError> {
+        let none: Vec<String> = Vec::new();
+        assert_eq!(
+            propagators(None).map(|(c, _)| (c.trace_context, c.baggage))?,
+            (true, true)
+        );
+        assert_eq!(parsed("tracecontext")?, (true, false, none.clone()));
+        assert_eq!(
+            parsed(" Baggage , TraceContext ")?,
+            (true, true, none.clone())
+        );
+        assert_eq!(
+            parsed("tracecontext,baggage,b3")?,
+            (true, true, vec!["b3".to_owned()])
+        );
+        assert_eq!(
+            parsed("baggage,XRay")?,
+            (false, true, vec!["xray".to_owned()])
+        );
+        // Only what the bus lacks: as if unset.
+        assert_eq!(parsed("b3multi")?, (true, true, vec!["b3multi".to_owned()]));
+        assert_eq!(parsed("none")?, (false, false, none.clone()));
+        assert_eq!(parsed("tracecontext,none,b3")?, (false, false, none));
+        match parsed("tracecontxt") {
+            Err(TelemetryError::InvalidVariable { variable, .. }) => {
+                assert_eq!(variable, "OTEL_PROPAGATORS")
+            }
+            other => panic!("{other:?}"),
+        }
+        Ok(())
+    }
 }

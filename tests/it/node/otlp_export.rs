@@ -210,3 +210,50 @@ async fn given_a_collector_whose_certificate_is_not_trusted_the_node_should_drop
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_propagators_the_bus_lacks_the_node_should_warn_and_keep_the_w3c_ones()
+-> anyhow::Result<()> {
+    let receiver = OtlpReceiver::start().await?;
+    let cluster = NatsCluster::start(1).await?;
+    // A fleet-wide setting naming B3, which the bus does not implement.
+    let node = traced_node(
+        &cluster,
+        &receiver.http_endpoint(),
+        &[("OTEL_PROPAGATORS", "tracecontext,baggage,b3".into())],
+    )
+    .await?;
+    let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let response = http()?
+        .post(format!("{}/v1/events", node.url()))
+        .header("content-type", "application/cloudevents+json")
+        .header(
+            "traceparent",
+            format!("00-{caller_trace}-00f067aa0ba902b7-01"),
+        )
+        .body(ce("b3-1", "shop.order.created", json!({"order_id": 1})).to_string())
+        .send()
+        .await?;
+    anyhow::ensure!(response.status().is_success(), "{}", response.status());
+    let spans = receiver
+        .wait_for("the ingress span", Duration::from_secs(20), |spans| {
+            spans.iter().any(|s| s.name == "POST /v1/events")
+        })
+        .await?;
+    // (The harness's health polls are SERVER spans too.)
+    let server = spans
+        .iter()
+        .find(|s| s.name == "POST /v1/events")
+        .ok_or_else(|| anyhow::anyhow!("no ingress span"))?;
+    assert_eq!(
+        server.trace_id, caller_trace,
+        "W3C trace context still read"
+    );
+    let log = node.log();
+    let warning = log
+        .lines()
+        .find(|l| l.contains("OTEL_PROPAGATORS"))
+        .unwrap_or_default();
+    assert!(warning.contains("WARN") && warning.contains("b3"), "{log}");
+    Ok(())
+}

@@ -63,7 +63,7 @@ fn given_bad_otel_variables_should_exit_64_naming_the_variable_before_binding_an
         ("OTEL_EXPORTER_OTLP_HEADERS", "api-key"),
         ("OTEL_EXPORTER_OTLP_HEADERS", "api-key=%zz"),
         ("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd"),
-        ("OTEL_PROPAGATORS", "b3"),
+        ("OTEL_PROPAGATORS", "tracecontxt"),
         ("BUS_LOG_FORMAT", "xml"),
         ("OTEL_BSP_EXPORT_TIMEOUT", "0"),
         ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem"),
