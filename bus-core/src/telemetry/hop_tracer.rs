@@ -13,10 +13,23 @@ use super::{global_tracer, own_pipeline};
 /// when `init` exports, else the application's global provider (see
 /// [`global_tracer`](super::watch_global_provider)).
 #[derive(Clone, Default)]
-pub struct HopTracer(Option<Arc<BoxedTracer>>);
+pub struct HopTracer(Given);
+
+#[derive(Clone, Default)]
+enum Given {
+    /// The process's tracer.
+    #[default]
+    Process,
+    /// A provider given to the `Bus`, making spans of its own.
+    Live(Arc<BoxedTracer>),
+    /// A provider given to the `Bus` that makes no spans (a no-op): nothing is built.
+    Noop,
+}
 
 impl HopTracer {
     /// Spans go through `provider`'s tracer (scope `bus`), whatever the process installed.
+    /// A no-op provider is recognised once, here (the probe of
+    /// [`global_tracer`](super::watch_global_provider)): the bus then builds no span.
     pub fn from_provider<P, T, S>(provider: &P) -> Self
     where
         P: TracerProvider<Tracer = T>,
@@ -24,31 +37,57 @@ impl HopTracer {
         S: Span + Send + Sync + 'static,
     {
         let tracer = provider.tracer_with_scope(global_tracer::scope());
-        Self(Some(Arc::new(BoxedTracer::new(Box::new(tracer)))))
+        if !global_tracer::is_live(&tracer) {
+            return Self(Given::Noop);
+        }
+        Self(Given::Live(Arc::new(BoxedTracer::new(Box::new(tracer)))))
     }
 
     /// Whether a hop records anything: a few relaxed atomic loads when nothing is installed.
     pub fn enabled(&self) -> bool {
-        self.0.is_some() || own_pipeline::is_enabled()
+        match self.0 {
+            Given::Process => own_pipeline::is_enabled(),
+            Given::Live(_) => true,
+            Given::Noop => false,
+        }
     }
 
-    /// Whether spans go through a provider given to the `Bus`.
+    /// Whether spans go through a provider given to the `Bus` (a no-op one included).
     pub fn is_given(&self) -> bool {
-        self.0.is_some()
+        !matches!(self.0, Given::Process)
     }
 
-    /// The provider given to the `Bus`, if any.
+    /// The live provider given to the `Bus`, if any.
     pub(crate) fn given(&self) -> Option<&BoxedTracer> {
-        self.0.as_deref()
+        match &self.0 {
+            Given::Live(tracer) => Some(tracer),
+            _ => None,
+        }
     }
 }
 
 impl fmt::Debug for HopTracer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_some() {
-            "HopTracer(given provider)"
-        } else {
-            "HopTracer(process default)"
+        f.write_str(match self.0 {
+            Given::Process => "HopTracer(process default)",
+            Given::Live(_) => "HopTracer(given provider)",
+            Given::Noop => "HopTracer(given no-op provider)",
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::noop::NoopTracerProvider;
+
+    use super::*;
+
+    #[test]
+    fn a_given_noop_provider_records_nothing_and_a_live_one_records() {
+        let noop = HopTracer::from_provider(&NoopTracerProvider::new());
+        assert!(noop.is_given() && !noop.enabled() && noop.given().is_none());
+        let sdk = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let live = HopTracer::from_provider(&sdk);
+        assert!(live.is_given() && live.enabled() && live.given().is_some());
     }
 }
