@@ -14,7 +14,9 @@
 //! ```
 //!
 //! Its log lines are JSON with the `trace_id` and `span_id` of the hop or span they were
-//! written in (`bus_core::telemetry::JsonWithTrace` as the fmt layer's format).
+//! written in, and the fields of the `tracing` spans they are in
+//! (`bus_core::telemetry::JsonWithTrace` as the fmt layer's format, `JsonFields` as its
+//! field formatter).
 //!
 //! It places `ORDERS` orders (default 3), waits until the ledger saw each billed, and
 //! exits. With a local Jaeger:
@@ -144,6 +146,7 @@ fn own_pipeline() -> anyhow::Result<SdkTracerProvider> {
         .with(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with(
             fmt::layer()
+                .fmt_fields(fmt::format::JsonFields::new())
                 .event_format(JsonWithTrace)
                 .with_writer(std::io::stderr),
         )

@@ -120,6 +120,9 @@ async fn given_a_service_with_its_own_pipeline_should_nest_its_spans_and_the_bus
             charged["span_id"].as_str(),
             Some(flow.inner.span_id.as_str())
         );
+        // And the `tracing` span it was written in, with its fields.
+        assert_eq!(charged["span"]["name"], "charge", "{charged}");
+        assert!(charged["span"]["order_id"].is_u64(), "{charged}");
     }
     assert_eq!(
         spans.iter().filter(|s| s.name == "place_order").count(),

@@ -1,8 +1,13 @@
 //! JSON log lines (`BUS_LOG_FORMAT=json`), one object per event: `timestamp` (RFC 3339,
-//! UTC), `level`, `target`, `message`, the event's own fields, and, inside a hop (a
-//! handler, an HTTP request, a webhook attempt: whatever runs under a current
-//! OpenTelemetry context with a valid span), its `trace_id` and `span_id`, so that a log
-//! line can be found from its trace and a trace from its log line.
+//! UTC), `level`, `target`, `message`, the event's own fields, the `tracing` spans it is
+//! in as `tracing-subscriber`'s JSON format writes them (`span`: the innermost, `spans`:
+//! all, outermost first, each its `name` and fields), and, inside a hop (a handler, an
+//! HTTP request, a webhook attempt: whatever runs under a current OpenTelemetry context
+//! with a valid span), its `trace_id` and `span_id`, so that a log line can be found from
+//! its trace and a trace from its log line.
+//!
+//! A span's fields are those the fmt layer stored: as JSON values with
+//! `.fmt_fields(JsonFields::new())` (what `init` sets), else as the text under `fields`.
 
 use std::fmt;
 
@@ -11,7 +16,7 @@ use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 
 /// Formats each event as one JSON object (see the module).
@@ -25,7 +30,7 @@ where
 {
     fn format_event(
         &self,
-        _ctx: &FmtContext<'_, S, N>,
+        ctx: &FmtContext<'_, S, N>,
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
@@ -40,6 +45,16 @@ where
         line.insert("timestamp".into(), Value::String(now));
         line.insert("level".into(), Value::String(meta.level().to_string()));
         line.insert("target".into(), Value::String(meta.target().to_owned()));
+        if let Some(scope) = ctx.event_scope() {
+            let spans: Vec<Value> = scope
+                .from_root()
+                .map(|span| span_object::<_, N>(&span))
+                .collect();
+            if let Some(innermost) = spans.last() {
+                line.insert("span".into(), innermost.clone());
+            }
+            line.insert("spans".into(), Value::Array(spans));
+        }
         let cx = opentelemetry::Context::current();
         let span = cx.span();
         let sc = span.span_context();
@@ -49,6 +64,27 @@ where
         }
         writeln!(writer, "{}", Value::Object(line))
     }
+}
+
+/// A span as `{"name": ..., <its fields>}`.
+fn span_object<S, N>(span: &tracing_subscriber::registry::SpanRef<'_, S>) -> Value
+where
+    S: for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    let mut object = Map::new();
+    let extensions = span.extensions();
+    if let Some(fields) = extensions.get::<FormattedFields<N>>() {
+        match serde_json::from_str::<Value>(fields) {
+            Ok(Value::Object(map)) => object.extend(map),
+            _ if !fields.is_empty() => {
+                object.insert("fields".into(), Value::String(fields.to_string()));
+            }
+            _ => {}
+        }
+    }
+    object.insert("name".into(), Value::String(span.name().to_owned()));
+    Value::Object(object)
 }
 
 /// An event's fields into the line (`message` included, as the field it is).
@@ -154,5 +190,43 @@ mod tests {
                 .as_str()
                 .is_some_and(|t| t.ends_with('Z'))
         );
+    }
+
+    #[test]
+    fn given_spans_each_line_should_carry_their_names_and_fields() {
+        let run = |json_fields: bool| {
+            let buffer = Buffer::default();
+            let writer = buffer.clone();
+            let layer = tracing_subscriber::fmt::layer()
+                .event_format(JsonWithTrace)
+                .with_ansi(false)
+                .with_writer(move || writer.clone());
+            let emit = || {
+                let order = tracing::info_span!("order", order_id = 7, tenant = "acme");
+                let _order = order.enter();
+                let charge = tracing::info_span!("charge", attempt = 2);
+                let _charge = charge.enter();
+                tracing::info!("charged");
+            };
+            if json_fields {
+                let layer = layer.fmt_fields(tracing_subscriber::fmt::format::JsonFields::new());
+                tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), emit);
+            } else {
+                tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), emit);
+            }
+            lines(&buffer)
+        };
+        let got = run(true);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0]["span"]["name"], "charge");
+        assert_eq!(got[0]["span"]["attempt"], 2);
+        assert_eq!(got[0]["spans"][0]["name"], "order");
+        assert_eq!(got[0]["spans"][0]["order_id"], 7);
+        assert_eq!(got[0]["spans"][0]["tenant"], "acme");
+        assert_eq!(got[0]["spans"][1]["name"], "charge");
+        // Without JSON fields, the fmt layer's text.
+        let got = run(false);
+        assert_eq!(got[0]["spans"][0]["fields"], "order_id=7 tenant=\"acme\"");
+        assert_eq!(got[0]["span"]["fields"], "attempt=2");
     }
 }

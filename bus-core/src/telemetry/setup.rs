@@ -549,6 +549,7 @@ fn log_layer() -> Result<Box<dyn Layer<tracing_subscriber::Registry> + Send + Sy
         None => Ok(text()),
         Some(f) if f.eq_ignore_ascii_case("text") => Ok(text()),
         Some(f) if f.eq_ignore_ascii_case("json") => Ok(tracing_subscriber::fmt::layer()
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
             .event_format(super::JsonWithTrace)
             .with_writer(std::io::stderr)
             .boxed()),
