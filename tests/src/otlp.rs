@@ -112,6 +112,8 @@ pub struct ReceiverOptions {
     pub require_gzip: bool,
     /// Answer the first this many requests 503 with `Retry-After: 1`.
     pub fail_first: usize,
+    /// The `Retry-After` of those answers, in seconds, instead of 1.
+    pub retry_after: Option<u64>,
     /// Answer accepted requests with this partial success (rejected spans, message).
     pub partial_success: Option<(i64, String)>,
 }
@@ -391,9 +393,10 @@ async fn http_export(
     }
     if earlier < sink.options.fail_first {
         seen(StatusCode::SERVICE_UNAVAILABLE, 0);
+        let after = sink.options.retry_after.unwrap_or(1).to_string();
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            [(header::RETRY_AFTER, "1")],
+            [(header::RETRY_AFTER, after)],
         )
             .into_response();
     }

@@ -49,19 +49,69 @@ pub(crate) struct BatchLimits {
 
 /// Where encoded batches go.
 pub(crate) trait Sink: Send + 'static {
-    /// Sends one encoded `ExportTraceServiceRequest`; blocks at most [`Sink::timeout`].
-    fn send(&self, request: Vec<u8>) -> Result<(), String>;
+    /// Sends one encoded `ExportTraceServiceRequest`; blocks at most [`Sink::timeout`],
+    /// and not past [`Hurry::by`] once a flush or a shutdown waits.
+    fn send(&self, request: Vec<u8>, hurry: &Hurry) -> Result<(), String>;
     /// The longest one send may take.
     fn timeout(&self) -> Duration;
 }
 
 impl Sink for HttpSpanExporter {
-    fn send(&self, request: Vec<u8>) -> Result<(), String> {
-        self.post(request)
+    fn send(&self, request: Vec<u8>, hurry: &Hurry) -> Result<(), String> {
+        self.post(request, hurry)
     }
 
     fn timeout(&self) -> Duration {
         HttpSpanExporter::timeout(self)
+    }
+}
+
+/// Set while a flush or a shutdown waits for the export thread: a send between retries
+/// (a collector's `Retry-After`, a backoff) stops waiting, and gives up by then, instead
+/// of sleeping past the caller's deadline with the batch, and every span queued behind
+/// it, then lost.
+#[derive(Debug, Default)]
+pub(crate) struct Hurry {
+    by: Mutex<Option<Instant>>,
+    wake: Condvar,
+}
+
+impl Hurry {
+    fn lock(&self) -> MutexGuard<'_, Option<Instant>> {
+        self.by.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Someone waits until `by`: the earliest such deadline holds.
+    fn set(&self, by: Instant) {
+        let mut at = self.lock();
+        *at = Some(at.map_or(by, |a| a.min(by)));
+        self.wake.notify_all();
+    }
+
+    fn clear(&self) {
+        *self.lock() = None;
+    }
+
+    /// When the send in progress must be done by, if someone waits.
+    pub(crate) fn by(&self) -> Option<Instant> {
+        *self.lock()
+    }
+
+    /// Sleeps `wait`, or less: until someone starts waiting.
+    pub(crate) fn sleep(&self, wait: Duration) {
+        let until = Instant::now() + wait;
+        let mut at = self.lock();
+        while at.is_none() {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            at = self
+                .wake
+                .wait_timeout(at, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
     }
 }
 
@@ -134,6 +184,8 @@ struct Shared {
     pending: Mutex<Pending>,
     wake: Condvar,
     limits: BatchLimits,
+    /// Locked after `pending` when both are (never the other way round).
+    hurry: Hurry,
 }
 
 impl Shared {
@@ -206,6 +258,7 @@ impl BatchEncoder {
             pending: Mutex::new(Pending::default()),
             wake: Condvar::new(),
             limits,
+            hurry: Hurry::default(),
         });
         let resource = Arc::new(Mutex::new(EncodedResource::default()));
         let wait = sink.timeout() + Duration::from_secs(1);
@@ -230,7 +283,8 @@ impl BatchEncoder {
     }
 
     /// Asks the export thread for something (`ask` registers the answer's sender, or
-    /// says no when the encoder is stopping) and waits for its answer, at most `wait`.
+    /// says no when the encoder is stopping) and waits for its answer, at most `wait`;
+    /// a send in progress hurries to be done within three quarters of it.
     fn ask(
         &self,
         wait: Duration,
@@ -242,6 +296,7 @@ impl BatchEncoder {
             if p.stopped || !ask(&mut p, tx) {
                 return Err(OTelSdkError::AlreadyShutdown);
             }
+            self.shared.hurry.set(Instant::now() + wait * 3 / 4);
         }
         self.shared.wake.notify_one();
         match rx.recv_timeout(wait) {
@@ -314,6 +369,10 @@ fn export_loop(shared: &Shared, resource: &Mutex<EncodedResource>, sink: &impl S
             p.bytes = 0;
             let shutdown = p.shutdown.take();
             p.stopped = shutdown.is_some();
+            if shutdown.is_none() && p.flushes.is_empty() {
+                // No one waits for this batch: it gets its whole export timeout.
+                shared.hurry.clear();
+            }
             (
                 batch,
                 std::mem::take(&mut p.dropped),
@@ -335,7 +394,7 @@ fn export_loop(shared: &Shared, resource: &Mutex<EncodedResource>, sink: &impl S
                 &resource.lock().unwrap_or_else(PoisonError::into_inner),
                 &batch,
             );
-            result = sink.send(std::mem::take(&mut request));
+            result = sink.send(std::mem::take(&mut request), &shared.hurry);
             match &result {
                 Err(e) => {
                     if health.failed() {
@@ -416,7 +475,7 @@ mod tests {
     struct Capture(Mutex<std::sync::mpsc::Sender<ExportTraceServiceRequest>>);
 
     impl Sink for Capture {
-        fn send(&self, request: Vec<u8>) -> Result<(), String> {
+        fn send(&self, request: Vec<u8>, _hurry: &Hurry) -> Result<(), String> {
             let decoded =
                 ExportTraceServiceRequest::decode(request.as_slice()).map_err(|e| e.to_string())?;
             let tx = self.0.lock().unwrap_or_else(PoisonError::into_inner);

@@ -16,6 +16,10 @@
 //! (`gzip` or `none`) and `OTEL_BSP_EXPORT_TIMEOUT` (one batch with its retries,
 //! milliseconds, default 30 000).
 //!
+//! While a flush or a shutdown waits (`Hurry`), a batch between retries is not held
+//! for a long `Retry-After`: it is sent again after the backoff alone, within the
+//! waiter's deadline, so a stopping process still sends what it recorded.
+//!
 //! A TLS failure (the collector's certificate not trusted, a client certificate refused)
 //! is not retried: it will not pass by itself, and the batch is dropped at once with the
 //! reason logged. The endpoint shows in logs and errors without its user, password and
@@ -30,6 +34,7 @@ use reqwest::header::{
     CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER,
 };
 
+use super::batch_encoder::Hurry;
 use super::setup::{TelemetryError, var};
 
 /// Where spans go without any endpoint setting (the OTLP/HTTP default).
@@ -152,16 +157,21 @@ impl HttpSpanExporter {
     }
 
     /// Posts one encoded `ExportTraceServiceRequest`, retrying what the collector says
-    /// to retry; blocks (call it from a thread of its own) for at most [`Self::timeout`].
-    pub(crate) fn post(&self, body: Vec<u8>) -> Result<(), String> {
+    /// to retry; blocks (call it from a thread of its own) for at most [`Self::timeout`],
+    /// and not past `hurry`'s deadline once a flush or a shutdown waits: then the waits
+    /// between attempts shrink to the backoff (a long `Retry-After` is not waited out).
+    pub(crate) fn post(&self, body: Vec<u8>, hurry: &Hurry) -> Result<(), String> {
         let body = if self.gzip {
             Bytes::from(gzip(&body).map_err(|e| format!("OTLP/HTTP export: gzip: {e}"))?)
         } else {
             Bytes::from(body)
         };
-        let deadline = Instant::now() + self.export_timeout;
+        let export_deadline = Instant::now() + self.export_timeout;
         let mut attempt = 0u32;
         loop {
+            let deadline = hurry
+                .by()
+                .map_or(export_deadline, |by| by.min(export_deadline));
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(format!(
@@ -215,6 +225,14 @@ impl HttpSpanExporter {
                     ));
                 }
             };
+            // Someone waits: no long `Retry-After`, the backoff only.
+            let wait = match hurry.by() {
+                Some(_) => wait.min(backoff(attempt)),
+                None => wait,
+            };
+            let deadline = hurry
+                .by()
+                .map_or(export_deadline, |by| by.min(export_deadline));
             // Compared, not added: a huge `Retry-After` must not overflow the clock.
             if wait >= deadline.saturating_duration_since(Instant::now()) {
                 return Err(format!(
@@ -222,7 +240,7 @@ impl HttpSpanExporter {
                     self.shown
                 ));
             }
-            std::thread::sleep(wait);
+            hurry.sleep(wait);
             attempt = attempt.saturating_add(1);
         }
     }

@@ -257,3 +257,50 @@ async fn given_propagators_the_bus_lacks_the_node_should_warn_and_keep_the_w3c_o
     assert!(warning.contains("WARN") && warning.contains("b3"), "{log}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_batch_waiting_out_a_retry_after_a_stopping_node_should_send_it_before_exiting()
+-> anyhow::Result<()> {
+    // The first batch is answered 503 with `Retry-After: 20`, within the export timeout:
+    // the node waits to send it again.
+    let receiver = OtlpReceiver::start_with_options(ReceiverOptions {
+        fail_first: 1,
+        retry_after: Some(20),
+        ..ReceiverOptions::default()
+    })
+    .await?;
+    let cluster = NatsCluster::start(1).await?;
+    let mut node = traced_node(
+        &cluster,
+        &receiver.http_endpoint(),
+        &[("OTEL_BSP_EXPORT_TIMEOUT", "30000".into())],
+    )
+    .await?;
+    one_event(&node).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while receiver.requests().is_empty() {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no export attempt: {}",
+            node.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Stopped while it waits: the wait is cut short and the batch sent before the exit
+    // (it would otherwise sleep past the flush's 5 s and exit without it).
+    node.terminate()?;
+    let status = node.wait_exit(Duration::from_secs(15)).await?;
+    assert!(status.success(), "{status:?}: {}", node.log());
+    let requests = receiver.requests();
+    assert_eq!(requests[0].status, 503, "{requests:?}");
+    assert!(
+        requests[1..].iter().any(|r| r.status == 200 && r.spans > 0),
+        "the batch that waited was sent: {requests:?}"
+    );
+    let spans = receiver.spans();
+    assert!(
+        spans.iter().any(|s| s.name == "POST /v1/events"),
+        "the event's ingress span arrived: {spans:?}"
+    );
+    Ok(())
+}
