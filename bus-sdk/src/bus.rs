@@ -111,7 +111,8 @@ impl BusBuilder {
     /// feature), else the
     /// application's global tracer provider (looked at again every second, so that a
     /// provider installed after connecting is used too). The bus installs no global itself.
-    /// A no-op provider is recognised here, once: the bus then builds no span at all.
+    /// A no-op provider is recognised here, once: the bus then builds no span at all, and
+    /// still carries the application's trace context and baggage from publish to handler.
     ///
     /// ```no_run
     /// # async fn f(provider: opentelemetry_sdk::trace::SdkTracerProvider) -> Result<(), bus_sdk::ConnectError> {

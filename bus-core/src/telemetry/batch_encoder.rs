@@ -81,15 +81,18 @@ impl Hurry {
         self.by.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Someone waits until `by`: the earliest such deadline holds.
-    fn set(&self, by: Instant) {
+    /// Someone starts waiting until `by`, while a send may be in progress: the earliest
+    /// deadline holds.
+    fn add(&self, by: Instant) {
         let mut at = self.lock();
         *at = Some(at.map_or(by, |a| a.min(by)));
         self.wake.notify_all();
     }
 
-    fn clear(&self) {
-        *self.lock() = None;
+    /// The batch taken now is awaited until `by` (the earliest of its waiters), or by
+    /// no one: what earlier, answered waiters asked no longer holds.
+    fn reset(&self, by: Option<Instant>) {
+        *self.lock() = by;
     }
 
     /// When the send in progress must be done by, if someone waits.
@@ -97,11 +100,15 @@ impl Hurry {
         *self.lock()
     }
 
-    /// Sleeps `wait`, or less: until someone starts waiting.
+    /// Sleeps `wait`, or less: not past the deadline of someone waiting (one who starts
+    /// waiting meanwhile included).
     pub(crate) fn sleep(&self, wait: Duration) {
-        let until = Instant::now() + wait;
+        let mut until = Instant::now() + wait;
         let mut at = self.lock();
-        while at.is_none() {
+        loop {
+            if let Some(by) = *at {
+                until = until.min(by);
+            }
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return;
@@ -125,9 +132,10 @@ struct Pending {
     spans: usize,
     bytes: usize,
     dropped: u64,
-    /// Flush callers, answered once what was waiting when they asked has been sent.
-    flushes: Vec<SyncSender<Result<(), String>>>,
-    shutdown: Option<SyncSender<Result<(), String>>>,
+    /// Flush callers, answered once what was waiting when they asked has been sent; each
+    /// with the time its send should be done by (see [`Hurry`]).
+    flushes: Vec<(SyncSender<Result<(), String>>, Instant)>,
+    shutdown: Option<(SyncSender<Result<(), String>>, Instant)>,
     stopped: bool,
 }
 
@@ -282,21 +290,24 @@ impl BatchEncoder {
         }
     }
 
-    /// Asks the export thread for something (`ask` registers the answer's sender, or
-    /// says no when the encoder is stopping) and waits for its answer, at most `wait`;
-    /// a send in progress hurries to be done within three quarters of it.
+    /// Asks the export thread for something (`ask` registers the answer's sender with
+    /// the time its send should be done by, or says no when the encoder is stopping) and
+    /// waits for its answer, at most `wait`; the sends before the answer hurry to be done
+    /// within three quarters of it.
     fn ask(
         &self,
         wait: Duration,
-        ask: impl FnOnce(&mut Pending, SyncSender<Result<(), String>>) -> bool,
+        ask: impl FnOnce(&mut Pending, (SyncSender<Result<(), String>>, Instant)) -> bool,
     ) -> OTelSdkResult {
         let (tx, rx) = sync_channel(1);
         {
+            let by = Instant::now() + wait * 3 / 4;
             let mut p = self.shared.lock();
-            if p.stopped || !ask(&mut p, tx) {
+            if p.stopped || !ask(&mut p, (tx, by)) {
                 return Err(OTelSdkError::AlreadyShutdown);
             }
-            self.shared.hurry.set(Instant::now() + wait * 3 / 4);
+            // A send in progress is ahead of this one's batch: it hurries too.
+            self.shared.hurry.add(by);
         }
         self.shared.wake.notify_one();
         match rx.recv_timeout(wait) {
@@ -323,15 +334,15 @@ impl SpanProcessor for BatchEncoder {
     fn force_flush(&self) -> OTelSdkResult {
         // Bounded like a shutdown: a flush against a dead collector must not hold a
         // process's exit for a whole export timeout with its retries.
-        self.ask(self.wait.min(super::SHUTDOWN_DEADLINE), |p, tx| {
-            p.flushes.push(tx);
+        self.ask(self.wait.min(super::SHUTDOWN_DEADLINE), |p, waiter| {
+            p.flushes.push(waiter);
             true
         })
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.ask(timeout.min(self.wait), |p, tx| {
-            p.shutdown.replace(tx).is_none()
+        self.ask(timeout.min(self.wait), |p, waiter| {
+            p.shutdown.replace(waiter).is_none()
         })
     }
 
@@ -369,10 +380,9 @@ fn export_loop(shared: &Shared, resource: &Mutex<EncodedResource>, sink: &impl S
             p.bytes = 0;
             let shutdown = p.shutdown.take();
             p.stopped = shutdown.is_some();
-            if shutdown.is_none() && p.flushes.is_empty() {
-                // No one waits for this batch: it gets its whole export timeout.
-                shared.hurry.clear();
-            }
+            // This batch's waiters, if any, bound its send; no one else's do.
+            let by = p.flushes.iter().chain(&shutdown).map(|(_, by)| *by).min();
+            shared.hurry.reset(by);
             (
                 batch,
                 std::mem::take(&mut p.dropped),
@@ -417,10 +427,10 @@ fn export_loop(shared: &Shared, resource: &Mutex<EncodedResource>, sink: &impl S
         // Keep the scopes and their buffers for the next batch.
         batch.iter_mut().for_each(|(_, entries)| entries.clear());
         spare = batch;
-        for flush in flushes {
+        for (flush, _) in flushes {
             let _ = flush.try_send(result.clone());
         }
-        if let Some(done) = shutdown {
+        if let Some((done, _)) = shutdown {
             let _ = done.try_send(result);
             return;
         }
@@ -516,6 +526,83 @@ mod tests {
             .flat_map(|ss| &ss.spans)
             .map(|s| s.name.clone())
             .collect()
+    }
+
+    /// Says, for each batch, whether its send was hurried.
+    struct Hurried(Mutex<std::sync::mpsc::Sender<Option<Instant>>>);
+
+    impl Sink for Hurried {
+        fn send(&self, _request: Vec<u8>, hurry: &Hurry) -> Result<(), String> {
+            let tx = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            tx.send(hurry.by()).map_err(|e| e.to_string())
+        }
+
+        fn timeout(&self) -> Duration {
+            // A flush then waits 1 s and hurries sends to 0.75 s.
+            Duration::ZERO
+        }
+    }
+
+    #[test]
+    fn a_flush_hurries_its_own_batch_and_not_the_next_one() {
+        let (tx, rx) = channel();
+        let limits = BatchLimits {
+            max_queue: 8,
+            max_batch: 100,
+            delay: Duration::from_millis(50),
+        };
+        let encoder = match BatchEncoder::start(Hurried(Mutex::new(tx)), limits) {
+            Ok(e) => e,
+            Err(e) => panic!("start: {e}"),
+        };
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(encoder)
+            .build();
+        let tracer = provider.tracer("bus");
+        tracer.start("flushed").end();
+        assert!(provider.force_flush().is_ok());
+        let flushed: Vec<_> = rx.try_iter().collect();
+        assert!(
+            flushed.last().is_some_and(Option::is_some),
+            "the flushed batch was hurried: {flushed:?}"
+        );
+        // The next batch goes by the timer, awaited by no one: its whole export timeout.
+        tracer.start("later").end();
+        let later = rx.recv_timeout(Duration::from_secs(10));
+        assert!(matches!(later, Ok(None)), "{later:?}");
+        // A flush after the first one's deadline has passed is bound by its own.
+        std::thread::sleep(Duration::from_millis(800));
+        let asked = Instant::now();
+        tracer.start("flushed again").end();
+        assert!(provider.force_flush().is_ok());
+        let again: Vec<_> = rx.try_iter().collect();
+        assert!(
+            again.last().is_some_and(|by| by.is_some_and(|by| by > asked)),
+            "hurried to its own deadline, not a past one: {again:?}"
+        );
+        assert!(provider.shutdown().is_ok());
+    }
+
+    #[test]
+    fn a_hurried_sleep_ends_at_the_deadline_not_before() {
+        let hurry = Hurry::default();
+        let started = Instant::now();
+        hurry.add(started + Duration::from_millis(100));
+        hurry.sleep(Duration::from_secs(30));
+        let slept = started.elapsed();
+        assert!(
+            slept >= Duration::from_millis(100) && slept < Duration::from_secs(30),
+            "{slept:?}"
+        );
+        // Once the deadline has passed, no wait at all.
+        let again = Instant::now();
+        hurry.sleep(Duration::from_secs(30));
+        assert!(again.elapsed() < Duration::from_secs(30));
+        // Reset by a batch awaited by no one: the sleep is the backoff asked for.
+        hurry.reset(None);
+        let plain = Instant::now();
+        hurry.sleep(Duration::from_millis(20));
+        assert!(plain.elapsed() >= Duration::from_millis(20));
     }
 
     /// Posts only on flush (the batch size is never reached) and holds 8 spans.

@@ -22,14 +22,17 @@ enum Given {
     Process,
     /// A provider given to the `Bus`, making spans of its own.
     Live(Arc<BoxedTracer>),
-    /// A provider given to the `Bus` that makes no spans (a no-op): nothing is built.
+    /// A provider given to the `Bus` that makes no spans (a no-op): no span is built,
+    /// and contexts pass through the hops as the no-op tracer would pass them.
     Noop,
 }
 
 impl HopTracer {
     /// Spans go through `provider`'s tracer (scope `bus`), whatever the process installed.
     /// A no-op provider is recognised once, here (the probe of
-    /// [`global_tracer`](super::watch_global_provider)): the bus then builds no span.
+    /// [`global_tracer`](super::watch_global_provider)): the bus then builds no span, and
+    /// still carries the context its hops run in (the application's spans, its baggage)
+    /// from publish to handler, as a no-op tracer's spans would.
     pub fn from_provider<P, T, S>(provider: &P) -> Self
     where
         P: TracerProvider<Tracer = T>,
@@ -43,13 +46,18 @@ impl HopTracer {
         Self(Given::Live(Arc::new(BoxedTracer::new(Box::new(tracer)))))
     }
 
-    /// Whether a hop records anything: a few relaxed atomic loads when nothing is installed.
+    /// Whether hops take the traced path (a span, or at least the context passed on): a
+    /// few relaxed atomic loads when nothing is installed.
     pub fn enabled(&self) -> bool {
         match self.0 {
             Given::Process => own_pipeline::is_enabled(),
-            Given::Live(_) => true,
-            Given::Noop => false,
+            Given::Live(_) | Given::Noop => true,
         }
+    }
+
+    /// Whether no span is to be built (a no-op provider was given).
+    pub(crate) fn silent(&self) -> bool {
+        matches!(self.0, Given::Noop)
     }
 
     /// Whether spans go through a provider given to the `Bus` (a no-op one included).
@@ -78,6 +86,7 @@ impl fmt::Debug for HopTracer {
 
 #[cfg(test)]
 mod tests {
+    use opentelemetry::trace::TraceContextExt as _;
     use opentelemetry::trace::noop::NoopTracerProvider;
 
     use super::*;
@@ -85,9 +94,32 @@ mod tests {
     #[test]
     fn a_given_noop_provider_records_nothing_and_a_live_one_records() {
         let noop = HopTracer::from_provider(&NoopTracerProvider::new());
-        assert!(noop.is_given() && !noop.enabled() && noop.given().is_none());
+        assert!(noop.is_given() && noop.silent() && noop.given().is_none());
+        let parent = opentelemetry::Context::new().with_remote_span_context(
+            opentelemetry::trace::SpanContext::new(
+                opentelemetry::trace::TraceId::from(7_u128),
+                opentelemetry::trace::SpanId::from(7_u64),
+                opentelemetry::trace::TraceFlags::SAMPLED,
+                true,
+                Default::default(),
+            ),
+        );
+        let span = super::super::HopSpan::publish(&noop, "bus.evt.a", "id", &parent);
+        assert!(span.span_context().is_none(), "no span built");
+        let (span, hop) = super::super::HopSpan::for_hop(
+            &noop,
+            || false,
+            || parent.clone(),
+            |p| super::super::HopSpan::process(&noop, "bus.evt.a", None, "id", 1, p),
+        );
+        assert!(span.span_context().is_none(), "no span built");
+        assert_eq!(
+            hop.map(|h| h.span().span_context().clone()),
+            Some(parent.span().span_context().clone()),
+            "the hop runs in the producer's context"
+        );
         let sdk = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
         let live = HopTracer::from_provider(&sdk);
-        assert!(live.is_given() && live.enabled() && live.given().is_some());
+        assert!(live.is_given() && live.enabled() && !live.silent() && live.given().is_some());
     }
 }

@@ -509,14 +509,19 @@ fn varint(buf: &mut &[u8]) -> Option<u64> {
 }
 
 /// `url` without what may be a credential: its user and password, and its query values.
-/// Text that is no URL is shown up to its scheme's `://` and after its last `@`.
+/// Text that is no URL is shown without what lies between its scheme's `://` and its
+/// last `@`, and without its query.
 fn shown(url: &str) -> String {
     let Ok(mut u) = reqwest::Url::parse(url) else {
+        let url = match url.find('?') {
+            Some(q) => format!("{}?REDACTED", &url[..q]),
+            None => url.to_owned(),
+        };
         return match (url.find("://"), url.rfind('@')) {
             (Some(scheme), Some(at)) if at > scheme => {
                 format!("{}REDACTED{}", &url[..scheme + 3], &url[at..])
             }
-            _ => url.to_owned(),
+            _ => url,
         };
     };
     if !u.username().is_empty() {
@@ -728,6 +733,10 @@ mod tests {
         assert_eq!(
             shown("http://key:s3cret@bad host"),
             "http://REDACTED@bad host"
+        );
+        assert_eq!(
+            shown("http://bad host/v1/traces?api_key=s3cret"),
+            "http://bad host/v1/traces?REDACTED"
         );
         match HttpSpanExporter::new(Some("http://key:s3cret@bad host")) {
             Err(e) => assert!(!e.to_string().contains("s3cret"), "{e}"),

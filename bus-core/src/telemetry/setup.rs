@@ -489,7 +489,8 @@ fn batch_limits() -> Result<BatchLimits, TelemetryError> {
 const NOT_IMPLEMENTED: [&str; 5] = ["b3", "b3multi", "jaeger", "xray", "ottrace"];
 
 /// `OTEL_PROPAGATORS` (comma-separated, case-insensitive; default `tracecontext,baggage`):
-/// `tracecontext` (W3C trace context), `baggage` (W3C baggage), `none`; the specification's
+/// `tracecontext` (W3C trace context), `baggage` (W3C baggage), `none` (wins over the
+/// others, wherever it stands); the specification's
 /// others ([`NOT_IMPLEMENTED`]) are returned to be warned about and ignored. Anything else
 /// (a typo) is refused, naming the variable.
 fn propagator_from_env() -> Result<(PropagatorChoice, Vec<String>), TelemetryError> {
@@ -503,18 +504,13 @@ fn propagators(value: Option<String>) -> Result<(PropagatorChoice, Vec<String>),
         baggage: false,
     };
     let mut ignored = Vec::new();
-    let mut named = false;
+    let (mut named, mut none) = (false, false);
     for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
         match name.to_ascii_lowercase().as_str() {
             "tracecontext" => (choice.trace_context, named) = (true, true),
             "baggage" => (choice.baggage, named) = (true, true),
-            "none" => {
-                let nothing = PropagatorChoice {
-                    trace_context: false,
-                    baggage: false,
-                };
-                return Ok((nothing, Vec::new()));
-            }
+            // Wherever it stands, once every name is checked.
+            "none" => none = true,
             known if NOT_IMPLEMENTED.contains(&known) => ignored.push(known.to_owned()),
             _ => {
                 return Err(TelemetryError::InvalidVariable {
@@ -524,6 +520,13 @@ fn propagators(value: Option<String>) -> Result<(PropagatorChoice, Vec<String>),
                 });
             }
         }
+    }
+    if none {
+        let nothing = PropagatorChoice {
+            trace_context: false,
+            baggage: false,
+        };
+        return Ok((nothing, Vec::new()));
     }
     if !named {
         // Only propagators the bus lacks: the setting is ignored as a whole.
@@ -672,7 +675,12 @@ mod tests {
         // Only what the bus lacks: as if unset.
         assert_eq!(parsed("b3multi")?, (true, true, vec!["b3multi".to_owned()]));
         assert_eq!(parsed("none")?, (false, false, none.clone()));
-        assert_eq!(parsed("tracecontext,none,b3")?, (false, false, none));
+        assert_eq!(
+            parsed("tracecontext,none,b3")?,
+            (false, false, none.clone())
+        );
+        assert_eq!(parsed("none,tracecontext")?, (false, false, none));
+        assert!(parsed("none,tracecontxt").is_err(), "every name is checked");
         match parsed("tracecontxt") {
             Err(TelemetryError::InvalidVariable { variable, .. }) => {
                 assert_eq!(variable, "OTEL_PROPAGATORS")

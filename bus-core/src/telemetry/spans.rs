@@ -59,19 +59,31 @@ impl HopSpan {
     /// The span of a hop whose parent is `parent()`, built by `start`, and the context the
     /// work inside the hop runs under (see [`super::within_hop`]): for a flow that is not
     /// recorded, no span and the unsampled context, so that what the hop publishes is not
-    /// recorded either. With telemetry off, no span, and a context only when the carrier
-    /// has a `baggage` header (`carries_baggage`) and it holds any: baggage is a signal of
-    /// its own, carried whether or not traces are recorded. Otherwise `parent` is not called.
+    /// recorded either; when no span was built (a no-op provider given), the parent. With
+    /// telemetry off, no span, and a context holding only the parent's baggage when the
+    /// carrier has a `baggage` header (`carries_baggage`, asked only then) with any in it:
+    /// baggage is a signal of its own, carried whether or not traces are recorded.
+    /// Otherwise `parent` is not called.
     pub fn for_hop(
         tracer: &HopTracer,
-        carries_baggage: bool,
+        carries_baggage: impl FnOnce() -> bool,
         parent: impl FnOnce() -> Context,
         start: impl FnOnce(&Context) -> HopSpan,
     ) -> (HopSpan, Option<Context>) {
         if !tracer.enabled() {
-            let hop = carries_baggage
+            let hop = carries_baggage()
                 .then(parent)
-                .filter(|cx| !cx.baggage().is_empty());
+                .filter(|cx| !cx.baggage().is_empty())
+                // Not the sender's span: no trace is recorded here.
+                .map(|cx| {
+                    Context::new().with_baggage(cx.baggage().iter().map(|(k, (v, m))| {
+                        opentelemetry::baggage::KeyValueMetadata::new(
+                            k.clone(),
+                            v.clone(),
+                            m.clone(),
+                        )
+                    }))
+                });
             return (Self::none(), hop);
         }
         let parent = parent();
@@ -79,7 +91,10 @@ impl HopSpan {
             return (Self::none(), Some(unsampled));
         }
         let span = start(&parent);
-        let hop = span.context_in(&parent);
+        let hop = span.context_in(&parent).or_else(|| {
+            let carries = parent.span().span_context().is_valid() || !parent.baggage().is_empty();
+            carries.then_some(parent)
+        });
         (span, hop)
     }
 
@@ -92,7 +107,7 @@ impl HopSpan {
         message_id: &str,
         parent: &Context,
     ) -> Self {
-        if !tracer.enabled() || parent.is_telemetry_suppressed() {
+        if !tracer.enabled() || tracer.silent() || parent.is_telemetry_suppressed() {
             return Self::none();
         }
         #[cfg(feature = "otlp")]
@@ -245,6 +260,9 @@ impl HopSpan {
         parent: &Context,
         link_parent: bool,
     ) -> Self {
+        if tracer.silent() {
+            return Self::none();
+        }
         let global;
         let via = if let Some(given) = tracer.given() {
             Via::App(given)

@@ -317,7 +317,7 @@ mod tests {
             "tenant=acme,region=eu".to_owned(),
             " tenant = acme , region=eu ".to_owned(),
             "key1=val1;prop1;propKey=propVal,key2=val2".to_owned(),
-            "user%20id=a%2Cb%3Dc,emoji=%E2%9C%93".to_owned(),
+            "user_id=a%2Cb%3Dc%3B%22d%20e;ttl=5,emoji=%E2%9C%93".to_owned(),
             "bad,good=yes".to_owned(),
             "a=b=c".to_owned(),
             "invalid=%FF,ok=1".to_owned(),
@@ -340,7 +340,7 @@ mod tests {
     fn baggage_is_written_as_the_sdk_writes_it() {
         let cx = Context::new().with_baggage([
             KeyValueMetadata::new("tenant", "acme", ""),
-            KeyValueMetadata::new("user id", "a,b=c;d\"", "ttl=5"),
+            KeyValueMetadata::new("user_id", "a,b=c;d\" e", "ttl=5"),
             KeyValueMetadata::new("emoji", "✓", ""),
         ]);
         let (mut ours, mut sdk) = (carrier(&[]), carrier(&[]));
@@ -352,6 +352,7 @@ mod tests {
             e
         };
         assert_eq!(entries(&ours), entries(&sdk));
+        assert_eq!(entries(&ours).len(), 3, "every entry written: {:?}", ours.0);
         // And it reads back to the same baggage.
         let back = Baggage.extract(&ours);
         assert_eq!(baggage_of(&back), baggage_of(&cx));

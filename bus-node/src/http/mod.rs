@@ -158,7 +158,7 @@ async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Res
     let tracer = telemetry::HopTracer::default();
     let (mut span, hop) = telemetry::HopSpan::for_hop(
         &tracer,
-        request.headers().contains_key("baggage"),
+        || request.headers().contains_key("baggage"),
         || {
             let headers = request.headers();
             let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());

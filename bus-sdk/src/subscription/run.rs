@@ -205,7 +205,14 @@ fn process_span(
     let headers = delivery.headers.as_deref();
     telemetry::HopSpan::for_hop(
         tracer,
-        headers.is_some_and(|h| get_ignore_case(h, bus_core::headers::BAGGAGE).is_some()),
+        // Asked with telemetry off only: a scan of the few header names, no allocation.
+        || {
+            headers.is_some_and(|h| {
+                h.iter().any(|(name, _)| {
+                    AsRef::<str>::as_ref(name).eq_ignore_ascii_case(bus_core::headers::BAGGAGE)
+                })
+            })
+        },
         // No headers, no context to continue: the current one, as the propagator gives.
         || {
             headers.map_or_else(
