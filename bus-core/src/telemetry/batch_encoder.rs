@@ -577,7 +577,9 @@ mod tests {
         assert!(provider.force_flush().is_ok());
         let again: Vec<_> = rx.try_iter().collect();
         assert!(
-            again.last().is_some_and(|by| by.is_some_and(|by| by > asked)),
+            again
+                .last()
+                .is_some_and(|by| by.is_some_and(|by| by > asked)),
             "hurried to its own deadline, not a past one: {again:?}"
         );
         assert!(provider.shutdown().is_ok());
