@@ -100,14 +100,16 @@ impl Hurry {
         *self.lock()
     }
 
-    /// Sleeps `wait`, or less: not past the deadline of someone waiting (one who starts
-    /// waiting meanwhile included).
-    pub(crate) fn sleep(&self, wait: Duration) {
-        let mut until = Instant::now() + wait;
+    /// Sleeps `wait` (a collector's `Retry-After`, or the backoff); once someone waits
+    /// (one who starts waiting meanwhile included), only `short` (the backoff) from the
+    /// start, and never past their deadline.
+    pub(crate) fn sleep(&self, wait: Duration, short: Duration) {
+        let start = Instant::now();
+        let mut until = start + wait;
         let mut at = self.lock();
         loop {
             if let Some(by) = *at {
-                until = until.min(by);
+                until = until.min(start + short).min(by);
             }
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -590,21 +592,39 @@ mod tests {
         let hurry = Hurry::default();
         let started = Instant::now();
         hurry.add(started + Duration::from_millis(100));
-        hurry.sleep(Duration::from_secs(30));
+        hurry.sleep(Duration::from_secs(30), Duration::from_secs(20));
         let slept = started.elapsed();
         assert!(
-            slept >= Duration::from_millis(100) && slept < Duration::from_secs(30),
+            slept >= Duration::from_millis(100) && slept < Duration::from_secs(20),
             "{slept:?}"
         );
         // Once the deadline has passed, no wait at all.
         let again = Instant::now();
-        hurry.sleep(Duration::from_secs(30));
-        assert!(again.elapsed() < Duration::from_secs(30));
-        // Reset by a batch awaited by no one: the sleep is the backoff asked for.
+        hurry.sleep(Duration::from_secs(30), Duration::from_secs(20));
+        assert!(again.elapsed() < Duration::from_secs(20));
+        // Reset by a batch awaited by no one: the whole wait.
         hurry.reset(None);
         let plain = Instant::now();
-        hurry.sleep(Duration::from_millis(20));
+        hurry.sleep(Duration::from_millis(20), Duration::ZERO);
         assert!(plain.elapsed() >= Duration::from_millis(20));
+    }
+
+    #[test]
+    fn someone_starting_to_wait_cuts_a_long_sleep_to_the_short_one() {
+        let hurry = Arc::new(Hurry::default());
+        let waiter = hurry.clone();
+        let started = Instant::now();
+        let sleeper = std::thread::spawn(move || {
+            waiter.sleep(Duration::from_secs(60), Duration::from_millis(50));
+        });
+        // Someone waits, with a deadline far off: the sleep ends after its short wait.
+        hurry.add(Instant::now() + Duration::from_secs(50));
+        assert!(sleeper.join().is_ok());
+        assert!(
+            started.elapsed() < Duration::from_secs(50),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     /// Posts only on flush (the batch size is never reached) and holds 8 spans.

@@ -225,9 +225,11 @@ impl HttpSpanExporter {
                     ));
                 }
             };
-            // Someone waits: no long `Retry-After`, the backoff only.
+            // Someone waits: no long `Retry-After`, the backoff only (also when they start
+            // waiting during the sleep).
+            let short = backoff(attempt);
             let wait = match hurry.by() {
-                Some(_) => wait.min(backoff(attempt)),
+                Some(_) => wait.min(short),
                 None => wait,
             };
             let deadline = hurry
@@ -240,7 +242,7 @@ impl HttpSpanExporter {
                     self.shown
                 ));
             }
-            hurry.sleep(wait);
+            hurry.sleep(wait, short);
             attempt = attempt.saturating_add(1);
         }
     }
