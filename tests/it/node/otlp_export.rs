@@ -139,11 +139,27 @@ async fn given_a_collector_answering_503_twice_the_node_should_deliver_the_batch
     ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len(), all, "a span arrived twice: {spans:?}");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !node.log().contains("one span too many") {
+    logged(
+        &node,
+        "one span too many",
+        "the partial success",
+        Duration::from_secs(10),
+    )
+    .await
+}
+
+/// Polls the node's log until it holds `needle`, at most `within`.
+async fn logged(
+    node: &bus_tests::BusNode,
+    needle: &str,
+    what: &str,
+    within: Duration,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + within;
+    while !node.log().contains(needle) {
         anyhow::ensure!(
             tokio::time::Instant::now() < deadline,
-            "the partial success was not logged: {}",
+            "{what} was not logged within {within:?}: {}",
             node.log()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -182,15 +198,13 @@ async fn given_a_collector_whose_certificate_is_not_trusted_the_node_should_drop
     )
     .await?;
     one_event(&node).await?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !node.log().contains("not retried") {
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "the TLS failure was not logged within 20 s: {}",
-            node.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    logged(
+        &node,
+        "not retried",
+        "the TLS failure",
+        Duration::from_secs(20),
+    )
+    .await?;
     let log = node.log();
     assert!(
         log.contains("https://REDACTED:REDACTED@127.0.0.1") && log.contains("token=REDACTED"),

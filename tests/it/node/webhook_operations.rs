@@ -739,15 +739,7 @@ async fn given_tracing_each_attempt_should_be_a_client_span_in_the_event_trace_a
     )
     .await?;
     // W3C baggage on the HTTP request travels with the event to every attempt.
-    let posted = http()?
-        .post(format!("{}/v1/events", node.url()))
-        .header("x-api-key", ADMIN)
-        .header("content-type", "application/cloudevents+json")
-        .header("baggage", "tenant=acme")
-        .body(ce("traced-1", "shop.order.created", json!({"n": 1})).to_string())
-        .send()
-        .await?;
-    assert_eq!(posted.status(), 202);
+    post_with_baggage(&node, "traced-1", "tenant=acme").await?;
     wait_until("delivered after a 503", Duration::from_secs(20), || {
         r.at("/flaky").len() >= 2
     })
@@ -832,15 +824,7 @@ async fn given_no_tracing_baggage_on_the_request_should_still_reach_each_attempt
     set(&r.flaky_left, 1);
     let base = receiver(r.clone()).await?;
     subscribe(&node, &format!("{base}/flaky"), &["shop.>"]).await?;
-    let posted = http()?
-        .post(format!("{}/v1/events", node.url()))
-        .header("x-api-key", ADMIN)
-        .header("content-type", "application/cloudevents+json")
-        .header("baggage", "tenant=acme,region=eu%20west")
-        .body(ce("untraced-1", "shop.order.created", json!({"n": 1})).to_string())
-        .send()
-        .await?;
-    assert_eq!(posted.status(), 202);
+    post_with_baggage(&node, "untraced-1", "tenant=acme,region=eu%20west").await?;
     wait_until("delivered after a 503", Duration::from_secs(20), || {
         r.at("/flaky").len() >= 2
     })
@@ -855,5 +839,23 @@ async fn given_no_tracing_baggage_on_the_request_should_still_reach_each_attempt
             "no trace recorded, none sent"
         );
     }
+    Ok(())
+}
+
+/// Posts a `shop.order.created` event `id` carrying the W3C `baggage` header.
+async fn post_with_baggage(
+    node: &bus_tests::BusNode,
+    id: &str,
+    baggage: &str,
+) -> anyhow::Result<()> {
+    let posted = http()?
+        .post(format!("{}/v1/events", node.url()))
+        .header("x-api-key", ADMIN)
+        .header("content-type", "application/cloudevents+json")
+        .header("baggage", baggage)
+        .body(ce(id, "shop.order.created", json!({"n": 1})).to_string())
+        .send()
+        .await?;
+    anyhow::ensure!(posted.status() == 202, "{}", posted.status());
     Ok(())
 }
