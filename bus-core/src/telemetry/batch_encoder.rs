@@ -89,10 +89,12 @@ impl Hurry {
         self.wake.notify_all();
     }
 
-    /// The batch taken now is awaited until `by` (the earliest of its waiters), or by
-    /// no one: what earlier, answered waiters asked no longer holds.
+    /// The batch taken now is awaited until `by` (the earliest of its waiters whose
+    /// deadline is still ahead), or by no one: what earlier, answered waiters asked no
+    /// longer holds, and a batch whose waiters' deadlines have passed gets its whole
+    /// export timeout (its spans still go out).
     fn reset(&self, by: Option<Instant>) {
-        *self.lock() = by;
+        *self.lock() = by.filter(|by| *by > Instant::now());
     }
 
     /// When the send in progress must be done by, if someone waits.
@@ -102,14 +104,18 @@ impl Hurry {
 
     /// Sleeps `wait` (a collector's `Retry-After`, or the backoff); once someone waits
     /// (one who starts waiting meanwhile included), only `short` (the backoff) from the
-    /// start, and never past their deadline.
+    /// start, and not at all when that would reach their deadline (the caller then finds
+    /// no time left to retry, and the thread is free for the waiter's own batch).
     pub(crate) fn sleep(&self, wait: Duration, short: Duration) {
         let start = Instant::now();
         let mut until = start + wait;
         let mut at = self.lock();
         loop {
             if let Some(by) = *at {
-                until = until.min(start + short).min(by);
+                if start + short >= by {
+                    return;
+                }
+                until = until.min(start + short);
             }
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -344,7 +350,12 @@ impl SpanProcessor for BatchEncoder {
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
         self.ask(timeout.min(self.wait), |p, waiter| {
-            p.shutdown.replace(waiter).is_none()
+            // One shutdown: a second caller is told so, the first keeps its answer.
+            if p.shutdown.is_some() {
+                return false;
+            }
+            p.shutdown = Some(waiter);
+            true
         })
     }
 
@@ -588,24 +599,29 @@ mod tests {
     }
 
     #[test]
-    fn a_hurried_sleep_ends_at_the_deadline_not_before() {
+    fn a_hurried_sleep_waits_the_short_wait_or_not_at_all() {
+        // Someone waits, their deadline far: the short wait (the backoff), not the long.
         let hurry = Hurry::default();
+        hurry.add(Instant::now() + Duration::from_secs(20));
         let started = Instant::now();
-        hurry.add(started + Duration::from_millis(100));
-        hurry.sleep(Duration::from_secs(30), Duration::from_secs(20));
+        hurry.sleep(Duration::from_secs(30), Duration::from_millis(100));
         let slept = started.elapsed();
         assert!(
             slept >= Duration::from_millis(100) && slept < Duration::from_secs(20),
             "{slept:?}"
         );
-        // Once the deadline has passed, no wait at all.
-        let again = Instant::now();
-        hurry.sleep(Duration::from_secs(30), Duration::from_secs(20));
-        assert!(again.elapsed() < Duration::from_secs(20));
-        // Reset by a batch awaited by no one: the whole wait.
-        hurry.reset(None);
+        // The short wait would reach their deadline: no wait (no time to retry).
+        let near = Hurry::default();
+        near.add(Instant::now() + Duration::from_secs(5));
+        let started = Instant::now();
+        near.sleep(Duration::from_secs(30), Duration::from_secs(10));
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // Reset by a batch awaited by no one (or only by waiters whose deadline has
+        // passed): the whole wait.
+        near.reset(Some(Instant::now()));
+        assert_eq!(near.by(), None, "a passed deadline binds no batch");
         let plain = Instant::now();
-        hurry.sleep(Duration::from_millis(20), Duration::ZERO);
+        near.sleep(Duration::from_millis(20), Duration::ZERO);
         assert!(plain.elapsed() >= Duration::from_millis(20));
     }
 

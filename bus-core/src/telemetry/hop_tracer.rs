@@ -55,8 +55,9 @@ impl HopTracer {
         }
     }
 
-    /// Whether no span is to be built (a no-op provider was given).
-    pub(crate) fn silent(&self) -> bool {
+    /// Whether no span is to be built (a no-op provider was given): the hops then only
+    /// pass their context on, and take no part in the bus's own head sampling.
+    pub fn silent(&self) -> bool {
         matches!(self.0, Given::Noop)
     }
 

@@ -160,6 +160,7 @@ impl HttpSpanExporter {
     /// to retry; blocks (call it from a thread of its own) for at most [`Self::timeout`],
     /// and not past `hurry`'s deadline once a flush or a shutdown waits: then the waits
     /// between attempts shrink to the backoff (a long `Retry-After` is not waited out).
+    /// The first attempt is always made, whatever the deadline.
     pub(crate) fn post(&self, body: Vec<u8>, hurry: &Hurry) -> Result<(), String> {
         let body = if self.gzip {
             Bytes::from(gzip(&body).map_err(|e| format!("OTLP/HTTP export: gzip: {e}"))?)
@@ -169,9 +170,11 @@ impl HttpSpanExporter {
         let export_deadline = Instant::now() + self.export_timeout;
         let mut attempt = 0u32;
         loop {
-            let deadline = hurry
-                .by()
-                .map_or(export_deadline, |by| by.min(export_deadline));
+            // A batch gets one attempt at least: a waiter's deadline bounds its retries.
+            let deadline = match hurry.by() {
+                Some(by) if attempt > 0 => by.min(export_deadline),
+                _ => export_deadline,
+            };
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(format!(
@@ -228,13 +231,10 @@ impl HttpSpanExporter {
             // Someone waits: no long `Retry-After`, the backoff only (also when they start
             // waiting during the sleep).
             let short = backoff(attempt);
-            let wait = match hurry.by() {
-                Some(_) => wait.min(short),
-                None => wait,
+            let (wait, deadline) = match hurry.by() {
+                Some(by) => (wait.min(short), by.min(export_deadline)),
+                None => (wait, export_deadline),
             };
-            let deadline = hurry
-                .by()
-                .map_or(export_deadline, |by| by.min(export_deadline));
             // Compared, not added: a huge `Retry-After` must not overflow the clock.
             if wait >= deadline.saturating_duration_since(Instant::now()) {
                 return Err(format!(

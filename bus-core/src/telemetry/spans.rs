@@ -87,7 +87,9 @@ impl HopSpan {
             return (Self::none(), hop);
         }
         let parent = parent();
-        if let Some(unsampled) = super::skip(&parent) {
+        if !tracer.silent()
+            && let Some(unsampled) = super::skip(&parent)
+        {
             return (Self::none(), Some(unsampled));
         }
         let span = start(&parent);
@@ -309,7 +311,7 @@ impl HopSpan {
         match &self.0 {
             Recorder::None => None,
             #[cfg(feature = "otlp")]
-            Recorder::Sdk(s) => Some(s.span_context()),
+            Recorder::Sdk(s) => Some(s.span_context()).filter(|sc| sc.is_valid()),
             #[cfg(feature = "otlp")]
             Recorder::Publish(p) => Some(p.span_context()),
             Recorder::App(s) => Some(s.span_context()).filter(|sc| sc.is_valid()),
