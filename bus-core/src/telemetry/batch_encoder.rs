@@ -49,8 +49,9 @@ pub(crate) struct BatchLimits {
 
 /// Where encoded batches go.
 pub(crate) trait Sink: Send + 'static {
-    /// Sends one encoded `ExportTraceServiceRequest`; blocks at most [`Sink::timeout`],
-    /// and not past [`Hurry::by`] once a flush or a shutdown waits.
+    /// Sends one encoded `ExportTraceServiceRequest`; blocks at most [`Sink::timeout`];
+    /// once a flush or a shutdown waits, its retries (not its first attempt) stop at
+    /// [`Hurry::by`].
     fn send(&self, request: Vec<u8>, hurry: &Hurry) -> Result<(), String>;
     /// The longest one send may take.
     fn timeout(&self) -> Duration;
@@ -67,9 +68,9 @@ impl Sink for HttpSpanExporter {
 }
 
 /// Set while a flush or a shutdown waits for the export thread: a send between retries
-/// (a collector's `Retry-After`, a backoff) stops waiting, and gives up by then, instead
-/// of sleeping past the caller's deadline with the batch, and every span queued behind
-/// it, then lost.
+/// waits the backoff at most instead of a collector's `Retry-After`, and retries only
+/// until the waiter's deadline, instead of sleeping past it with the batch, and every
+/// span queued behind it, then lost.
 #[derive(Debug, Default)]
 pub(crate) struct Hurry {
     by: Mutex<Option<Instant>>,
@@ -104,8 +105,8 @@ impl Hurry {
 
     /// Sleeps `wait` (a collector's `Retry-After`, or the backoff); once someone waits
     /// (one who starts waiting meanwhile included), only `short` (the backoff) from the
-    /// start, and not at all when that would reach their deadline (the caller then finds
-    /// no time left to retry, and the thread is free for the waiter's own batch).
+    /// start, and not at all when that would reach their deadline (the caller then makes
+    /// one last attempt at once, bounded by what is left before it).
     pub(crate) fn sleep(&self, wait: Duration, short: Duration) {
         let start = Instant::now();
         let mut until = start + wait;
@@ -300,8 +301,8 @@ impl BatchEncoder {
 
     /// Asks the export thread for something (`ask` registers the answer's sender with
     /// the time its send should be done by, or says no when the encoder is stopping) and
-    /// waits for its answer, at most `wait`; the sends before the answer hurry to be done
-    /// within three quarters of it.
+    /// waits for its answer, at most `wait`; the retries of the sends before the answer
+    /// stop at three quarters of it.
     fn ask(
         &self,
         wait: Duration,

@@ -178,7 +178,7 @@ impl HttpSpanExporter {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(format!(
-                    "OTLP/HTTP export: {} not accepted within the export timeout",
+                    "OTLP/HTTP export: {} not accepted within its deadline (the export timeout, or a flush or shutdown waiting)",
                     self.shown
                 ));
             }
@@ -238,7 +238,7 @@ impl HttpSpanExporter {
             // Compared, not added: a huge `Retry-After` must not overflow the clock.
             if wait >= deadline.saturating_duration_since(Instant::now()) {
                 return Err(format!(
-                    "OTLP/HTTP export: {} not accepted within the export timeout",
+                    "OTLP/HTTP export: {} not accepted within its deadline (the export timeout, or a flush or shutdown waiting)",
                     self.shown
                 ));
             }

@@ -4,9 +4,9 @@
 //! semantic conventions. Used by `bus-node` and, through `bus-sdk`, by services.
 //!
 //! The hops are recorded through the application's tracer provider (see [`HopTracer`]):
-//! a service with a pipeline of its own needs nothing from here. A binary sets tracing up
-//! in one call with [`init`]; a service with a subscriber of its own can build the same
-//! pipeline as a [`Pipeline`] and add its layer.
+//! a service with a pipeline of its own needs nothing from here. With the `otlp` feature, a
+//! binary sets tracing up in one call with `init`; a service with a subscriber of its own
+//! can build the same pipeline as a `Pipeline` and add its layer.
 //!
 //! ```no_run
 //! # async fn f() -> Result<(), bus_core::telemetry::TelemetryError> {

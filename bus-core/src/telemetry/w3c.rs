@@ -6,8 +6,9 @@
 //! the SDK is what a service that brings its own pipeline, or uses only the event
 //! envelope, does not link (the `otlp` feature holds it). These read what the SDK's read
 //! on every input the W3C specifications allow (tests compare them, the SDK being a
-//! dev-dependency), with two differences: a `traceparent` whose ids are not exactly 32
-//! and 16 hex digits is refused (the SDK takes shorter ones), and a malformed baggage
+//! dev-dependency), with two differences: a `traceparent` whose fields are not exactly
+//! 2, 32, 16 and 2 lowercase hex digits is refused (the SDK takes shorter ids and other
+//! spellings of the version and flags), and a malformed baggage
 //! entry is skipped without a log line (the SDK logs the whole header, which comes from
 //! whoever sent the request).
 
