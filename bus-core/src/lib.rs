@@ -14,6 +14,7 @@ pub mod group_name;
 mod header_map;
 pub mod headers;
 pub mod partition;
+pub mod redacted_url;
 pub mod retry;
 pub mod secret_file;
 pub mod server_trace;

@@ -134,13 +134,7 @@ impl Publisher {
         if self.tracer.enabled() {
             let parent = telemetry::publish_parent(event);
             baggage = telemetry::baggage_value(&parent);
-            // A given no-op provider takes no part in the bus's own head sampling.
-            let skipped = if self.tracer.silent() {
-                None
-            } else {
-                telemetry::skip(&parent)
-            };
-            trace = Some(match skipped {
+            trace = Some(match self.tracer.skip(&parent) {
                 // Not recorded: no span, but the event says so to every later hop.
                 Some(unsampled) => unsampled.span().span_context().clone(),
                 None => {

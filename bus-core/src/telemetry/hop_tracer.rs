@@ -57,13 +57,23 @@ impl HopTracer {
 
     /// Whether no span is to be built (a no-op provider was given): the hops then only
     /// pass their context on, and take no part in the bus's own head sampling.
-    pub fn silent(&self) -> bool {
+    pub(crate) fn silent(&self) -> bool {
         matches!(self.0, Given::Noop)
     }
 
     /// Whether spans go through a provider given to the `Bus` (a no-op one included).
     pub fn is_given(&self) -> bool {
         !matches!(self.0, Given::Process)
+    }
+
+    /// The unsampled context to pass on instead of a span when the bus's own head
+    /// sampling leaves the hop under `parent` unrecorded ([`super::skip`]); never for a
+    /// given no-op provider, which takes no part in it.
+    pub fn skip(&self, parent: &opentelemetry::Context) -> Option<opentelemetry::Context> {
+        if self.silent() {
+            return None;
+        }
+        super::skip(parent)
     }
 
     /// The live provider given to the `Bus`, if any.

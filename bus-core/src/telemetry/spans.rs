@@ -87,9 +87,7 @@ impl HopSpan {
             return (Self::none(), hop);
         }
         let parent = parent();
-        if !tracer.silent()
-            && let Some(unsampled) = super::skip(&parent)
-        {
+        if let Some(unsampled) = tracer.skip(&parent) {
             return (Self::none(), Some(unsampled));
         }
         let span = start(&parent);
@@ -219,7 +217,7 @@ impl HopSpan {
     }
 
     /// `POST`, kind CLIENT: one webhook delivery attempt, a child of the handling's
-    /// CONSUMER span. `url_full` must carry no secrets (see `url_without_secrets`).
+    /// CONSUMER span. `url_full` must carry no secrets (see `crate::redacted_url`).
     pub fn client_post(
         tracer: &HopTracer,
         url_full: &str,

@@ -288,23 +288,6 @@ async fn start(w: &Arc<Webhooks>, sub: &Subscription) -> anyhow::Result<(Arc<Tar
     Ok((target, builder.start().await?))
 }
 
-/// `url` as a span may show it: no user-info, query values redacted.
-fn url_without_secrets(url: &Url) -> String {
-    let mut shown = url.clone();
-    let _ = shown.set_username("");
-    let _ = shown.set_password(None);
-    shown.set_fragment(None);
-    if url.query().is_some() {
-        let keys: Vec<String> = url.query_pairs().map(|(k, _)| k.into_owned()).collect();
-        shown.set_query(None);
-        let mut q = shown.query_pairs_mut();
-        for k in keys {
-            q.append_pair(&k, "REDACTED");
-        }
-    }
-    shown.to_string()
-}
-
 /// One attempt, made now, logged, counted and traced; a `Retry` (`node_busy`) when no
 /// delivery slot of the node came free within [`SLOT_WAIT`].
 pub async fn attempt_now(w: &Webhooks, t: &Target, event: &Event, attempt: u32) -> Outcome {
@@ -319,7 +302,7 @@ pub async fn attempt_now(w: &Webhooks, t: &Target, event: &Event, attempt: u32) 
     let parent = current_hop().unwrap_or_default();
     let mut span = HopSpan::client_post(
         &HopTracer::default(),
-        &url_without_secrets(&t.url),
+        &bus_core::redacted_url::redacted(&t.url),
         (
             t.url.host_str().unwrap_or(""),
             t.url.port_or_known_default().unwrap_or(0),

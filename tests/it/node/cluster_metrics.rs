@@ -31,16 +31,28 @@ async fn wait_reporting(
     .await
 }
 
+/// Two nodes on `cluster`, a member of the group `billing` (the SDK's), and an HTTP client.
+async fn two_nodes_and_a_group(
+    cluster: &NatsCluster,
+) -> anyhow::Result<(
+    bus_tests::BusNode,
+    bus_tests::BusNode,
+    bus_sdk::Group,
+    reqwest::Client,
+)> {
+    let a = open_node(cluster, "node-a").await?;
+    let b = open_node(cluster, "node-b").await?;
+    let bus = bus_for(cluster).await?;
+    let handled = Recorder::default();
+    let group = recording_member(&bus, "billing", &handled, 0).await?;
+    Ok((a, b, group, http()?))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn given_two_nodes_one_should_export_the_group_numbers_and_the_other_take_over_when_it_stops()
 -> anyhow::Result<()> {
     let cluster = NatsCluster::start(1).await?;
-    let a = open_node(&cluster, "node-a").await?;
-    let b = open_node(&cluster, "node-b").await?;
-    let bus = bus_for(&cluster).await?;
-    let handled = Recorder::default();
-    let group = recording_member(&bus, "billing", &handled, 0).await?;
-    let client = http()?;
+    let (a, b, group, client) = two_nodes_and_a_group(&cluster).await?;
 
     // One node reports (a first round that timed out on a loaded box may leave none for a
     // round), and then the other does not.
@@ -80,12 +92,7 @@ async fn given_two_nodes_one_should_export_the_group_numbers_and_the_other_take_
 async fn given_the_reporting_node_killed_the_other_should_take_over_once_its_lease_runs_out()
 -> anyhow::Result<()> {
     let cluster = NatsCluster::start(1).await?;
-    let a = open_node(&cluster, "node-a").await?;
-    let b = open_node(&cluster, "node-b").await?;
-    let bus = bus_for(&cluster).await?;
-    let handled = Recorder::default();
-    let group = recording_member(&bus, "billing", &handled, 0).await?;
-    let client = http()?;
+    let (a, b, group, client) = two_nodes_and_a_group(&cluster).await?;
     reporter_metrics(&client, &[&a, &b]).await?;
     let (mut reporter, other) = if reporting(&metrics_text(&client, &a).await?) {
         (a, b)
